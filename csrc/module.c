@@ -1,0 +1,156 @@
+/* module.c - mailexpress._core: PEP 489 multi-phase init, module state.
+ *
+ * Nothing mutable lives in static storage: the Session type is a heap type
+ * and the exception classes and the Reply class are held in module state,
+ * so each (sub)interpreter that imports the module gets its own. */
+#include "module.h"
+
+#include <openssl/opensslv.h>
+#include <openssl/crypto.h>
+
+#ifndef OPENSSL_THREADS
+#error "mailexpress needs an OpenSSL built with thread support"
+#endif
+
+static const char *const exc_names[MX_EXC_COUNT] = {
+    [MX_EXC_ERROR] = "Error",
+    [MX_EXC_CONFIG] = "ConfigError",
+    [MX_EXC_INPUT] = "InputError",
+    [MX_EXC_CONNECT] = "ConnectError",
+    [MX_EXC_CONNECTION_LOST] = "ConnectionLost",
+    [MX_EXC_SERVICE_UNAVAILABLE] = "ServiceUnavailable",
+    [MX_EXC_TIMEOUT] = "TimeoutError",
+    [MX_EXC_TLS] = "TLSError",
+    [MX_EXC_CERTIFICATE] = "CertificateError",
+    [MX_EXC_REFUSED] = "RefusedError",
+    [MX_EXC_AUTH] = "AuthError",
+    [MX_EXC_INSECURE_AUTH] = "InsecureAuthError",
+    [MX_EXC_SENDER] = "SenderRefused",
+    [MX_EXC_RECIPIENTS] = "RecipientsRefused",
+    [MX_EXC_DATA] = "DataRefused",
+    [MX_EXC_PROTOCOL] = "ProtocolError",
+    [MX_EXC_NOT_SUPPORTED] = "NotSupportedError",
+    [MX_EXC_STATE] = "StateError",
+    [MX_EXC_BUSY] = "ConcurrentUseError",
+};
+
+mx_state *
+mx_get_state(PyTypeObject *tp)
+{
+    PyObject *m = PyType_GetModuleByDef(tp, &mx_module_def);
+
+    return m ? (mx_state *)PyModule_GetState(m) : NULL;
+}
+
+/* Step 1: refuse to run against an OpenSSL other than the one we were
+ * compiled for (a different major version changes ABI and behaviour). */
+static int
+exec_check_openssl(PyObject *m)
+{
+    unsigned long built = OPENSSL_VERSION_NUMBER, run = OpenSSL_version_num();
+
+    if ((built >> 28) != (run >> 28)) {
+        PyErr_Format(PyExc_ImportError,
+                     "mailexpress._core was built against OpenSSL %s but runs "
+                     "with %s; rebuild it (pip install --force-reinstall "
+                     "--no-binary mailexpress mailexpress)",
+                     OPENSSL_VERSION_TEXT, OpenSSL_version(OPENSSL_VERSION));
+        return -1;
+    }
+    if (PyModule_AddStringConstant(m, "OPENSSL_VERSION",
+                                   OpenSSL_version(OPENSSL_VERSION)) < 0)
+        return -1;
+    return 0;
+}
+
+/* Step 2: the exception classes and Reply, from the pure-Python modules. */
+static int
+exec_lookup_classes(PyObject *m)
+{
+    mx_state *st = PyModule_GetState(m);
+    PyObject *errors = NULL, *reply = NULL;
+    int i, rc = -1;
+
+    errors = PyImport_ImportModule("mailexpress.errors");
+    if (!errors)
+        goto done;
+    for (i = 0; i < MX_EXC_COUNT; i++) {
+        st->exc[i] = PyObject_GetAttrString(errors, exc_names[i]);
+        if (!st->exc[i])
+            goto done;
+    }
+    reply = PyImport_ImportModule("mailexpress.reply");
+    if (!reply)
+        goto done;
+    st->reply_cls = PyObject_GetAttrString(reply, "Reply");
+    if (!st->reply_cls)
+        goto done;
+    rc = 0;
+done:
+    Py_XDECREF(errors);
+    Py_XDECREF(reply);
+    return rc;
+}
+
+/* Step 3: the Session type. */
+static int
+exec_types(PyObject *m)
+{
+    return mx_session_add_type(m, PyModule_GetState(m));
+}
+
+static int
+mx_traverse(PyObject *m, visitproc visit, void *arg)
+{
+    mx_state *st = PyModule_GetState(m);
+    int i;
+
+    Py_VISIT(st->session_type);
+    Py_VISIT(st->reply_cls);
+    for (i = 0; i < MX_EXC_COUNT; i++)
+        Py_VISIT(st->exc[i]);
+    return 0;
+}
+
+static int
+mx_clear(PyObject *m)
+{
+    mx_state *st = PyModule_GetState(m);
+    int i;
+
+    Py_CLEAR(st->session_type);
+    Py_CLEAR(st->reply_cls);
+    for (i = 0; i < MX_EXC_COUNT; i++)
+        Py_CLEAR(st->exc[i]);
+    return 0;
+}
+
+static void
+mx_free(void *m)
+{
+    mx_clear((PyObject *)m);
+}
+
+static PyModuleDef_Slot mx_slots[] = {
+    {Py_mod_exec, exec_check_openssl},
+    {Py_mod_exec, exec_lookup_classes},
+    {Py_mod_exec, exec_types},
+    {0, NULL},
+};
+
+PyModuleDef mx_module_def = {
+    PyModuleDef_HEAD_INIT,
+    .m_name = "mailexpress._core",
+    .m_doc = "The C core of mailexpress: SMTP submission over OpenSSL.",
+    .m_size = sizeof(mx_state),
+    .m_slots = mx_slots,
+    .m_traverse = mx_traverse,
+    .m_clear = mx_clear,
+    .m_free = mx_free,
+};
+
+PyMODINIT_FUNC
+PyInit__core(void)
+{
+    return PyModuleDef_Init(&mx_module_def);
+}

@@ -1,0 +1,77 @@
+/* net.h - sockets: resolve, connect, read and write under deadlines.
+ * Knows nothing of SMTP.  All calls block (poll) and are meant to be made
+ * with the GIL released; none touches Python. */
+#ifndef MX_NET_H
+#define MX_NET_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+typedef enum {
+    MX_E_NONE = 0,
+    MX_E_RESOLVE,       /* the name did not resolve */
+    MX_E_CONNECT,       /* no address accepted the connection */
+    MX_E_TIMEOUT,       /* a deadline passed */
+    MX_E_IO,            /* read/write failed (reset, ...) */
+    MX_E_EOF,           /* the peer closed the connection */
+    MX_E_TLS,           /* TLS failed (handshake, record layer) */
+    MX_E_TLS_VERIFY,    /* the certificate was not accepted */
+    MX_E_SETUP,         /* bad local setup (CA file, client cert, ...) */
+    MX_E_PROTOCOL,      /* the peer broke the protocol (set by callers) */
+    MX_E_NOMEM
+} mx_err_kind;
+
+typedef struct {
+    mx_err_kind kind;
+    int sys_errno;
+    long verify_code;          /* X509_V_* when kind is MX_E_TLS_VERIFY */
+    char msg[512];
+} mx_error;
+
+/* the connect attempts made, for diagnosis */
+#define MX_MAX_ATTEMPTS 16
+typedef struct {
+    char addr[64];             /* numeric address */
+    int family;                /* AF_INET / AF_INET6 */
+    int sys_errno;             /* 0 = connected */
+    int64_t ms;                /* time taken */
+} mx_attempt;
+
+typedef struct {
+    mx_attempt a[MX_MAX_ATTEMPTS];
+    int n;
+    int64_t resolve_ms;
+} mx_attempts;
+
+/* The monotonic clock in milliseconds. */
+int64_t mx_now_ms(void);
+
+void mx_error_set(mx_error *e, mx_err_kind kind, int sys_errno,
+                  const char *fmt, ...)
+#if defined(__GNUC__)
+    __attribute__((format(printf, 4, 5)))
+#endif
+    ;
+
+/* Resolves host and tries each address in order until one connects, each
+ * attempt bounded by connect_deadline.  Returns a non-blocking socket with
+ * TCP_NODELAY, or -1 with *err set.  Every attempt is recorded in *att. */
+int mx_net_connect(const char *host, const char *port, int64_t deadline,
+                   mx_attempts *att, mx_error *err);
+
+/* Waits until fd is ready for events (POLLIN / POLLOUT) or deadline passes
+ * (deadline 0 = none).  Returns 0, or -1 with *err set. */
+int mx_net_wait(int fd, short events, int64_t deadline, mx_error *err);
+
+/* One read: >0 bytes, or -1 with *err set (EOF is MX_E_EOF). */
+ssize_t mx_net_read(int fd, void *buf, size_t cap, int64_t deadline, mx_error *err);
+
+/* Writes everything; 0, or -1 with *err set. */
+int mx_net_write_all(int fd, const void *buf, size_t len, int64_t deadline,
+                     mx_error *err);
+
+/* The numeric address and port of the peer, into out (cap >= 64). */
+void mx_net_peer(int fd, char *out, size_t cap, int *port);
+
+#endif

@@ -1,0 +1,148 @@
+/* sasl.c - SASL PLAIN/LOGIN helpers and base64; see sasl.h. */
+#include "sasl.h"
+
+#include <string.h>
+
+static const char b64chars[] =
+    "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+
+mx_sasl_status
+mx_b64_encode(const unsigned char *in, size_t n, char *out, size_t cap,
+              size_t *out_len)
+{
+    size_t i, o = 0, need;
+
+    if (n > (((size_t)-1) / 4) * 3 - 3)
+        return MX_SASL_E_TOO_LONG;
+    need = ((n + 2) / 3) * 4 + 1;
+    if (need > cap)
+        return MX_SASL_E_TOO_LONG;
+    for (i = 0; i + 2 < n; i += 3) {
+        unsigned v = (unsigned)in[i] << 16 | (unsigned)in[i + 1] << 8 | in[i + 2];
+        out[o++] = b64chars[(v >> 18) & 63];
+        out[o++] = b64chars[(v >> 12) & 63];
+        out[o++] = b64chars[(v >> 6) & 63];
+        out[o++] = b64chars[v & 63];
+    }
+    if (i < n) {
+        unsigned v = (unsigned)in[i] << 16;
+        if (i + 1 < n)
+            v |= (unsigned)in[i + 1] << 8;
+        out[o++] = b64chars[(v >> 18) & 63];
+        out[o++] = b64chars[(v >> 12) & 63];
+        out[o++] = i + 1 < n ? b64chars[(v >> 6) & 63] : '=';
+        out[o++] = '=';
+    }
+    out[o] = '\0';
+    *out_len = o;
+    return MX_SASL_OK;
+}
+
+static int
+b64val(unsigned char c)
+{
+    if (c >= 'A' && c <= 'Z') return c - 'A';
+    if (c >= 'a' && c <= 'z') return c - 'a' + 26;
+    if (c >= '0' && c <= '9') return c - '0' + 52;
+    if (c == '+') return 62;
+    if (c == '/') return 63;
+    return -1;
+}
+
+mx_sasl_status
+mx_b64_decode(const char *in, size_t n, unsigned char *out, size_t cap,
+              size_t *out_len)
+{
+    size_t i, o = 0;
+
+    if (n % 4)
+        return MX_SASL_E_BASE64;
+    for (i = 0; i < n; i += 4) {
+        int v[4], k, pad = 0;
+        for (k = 0; k < 4; k++) {
+            unsigned char c = (unsigned char)in[i + k];
+            if (c == '=') {
+                /* padding: only in the last group, only at its end */
+                if (i + 4 != n || k < 2)
+                    return MX_SASL_E_BASE64;
+                pad++;
+                v[k] = 0;
+            } else {
+                if (pad)
+                    return MX_SASL_E_BASE64;
+                if ((v[k] = b64val(c)) < 0)
+                    return MX_SASL_E_BASE64;
+            }
+        }
+        if ((size_t)(3 - pad) > cap - o)
+            return MX_SASL_E_TOO_LONG;
+        out[o++] = (unsigned char)(v[0] << 2 | v[1] >> 4);
+        if (pad < 2)
+            out[o++] = (unsigned char)((v[1] & 15) << 4 | v[2] >> 2);
+        if (pad < 1)
+            out[o++] = (unsigned char)((v[2] & 3) << 6 | v[3]);
+    }
+    *out_len = o;
+    return MX_SASL_OK;
+}
+
+mx_sasl_status
+mx_sasl_plain(const char *authzid, size_t authzid_len, const char *user,
+              size_t user_len, const char *pass, size_t pass_len, char *out,
+              size_t cap, size_t *out_len)
+{
+    unsigned char raw[3 * MX_SASL_FIELD_MAX + 2];
+    size_t n = 0;
+    mx_sasl_status st;
+
+    if (authzid_len > MX_SASL_FIELD_MAX || user_len > MX_SASL_FIELD_MAX ||
+        pass_len > MX_SASL_FIELD_MAX)
+        return MX_SASL_E_TOO_LONG;
+    if (memchr(authzid, 0, authzid_len) || memchr(user, 0, user_len) ||
+        memchr(pass, 0, pass_len))
+        return MX_SASL_E_NUL;
+    memcpy(raw + n, authzid, authzid_len);
+    n += authzid_len;
+    raw[n++] = 0;
+    memcpy(raw + n, user, user_len);
+    n += user_len;
+    raw[n++] = 0;
+    memcpy(raw + n, pass, pass_len);
+    n += pass_len;
+    st = mx_b64_encode(raw, n, out, cap, out_len);
+    mx_wipe(raw, sizeof(raw));
+    return st;
+}
+
+mx_sasl_status
+mx_sasl_check_challenge(const char *b64, size_t n)
+{
+    unsigned char buf[MX_SASL_CHALLENGE_MAX];
+    size_t len;
+
+    if (n > (MX_SASL_CHALLENGE_MAX / 3) * 4)
+        return MX_SASL_E_TOO_LONG;
+    return mx_b64_decode(b64, n, buf, sizeof(buf), &len);
+}
+
+/* memset through a volatile pointer: the store cannot be proven dead */
+static void *(*const volatile memset_v)(void *, int, size_t) = memset;
+
+void
+mx_wipe(void *p, size_t n)
+{
+    if (p && n)
+        memset_v(p, 0, n);
+}
+
+const char *
+mx_sasl_strerror(mx_sasl_status st)
+{
+    switch (st) {
+    case MX_SASL_OK: return "ok";
+    case MX_SASL_E_TOO_LONG: return "longer than 255 octets";
+    case MX_SASL_E_NUL: return "contains a NUL character";
+    case MX_SASL_E_BASE64: return "is not valid base64";
+    }
+    return "invalid";
+}

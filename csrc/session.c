@@ -1,0 +1,2162 @@
+/* session.c - the Session type: drives SMTP over net.c/tls.c using the pure
+ * protocol files, and is the one file that maps C failures to Python.
+ *
+ * Rules kept here:
+ * - Python objects are touched only with the GIL held; every blocking call
+ *   (connect, read, write, handshake) runs between Py_BEGIN/END_ALLOW_THREADS
+ *   and works on C data owned by the session alone.
+ * - Each method first takes the session's own lock without waiting: a second
+ *   thread gets ConcurrentUseError instead of interleaving on the wire.
+ * - The protocol state changes in set_state() only.  After a failure that
+ *   leaves the connection in an unknown state (I/O error, timeout, protocol
+ *   violation, 421) the state is ERROR for good and the socket is closed.
+ * - Sending a command and reading its reply are separate steps (send_cmd,
+ *   recv_reply), so pipelining is queueing, not a rewrite.
+ */
+#include "module.h"
+
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "body.h"
+#include "cmd.h"
+#include "ehlo.h"
+#include "net.h"
+#include "reply.h"
+#include "sasl.h"
+#include "tls.h"
+#include "transcript.h"
+
+#include <openssl/ssl.h>
+
+/* ---- stages, timeouts, states ------------------------------------------ */
+
+typedef enum {
+    STG_CONNECT, STG_TLS, STG_EHLO, STG_STARTTLS, STG_AUTH, STG_MAIL,
+    STG_RCPT, STG_DATA, STG_END_OF_DATA, STG_RSET, STG_NOOP, STG_QUIT,
+    STG_COUNT
+} stage;
+
+static const char *const stage_names[STG_COUNT] = {
+    "CONNECT", "TLS", "EHLO", "STARTTLS", "AUTH", "MAIL",
+    "RCPT", "DATA", "END_OF_DATA", "RSET", "NOOP", "QUIT",
+};
+
+/* Timeouts, in the order of timeout_names.  Defaults follow RFC 5321
+ * §4.5.3.2 where it gives one (initial 220: 5 min; MAIL, RCPT: 5 min; DATA
+ * initiation: 2 min; data block: 3 min; DATA termination: 10 min). */
+typedef enum {
+    TO_CONNECT, TO_BANNER, TO_TLS, TO_EHLO, TO_STARTTLS, TO_AUTH, TO_MAIL,
+    TO_RCPT, TO_DATA, TO_DATA_BLOCK, TO_END_OF_DATA, TO_COMMAND, TO_QUIT,
+    TO_COUNT
+} timeout_key;
+
+static const char *const timeout_names[TO_COUNT] = {
+    "connect", "banner", "tls", "ehlo", "starttls", "auth", "mail",
+    "rcpt", "data", "data_block", "end_of_data", "command", "quit",
+};
+
+static const int64_t timeout_defaults_ms[TO_COUNT] = {
+    30000,   /* connect: not in the RFC; a dead host should fail fast */
+    300000,  /* banner: §4.5.3.2.1 initial 220 message, 5 minutes */
+    60000,   /* tls: the handshake */
+    300000,  /* ehlo: as a command, 5 minutes */
+    120000,  /* starttls */
+    120000,  /* auth: allows for tarpits (Exchange AuthTarpitInterval 5 s) */
+    300000,  /* mail: §4.5.3.2.2, 5 minutes */
+    300000,  /* rcpt: §4.5.3.2.3, 5 minutes */
+    120000,  /* data: §4.5.3.2.4 DATA initiation, 2 minutes */
+    180000,  /* data_block: §4.5.3.2.5, 3 minutes per write */
+    600000,  /* end_of_data: §4.5.3.2.6 DATA termination, 10 minutes */
+    300000,  /* command: RSET, NOOP, ... */
+    30000,   /* quit: nothing is at stake any more */
+};
+
+typedef enum {
+    S_NEW,         /* not connected yet */
+    S_CONNECTED,   /* greeting received, no EHLO yet */
+    S_READY,       /* EHLO done, no mail transaction */
+    S_MAIL,        /* MAIL accepted */
+    S_RCPT,        /* at least one RCPT accepted */
+    S_CLOSED,
+    S_ERROR,       /* sticky: the connection's state is unknown */
+    S_COUNT
+} sstate;
+
+static const char *const state_names[S_COUNT] = {
+    "NEW", "CONNECTED", "READY", "MAIL", "RCPT", "CLOSED", "ERROR",
+};
+
+enum { SEC_STARTTLS, SEC_SSL, SEC_NONE };
+
+/* Bytes read ahead of the parser.  Replies are small; 16 KiB holds many
+ * pipelined ones. */
+#define MX_RBUF 16384
+/* Encoded body bytes per write. */
+#define MX_WBUF 65536
+
+typedef struct {
+    PyObject_HEAD
+    PyThread_type_lock lock;
+    sstate state;
+    char failure[768];           /* why the state is ERROR */
+
+    /* settings */
+    char *host, *server_name, *ehlo_name, *ca_file, *cert_file, *key_file;
+    char port[8];
+    int security, verify, min_tls, allow_insecure_auth, helo_fallback;
+    unsigned auth_allowed;
+    int record;                  /* keep a transcript */
+    int64_t timeout_ms[TO_COUNT];   /* < 0: none */
+    int64_t deadline;            /* absolute, mx_now_ms(); 0 = none */
+
+    /* connection */
+    int fd;
+    SSL_CTX *ctx;
+    SSL *ssl;
+    int64_t t0;
+    mx_attempts attempts;
+    char peer_addr[64];
+    int peer_port;
+    int esmtp, authenticated;
+    mx_caps caps;
+    PyObject *caps_dict;         /* {KEYWORD: params}; a fresh dict per EHLO */
+    PyObject *banner;            /* Reply */
+    PyObject *ehlo_reply;        /* Reply */
+
+    /* I/O */
+    mx_reply_parser parser;
+    mx_reply reply;
+    size_t rstart, rend;
+    unsigned char rbuf[MX_RBUF];
+    unsigned char *wbuf;         /* MX_WBUF bytes, for bodies */
+    mx_transcript tr;
+    mx_error err;
+    int deadline_hit;            /* the last timeout was the overall deadline */
+} Session;
+
+/* The one place the protocol state changes. */
+static void
+set_state(Session *s, sstate next)
+{
+    s->state = next;
+}
+
+/* ---- small helpers (no Python) ------------------------------------------ */
+
+static uint32_t
+elapsed_ms(Session *s)
+{
+    int64_t d = mx_now_ms() - s->t0;
+    return d < 0 ? 0 : (uint32_t)d;
+}
+
+static void
+record(Session *s, mx_tr_dir dir, const char *text, size_t len)
+{
+    if (s->record)
+        (void)mx_transcript_add(&s->tr, elapsed_ms(s), dir, text, len);
+}
+
+static void
+recordf(Session *s, mx_tr_dir dir, const char *fmt, ...)
+{
+    char buf[512];
+    va_list ap;
+    int n;
+
+    if (!s->record)
+        return;
+    va_start(ap, fmt);
+    n = vsnprintf(buf, sizeof(buf), fmt, ap);
+    va_end(ap);
+    if (n > 0)
+        record(s, dir, buf, (size_t)n < sizeof(buf) ? (size_t)n : sizeof(buf) - 1);
+}
+
+/* The deadline for one step: the stage timeout, capped by the overall one. */
+static int64_t
+deadline_for(Session *s, timeout_key k)
+{
+    int64_t dl = 0;
+
+    if (s->timeout_ms[k] >= 0)
+        dl = mx_now_ms() + s->timeout_ms[k];
+    s->deadline_hit = 0;
+    if (s->deadline && (!dl || s->deadline < dl)) {
+        dl = s->deadline;
+        s->deadline_hit = 1;
+    }
+    return dl;
+}
+
+/* Closes the transport; no Python. */
+static void
+drop_connection(Session *s)
+{
+    if (s->ssl) {
+        mx_tls_close(s->ssl);
+        s->ssl = NULL;
+    }
+    if (s->fd >= 0) {
+        close(s->fd);
+        s->fd = -1;
+    }
+    s->rstart = s->rend = 0;
+}
+
+static int
+stream_write(Session *s, const void *buf, size_t len, int64_t dl)
+{
+    if (s->ssl)
+        return mx_tls_write_all(s->ssl, s->fd, buf, len, dl, &s->err);
+    return mx_net_write_all(s->fd, buf, len, dl, &s->err);
+}
+
+/* Sends one command line and records it (or its redacted form). */
+static int
+send_cmd(Session *s, const char *line, size_t len, const char *shown,
+         timeout_key k)
+{
+    record(s, MX_TR_CLIENT, shown ? shown : line, shown ? strlen(shown) : len);
+    return stream_write(s, line, len, deadline_for(s, k));
+}
+
+static void
+record_reply(Session *s)
+{
+    size_t i;
+
+    for (i = 0; i < s->reply.nlines; i++) {
+        char line[MX_REPLY_LINE_MAX + 8];
+        size_t n = s->reply.line_len[i];
+        int hdr = snprintf(line, sizeof(line), "%03d%c", s->reply.code,
+                           i + 1 == s->reply.nlines ? ' ' : '-');
+        memcpy(line + hdr, s->reply.text + s->reply.line_off[i], n);
+        record(s, MX_TR_SERVER, line, (size_t)hdr + n);
+    }
+}
+
+/* Reads one whole reply into s->reply.  Returns 0, or -1 with s->err set. */
+static int
+recv_reply(Session *s, timeout_key k)
+{
+    int64_t dl = deadline_for(s, k);
+
+    for (;;) {
+        size_t used = 0;
+        mx_reply_status st;
+        ssize_t n;
+
+        if (s->rstart < s->rend) {
+            st = mx_reply_parse(&s->parser, s->rbuf + s->rstart,
+                                s->rend - s->rstart, &used, &s->reply);
+            s->rstart += used;
+            if (st == MX_REPLY_COMPLETE) {
+                record_reply(s);
+                return 0;
+            }
+            if (st != MX_REPLY_INCOMPLETE) {
+                mx_error_set(&s->err, MX_E_PROTOCOL, 0, "malformed reply: %s",
+                             mx_reply_strerror(st));
+                return -1;
+            }
+        }
+        s->rstart = s->rend = 0;
+        if (s->ssl)
+            n = mx_tls_read(s->ssl, s->fd, s->rbuf, sizeof(s->rbuf), dl, &s->err);
+        else
+            n = mx_net_read(s->fd, s->rbuf, sizeof(s->rbuf), dl, &s->err);
+        if (n < 0)
+            return -1;
+        s->rend = (size_t)n;
+    }
+}
+
+/* Sends a command and reads its reply, GIL released. */
+static int
+exchange(Session *s, const char *line, size_t len, const char *shown,
+         timeout_key k)
+{
+    int rc;
+
+    Py_BEGIN_ALLOW_THREADS
+    rc = send_cmd(s, line, len, shown, k);
+    if (rc == 0)
+        rc = recv_reply(s, k);
+    Py_END_ALLOW_THREADS
+    return rc;
+}
+
+/* ---- Python side: replies and exceptions --------------------------------- */
+
+static mx_state *
+state_of(Session *s)
+{
+    return mx_get_state(Py_TYPE(s));
+}
+
+/* A new Reply for s->reply (new reference), or NULL. */
+static PyObject *
+make_reply(Session *s, stage stg)
+{
+    mx_state *st = state_of(s);
+    PyObject *lines = NULL, *res = NULL;
+    size_t i;
+
+    if (!st)
+        return NULL;
+    lines = PyTuple_New((Py_ssize_t)s->reply.nlines);
+    if (!lines)
+        return NULL;
+    for (i = 0; i < s->reply.nlines; i++) {
+        PyObject *l = PyUnicode_DecodeUTF8(s->reply.text + s->reply.line_off[i],
+                                           (Py_ssize_t)s->reply.line_len[i],
+                                           "replace");
+        if (!l)
+            goto done;
+        PyTuple_SET_ITEM(lines, (Py_ssize_t)i, l);
+    }
+    res = PyObject_CallFunction(st->reply_cls, "isOs", s->reply.code,
+                                s->reply.enhanced[0] ? s->reply.enhanced : NULL,
+                                lines, stage_names[stg]);
+done:
+    Py_DECREF(lines);
+    return res;
+}
+
+/* Raises exception class exc(message, stage=..., reply=..., **extra).
+ * Steals nothing; extra may be NULL.  Always returns NULL. */
+static PyObject *
+raise_exc(Session *s, mx_exc exc, stage stg, PyObject *reply, PyObject *extra,
+          const char *fmt, ...)
+{
+    mx_state *st = state_of(s);
+    PyObject *msg = NULL, *args = NULL, *kw = NULL, *obj = NULL;
+    va_list ap;
+
+    if (!st)
+        return NULL;
+    va_start(ap, fmt);
+    msg = PyUnicode_FromFormatV(fmt, ap);
+    va_end(ap);
+    if (!msg)
+        goto done;
+    args = PyTuple_Pack(1, msg);
+    kw = extra ? PyDict_Copy(extra) : PyDict_New();
+    if (!args || !kw)
+        goto done;
+    {
+        PyObject *sn = PyUnicode_FromString(stage_names[stg]);
+        int bad = !sn || PyDict_SetItemString(kw, "stage", sn) < 0;
+        Py_XDECREF(sn);
+        if (bad)
+            goto done;
+    }
+    if (reply && PyDict_SetItemString(kw, "reply", reply) < 0)
+        goto done;
+    obj = PyObject_Call(st->exc[exc], args, kw);
+    if (obj)
+        PyErr_SetObject((PyObject *)Py_TYPE(obj), obj);
+done:
+    Py_XDECREF(msg);
+    Py_XDECREF(args);
+    Py_XDECREF(kw);
+    Py_XDECREF(obj);
+    return NULL;
+}
+
+/* Makes the session unusable for good, closing the connection. */
+static void
+poison(Session *s, const char *why)
+{
+    snprintf(s->failure, sizeof(s->failure), "%s", why);
+    drop_connection(s);
+    set_state(s, S_ERROR);
+    recordf(s, MX_TR_INFO, "session unusable: %s", why);
+}
+
+/* Turns s->err (a failed I/O or parse step) into an exception; the session
+ * becomes unusable.  Returns NULL. */
+static PyObject *
+fail_io(Session *s, stage stg)
+{
+    mx_exc exc;
+    PyObject *extra = NULL;
+    char msg[700];
+
+    switch (s->err.kind) {
+    case MX_E_TIMEOUT: exc = MX_EXC_TIMEOUT; break;
+    case MX_E_EOF:
+    case MX_E_IO: exc = MX_EXC_CONNECTION_LOST; break;
+    case MX_E_TLS: exc = MX_EXC_TLS; break;
+    case MX_E_TLS_VERIFY: exc = MX_EXC_CERTIFICATE; break;
+    case MX_E_RESOLVE:
+    case MX_E_CONNECT: exc = MX_EXC_CONNECT; break;
+    case MX_E_SETUP: exc = MX_EXC_CONFIG; break;
+    case MX_E_PROTOCOL: exc = MX_EXC_PROTOCOL; break;
+    default: exc = MX_EXC_ERROR; break;
+    }
+    if (s->err.kind == MX_E_TIMEOUT)
+        snprintf(msg, sizeof(msg), "%s: %s", stage_names[stg],
+                 s->deadline_hit ? "the overall deadline passed"
+                                 : "the stage timeout passed");
+    else
+        snprintf(msg, sizeof(msg), "%s: %s", stage_names[stg], s->err.msg);
+    if (s->err.kind == MX_E_TLS_VERIFY) {
+        extra = Py_BuildValue("{s:l,s:s}", "verify_code", s->err.verify_code,
+                              "verify_message",
+                              X509_verify_cert_error_string(s->err.verify_code));
+        if (!extra)
+            return NULL;
+    }
+    if (s->err.kind == MX_E_IO || s->err.kind == MX_E_CONNECT ||
+        s->err.kind == MX_E_RESOLVE) {
+        if (!extra && !(extra = PyDict_New()))
+            return NULL;
+        PyObject *no = PyLong_FromLong(s->err.sys_errno);
+        if (!no || PyDict_SetItemString(extra, "errno", no) < 0) {
+            Py_XDECREF(no);
+            Py_DECREF(extra);
+            return NULL;
+        }
+        Py_DECREF(no);
+    }
+    poison(s, msg);
+    raise_exc(s, exc, stg, NULL, extra, "%s", msg);
+    Py_XDECREF(extra);
+    return NULL;
+}
+
+/* A 421 (service closing) ends the session; raises ServiceUnavailable. */
+static PyObject *
+fail_421(Session *s, stage stg)
+{
+    PyObject *r = make_reply(s, stg);
+
+    if (!r)
+        return NULL;
+    poison(s, "the server closed the session (421)");
+    raise_exc(s, MX_EXC_SERVICE_UNAVAILABLE, stg, r, NULL,
+              "%s: the server is closing the session", stage_names[stg]);
+    Py_DECREF(r);
+    return NULL;
+}
+
+/* Raises exc for a refusal carried by s->reply (session stays usable). */
+static PyObject *
+fail_reply(Session *s, mx_exc exc, stage stg, const char *what)
+{
+    PyObject *r;
+
+    if (s->reply.code == 421)
+        return fail_421(s, stg);
+    r = make_reply(s, stg);
+    if (!r)
+        return NULL;
+    raise_exc(s, exc, stg, r, NULL, "%s", what);
+    Py_DECREF(r);
+    return NULL;
+}
+
+/* A server answer that cannot belong: the session is unusable. */
+static PyObject *
+fail_protocol(Session *s, stage stg, const char *what)
+{
+    PyObject *r = make_reply(s, stg);
+
+    if (!r)
+        return NULL;
+    poison(s, what);
+    raise_exc(s, MX_EXC_PROTOCOL, stg, r, NULL, "%s: %s", stage_names[stg], what);
+    Py_DECREF(r);
+    return NULL;
+}
+
+/* Takes the session's lock and checks it can be used.  0, or -1 raised. */
+static int
+enter(Session *s, int need_connection)
+{
+    if (!PyThread_acquire_lock(s->lock, NOWAIT_LOCK)) {
+        raise_exc(s, MX_EXC_BUSY, STG_CONNECT, NULL, NULL,
+                  "this Session is in use by another thread; use one Session "
+                  "per thread");
+        return -1;
+    }
+    if (need_connection) {
+        const char *why = NULL;
+        if (s->state == S_ERROR)
+            why = s->failure;
+        else if (s->state == S_CLOSED)
+            why = "the session is closed";
+        else if (s->state == S_NEW)
+            why = "the session is not connected; call connect() first";
+        if (why) {
+            PyThread_release_lock(s->lock);
+            raise_exc(s, MX_EXC_STATE, STG_CONNECT, NULL, NULL,
+                      "session unusable: %s", why);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+static void
+leave(Session *s)
+{
+    PyThread_release_lock(s->lock);
+}
+
+/* UTF-8 of a str argument, checked with check(); raises InputError naming
+ * the field.  The pointer is borrowed from obj. */
+static const char *
+arg_utf8(Session *s, PyObject *obj, const char *field,
+         mx_cmd_status (*check)(const char *, size_t), Py_ssize_t *len,
+         stage stg)
+{
+    const char *p;
+    mx_cmd_status cs;
+
+    if (!PyUnicode_Check(obj)) {
+        raise_exc(s, MX_EXC_INPUT, stg, NULL, NULL, "%s must be a str, not %s",
+                  field, Py_TYPE(obj)->tp_name);
+        return NULL;
+    }
+    p = PyUnicode_AsUTF8AndSize(obj, len);
+    if (!p)
+        return NULL;
+    if (check && (cs = check(p, (size_t)*len)) != MX_CMD_OK) {
+        raise_exc(s, MX_EXC_INPUT, stg, NULL, NULL, "%s %R %s; nothing was sent",
+                  field, obj, mx_cmd_strerror(cs));
+        return NULL;
+    }
+    return p;
+}
+
+static int
+is_ascii(const char *p, Py_ssize_t n)
+{
+    Py_ssize_t i;
+
+    for (i = 0; i < n; i++)
+        if ((unsigned char)p[i] >= 0x80)
+            return 0;
+    return 1;
+}
+
+/* ---- construction --------------------------------------------------------- */
+
+static char *
+dup_opt(PyObject *o, const char *field, int *bad)
+{
+    const char *p;
+    Py_ssize_t n;
+    char *r;
+
+    if (!o || o == Py_None)
+        return NULL;
+    if (!PyUnicode_Check(o) && !PyBytes_Check(o) && !PyObject_HasAttrString(o, "__fspath__")) {
+        PyErr_Format(PyExc_TypeError, "%s must be a str or path", field);
+        *bad = 1;
+        return NULL;
+    }
+    if (PyUnicode_Check(o)) {
+        p = PyUnicode_AsUTF8AndSize(o, &n);
+        if (!p) {
+            *bad = 1;
+            return NULL;
+        }
+        if ((size_t)n != strlen(p)) {
+            PyErr_Format(PyExc_ValueError, "%s contains a NUL character", field);
+            *bad = 1;
+            return NULL;
+        }
+        r = PyMem_RawMalloc((size_t)n + 1);
+        if (!r) {
+            PyErr_NoMemory();
+            *bad = 1;
+            return NULL;
+        }
+        memcpy(r, p, (size_t)n + 1);
+        return r;
+    } else {
+        PyObject *b = NULL;
+        if (!PyUnicode_FSConverter(o, &b)) {
+            *bad = 1;
+            return NULL;
+        }
+        n = PyBytes_GET_SIZE(b);
+        r = PyMem_RawMalloc((size_t)n + 1);
+        if (!r) {
+            Py_DECREF(b);
+            PyErr_NoMemory();
+            *bad = 1;
+            return NULL;
+        }
+        memcpy(r, PyBytes_AS_STRING(b), (size_t)n + 1);
+        Py_DECREF(b);
+        return r;
+    }
+}
+
+static int
+parse_timeouts(Session *s, PyObject *timeouts)
+{
+    PyObject *key, *value;
+    Py_ssize_t pos = 0;
+    int i;
+
+    for (i = 0; i < TO_COUNT; i++)
+        s->timeout_ms[i] = timeout_defaults_ms[i];
+    if (!timeouts || timeouts == Py_None)
+        return 0;
+    if (!PyDict_Check(timeouts)) {
+        PyErr_SetString(PyExc_TypeError, "timeouts must be a dict");
+        return -1;
+    }
+    while (PyDict_Next(timeouts, &pos, &key, &value)) {
+        const char *name = PyUnicode_Check(key) ? PyUnicode_AsUTF8(key) : NULL;
+        double secs;
+        for (i = 0; name && i < TO_COUNT; i++)
+            if (strcmp(name, timeout_names[i]) == 0)
+                break;
+        if (!name || i == TO_COUNT) {
+            PyErr_Format(PyExc_ValueError,
+                         "timeouts: unknown stage %R; known: connect, banner, "
+                         "tls, ehlo, starttls, auth, mail, rcpt, data, "
+                         "data_block, end_of_data, command, quit", key);
+            return -1;
+        }
+        if (value == Py_None) {
+            s->timeout_ms[i] = -1;
+            continue;
+        }
+        secs = PyFloat_AsDouble(value);
+        if (secs == -1.0 && PyErr_Occurred())
+            return -1;
+        if (!(secs > 0) || secs > 86400.0 * 7) {
+            PyErr_Format(PyExc_ValueError,
+                         "timeouts[%R] must be a number of seconds between 0 "
+                         "and 604800, or None", key);
+            return -1;
+        }
+        s->timeout_ms[i] = (int64_t)(secs * 1000.0 + 0.5);
+        if (s->timeout_ms[i] == 0)
+            s->timeout_ms[i] = 1;
+    }
+    return 0;
+}
+
+static int
+parse_mechanisms(PyObject *seq, unsigned *mask)
+{
+    PyObject *fast, *item;
+    Py_ssize_t i, n;
+
+    *mask = MX_AUTH_PLAIN | MX_AUTH_LOGIN;
+    if (!seq || seq == Py_None)
+        return 0;
+    if (PyUnicode_Check(seq)) {
+        PyErr_SetString(PyExc_TypeError, "auth_mechanisms must be a sequence of names");
+        return -1;
+    }
+    fast = PySequence_Fast(seq, "auth_mechanisms must be a sequence of names");
+    if (!fast)
+        return -1;
+    *mask = 0;
+    n = PySequence_Fast_GET_SIZE(fast);
+    for (i = 0; i < n; i++) {
+        const char *name;
+        Py_ssize_t len;
+        unsigned bit;
+        item = PySequence_Fast_GET_ITEM(fast, i);
+        name = PyUnicode_Check(item) ? PyUnicode_AsUTF8AndSize(item, &len) : NULL;
+        bit = name ? mx_auth_mech_bit(name, (size_t)len) : 0;
+        if (bit != MX_AUTH_PLAIN && bit != MX_AUTH_LOGIN) {
+            PyErr_Format(PyExc_ValueError,
+                         "auth_mechanisms: %R is not supported; allowed: "
+                         "'PLAIN', 'LOGIN'", item);
+            Py_DECREF(fast);
+            return -1;
+        }
+        *mask |= bit;
+    }
+    Py_DECREF(fast);
+    return 0;
+}
+
+static int
+Session_init(Session *s, PyObject *args, PyObject *kw)
+{
+    static char *kwlist[] = {
+        "host", "port", "security", "server_name", "verify", "ca_file",
+        "client_cert", "client_key", "min_tls_version", "ehlo_name",
+        "timeouts", "allow_insecure_auth", "helo_fallback",
+        "auth_mechanisms", "transcript", NULL};
+    PyObject *host = NULL, *server_name = Py_None, *ca = Py_None,
+             *cert = Py_None, *key = Py_None, *timeouts = Py_None,
+             *mechs = Py_None, *ehlo = NULL;
+    const char *security = "starttls", *min_tls = "1.2";
+    int port = 587, verify = 1, insecure = 0, helo = 0, transcript = 1, bad = 0;
+
+    if (s->state != S_NEW || s->host) {
+        PyErr_SetString(PyExc_RuntimeError, "Session.__init__ called twice");
+        return -1;
+    }
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "U|i$sOpOOOsUOppOp", kwlist,
+                                     &host, &port, &security, &server_name,
+                                     &verify, &ca, &cert, &key, &min_tls, &ehlo,
+                                     &timeouts, &insecure, &helo, &mechs,
+                                     &transcript))
+        return -1;
+    if (port < 1 || port > 65535) {
+        PyErr_Format(PyExc_ValueError, "port %d is not between 1 and 65535", port);
+        return -1;
+    }
+    if (strcmp(security, "starttls") == 0)
+        s->security = SEC_STARTTLS;
+    else if (strcmp(security, "ssl") == 0)
+        s->security = SEC_SSL;
+    else if (strcmp(security, "none") == 0)
+        s->security = SEC_NONE;
+    else {
+        PyErr_Format(PyExc_ValueError,
+                     "security '%s' is not one of 'starttls', 'ssl', 'none'",
+                     security);
+        return -1;
+    }
+    if (strcmp(min_tls, "1.2") == 0)
+        s->min_tls = TLS1_2_VERSION;
+    else if (strcmp(min_tls, "1.3") == 0)
+        s->min_tls = TLS1_3_VERSION;
+    else {
+        PyErr_SetString(PyExc_ValueError, "min_tls_version must be '1.2' or '1.3'");
+        return -1;
+    }
+    snprintf(s->port, sizeof(s->port), "%d", port);
+    s->verify = verify;
+    s->allow_insecure_auth = insecure;
+    s->helo_fallback = helo;
+    s->record = transcript;
+    if (parse_timeouts(s, timeouts) < 0 || parse_mechanisms(mechs, &s->auth_allowed) < 0)
+        return -1;
+    s->host = dup_opt(host, "host", &bad);
+    s->server_name = dup_opt(server_name == Py_None ? host : server_name,
+                             "server_name", &bad);
+    s->ehlo_name = ehlo ? dup_opt(ehlo, "ehlo_name", &bad) : NULL;
+    s->ca_file = dup_opt(ca, "ca_file", &bad);
+    s->cert_file = dup_opt(cert, "client_cert", &bad);
+    s->key_file = dup_opt(key, "client_key", &bad);
+    if (bad)
+        return -1;
+    if (!s->host || !s->host[0]) {
+        PyErr_SetString(PyExc_ValueError, "host must not be empty");
+        return -1;
+    }
+    if (!s->ehlo_name) {
+        s->ehlo_name = PyMem_RawMalloc(10);
+        if (!s->ehlo_name) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        memcpy(s->ehlo_name, "localhost", 10);
+    }
+    if (mx_cmd_check_domain(s->ehlo_name, strlen(s->ehlo_name)) != MX_CMD_OK) {
+        PyErr_Format(PyExc_ValueError, "ehlo_name %R %s", ehlo,
+                     mx_cmd_strerror(mx_cmd_check_domain(s->ehlo_name,
+                                                         strlen(s->ehlo_name))));
+        return -1;
+    }
+    return 0;
+}
+
+static PyObject *
+Session_new(PyTypeObject *tp, PyObject *args, PyObject *kw)
+{
+    Session *s = (Session *)tp->tp_alloc(tp, 0);
+
+    (void)args;
+    (void)kw;
+    if (!s)
+        return NULL;
+    s->fd = -1;
+    s->state = S_NEW;
+    mx_transcript_init(&s->tr);
+    mx_reply_parser_init(&s->parser);
+    s->lock = PyThread_allocate_lock();
+    s->wbuf = PyMem_RawMalloc(MX_WBUF);
+    if (!s->lock || !s->wbuf) {
+        Py_DECREF(s);
+        return PyErr_NoMemory();
+    }
+    return (PyObject *)s;
+}
+
+static void
+Session_dealloc(Session *s)
+{
+    PyTypeObject *tp = Py_TYPE(s);
+
+    drop_connection(s);
+    if (s->ctx)
+        SSL_CTX_free(s->ctx);
+    if (s->lock)
+        PyThread_free_lock(s->lock);
+    PyMem_RawFree(s->wbuf);
+    PyMem_RawFree(s->host);
+    PyMem_RawFree(s->server_name);
+    PyMem_RawFree(s->ehlo_name);
+    PyMem_RawFree(s->ca_file);
+    PyMem_RawFree(s->cert_file);
+    PyMem_RawFree(s->key_file);
+    mx_transcript_free(&s->tr);
+    Py_CLEAR(s->caps_dict);
+    Py_CLEAR(s->banner);
+    Py_CLEAR(s->ehlo_reply);
+    tp->tp_free((PyObject *)s);
+    Py_DECREF(tp);
+}
+
+/* ---- TLS ------------------------------------------------------------------ */
+
+/* Creates the TLS context on first use.  0, or -1 raised (ConfigError). */
+static int
+ensure_ctx(Session *s, stage stg)
+{
+    mx_tls_opts o;
+
+    if (s->ctx)
+        return 0;
+    o.verify = s->verify;
+    o.ca_file = s->ca_file;
+    o.cert_file = s->cert_file;
+    o.key_file = s->key_file;
+    o.min_version = s->min_tls;
+    s->ctx = mx_tls_ctx_new(&o, &s->err);
+    if (!s->ctx) {
+        raise_exc(s, MX_EXC_CONFIG, stg, NULL, NULL, "%s", s->err.msg);
+        return -1;
+    }
+    return 0;
+}
+
+/* Handshake on the open socket, GIL released.  0, or -1 (s->err). */
+static int
+handshake(Session *s)
+{
+    int64_t dl = deadline_for(s, TO_TLS);
+    SSL *ssl;
+
+    Py_BEGIN_ALLOW_THREADS
+    ssl = mx_tls_handshake(s->ctx, s->fd, s->server_name, s->verify, dl, &s->err);
+    Py_END_ALLOW_THREADS
+    if (!ssl)
+        return -1;
+    s->ssl = ssl;
+    recordf(s, MX_TR_INFO, "TLS established: %s, %s", SSL_get_version(ssl),
+            SSL_get_cipher_name(ssl));
+    return 0;
+}
+
+/* ---- methods ------------------------------------------------------------ */
+
+PyDoc_STRVAR(connect_doc,
+"connect() -> Reply\n\n"
+"Resolves the host, tries each address in order, runs the TLS handshake\n"
+"for security='ssl', and reads the greeting.  Raises ConnectError,\n"
+"TimeoutError, TLSError or CertificateError.");
+
+static PyObject *
+Session_connect(Session *s, PyObject *unused)
+{
+    PyObject *res = NULL;
+    int fd;
+    int64_t dl;
+
+    (void)unused;
+    if (enter(s, 0) < 0)
+        return NULL;
+    if (s->state != S_NEW) {
+        raise_exc(s, MX_EXC_STATE, STG_CONNECT, NULL, NULL,
+                  "connect() was already called on this Session; make a new one");
+        goto done;
+    }
+    if (s->security == SEC_SSL && ensure_ctx(s, STG_TLS) < 0)
+        goto done;
+    s->t0 = mx_now_ms();
+    recordf(s, MX_TR_INFO, "connecting to %s port %s", s->host, s->port);
+    dl = deadline_for(s, TO_CONNECT);
+    Py_BEGIN_ALLOW_THREADS
+    fd = mx_net_connect(s->host, s->port, dl, &s->attempts, &s->err);
+    Py_END_ALLOW_THREADS
+    if (fd < 0) {
+        fail_io(s, STG_CONNECT);
+        goto done;
+    }
+    s->fd = fd;
+    mx_net_peer(fd, s->peer_addr, sizeof(s->peer_addr), &s->peer_port);
+    recordf(s, MX_TR_INFO, "connected to %s port %d", s->peer_addr, s->peer_port);
+    if (s->security == SEC_SSL && handshake(s) < 0) {
+        fail_io(s, STG_TLS);
+        goto done;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    fd = recv_reply(s, TO_BANNER);
+    Py_END_ALLOW_THREADS
+    if (fd < 0) {
+        fail_io(s, STG_CONNECT);
+        goto done;
+    }
+    if (s->reply.code != 220) {
+        PyObject *r = make_reply(s, STG_CONNECT);
+        if (!r)
+            goto done;
+        poison(s, "the server refused the connection");
+        raise_exc(s, s->reply.code == 421 ? MX_EXC_SERVICE_UNAVAILABLE : MX_EXC_CONNECT,
+                  STG_CONNECT, r, NULL, "the server refused the connection in its greeting");
+        Py_DECREF(r);
+        goto done;
+    }
+    Py_XSETREF(s->banner, make_reply(s, STG_CONNECT));
+    if (!s->banner)
+        goto done;
+    set_state(s, S_CONNECTED);
+    res = Py_NewRef(s->banner);
+done:
+    leave(s);
+    return res;
+}
+
+/* Builds the capability dict of the EHLO reply in s->reply. */
+static int
+take_capabilities(Session *s)
+{
+    PyObject *d = PyDict_New();
+    size_t i;
+
+    if (!d)
+        return -1;
+    mx_ehlo_parse(&s->reply, &s->caps);
+    for (i = 1; i < s->reply.nlines; i++) {
+        const char *line = s->reply.text + s->reply.line_off[i], *params;
+        size_t kwlen, plen, j;
+        char kwbuf[128];
+        PyObject *v;
+
+        mx_ehlo_split(line, s->reply.line_len[i], &kwlen, &params, &plen);
+        if (kwlen == 0 || kwlen >= sizeof(kwbuf))
+            continue;
+        for (j = 0; j < kwlen; j++) {
+            char c = line[j];
+            kwbuf[j] = (char)((c >= 'a' && c <= 'z') ? c - 'a' + 'A' : c);
+        }
+        PyObject *k = PyUnicode_FromStringAndSize(kwbuf, (Py_ssize_t)kwlen);
+        v = PyUnicode_DecodeUTF8(params, (Py_ssize_t)plen, "replace");
+        if (!k || !v || PyDict_SetItem(d, k, v) < 0) {
+            Py_XDECREF(k);
+            Py_XDECREF(v);
+            Py_DECREF(d);
+            return -1;
+        }
+        Py_DECREF(k);
+        Py_DECREF(v);
+    }
+    Py_XSETREF(s->caps_dict, d);
+    return 0;
+}
+
+/* EHLO (or HELO where allowed); the body of ehlo() and of the re-EHLO after
+ * STARTTLS.  Returns a new Reply or NULL. */
+static PyObject *
+do_ehlo(Session *s, const char *name)
+{
+    char cmd[MX_DOMAIN_MAX + 16];
+    size_t len;
+    PyObject *r;
+
+    if (mx_cmd_hello(cmd, sizeof(cmd), &len, "EHLO", name, strlen(name)) != MX_CMD_OK)
+        return raise_exc(s, MX_EXC_INPUT, STG_EHLO, NULL, NULL,
+                         "ehlo name %s is not a valid domain", name);
+    if (exchange(s, cmd, len, NULL, TO_EHLO) < 0)
+        return fail_io(s, STG_EHLO);
+    if (s->reply.code == 250) {
+        r = make_reply(s, STG_EHLO);
+        if (!r || take_capabilities(s) < 0) {
+            Py_XDECREF(r);
+            return NULL;
+        }
+        s->esmtp = 1;
+        Py_XSETREF(s->ehlo_reply, Py_NewRef(r));
+        set_state(s, S_READY);
+        return r;
+    }
+    if (s->reply.code == 421)
+        return fail_421(s, STG_EHLO);
+    if (s->reply.code >= 500 && s->helo_fallback) {
+        (void)mx_cmd_hello(cmd, sizeof(cmd), &len, "HELO", name, strlen(name));
+        if (exchange(s, cmd, len, NULL, TO_EHLO) < 0)
+            return fail_io(s, STG_EHLO);
+        if (s->reply.code == 250) {
+            memset(&s->caps, 0, sizeof(s->caps));
+            Py_XSETREF(s->caps_dict, PyDict_New());
+            if (!s->caps_dict)
+                return NULL;
+            s->esmtp = 0;
+            r = make_reply(s, STG_EHLO);
+            Py_XSETREF(s->ehlo_reply, r ? Py_NewRef(r) : NULL);
+            if (r)
+                set_state(s, S_READY);
+            return r;
+        }
+    }
+    return fail_reply(s, MX_EXC_REFUSED, STG_EHLO,
+                      s->helo_fallback ? "the server refused EHLO and HELO"
+                                       : "the server refused EHLO (HELO fallback "
+                                         "is off: TLS or authentication is required)");
+}
+
+PyDoc_STRVAR(ehlo_doc,
+"ehlo(name=None) -> Reply\n\n"
+"Sends EHLO and reads the capabilities.  Falls back to HELO only when the\n"
+"session was made with helo_fallback=True.");
+
+static PyObject *
+Session_ehlo(Session *s, PyObject *args, PyObject *kw)
+{
+    static char *kwlist[] = {"name", NULL};
+    PyObject *name = Py_None, *res = NULL;
+    const char *n;
+    Py_ssize_t len;
+
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "|O", kwlist, &name))
+        return NULL;
+    if (enter(s, 1) < 0)
+        return NULL;
+    if (name == Py_None)
+        n = s->ehlo_name;
+    else if (!(n = arg_utf8(s, name, "ehlo name", mx_cmd_check_domain, &len, STG_EHLO)))
+        goto done;
+    if (s->state == S_MAIL || s->state == S_RCPT) {
+        raise_exc(s, MX_EXC_STATE, STG_EHLO, NULL, NULL,
+                  "EHLO in the middle of a mail transaction; call rset() first");
+        goto done;
+    }
+    res = do_ehlo(s, n);
+done:
+    leave(s);
+    return res;
+}
+
+/* EHLO with the configured name if none was done yet; 0 or -1 raised. */
+static int
+ensure_ehlo(Session *s)
+{
+    PyObject *r;
+
+    if (s->state != S_CONNECTED)
+        return 0;
+    r = do_ehlo(s, s->ehlo_name);
+    if (!r)
+        return -1;
+    Py_DECREF(r);
+    return 0;
+}
+
+PyDoc_STRVAR(starttls_doc,
+"starttls() -> Reply\n\n"
+"Upgrades the connection with STARTTLS (RFC 3207), verifies the server,\n"
+"forgets everything learnt before TLS and sends EHLO again.  Returns the\n"
+"220 reply.  Raises TLSError when the server does not offer or refuses\n"
+"STARTTLS, ProtocolError when bytes arrive between the 220 and the\n"
+"handshake (response injection), CertificateError when verification fails.");
+
+static PyObject *
+Session_starttls(Session *s, PyObject *unused)
+{
+    PyObject *res = NULL, *r = NULL;
+    char cmd[16];
+    size_t len;
+
+    (void)unused;
+    if (enter(s, 1) < 0)
+        return NULL;
+    if (s->ssl) {
+        raise_exc(s, MX_EXC_STATE, STG_STARTTLS, NULL, NULL, "TLS is already active");
+        goto done;
+    }
+    if (s->state == S_MAIL || s->state == S_RCPT) {
+        raise_exc(s, MX_EXC_STATE, STG_STARTTLS, NULL, NULL,
+                  "STARTTLS in the middle of a mail transaction");
+        goto done;
+    }
+    if (ensure_ctx(s, STG_STARTTLS) < 0 || ensure_ehlo(s) < 0)
+        goto done;
+    if (!(s->caps.ext & MX_EXT_STARTTLS)) {
+        raise_exc(s, MX_EXC_TLS, STG_STARTTLS, s->ehlo_reply, NULL,
+                  "the server does not offer STARTTLS; nothing was sent in the "
+                  "clear.  Enable TLS on the connector or use security='ssl'");
+        goto done;
+    }
+    (void)mx_cmd_simple(cmd, sizeof(cmd), &len, "STARTTLS");
+    if (exchange(s, cmd, len, NULL, TO_STARTTLS) < 0) {
+        fail_io(s, STG_STARTTLS);
+        goto done;
+    }
+    if (s->reply.code != 220) {
+        fail_reply(s, MX_EXC_TLS, STG_STARTTLS,
+                   "the server refused STARTTLS; nothing was sent in the clear");
+        goto done;
+    }
+    r = make_reply(s, STG_STARTTLS);
+    if (!r)
+        goto done;
+    if (s->rstart < s->rend) {
+        char why[200];
+        snprintf(why, sizeof(why),
+                 "%zu bytes arrived after the 220 to STARTTLS, before the TLS "
+                 "handshake (response injection?); they were discarded",
+                 s->rend - s->rstart);
+        poison(s, why);
+        raise_exc(s, MX_EXC_PROTOCOL, STG_STARTTLS, r, NULL, "STARTTLS: %s", why);
+        goto done;
+    }
+    if (handshake(s) < 0) {
+        fail_io(s, STG_STARTTLS);
+        goto done;
+    }
+    /* RFC 3207 §4.2: forget all knowledge obtained before TLS */
+    memset(&s->caps, 0, sizeof(s->caps));
+    Py_CLEAR(s->caps_dict);
+    Py_CLEAR(s->ehlo_reply);
+    s->esmtp = 0;
+    s->authenticated = 0;
+    mx_reply_parser_init(&s->parser);
+    s->rstart = s->rend = 0;
+    set_state(s, S_CONNECTED);
+    if (ensure_ehlo(s) < 0)
+        goto done;
+    res = Py_NewRef(r);
+done:
+    Py_XDECREF(r);
+    leave(s);
+    return res;
+}
+
+/* Reads a 334 challenge check; 0 fine, -1 raised. */
+static int
+check_challenge(Session *s)
+{
+    size_t n = s->reply.nlines ? s->reply.line_len[0] : 0;
+    const char *t = s->reply.text;
+    mx_sasl_status st;
+
+    if (s->reply.nlines != 1) {
+        fail_protocol(s, STG_AUTH, "a 334 challenge must be one line");
+        return -1;
+    }
+    st = mx_sasl_check_challenge(t, n);
+    if (st != MX_SASL_OK) {
+        char why[128];
+        snprintf(why, sizeof(why), "the server's 334 challenge %s", mx_sasl_strerror(st));
+        fail_protocol(s, STG_AUTH, why);
+        return -1;
+    }
+    return 0;
+}
+
+/* The AUTH exchange itself, with secrets in buffers that are wiped by the
+ * caller.  Returns 0 when the server said 235; -1 raised otherwise. */
+static int
+auth_exchange(Session *s, unsigned mech, const char *user, size_t ulen,
+              const char *pass, size_t plen, char *line, size_t cap)
+{
+    /* base64 of the largest PLAIN message: 3 fields + 2 NULs */
+    char b64[((3 * MX_SASL_FIELD_MAX + 2 + 2) / 3) * 4 + 1];
+    size_t len, blen;
+    mx_sasl_status st;
+
+    if (mech == MX_AUTH_PLAIN) {
+        st = mx_sasl_plain("", 0, user, ulen, pass, plen, b64, sizeof(b64), &blen);
+        if (st == MX_SASL_OK &&
+            mx_cmd_auth(line, cap, &len, "PLAIN", b64, blen) != MX_CMD_OK)
+            st = MX_SASL_E_TOO_LONG;
+        mx_wipe(b64, sizeof(b64));
+        if (st != MX_SASL_OK) {
+            raise_exc(s, MX_EXC_INPUT, STG_AUTH, NULL, NULL,
+                      "username or password %s; nothing was sent", mx_sasl_strerror(st));
+            return -1;
+        }
+        if (exchange(s, line, len, "AUTH PLAIN <credentials redacted>", TO_AUTH) < 0)
+            goto io;
+        if (s->reply.code == 334) {
+            /* a server that ignores initial responses asks again */
+            if (check_challenge(s) < 0)
+                return -1;
+            st = mx_sasl_plain("", 0, user, ulen, pass, plen, b64, sizeof(b64), &blen);
+            (void)mx_cmd_auth(line, cap, &len, NULL, b64, blen);
+            mx_wipe(b64, sizeof(b64));
+            if (exchange(s, line, len, "<credentials redacted>", TO_AUTH) < 0)
+                goto io;
+        }
+    } else {
+        if (ulen > MX_SASL_FIELD_MAX || plen > MX_SASL_FIELD_MAX) {
+            raise_exc(s, MX_EXC_INPUT, STG_AUTH, NULL, NULL,
+                      "username or password longer than 255 octets; nothing was sent");
+            return -1;
+        }
+        (void)mx_cmd_auth(line, cap, &len, "LOGIN", NULL, 0);
+        if (exchange(s, line, len, NULL, TO_AUTH) < 0)
+            goto io;
+        if (s->reply.code == 334) {
+            if (check_challenge(s) < 0)
+                return -1;
+            (void)mx_b64_encode((const unsigned char *)user, ulen, b64, sizeof(b64), &blen);
+            (void)mx_cmd_auth(line, cap, &len, NULL, b64, blen);
+            mx_wipe(b64, sizeof(b64));
+            if (exchange(s, line, len, "<username redacted>", TO_AUTH) < 0)
+                goto io;
+        }
+        if (s->reply.code == 334) {
+            if (check_challenge(s) < 0)
+                return -1;
+            (void)mx_b64_encode((const unsigned char *)pass, plen, b64, sizeof(b64), &blen);
+            (void)mx_cmd_auth(line, cap, &len, NULL, b64, blen);
+            mx_wipe(b64, sizeof(b64));
+            if (exchange(s, line, len, "<password redacted>", TO_AUTH) < 0)
+                goto io;
+        }
+    }
+    if (s->reply.code == 235)
+        return 0;
+    if (s->reply.code == 334) {
+        fail_protocol(s, STG_AUTH, "the server asked for more than the mechanism has");
+        return -1;
+    }
+    if (s->reply.code < 400) {
+        fail_protocol(s, STG_AUTH, "unexpected reply to AUTH");
+        return -1;
+    }
+    fail_reply(s, MX_EXC_AUTH, STG_AUTH, "the server refused the credentials");
+    return -1;
+io:
+    fail_io(s, STG_AUTH);
+    return -1;
+}
+
+PyDoc_STRVAR(login_doc,
+"login(user, password, mechanism=None) -> Reply\n\n"
+"Authenticates with AUTH PLAIN or LOGIN: the given mechanism, or the first\n"
+"of PLAIN, LOGIN that the server offers and auth_mechanisms allows.\n"
+"Without TLS it refuses (InsecureAuthError) unless the session was made\n"
+"with allow_insecure_auth=True.  The password is wiped from the C buffers\n"
+"after use and never enters the transcript.");
+
+static PyObject *
+Session_login(Session *s, PyObject *args, PyObject *kw)
+{
+    static char *kwlist[] = {"user", "password", "mechanism", NULL};
+    PyObject *user, *pass, *mech_obj = Py_None, *res = NULL;
+    const char *u, *p;
+    Py_ssize_t ulen, plen;
+    unsigned mech = 0, usable;
+    char line[MX_SASL_FIELD_MAX * 4 + 64];
+
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "UU|O", kwlist, &user, &pass, &mech_obj))
+        return NULL;
+    if (enter(s, 1) < 0)
+        return NULL;
+    if (ensure_ehlo(s) < 0)
+        goto done;
+    if (s->authenticated) {
+        raise_exc(s, MX_EXC_STATE, STG_AUTH, NULL, NULL, "already authenticated");
+        goto done;
+    }
+    if (s->state != S_READY) {
+        raise_exc(s, MX_EXC_STATE, STG_AUTH, NULL, NULL,
+                  "AUTH is not allowed during a mail transaction");
+        goto done;
+    }
+    if (!s->ssl && !s->allow_insecure_auth) {
+        raise_exc(s, MX_EXC_INSECURE_AUTH, STG_AUTH, NULL, NULL,
+                  "refusing to send credentials without TLS; use "
+                  "security='starttls' or 'ssl', or set allow_insecure_auth=True "
+                  "if the network is trusted");
+        goto done;
+    }
+    if (mech_obj != Py_None) {
+        Py_ssize_t mlen;
+        const char *m = PyUnicode_Check(mech_obj) ? PyUnicode_AsUTF8AndSize(mech_obj, &mlen) : NULL;
+        mech = m ? mx_auth_mech_bit(m, (size_t)mlen) : 0;
+        if (mech != MX_AUTH_PLAIN && mech != MX_AUTH_LOGIN) {
+            raise_exc(s, MX_EXC_INPUT, STG_AUTH, NULL, NULL,
+                      "mechanism %R is not supported; use 'PLAIN' or 'LOGIN'", mech_obj);
+            goto done;
+        }
+    } else {
+        usable = s->caps.auth & s->auth_allowed;
+        if (!(s->caps.ext & MX_EXT_AUTH)) {
+            raise_exc(s, MX_EXC_NOT_SUPPORTED, STG_AUTH, s->ehlo_reply, NULL,
+                      "the server offers no AUTH%s", s->ssl ? "" :
+                      " before TLS (many servers offer it only after STARTTLS)");
+            goto done;
+        }
+        if (!usable) {
+            PyObject *offered = s->caps_dict ? PyDict_GetItemString(s->caps_dict, "AUTH") : NULL;
+            raise_exc(s, MX_EXC_NOT_SUPPORTED, STG_AUTH, s->ehlo_reply, NULL,
+                      "the server offers AUTH %S but none of the allowed "
+                      "mechanisms (PLAIN, LOGIN); basic authentication is off "
+                      "on this connector", offered ? offered : Py_None);
+            goto done;
+        }
+        mech = (usable & MX_AUTH_PLAIN) ? MX_AUTH_PLAIN : MX_AUTH_LOGIN;
+    }
+    if (!(u = arg_utf8(s, user, "username", mx_cmd_check_params, &ulen, STG_AUTH)))
+        goto done;
+    p = PyUnicode_AsUTF8AndSize(pass, &plen);
+    if (!p)
+        goto done;
+    if (auth_exchange(s, mech, u, (size_t)ulen, p, (size_t)plen, line, sizeof(line)) == 0) {
+        s->authenticated = 1;
+        res = make_reply(s, STG_AUTH);
+    }
+    mx_wipe(line, sizeof(line));
+done:
+    leave(s);
+    return res;
+}
+
+/* Formats MAIL/RCPT with the address and params from Python; -1 raised. */
+static int
+format_path(Session *s, const char *verb, PyObject *addr, PyObject *params,
+            const char *extra, stage stg, char *out, size_t cap, size_t *len,
+            int *non_ascii)
+{
+    const char *a;
+    Py_ssize_t alen;
+    char pbuf[1024];
+    size_t plen = 0;
+    mx_cmd_status cs;
+
+    if (!(a = arg_utf8(s, addr, stg == STG_MAIL ? "sender address" : "recipient address",
+                       mx_cmd_check_address, &alen, stg)))
+        return -1;
+    if (non_ascii && !is_ascii(a, alen))
+        *non_ascii = 1;
+    pbuf[0] = '\0';
+    if (extra && extra[0]) {
+        plen = strlen(extra);
+        memcpy(pbuf, extra, plen + 1);
+    }
+    if (params && params != Py_None) {
+        PyObject *fast = PySequence_Fast(params, "options must be a sequence of str");
+        Py_ssize_t i, n;
+        if (!fast)
+            return -1;
+        n = PySequence_Fast_GET_SIZE(fast);
+        for (i = 0; i < n; i++) {
+            PyObject *it = PySequence_Fast_GET_ITEM(fast, i);
+            Py_ssize_t ilen;
+            const char *ip = arg_utf8(s, it, "ESMTP option", mx_cmd_check_params, &ilen, stg);
+            if (!ip || (size_t)ilen + plen + 2 > sizeof(pbuf)) {
+                if (ip)
+                    raise_exc(s, MX_EXC_INPUT, stg, NULL, NULL,
+                              "ESMTP options are longer than 1000 octets");
+                Py_DECREF(fast);
+                return -1;
+            }
+            if (plen)
+                pbuf[plen++] = ' ';
+            memcpy(pbuf + plen, ip, (size_t)ilen);
+            plen += (size_t)ilen;
+            pbuf[plen] = '\0';
+        }
+        Py_DECREF(fast);
+    }
+    cs = mx_cmd_path(out, cap, len, verb, a, (size_t)alen, pbuf, plen);
+    if (cs != MX_CMD_OK) {
+        raise_exc(s, MX_EXC_INPUT, stg, NULL, NULL, "%s command %s", verb, mx_cmd_strerror(cs));
+        return -1;
+    }
+    return 0;
+}
+
+PyDoc_STRVAR(mail_doc,
+"mail(sender, options=()) -> Reply\n\n"
+"Sends MAIL FROM and returns the reply, accepted or not (like smtplib's\n"
+"mail()); raises only when the exchange itself fails.");
+
+static PyObject *
+Session_mail(Session *s, PyObject *args, PyObject *kw)
+{
+    static char *kwlist[] = {"sender", "options", NULL};
+    PyObject *sender, *opts = Py_None, *res = NULL;
+    char cmd[MX_PATH_MAX + 1100];
+    size_t len;
+
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O|O", kwlist, &sender, &opts))
+        return NULL;
+    if (enter(s, 1) < 0)
+        return NULL;
+    if (ensure_ehlo(s) < 0)
+        goto done;
+    if (s->state != S_READY) {
+        raise_exc(s, MX_EXC_STATE, STG_MAIL, NULL, NULL,
+                  "MAIL needs a session with no transaction open (state %s); call rset()",
+                  state_names[s->state]);
+        goto done;
+    }
+    if (format_path(s, "MAIL FROM", sender, opts, NULL, STG_MAIL, cmd, sizeof(cmd), &len, NULL) < 0)
+        goto done;
+    if (exchange(s, cmd, len, NULL, TO_MAIL) < 0) {
+        fail_io(s, STG_MAIL);
+        goto done;
+    }
+    if (s->reply.code == 421) {
+        fail_421(s, STG_MAIL);
+        goto done;
+    }
+    if (s->reply.code / 100 == 2)
+        set_state(s, S_MAIL);
+    res = make_reply(s, STG_MAIL);
+done:
+    leave(s);
+    return res;
+}
+
+PyDoc_STRVAR(rcpt_doc,
+"rcpt(recipient, options=()) -> Reply\n\n"
+"Sends RCPT TO and returns the reply, accepted or not.");
+
+static PyObject *
+Session_rcpt(Session *s, PyObject *args, PyObject *kw)
+{
+    static char *kwlist[] = {"recipient", "options", NULL};
+    PyObject *rcpt, *opts = Py_None, *res = NULL;
+    char cmd[MX_PATH_MAX + 1100];
+    size_t len;
+
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O|O", kwlist, &rcpt, &opts))
+        return NULL;
+    if (enter(s, 1) < 0)
+        return NULL;
+    if (s->state != S_MAIL && s->state != S_RCPT) {
+        raise_exc(s, MX_EXC_STATE, STG_RCPT, NULL, NULL,
+                  "RCPT needs an accepted MAIL first (state %s)", state_names[s->state]);
+        goto done;
+    }
+    if (format_path(s, "RCPT TO", rcpt, opts, NULL, STG_RCPT, cmd, sizeof(cmd), &len, NULL) < 0)
+        goto done;
+    if (exchange(s, cmd, len, NULL, TO_RCPT) < 0) {
+        fail_io(s, STG_RCPT);
+        goto done;
+    }
+    if (s->reply.code == 421) {
+        fail_421(s, STG_RCPT);
+        goto done;
+    }
+    if (s->reply.code / 100 == 2)
+        set_state(s, S_RCPT);
+    res = make_reply(s, STG_RCPT);
+done:
+    leave(s);
+    return res;
+}
+
+/* DATA, the body and the final reply.  buf is held by the caller.  Returns
+ * a new Reply (2xx) or NULL raised.  The transaction is over either way. */
+static PyObject *
+do_data(Session *s, const unsigned char *p, size_t n)
+{
+    char cmd[8];
+    size_t len, used, out;
+    mx_body_enc enc;
+    int rc = 0;
+    int64_t dl;
+
+    (void)mx_cmd_simple(cmd, sizeof(cmd), &len, "DATA");
+    if (exchange(s, cmd, len, NULL, TO_DATA) < 0)
+        return fail_io(s, STG_DATA);
+    if (s->reply.code == 421)
+        return fail_421(s, STG_DATA);
+    if (s->reply.code / 100 == 2 || (s->reply.code / 100 == 3 && s->reply.code != 354))
+        return fail_protocol(s, STG_DATA,
+                             "the server did not answer DATA with 354; the body was not sent");
+    if (s->reply.code != 354) {
+        PyObject *r = make_reply(s, STG_DATA);
+        if (!r)
+            return NULL;
+        /* close the transaction so the session can go on */
+        (void)mx_cmd_simple(cmd, sizeof(cmd), &len, "RSET");
+        if (exchange(s, cmd, len, NULL, TO_COMMAND) < 0) {
+            Py_DECREF(r);
+            return fail_io(s, STG_RSET);
+        }
+        set_state(s, S_READY);
+        raise_exc(s, MX_EXC_DATA, STG_DATA, r, NULL,
+                  "the server refused DATA; the message was not sent");
+        Py_DECREF(r);
+        return NULL;
+    }
+    recordf(s, MX_TR_INFO, "sending body: %zu bytes before encoding", n);
+    mx_body_init(&enc);
+    Py_BEGIN_ALLOW_THREADS
+    while (n) {
+        out = mx_body_encode(&enc, p, n, &used, s->wbuf, MX_WBUF);
+        p += used;
+        n -= used;
+        dl = deadline_for(s, TO_DATA_BLOCK);
+        if ((rc = stream_write(s, s->wbuf, out, dl)) < 0)
+            break;
+    }
+    if (rc == 0) {
+        out = mx_body_finish(&enc, s->wbuf, MX_WBUF);
+        record(s, MX_TR_CLIENT, ".", 1);
+        rc = stream_write(s, s->wbuf, out, deadline_for(s, TO_DATA_BLOCK));
+    }
+    if (rc == 0)
+        rc = recv_reply(s, TO_END_OF_DATA);
+    Py_END_ALLOW_THREADS
+    if (rc < 0)
+        return fail_io(s, STG_END_OF_DATA);
+    set_state(s, S_READY);
+    if (s->reply.code == 421)
+        return fail_421(s, STG_END_OF_DATA);
+    if (s->reply.code / 100 != 2) {
+        if (s->reply.code / 100 == 3)
+            return fail_protocol(s, STG_END_OF_DATA, "unexpected 3xx reply at end of data");
+        return fail_reply(s, MX_EXC_DATA, STG_END_OF_DATA,
+                          "the server refused the message at end of data");
+    }
+    return make_reply(s, STG_END_OF_DATA);
+}
+
+PyDoc_STRVAR(data_doc,
+"data(body) -> Reply\n\n"
+"Sends DATA, then the body (any bytes-like object) with bare CR and LF\n"
+"turned into CRLF and leading dots doubled, then the end-of-data marker.\n"
+"Returns the final 2xx reply; raises DataRefused (stage DATA or\n"
+"END_OF_DATA) otherwise.  The message is sent only if this returns.");
+
+static PyObject *
+Session_data(Session *s, PyObject *arg)
+{
+    Py_buffer view;
+    PyObject *res = NULL;
+
+    if (PyUnicode_Check(arg)) {
+        PyErr_SetString(PyExc_TypeError,
+                        "data() takes bytes; encode the message first (or use send_message)");
+        return NULL;
+    }
+    if (PyObject_GetBuffer(arg, &view, PyBUF_SIMPLE) < 0)
+        return NULL;
+    if (enter(s, 1) < 0)
+        goto release;
+    if (s->state != S_RCPT)
+        raise_exc(s, MX_EXC_STATE, STG_DATA, NULL, NULL,
+                  "DATA needs at least one accepted recipient (state %s)",
+                  state_names[s->state]);
+    else
+        res = do_data(s, view.buf, (size_t)view.len);
+    leave(s);
+release:
+    PyBuffer_Release(&view);
+    return res;
+}
+
+/* A simple command whose reply is returned as is. */
+static PyObject *
+simple_command(Session *s, const char *verb, stage stg, timeout_key k)
+{
+    char cmd[16];
+    size_t len;
+    PyObject *res = NULL;
+
+    if (enter(s, 1) < 0)
+        return NULL;
+    (void)mx_cmd_simple(cmd, sizeof(cmd), &len, verb);
+    if (exchange(s, cmd, len, NULL, k) < 0) {
+        fail_io(s, stg);
+        goto done;
+    }
+    if (s->reply.code == 421) {
+        fail_421(s, stg);
+        goto done;
+    }
+    if (stg == STG_RSET && s->reply.code / 100 == 2 && s->state != S_CONNECTED)
+        set_state(s, S_READY);
+    res = make_reply(s, stg);
+done:
+    leave(s);
+    return res;
+}
+
+static PyObject *
+Session_rset(Session *s, PyObject *unused)
+{
+    (void)unused;
+    return simple_command(s, "RSET", STG_RSET, TO_COMMAND);
+}
+
+static PyObject *
+Session_noop(Session *s, PyObject *unused)
+{
+    (void)unused;
+    return simple_command(s, "NOOP", STG_NOOP, TO_COMMAND);
+}
+
+PyDoc_STRVAR(quit_doc,
+"quit() -> Reply or None\n\n"
+"Sends QUIT and closes the connection.  Returns the server's reply, or None\n"
+"when the session was not open; a failure while quitting still closes.");
+
+static PyObject *
+Session_quit(Session *s, PyObject *unused)
+{
+    char cmd[8];
+    size_t len;
+    PyObject *res = NULL;
+
+    (void)unused;
+    if (enter(s, 0) < 0)
+        return NULL;
+    if (s->fd < 0 || s->state == S_ERROR || s->state == S_CLOSED || s->state == S_NEW) {
+        drop_connection(s);
+        if (s->state != S_ERROR)
+            set_state(s, S_CLOSED);
+        res = Py_NewRef(Py_None);
+        goto done;
+    }
+    (void)mx_cmd_simple(cmd, sizeof(cmd), &len, "QUIT");
+    if (exchange(s, cmd, len, NULL, TO_QUIT) < 0) {
+        fail_io(s, STG_QUIT);
+        goto done;
+    }
+    res = make_reply(s, STG_QUIT);
+    drop_connection(s);
+    set_state(s, S_CLOSED);
+done:
+    leave(s);
+    return res;
+}
+
+static PyObject *
+Session_close(Session *s, PyObject *unused)
+{
+    (void)unused;
+    if (enter(s, 0) < 0)
+        return NULL;
+    drop_connection(s);
+    if (s->state != S_ERROR)
+        set_state(s, S_CLOSED);
+    leave(s);
+    Py_RETURN_NONE;
+}
+
+PyDoc_STRVAR(sendmail_doc,
+"sendmail(from_addr, to_addrs, msg, mail_options=(), rcpt_options=())\n"
+"    -> (refused, reply)\n\n"
+"One whole transaction.  Adds SIZE=, BODY=8BITMIME and SMTPUTF8 when the\n"
+"server offers them and the message needs them; refuses (before sending)\n"
+"non-ASCII addresses the server cannot take.  refused maps each refused\n"
+"recipient to its Reply; reply is the server's final answer.  Raises\n"
+"SenderRefused, RecipientsRefused (no recipient accepted; the body was not\n"
+"sent) or DataRefused.");
+
+static PyObject *
+Session_sendmail(Session *s, PyObject *args, PyObject *kw)
+{
+    static char *kwlist[] = {"from_addr", "to_addrs", "msg", "mail_options",
+                             "rcpt_options", NULL};
+    PyObject *from, *to, *msg, *mopts = Py_None, *ropts = Py_None;
+    PyObject *fast = NULL, *refused = NULL, *res = NULL, *r = NULL;
+    Py_buffer view = {0};
+    Py_ssize_t i, n;
+    char cmd[MX_PATH_MAX + 1100], extra[128];
+    size_t len, elen = 0;
+    int non_ascii = 0, accepted = 0, have_view = 0;
+    mx_body_scan_state scan;
+
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOO|OO", kwlist, &from, &to,
+                                     &msg, &mopts, &ropts))
+        return NULL;
+    if (PyUnicode_Check(msg)) {
+        PyErr_SetString(PyExc_TypeError, "msg must be bytes; encode it first");
+        return NULL;
+    }
+    if (PyObject_GetBuffer(msg, &view, PyBUF_SIMPLE) < 0)
+        return NULL;
+    have_view = 1;
+    if (PyUnicode_Check(to))
+        fast = PyTuple_Pack(1, to);
+    else
+        fast = PySequence_Fast(to, "to_addrs must be a str or a sequence of str");
+    if (!fast)
+        goto release;
+    n = PySequence_Fast_GET_SIZE(fast);
+    if (enter(s, 1) < 0)
+        goto release;
+    if (n == 0) {
+        raise_exc(s, MX_EXC_INPUT, STG_RCPT, NULL, NULL, "no recipients given");
+        goto done;
+    }
+    if (ensure_ehlo(s) < 0)
+        goto done;
+    if (s->state != S_READY) {
+        raise_exc(s, MX_EXC_STATE, STG_MAIL, NULL, NULL,
+                  "a mail transaction is already open (state %s); call rset()",
+                  state_names[s->state]);
+        goto done;
+    }
+    /* check every argument before anything is sent */
+    for (i = 0; i < n; i++) {
+        if (format_path(s, "RCPT TO", PySequence_Fast_GET_ITEM(fast, i), ropts,
+                        NULL, STG_RCPT, cmd, sizeof(cmd), &len, &non_ascii) < 0)
+            goto done;
+    }
+    if (format_path(s, "MAIL FROM", from, mopts, NULL, STG_MAIL, cmd,
+                    sizeof(cmd), &len, &non_ascii) < 0)
+        goto done;
+    mx_body_scan_init(&scan);
+    Py_BEGIN_ALLOW_THREADS
+    mx_body_scan(&scan, view.buf, (size_t)view.len);
+    mx_body_scan_finish(&scan);
+    Py_END_ALLOW_THREADS
+    extra[0] = '\0';
+    if (s->caps.ext & MX_EXT_SIZE) {
+        if (s->caps.size && scan.info.size > s->caps.size) {
+            raise_exc(s, MX_EXC_NOT_SUPPORTED, STG_MAIL, NULL, NULL,
+                      "the message is %llu octets but the server accepts at most "
+                      "%llu (SIZE); nothing was sent",
+                      (unsigned long long)scan.info.size,
+                      (unsigned long long)s->caps.size);
+            goto done;
+        }
+        elen += (size_t)snprintf(extra + elen, sizeof(extra) - elen, "SIZE=%llu",
+                                 (unsigned long long)scan.info.size);
+    }
+    if (scan.info.has_8bit && (s->caps.ext & MX_EXT_8BITMIME))
+        elen += (size_t)snprintf(extra + elen, sizeof(extra) - elen, "%sBODY=8BITMIME",
+                                 elen ? " " : "");
+    if (non_ascii) {
+        if (!(s->caps.ext & MX_EXT_SMTPUTF8)) {
+            raise_exc(s, MX_EXC_NOT_SUPPORTED, STG_MAIL, NULL, NULL,
+                      "an address is not ASCII but the server does not offer "
+                      "SMTPUTF8; nothing was sent");
+            goto done;
+        }
+        elen += (size_t)snprintf(extra + elen, sizeof(extra) - elen, "%sSMTPUTF8",
+                                 elen ? " " : "");
+    }
+    if (format_path(s, "MAIL FROM", from, mopts, extra, STG_MAIL, cmd,
+                    sizeof(cmd), &len, NULL) < 0)
+        goto done;
+    if (exchange(s, cmd, len, NULL, TO_MAIL) < 0) {
+        fail_io(s, STG_MAIL);
+        goto done;
+    }
+    if (s->reply.code / 100 != 2) {
+        fail_reply(s, MX_EXC_SENDER, STG_MAIL, "the server refused the sender");
+        goto done;
+    }
+    set_state(s, S_MAIL);
+    refused = PyDict_New();
+    if (!refused)
+        goto done;
+    for (i = 0; i < n; i++) {
+        PyObject *addr = PySequence_Fast_GET_ITEM(fast, i);
+        if (format_path(s, "RCPT TO", addr, ropts, NULL, STG_RCPT, cmd,
+                        sizeof(cmd), &len, NULL) < 0)
+            goto done;
+        if (exchange(s, cmd, len, NULL, TO_RCPT) < 0) {
+            fail_io(s, STG_RCPT);
+            goto done;
+        }
+        if (s->reply.code == 421) {
+            fail_421(s, STG_RCPT);
+            goto done;
+        }
+        if (s->reply.code / 100 == 2) {
+            accepted++;
+            set_state(s, S_RCPT);
+            continue;
+        }
+        r = make_reply(s, STG_RCPT);
+        if (!r || PyDict_SetItem(refused, addr, r) < 0)
+            goto done;
+        Py_CLEAR(r);
+    }
+    if (!accepted) {
+        PyObject *extra_kw = Py_BuildValue("{s:O}", "recipients", refused);
+        char rcmd[8];
+        if (!extra_kw)
+            goto done;
+        /* end the transaction; the body is never sent */
+        (void)mx_cmd_simple(rcmd, sizeof(rcmd), &len, "RSET");
+        if (exchange(s, rcmd, len, NULL, TO_COMMAND) < 0) {
+            Py_DECREF(extra_kw);
+            fail_io(s, STG_RSET);
+            goto done;
+        }
+        set_state(s, S_READY);
+        raise_exc(s, MX_EXC_RECIPIENTS, STG_RCPT, NULL, extra_kw,
+                  "the server refused every recipient; the message was not sent");
+        Py_DECREF(extra_kw);
+        goto done;
+    }
+    r = do_data(s, view.buf, (size_t)view.len);
+    if (!r)
+        goto done;
+    res = PyTuple_Pack(2, refused, r);
+done:
+    leave(s);
+release:
+    if (have_view)
+        PyBuffer_Release(&view);
+    Py_XDECREF(fast);
+    Py_XDECREF(refused);
+    Py_XDECREF(r);
+    return res;
+}
+
+PyDoc_STRVAR(set_deadline_doc,
+"set_deadline(seconds) -> None\n\n"
+"Bounds everything that follows: no step may end later than `seconds` from\n"
+"now (None removes the bound).  Stage timeouts still apply within it.");
+
+static PyObject *
+Session_set_deadline(Session *s, PyObject *arg)
+{
+    double secs;
+
+    if (arg == Py_None) {
+        s->deadline = 0;
+        Py_RETURN_NONE;
+    }
+    secs = PyFloat_AsDouble(arg);
+    if (secs == -1.0 && PyErr_Occurred())
+        return NULL;
+    if (!(secs > 0) || secs > 86400.0 * 7) {
+        PyErr_SetString(PyExc_ValueError, "deadline must be between 0 and 604800 seconds");
+        return NULL;
+    }
+    s->deadline = mx_now_ms() + (int64_t)(secs * 1000.0 + 0.5);
+    Py_RETURN_NONE;
+}
+
+/* ---- properties ----------------------------------------------------------- */
+
+static PyObject *
+Session_get_state(Session *s, void *c)
+{
+    (void)c;
+    return PyUnicode_FromString(state_names[s->state]);
+}
+
+static PyObject *
+Session_get_capabilities(Session *s, void *c)
+{
+    (void)c;
+    if (!s->caps_dict)
+        return PyDict_New();
+    return PyDict_Copy(s->caps_dict);
+}
+
+static PyObject *
+Session_get_banner(Session *s, void *c)
+{
+    (void)c;
+    return Py_NewRef(s->banner ? s->banner : Py_None);
+}
+
+static PyObject *
+Session_get_ehlo_reply(Session *s, void *c)
+{
+    (void)c;
+    return Py_NewRef(s->ehlo_reply ? s->ehlo_reply : Py_None);
+}
+
+static PyObject *
+Session_get_tls_active(Session *s, void *c)
+{
+    (void)c;
+    return PyBool_FromLong(s->ssl != NULL);
+}
+
+static PyObject *
+Session_get_authenticated(Session *s, void *c)
+{
+    (void)c;
+    return PyBool_FromLong(s->authenticated);
+}
+
+static PyObject *
+Session_get_esmtp(Session *s, void *c)
+{
+    (void)c;
+    return PyBool_FromLong(s->esmtp);
+}
+
+static PyObject *
+Session_get_tls_version(Session *s, void *c)
+{
+    (void)c;
+    if (!s->ssl)
+        Py_RETURN_NONE;
+    return PyUnicode_FromString(SSL_get_version(s->ssl));
+}
+
+static PyObject *
+Session_get_tls_cipher(Session *s, void *c)
+{
+    (void)c;
+    if (!s->ssl)
+        Py_RETURN_NONE;
+    return PyUnicode_FromString(SSL_get_cipher_name(s->ssl));
+}
+
+static PyObject *
+Session_get_peer_certificate(Session *s, void *c)
+{
+    unsigned char *der = NULL;
+    int len;
+    PyObject *res;
+
+    (void)c;
+    if (!s->ssl || (len = mx_tls_cert_der(s->ssl, &der)) < 0)
+        Py_RETURN_NONE;
+    res = PyBytes_FromStringAndSize((const char *)der, len);
+    OPENSSL_free(der);
+    return res;
+}
+
+static PyObject *
+Session_get_peer_cert_info(Session *s, void *c)
+{
+    mx_cert_info *info;
+    PyObject *res = NULL, *san = NULL;
+    int i;
+
+    (void)c;
+    if (!s->ssl)
+        Py_RETURN_NONE;
+    info = PyMem_Malloc(sizeof(*info));
+    if (!info)
+        return PyErr_NoMemory();
+    if (mx_tls_cert_info(s->ssl, info) < 0) {
+        PyMem_Free(info);
+        Py_RETURN_NONE;
+    }
+    san = PyList_New(0);
+    for (i = 0; san && i < info->nsan; i++) {
+        PyObject *v = PyUnicode_DecodeUTF8(info->san[i], (Py_ssize_t)strlen(info->san[i]), "replace");
+        if (!v || PyList_Append(san, v) < 0) {
+            Py_XDECREF(v);
+            Py_CLEAR(san);
+            break;
+        }
+        Py_DECREF(v);
+    }
+    if (san)
+        res = Py_BuildValue("{s:s,s:s,s:L,s:L,s:O,s:l,s:s}",
+                            "subject", info->subject, "issuer", info->issuer,
+                            "not_before", (long long)info->not_before,
+                            "not_after", (long long)info->not_after,
+                            "san", san, "verify_code", info->verify_code,
+                            "verify_message", info->verify_text);
+    Py_XDECREF(san);
+    PyMem_Free(info);
+    return res;
+}
+
+static PyObject *
+Session_get_transcript(Session *s, void *c)
+{
+    PyObject *list = PyList_New(0);
+    size_t pos = 0, len;
+    uint32_t ms;
+    char dir;
+    const char *text;
+
+    (void)c;
+    if (!list)
+        return NULL;
+    while (mx_transcript_next(&s->tr, &pos, &ms, &dir, &text, &len)) {
+        PyObject *t = Py_BuildValue("(kC" "s#)", (unsigned long)ms, (int)dir, text,
+                                    (Py_ssize_t)len);
+        if (!t) {
+            /* undecodable server bytes: replace rather than fail */
+            PyErr_Clear();
+            PyObject *u = PyUnicode_DecodeUTF8(text, (Py_ssize_t)len, "replace");
+            t = u ? Py_BuildValue("(kCN)", (unsigned long)ms, (int)dir, u) : NULL;
+        }
+        if (!t || PyList_Append(list, t) < 0) {
+            Py_XDECREF(t);
+            Py_DECREF(list);
+            return NULL;
+        }
+        Py_DECREF(t);
+    }
+    if (s->tr.dropped) {
+        PyObject *t = Py_BuildValue("(kCN)", (unsigned long)elapsed_ms(s), (int)'*',
+                                    PyUnicode_FromFormat("%zu transcript entries not kept (limit 1 MiB)",
+                                                         s->tr.dropped));
+        if (!t || PyList_Append(list, t) < 0) {
+            Py_XDECREF(t);
+            Py_DECREF(list);
+            return NULL;
+        }
+        Py_DECREF(t);
+    }
+    return list;
+}
+
+static PyObject *
+Session_get_connect_attempts(Session *s, void *c)
+{
+    PyObject *list = PyList_New(0);
+    int i;
+
+    (void)c;
+    for (i = 0; list && i < s->attempts.n; i++) {
+        mx_attempt *a = &s->attempts.a[i];
+        PyObject *d = Py_BuildValue("{s:s,s:s,s:N,s:L}", "address", a->addr,
+                                    "family", a->family == AF_INET6 ? "IPv6" : "IPv4",
+                                    "error", a->sys_errno ? PyUnicode_FromString(strerror(a->sys_errno))
+                                                          : Py_NewRef(Py_None),
+                                    "ms", (long long)a->ms);
+        if (!d || PyList_Append(list, d) < 0) {
+            Py_XDECREF(d);
+            Py_CLEAR(list);
+        } else {
+            Py_DECREF(d);
+        }
+    }
+    return list;
+}
+
+static PyObject *
+Session_get_peer_address(Session *s, void *c)
+{
+    (void)c;
+    if (!s->peer_addr[0])
+        Py_RETURN_NONE;
+    return Py_BuildValue("(si)", s->peer_addr, s->peer_port);
+}
+
+static PyObject *
+Session_get_max_size(Session *s, void *c)
+{
+    (void)c;
+    if (!(s->caps.ext & MX_EXT_SIZE) || !s->caps.size)
+        Py_RETURN_NONE;
+    return PyLong_FromUnsignedLongLong(s->caps.size);
+}
+
+static PyMethodDef Session_methods[] = {
+    {"connect", (PyCFunction)Session_connect, METH_NOARGS, connect_doc},
+    {"ehlo", (PyCFunction)(void (*)(void))Session_ehlo, METH_VARARGS | METH_KEYWORDS, ehlo_doc},
+    {"starttls", (PyCFunction)Session_starttls, METH_NOARGS, starttls_doc},
+    {"login", (PyCFunction)(void (*)(void))Session_login, METH_VARARGS | METH_KEYWORDS, login_doc},
+    {"mail", (PyCFunction)(void (*)(void))Session_mail, METH_VARARGS | METH_KEYWORDS, mail_doc},
+    {"rcpt", (PyCFunction)(void (*)(void))Session_rcpt, METH_VARARGS | METH_KEYWORDS, rcpt_doc},
+    {"data", (PyCFunction)Session_data, METH_O, data_doc},
+    {"rset", (PyCFunction)Session_rset, METH_NOARGS, "rset() -> Reply"},
+    {"noop", (PyCFunction)Session_noop, METH_NOARGS, "noop() -> Reply"},
+    {"quit", (PyCFunction)Session_quit, METH_NOARGS, quit_doc},
+    {"close", (PyCFunction)Session_close, METH_NOARGS,
+     "close() -> None\n\nCloses the connection without QUIT."},
+    {"sendmail", (PyCFunction)(void (*)(void))Session_sendmail, METH_VARARGS | METH_KEYWORDS, sendmail_doc},
+    {"set_deadline", (PyCFunction)Session_set_deadline, METH_O, set_deadline_doc},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef Session_getset[] = {
+    {"state", (getter)Session_get_state, NULL, "protocol state name", NULL},
+    {"capabilities", (getter)Session_get_capabilities, NULL,
+     "EHLO keywords (upper case) mapped to their parameters", NULL},
+    {"banner", (getter)Session_get_banner, NULL, "the greeting Reply", NULL},
+    {"ehlo_reply", (getter)Session_get_ehlo_reply, NULL, "the last EHLO Reply", NULL},
+    {"tls_active", (getter)Session_get_tls_active, NULL, "TLS is up", NULL},
+    {"authenticated", (getter)Session_get_authenticated, NULL, "AUTH succeeded", NULL},
+    {"esmtp", (getter)Session_get_esmtp, NULL, "EHLO (not HELO) was accepted", NULL},
+    {"tls_version", (getter)Session_get_tls_version, NULL, "e.g. 'TLSv1.3'", NULL},
+    {"tls_cipher", (getter)Session_get_tls_cipher, NULL, "negotiated cipher", NULL},
+    {"peer_certificate", (getter)Session_get_peer_certificate, NULL, "DER bytes", NULL},
+    {"peer_cert_info", (getter)Session_get_peer_cert_info, NULL,
+     "subject, issuer, validity, SANs, verify result", NULL},
+    {"transcript", (getter)Session_get_transcript, NULL,
+     "list of (ms, direction, text); credentials redacted at the source", NULL},
+    {"connect_attempts", (getter)Session_get_connect_attempts, NULL,
+     "the addresses tried by connect()", NULL},
+    {"peer_address", (getter)Session_get_peer_address, NULL, "(address, port)", NULL},
+    {"max_size", (getter)Session_get_max_size, NULL, "SIZE limit or None", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyType_Slot Session_slots[] = {
+    {Py_tp_doc, "Session(host, port=587, *, security='starttls', ...)\n\n"
+                "One SMTP connection.  Low-level: see mailexpress.connect()."},
+    {Py_tp_new, Session_new},
+    {Py_tp_init, Session_init},
+    {Py_tp_dealloc, Session_dealloc},
+    {Py_tp_methods, Session_methods},
+    {Py_tp_getset, Session_getset},
+    {0, NULL},
+};
+
+static PyType_Spec Session_spec = {
+    .name = "mailexpress._core.Session",
+    .basicsize = sizeof(Session),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE,
+    .slots = Session_slots,
+};
+
+int
+mx_session_add_type(PyObject *module, mx_state *st)
+{
+    PyObject *names;
+    int i;
+
+    st->session_type = (PyTypeObject *)PyType_FromModuleAndSpec(module, &Session_spec, NULL);
+    if (!st->session_type)
+        return -1;
+    if (PyModule_AddType(module, st->session_type) < 0)
+        return -1;
+    names = PyTuple_New(TO_COUNT);
+    if (!names)
+        return -1;
+    for (i = 0; i < TO_COUNT; i++) {
+        PyObject *n = PyUnicode_FromString(timeout_names[i]);
+        if (!n) {
+            Py_DECREF(names);
+            return -1;
+        }
+        PyTuple_SET_ITEM(names, i, n);
+    }
+    if (PyModule_AddObject(module, "TIMEOUT_STAGES", names) < 0) {
+        Py_DECREF(names);
+        return -1;
+    }
+    {
+        PyObject *d = PyDict_New();
+        for (i = 0; d && i < TO_COUNT; i++) {
+            PyObject *v = PyFloat_FromDouble((double)timeout_defaults_ms[i] / 1000.0);
+            if (!v || PyDict_SetItemString(d, timeout_names[i], v) < 0) {
+                Py_XDECREF(v);
+                Py_CLEAR(d);
+                break;
+            }
+            Py_DECREF(v);
+        }
+        if (!d || PyModule_AddObject(module, "DEFAULT_TIMEOUTS", d) < 0) {
+            Py_XDECREF(d);
+            return -1;
+        }
+    }
+    return 0;
+}

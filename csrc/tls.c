@@ -1,0 +1,298 @@
+/* tls.c - OpenSSL transport; see tls.h. */
+#define _GNU_SOURCE
+#include "tls.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <poll.h>
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+
+#include <openssl/err.h>
+#include <openssl/x509v3.h>
+
+/* Turns the state after a failed SSL call into *err: the verify result when
+ * the certificate was refused, else OpenSSL's library and reason strings
+ * ("[SSL: WRONG_VERSION_NUMBER] wrong version number"), else the system
+ * error or EOF.  The one place where OpenSSL errors become ours. */
+static void
+tls_fail(SSL *ssl, int ret, const char *what, mx_error *err)
+{
+    int sslerr = ssl ? SSL_get_error(ssl, ret) : SSL_ERROR_SSL;
+    unsigned long e = ERR_peek_last_error();
+    int saved_errno = errno;
+
+    if (ssl && e && ERR_GET_REASON(e) == SSL_R_CERTIFICATE_VERIFY_FAILED) {
+        long vr = SSL_get_verify_result(ssl);
+        mx_error_set(err, MX_E_TLS_VERIFY, 0,
+                     "%s: certificate verify failed: %s (X509 verify code %ld)",
+                     what, X509_verify_cert_error_string(vr), vr);
+        err->verify_code = vr;
+    } else if (e && ERR_GET_REASON(e) == SSL_R_UNEXPECTED_EOF_WHILE_READING) {
+        mx_error_set(err, MX_E_EOF, 0, "%s: connection closed by the server", what);
+    } else if (e) {
+        const char *lib = ERR_lib_error_string(e);
+        const char *reason = ERR_reason_error_string(e);
+        mx_error_set(err, MX_E_TLS, 0, "%s: [%s] %s", what,
+                     lib ? lib : "SSL", reason ? reason : "unknown error");
+    } else if (sslerr == SSL_ERROR_ZERO_RETURN ||
+               (sslerr == SSL_ERROR_SYSCALL && saved_errno == 0)) {
+        mx_error_set(err, MX_E_EOF, 0, "%s: connection closed by the server", what);
+    } else if (sslerr == SSL_ERROR_SYSCALL) {
+        mx_error_set(err, MX_E_IO, saved_errno, "%s: %s", what, strerror(saved_errno));
+    } else {
+        mx_error_set(err, MX_E_TLS, 0, "%s: TLS error %d", what, sslerr);
+    }
+    ERR_clear_error();
+}
+
+SSL_CTX *
+mx_tls_ctx_new(const mx_tls_opts *o, mx_error *err)
+{
+    SSL_CTX *ctx;
+
+    ERR_clear_error();
+    ctx = SSL_CTX_new(TLS_client_method());
+    if (!ctx) {
+        tls_fail(NULL, 0, "cannot create TLS context", err);
+        err->kind = MX_E_SETUP;
+        return NULL;
+    }
+    SSL_CTX_set_options(ctx, SSL_OP_NO_COMPRESSION | SSL_OP_NO_RENEGOTIATION);
+    if (!SSL_CTX_set_min_proto_version(ctx, o->min_version)) {
+        tls_fail(NULL, 0, "cannot set the minimum TLS version", err);
+        goto error;
+    }
+    SSL_CTX_set_verify(ctx, o->verify ? SSL_VERIFY_PEER : SSL_VERIFY_NONE, NULL);
+    if (o->ca_file) {
+        if (!SSL_CTX_load_verify_locations(ctx, o->ca_file, NULL)) {
+            tls_fail(NULL, 0, "cannot load ca_file", err);
+            goto error;
+        }
+    } else if (!SSL_CTX_set_default_verify_paths(ctx)) {
+        tls_fail(NULL, 0, "cannot load the system trust store", err);
+        goto error;
+    }
+    if (o->cert_file) {
+        const char *key = o->key_file ? o->key_file : o->cert_file;
+        if (!SSL_CTX_use_certificate_chain_file(ctx, o->cert_file)) {
+            tls_fail(NULL, 0, "cannot load client_cert", err);
+            goto error;
+        }
+        if (!SSL_CTX_use_PrivateKey_file(ctx, key, SSL_FILETYPE_PEM)) {
+            tls_fail(NULL, 0, "cannot load client_key", err);
+            goto error;
+        }
+        if (!SSL_CTX_check_private_key(ctx)) {
+            tls_fail(NULL, 0, "client_key does not match client_cert", err);
+            goto error;
+        }
+    }
+    return ctx;
+error:
+    err->kind = MX_E_SETUP;
+    SSL_CTX_free(ctx);
+    return NULL;
+}
+
+static int
+is_ip_literal(const char *name)
+{
+    unsigned char buf[sizeof(struct in6_addr)];
+
+    return inet_pton(AF_INET, name, buf) == 1 || inet_pton(AF_INET6, name, buf) == 1;
+}
+
+/* Waits for what the last SSL call asked for; 0 to retry, -1 to give up. */
+static int
+tls_wait(SSL *ssl, int ret, int fd, int64_t deadline, const char *what,
+         mx_error *err)
+{
+    int e = SSL_get_error(ssl, ret);
+
+    if (e == SSL_ERROR_WANT_READ)
+        return mx_net_wait(fd, POLLIN, deadline, err);
+    if (e == SSL_ERROR_WANT_WRITE)
+        return mx_net_wait(fd, POLLOUT, deadline, err);
+    tls_fail(ssl, ret, what, err);
+    return -1;
+}
+
+SSL *
+mx_tls_handshake(SSL_CTX *ctx, int fd, const char *server_name, int verify,
+                 int64_t deadline, mx_error *err)
+{
+    SSL *ssl = NULL;
+    int ret;
+
+    ERR_clear_error();
+    if (!server_name || !server_name[0]) {
+        mx_error_set(err, MX_E_SETUP, 0, "TLS needs a server name to verify");
+        return NULL;
+    }
+    ssl = SSL_new(ctx);
+    if (!ssl || !SSL_set_fd(ssl, fd)) {
+        tls_fail(NULL, 0, "cannot create TLS connection", err);
+        goto error;
+    }
+    if (is_ip_literal(server_name)) {
+        /* no SNI for addresses (RFC 6066 §3); check the IP SAN instead */
+        if (verify &&
+            !X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(ssl), server_name)) {
+            tls_fail(NULL, 0, "cannot set the address to verify", err);
+            goto error;
+        }
+    } else {
+        if (!SSL_set_tlsext_host_name(ssl, server_name)) {
+            tls_fail(NULL, 0, "cannot set SNI", err);
+            goto error;
+        }
+        SSL_set_hostflags(ssl, X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS);
+        /* set even without verify: the result is then reported, not fatal */
+        if (!SSL_set1_host(ssl, server_name)) {
+            tls_fail(NULL, 0, "cannot set the host name to verify", err);
+            goto error;
+        }
+    }
+    for (;;) {
+        ERR_clear_error();
+        errno = 0;
+        ret = SSL_connect(ssl);
+        if (ret == 1)
+            break;
+        if (tls_wait(ssl, ret, fd, deadline, "TLS handshake failed", err) < 0)
+            goto error;
+    }
+    return ssl;
+error:
+    SSL_free(ssl);
+    return NULL;
+}
+
+ssize_t
+mx_tls_read(SSL *ssl, int fd, void *buf, size_t cap, int64_t deadline,
+            mx_error *err)
+{
+    for (;;) {
+        size_t n = 0;
+        int ret;
+
+        ERR_clear_error();
+        errno = 0;
+        ret = SSL_read_ex(ssl, buf, cap, &n);
+        if (ret == 1)
+            return (ssize_t)n;
+        if (tls_wait(ssl, ret, fd, deadline, "TLS read failed", err) < 0)
+            return -1;
+    }
+}
+
+int
+mx_tls_write_all(SSL *ssl, int fd, const void *buf, size_t len,
+                 int64_t deadline, mx_error *err)
+{
+    const char *p = buf;
+
+    while (len) {
+        size_t n = 0;
+        int ret;
+
+        ERR_clear_error();
+        errno = 0;
+        ret = SSL_write_ex(ssl, p, len, &n);
+        if (ret == 1) {
+            p += n;
+            len -= n;
+            continue;
+        }
+        if (tls_wait(ssl, ret, fd, deadline, "TLS write failed", err) < 0)
+            return -1;
+    }
+    return 0;
+}
+
+void
+mx_tls_close(SSL *ssl)
+{
+    if (!ssl)
+        return;
+    ERR_clear_error();
+    (void)SSL_shutdown(ssl);   /* non-blocking: one try, no wait */
+    ERR_clear_error();
+    SSL_free(ssl);
+}
+
+static int64_t
+asn1_time_to_epoch(const ASN1_TIME *t)
+{
+    struct tm tm;
+
+    memset(&tm, 0, sizeof(tm));
+    if (!t || !ASN1_TIME_to_tm(t, &tm))
+        return 0;
+    return (int64_t)timegm(&tm);
+}
+
+int
+mx_tls_cert_info(SSL *ssl, mx_cert_info *info)
+{
+    X509 *cert = SSL_get1_peer_certificate(ssl);
+    GENERAL_NAMES *names = NULL;
+    int i, n;
+
+    memset(info, 0, sizeof(*info));
+    info->verify_code = SSL_get_verify_result(ssl);
+    snprintf(info->verify_text, sizeof(info->verify_text), "%s",
+             X509_verify_cert_error_string(info->verify_code));
+    if (!cert)
+        return -1;
+    X509_NAME_oneline(X509_get_subject_name(cert), info->subject, sizeof(info->subject));
+    X509_NAME_oneline(X509_get_issuer_name(cert), info->issuer, sizeof(info->issuer));
+    info->not_before = asn1_time_to_epoch(X509_get0_notBefore(cert));
+    info->not_after = asn1_time_to_epoch(X509_get0_notAfter(cert));
+    names = X509_get_ext_d2i(cert, NID_subject_alt_name, NULL, NULL);
+    n = names ? sk_GENERAL_NAME_num(names) : 0;
+    for (i = 0; i < n && info->nsan < MX_CERT_SAN_MAX; i++) {
+        const GENERAL_NAME *g = sk_GENERAL_NAME_value(names, i);
+        char *dst = info->san[info->nsan];
+        size_t cap = sizeof(info->san[0]);
+
+        if (g->type == GEN_DNS) {
+            const unsigned char *d = ASN1_STRING_get0_data(g->d.dNSName);
+            int len = ASN1_STRING_length(g->d.dNSName);
+            if (len < 0 || (size_t)len > cap - 5 || memchr(d, 0, (size_t)len))
+                continue;
+            memcpy(dst, "DNS:", 4);
+            memcpy(dst + 4, d, (size_t)len);
+            dst[4 + len] = '\0';
+            info->nsan++;
+        } else if (g->type == GEN_IPADD) {
+            const unsigned char *d = ASN1_STRING_get0_data(g->d.iPAddress);
+            int len = ASN1_STRING_length(g->d.iPAddress);
+            char addr[INET6_ADDRSTRLEN];
+            if ((len == 4 && inet_ntop(AF_INET, d, addr, sizeof(addr))) ||
+                (len == 16 && inet_ntop(AF_INET6, d, addr, sizeof(addr)))) {
+                snprintf(dst, cap, "IP:%s", addr);
+                info->nsan++;
+            }
+        }
+    }
+    GENERAL_NAMES_free(names);
+    X509_free(cert);
+    return 0;
+}
+
+int
+mx_tls_cert_der(SSL *ssl, unsigned char **der)
+{
+    X509 *cert = SSL_get1_peer_certificate(ssl);
+    int len;
+
+    *der = NULL;
+    if (!cert)
+        return -1;
+    len = i2d_X509(cert, der);
+    X509_free(cert);
+    return len;
+}

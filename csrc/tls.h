@@ -1,0 +1,56 @@
+/* tls.h - OpenSSL: context, verification, handshake, records, peer info.
+ * Knows nothing of SMTP; blocking calls are bounded by deadlines and made
+ * with the GIL released.  OpenSSL errors are turned into mx_error text in
+ * one place (tls_fail in tls.c). */
+#ifndef MX_TLS_H
+#define MX_TLS_H
+
+#include <openssl/ssl.h>
+
+#include "net.h"
+
+typedef struct {
+    int verify;                /* 1: the chain and name must verify */
+    const char *ca_file;       /* NULL: the system trust store */
+    const char *cert_file;     /* client certificate chain (PEM), or NULL */
+    const char *key_file;      /* its key (PEM); NULL: in cert_file */
+    int min_version;           /* TLS1_2_VERSION, TLS1_3_VERSION */
+} mx_tls_opts;
+
+/* A new client context, or NULL with *err set (MX_E_SETUP). */
+SSL_CTX *mx_tls_ctx_new(const mx_tls_opts *o, mx_error *err);
+
+/* Runs the client handshake on fd.  server_name is used for SNI (host
+ * names only, RFC 6066 §3) and for the name check (host name or IP
+ * address); it is never empty.  Returns the connection, or NULL with *err
+ * set (MX_E_TLS_VERIFY carries the X509 verify code). */
+SSL *mx_tls_handshake(SSL_CTX *ctx, int fd, const char *server_name,
+                      int verify, int64_t deadline, mx_error *err);
+
+ssize_t mx_tls_read(SSL *ssl, int fd, void *buf, size_t cap, int64_t deadline,
+                    mx_error *err);
+int mx_tls_write_all(SSL *ssl, int fd, const void *buf, size_t len,
+                     int64_t deadline, mx_error *err);
+/* Sends close_notify without waiting for the answer, then frees ssl. */
+void mx_tls_close(SSL *ssl);
+
+/* What the peer's certificate says, for reports. */
+#define MX_CERT_SAN_MAX 32
+typedef struct {
+    char subject[512];
+    char issuer[512];
+    int64_t not_before, not_after;   /* seconds since the epoch, UTC */
+    int nsan;
+    char san[MX_CERT_SAN_MAX][256];  /* "DNS:name" / "IP:address" */
+    long verify_code;                /* X509_V_OK = 0 */
+    char verify_text[256];
+} mx_cert_info;
+
+/* Fills *info; returns 0, or -1 when the peer sent no certificate. */
+int mx_tls_cert_info(SSL *ssl, mx_cert_info *info);
+
+/* The peer certificate in DER, malloc'ed into *der (caller frees with
+ * OPENSSL_free); returns its length or -1. */
+int mx_tls_cert_der(SSL *ssl, unsigned char **der);
+
+#endif

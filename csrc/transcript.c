@@ -1,0 +1,86 @@
+/* transcript.c - bounded session transcript; see transcript.h. */
+#include "transcript.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#define HDR 9   /* u32 ms + u8 dir + u32 len */
+
+void
+mx_transcript_init(mx_transcript *t)
+{
+    t->buf = NULL;
+    t->len = t->cap = 0;
+    t->dropped = 0;
+}
+
+void
+mx_transcript_free(mx_transcript *t)
+{
+    free(t->buf);
+    mx_transcript_init(t);
+}
+
+void
+mx_transcript_clear(mx_transcript *t)
+{
+    t->len = 0;
+    t->dropped = 0;
+}
+
+int
+mx_transcript_add(mx_transcript *t, uint32_t ms, mx_tr_dir dir,
+                  const char *text, size_t len)
+{
+    uint32_t l32;
+    unsigned char d = (unsigned char)dir;
+
+    while (len && (text[len - 1] == '\n' || text[len - 1] == '\r'))
+        len--;
+    if (len > MX_TRANSCRIPT_MAX || t->len + HDR + len > MX_TRANSCRIPT_MAX) {
+        t->dropped++;
+        return 0;
+    }
+    if (t->len + HDR + len > t->cap) {
+        size_t ncap = t->cap ? t->cap : 4096;
+        char *nb;
+        while (ncap < t->len + HDR + len)
+            ncap *= 2;
+        if (ncap > MX_TRANSCRIPT_MAX)
+            ncap = MX_TRANSCRIPT_MAX;
+        nb = realloc(t->buf, ncap);
+        if (!nb) {
+            t->dropped++;
+            return -1;
+        }
+        t->buf = nb;
+        t->cap = ncap;
+    }
+    l32 = (uint32_t)len;
+    memcpy(t->buf + t->len, &ms, 4);
+    memcpy(t->buf + t->len + 4, &d, 1);
+    memcpy(t->buf + t->len + 5, &l32, 4);
+    if (len)
+        memcpy(t->buf + t->len + HDR, text, len);
+    t->len += HDR + len;
+    return 0;
+}
+
+int
+mx_transcript_next(const mx_transcript *t, size_t *pos, uint32_t *ms,
+                   char *dir, const char **text, size_t *len)
+{
+    uint32_t l32;
+    unsigned char d;
+
+    if (*pos + HDR > t->len)
+        return 0;
+    memcpy(ms, t->buf + *pos, 4);
+    memcpy(&d, t->buf + *pos + 4, 1);
+    memcpy(&l32, t->buf + *pos + 5, 4);
+    *dir = (char)d;
+    *text = t->buf + *pos + HDR;
+    *len = l32;
+    *pos += HDR + l32;
+    return 1;
+}

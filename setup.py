@@ -1,0 +1,66 @@
+"""Build of mailexpress._core against the system OpenSSL.
+
+Environment switches (for development and CI, off by default):
+  MAILEXPRESS_STRICT=1    -Werror on top of -Wall -Wextra
+  MAILEXPRESS_DEBUG=1     -O0 -g and assert() kept
+  MAILEXPRESS_SANITIZE=1  AddressSanitizer + UBSan (run with LD_PRELOAD of libasan)
+"""
+import os
+import sys
+from glob import glob
+
+from setuptools import Extension, setup
+
+
+def flag(name):
+    return os.environ.get(name, "") not in ("", "0")
+
+
+sources = sorted(glob("csrc/*.c"))
+compile_args = [
+    "-std=c11",
+    "-Wall",
+    "-Wextra",
+    "-Wshadow",
+    "-Wstrict-prototypes",
+    "-Wformat=2",
+    "-Wno-missing-field-initializers",
+    "-Wno-cast-function-type",
+    "-fvisibility=hidden",
+]
+link_args = []
+macros = [
+    # Pin the OpenSSL API we use: deprecated calls fail to compile.
+    ("OPENSSL_API_COMPAT", "0x30000000L"),
+    ("OPENSSL_NO_DEPRECATED", "1"),
+    ("_POSIX_C_SOURCE", "200809L"),
+    ("_DEFAULT_SOURCE", "1"),
+]
+undef = []
+if flag("MAILEXPRESS_STRICT"):
+    compile_args.append("-Werror")
+if flag("MAILEXPRESS_DEBUG") or flag("MAILEXPRESS_SANITIZE"):
+    compile_args += ["-O0", "-g3", "-fno-omit-frame-pointer"]
+    undef.append("NDEBUG")
+if flag("MAILEXPRESS_SANITIZE"):
+    san = ["-fsanitize=address,undefined", "-fno-sanitize-recover=undefined"]
+    compile_args += san
+    link_args += san
+
+if sys.platform == "win32":  # pragma: no cover - not supported
+    raise SystemExit("mailexpress builds on POSIX systems only")
+
+setup(
+    ext_modules=[
+        Extension(
+            "mailexpress._core",
+            sources=sources,
+            depends=sorted(glob("csrc/*.h")),
+            libraries=["ssl", "crypto"],
+            define_macros=macros,
+            undef_macros=undef,
+            extra_compile_args=compile_args,
+            extra_link_args=link_args,
+        )
+    ],
+)
