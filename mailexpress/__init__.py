@@ -1,0 +1,44 @@
+"""mailexpress: authenticated SMTP submission and sender-permission probing.
+
+    import mailexpress as mx
+    cfg = mx.load_config("mailexpress.toml")
+    result = mx.send_as(cfg, "alice@corp.example", to=["bob@partner.example"],
+                        subject="Your package is ready", body="...")
+"""
+from . import _core
+from .client import Session, SendResult, connect, send_as
+from .config import Config, Secret, load_config
+from .errors import (
+    AuthError,
+    CertificateError,
+    ConcurrentUseError,
+    ConfigError,
+    ConnectError,
+    ConnectionLost,
+    DataRefused,
+    Error,
+    InputError,
+    InsecureAuthError,
+    NotSupportedError,
+    ProtocolError,
+    RecipientsRefused,
+    RefusedError,
+    SenderRefused,
+    ServiceUnavailable,
+    StateError,
+    TimeoutError,
+    TLSError,
+)
+from .reply import Reply, Stage
+
+__version__ = "0.1.0"
+OPENSSL_VERSION: str = _core.OPENSSL_VERSION
+
+__all__ = [
+    "AuthError", "CertificateError", "ConcurrentUseError", "Config", "ConfigError",
+    "ConnectError", "ConnectionLost", "DataRefused", "Error", "InputError",
+    "InsecureAuthError", "NotSupportedError", "ProtocolError", "RecipientsRefused",
+    "RefusedError", "Reply", "Secret", "SendResult", "SenderRefused", "ServiceUnavailable",
+    "Session", "Stage", "StateError", "TLSError", "TimeoutError", "connect", "load_config",
+    "send_as", "OPENSSL_VERSION", "__version__",
+]

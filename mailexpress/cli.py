@@ -1,0 +1,124 @@
+"""The ``mailexpress`` command.
+
+Exit status: 0 success; 1 the server refused (the message was not sent, or
+not to everyone); 2 the command could not run (bad config or arguments,
+server unreachable, TLS or authentication failure).
+"""
+from __future__ import annotations
+
+import argparse
+import secrets
+import sys
+from collections.abc import Sequence
+
+from . import __version__
+from .client import SendResult, send_as
+from .config import load_config
+from .errors import ConfigError, Error, RefusedError
+
+__all__ = ["main"]
+
+
+def _print_transcript(transcript: Sequence[tuple[int, str, str]], out: object = None) -> None:
+    arrows = {"C": "C:", "S": "S:", "*": "  "}
+    for ms, direction, text in transcript:
+        print(f"  {ms:5d} ms  {arrows.get(direction, direction)} {text}", file=out)  # type: ignore[arg-type]
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    try:
+        from .testing import ConnectorEmulator, User
+    except ImportError as exc:
+        print(f"mailexpress demo: {exc}", file=sys.stderr)
+        return 2
+    password = secrets.token_urlsafe(12)
+    account = User("svc-mailer", password, "svc-mailer@corp.example", rights="authoritative_domain")
+    with ConnectorEmulator(users=[account], authoritative_domains=["corp.example"]) as emulator:
+        cfg = emulator.config(reply_to_address="helpdesk@corp.example")
+        print("mailexpress demo: an Exchange-like client connector runs on "
+              f"{emulator.host}:{emulator.port} (STARTTLS, AUTH LOGIN after TLS).")
+        print(f"The service account {account.username!r} holds "
+              "ms-Exch-SMTP-Accept-Authoritative-Domain-Sender, not Accept-Any-Sender.\n")
+        print(f"config: {cfg!r}\n")
+        print("1. send_as('alice@corp.example', to=['bob@partner.example'], reply_to='helpdesk@corp.example')")
+        result: SendResult = send_as(cfg, "alice@corp.example", to=["bob@partner.example"],
+                                     subject="Your package is ready",
+                                     body="Hello Bob,\n\nyour package is ready for pick-up.\n"
+                                          ".this line starts with a dot\n\nAlice\n")
+        print("   the SMTP exchange (credentials redacted at the source):")
+        _print_transcript(result.transcript)
+        print(f"\n   result: {result}\n")
+        received = emulator.messages[-1]
+        print(f"   the server received (envelope {received.mail_from} -> {', '.join(received.rcpt_tos)}):")
+        for line in received.data.decode("utf-8", "replace").splitlines():
+            print(f"   | {line}")
+        print("\n2. send_as('ceo@partner.example', ...): an external sender needs Accept-Any-Sender")
+        try:
+            send_as(cfg, "ceo@partner.example", to=["bob@partner.example"], subject="x", body="x")
+        except RefusedError as exc:
+            print(f"   refused as expected at {exc.stage}: {exc.reply}")
+        else:
+            print("   unexpectedly accepted", file=sys.stderr)
+            return 1
+        print(f"\n{len(emulator.messages)} message accepted; no password was printed.")
+    return 0
+
+
+def _cmd_send(args: argparse.Namespace) -> int:
+    overrides = {}
+    for key in ("host", "port", "security", "username", "password_env", "from_address",
+                "reply_to_address"):
+        value = getattr(args, key, None)
+        if value is not None:
+            overrides[key] = value
+    try:
+        cfg = load_config(args.config, **overrides)
+    except ConfigError as exc:
+        print(f"mailexpress send: {exc}", file=sys.stderr)
+        return 2
+    body = sys.stdin.read() if args.body == "-" else args.body
+    try:
+        result = send_as(cfg, args.sender, to=args.to, cc=args.cc, subject=args.subject, body=body)
+    except RefusedError as exc:
+        print(f"mailexpress send: refused at {exc.stage}: {exc}", file=sys.stderr)
+        return 1
+    except Error as exc:
+        print(f"mailexpress send: {exc.__class__.__name__}: {exc}", file=sys.stderr)
+        return 2
+    print(result)
+    if args.verbose:
+        _print_transcript(result.transcript)
+    return 0 if result.ok else 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mailexpress", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"mailexpress {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    demo = sub.add_parser("demo", help="send through the built-in connector emulator (offline)")
+    demo.set_defaults(func=_cmd_demo)
+
+    send = sub.add_parser("send", help="send one message as a given sender")
+    send.add_argument("--config", "-c", help="TOML config file (default $MAILEXPRESS_CONFIG)")
+    send.add_argument("--host")
+    send.add_argument("--port", type=int)
+    send.add_argument("--security", choices=["starttls", "ssl", "none"])
+    send.add_argument("--username")
+    send.add_argument("--password-env", dest="password_env",
+                      help="environment variable holding the password")
+    send.add_argument("--from", dest="sender", help="From address (default: from_address)")
+    send.add_argument("--reply-to", dest="reply_to_address")
+    send.add_argument("--to", action="append", required=True, help="recipient (repeatable)")
+    send.add_argument("--cc", action="append", default=[])
+    send.add_argument("--subject", default="")
+    send.add_argument("--body", default="", help="message text, or - to read standard input")
+    send.add_argument("--verbose", "-v", action="store_true", help="print the SMTP exchange")
+    send.set_defaults(func=_cmd_send)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args))

@@ -1,0 +1,549 @@
+"""An in-process submission server that answers like an Exchange receive
+connector (see EXCHANGE.md for where each reply comes from).
+
+It listens on 127.0.0.1 only, one thread per connection, and keeps every
+accepted message as the bytes it received.  It is a test peer: strict about
+the protocol, generous with diagnostics, small enough to read.
+"""
+from __future__ import annotations
+
+import base64
+import binascii
+import email
+import email.policy
+import secrets
+import socket
+import ssl
+import threading
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from email.message import EmailMessage
+from email.utils import formatdate, getaddresses
+from typing import Any, Literal
+
+from .certs import TestCertificates, test_certificates
+
+__all__ = ["ConnectorEmulator", "User", "ReceivedMessage"]
+
+Rights = Literal["self", "authoritative_domain", "any"]
+
+# Largest line the emulator reads (RFC 5321 allows 1000 in data; commands 512).
+_MAX_LINE = 4096
+_MAX_DATA_LINE = 1024 * 1024
+_MAX_MESSAGE = 64 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class User:
+    """An account of the emulated organisation.
+
+    ``rights`` models the connector permissions: ``"self"`` (own address
+    only), ``"authoritative_domain"`` (ms-Exch-SMTP-Accept-Authoritative-
+    Domain-Sender) or ``"any"`` (ms-Exch-SMTP-Accept-Any-Sender).
+    ``send_as`` lists the header From addresses it holds Send As for.
+    """
+
+    username: str
+    password: str
+    address: str
+    rights: Rights = "self"
+    send_as: tuple[str, ...] = ()
+
+    def __repr__(self) -> str:
+        return (f"User(username={self.username!r}, password='********', address={self.address!r}, "
+                f"rights={self.rights!r})")
+
+
+@dataclass
+class ReceivedMessage:
+    """One accepted message, exactly as it arrived (dot-unstuffed, CRLF)."""
+
+    mail_from: str
+    rcpt_tos: list[str]
+    data: bytes
+    username: str | None
+    tls: bool
+    helo: str | None
+    mail_options: list[str] = field(default_factory=list)
+
+    @property
+    def message(self) -> EmailMessage:
+        msg = email.message_from_bytes(self.data, policy=email.policy.default)
+        assert isinstance(msg, EmailMessage)
+        return msg
+
+
+class _Conn:
+    """Line I/O over a socket that may be upgraded to TLS mid-way."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock: socket.socket = sock
+        self.buf = bytearray()
+        self.pos = 0
+
+    def send(self, line: str) -> None:
+        self.sock.sendall(line.encode("utf-8") + b"\r\n")
+
+    def send_lines(self, code: int, lines: list[str]) -> None:
+        """A multi-line reply in one write."""
+        out = [f"{code}-{text}" for text in lines[:-1]] + [f"{code} {lines[-1]}"]
+        self.sock.sendall("".join(x + "\r\n" for x in out).encode("utf-8"))
+
+    def discard_buffer(self) -> None:
+        self.buf = bytearray()
+        self.pos = 0
+
+    def readline(self, limit: int = _MAX_LINE) -> bytes | None:
+        """One line with its terminator; None at EOF or past ``limit``."""
+        while True:
+            i = self.buf.find(b"\n", self.pos)
+            if i >= 0:
+                line = bytes(self.buf[self.pos:i + 1])
+                self.pos = i + 1
+                if self.pos > 65536:
+                    del self.buf[:self.pos]
+                    self.pos = 0
+                return line
+            if len(self.buf) - self.pos > limit:
+                return None
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                return None
+            self.buf += chunk
+
+
+class ConnectorEmulator:
+    """An Exchange-like client receive connector on 127.0.0.1.
+
+    Typical use::
+
+        with ConnectorEmulator(users=[User("svc", "pw", "svc@corp.example")]) as em:
+            cfg = em.config(username="svc", password="pw")
+            mx.send_as(cfg, "svc@corp.example", to=["bob@partner.example"], ...)
+            em.messages[0].data
+
+    Knobs (all keyword-only):
+      security            "starttls" (default), "ssl" (implicit TLS) or "none"
+      require_tls         MAIL before STARTTLS draws 530 5.7.0 (default True)
+      auth_mechanisms     basic mechanisms offered, default ("LOGIN",) like
+                          on-premises Exchange; () turns basic auth off
+      other_mechanisms    advertised but not implemented, default
+                          ("GSSAPI", "NTLM") as Exchange does
+      auth_before_tls     offer AUTH before STARTTLS (a misconfiguration)
+      allow_anonymous     the "Anonymous users" permission group
+      check_header_from   refuse at end of data when the From header is not
+                          the user's own, a Send As grant, or any-sender
+      authoritative_domains  the organisation's accepted domains
+      certificate         "valid", "expired" or "wrong_host"
+      hostname            the name in the banner and EHLO reply
+    """
+
+    def __init__(self, *, users: Iterable[User] = (), authoritative_domains: Iterable[str] = ("corp.example",),
+                 security: Literal["starttls", "ssl", "none"] = "starttls", require_tls: bool = True,
+                 auth_mechanisms: Iterable[str] = ("LOGIN",),
+                 other_mechanisms: Iterable[str] = ("GSSAPI", "NTLM"),
+                 auth_before_tls: bool = False, allow_anonymous: bool = False,
+                 check_header_from: bool = False, pipelining: bool = True,
+                 eight_bit_mime: bool = True, smtputf8: bool = True, size_limit: int = 36700160,
+                 certificate: Literal["valid", "expired", "wrong_host"] = "valid",
+                 hostname: str = "mail.corp.example", auth_delay: float = 0.0) -> None:
+        self.users = {u.username.lower(): u for u in users}
+        self.authoritative_domains = tuple(d.lower() for d in authoritative_domains)
+        self.security = security
+        self.require_tls = require_tls and security != "none"
+        self.auth_mechanisms = tuple(m.upper() for m in auth_mechanisms)
+        self.other_mechanisms = tuple(m.upper() for m in other_mechanisms)
+        self.auth_before_tls = auth_before_tls or security == "none"
+        self.allow_anonymous = allow_anonymous
+        self.check_header_from = check_header_from
+        self.pipelining = pipelining
+        self.eight_bit_mime = eight_bit_mime
+        self.smtputf8 = smtputf8
+        self.size_limit = size_limit
+        self.hostname = hostname
+        self.auth_delay = auth_delay
+        self.certificate = certificate
+        self.messages: list[ReceivedMessage] = []
+        self.connections = 0
+        self._certs: TestCertificates | None = None
+        self._ctx: ssl.SSLContext | None = None
+        self._sock: socket.socket | None = None
+        self._threads: list[threading.Thread] = []
+        self._clients: set[socket.socket] = set()
+        self._lock = threading.Lock()
+        self._stopping = threading.Event()
+        self.host = "127.0.0.1"
+        self.port = 0
+
+    # -- lifecycle -----------------------------------------------------------
+
+    def start(self) -> ConnectorEmulator:
+        if self.security != "none":
+            self._certs = test_certificates()
+            self._ctx = self._certs.server_context(self.certificate)
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(64)
+        self._sock = sock
+        self.port = sock.getsockname()[1]
+        t = threading.Thread(target=self._accept_loop, name="emulator-accept", daemon=True)
+        t.start()
+        self._threads.append(t)
+        return self
+
+    def stop(self) -> None:
+        self._stopping.set()
+        if self._sock is not None:
+            try:
+                self._sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            self._sock.close()
+        with self._lock:
+            clients = list(self._clients)
+        for c in clients:
+            try:
+                c.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        for t in self._threads:
+            t.join(timeout=5)
+
+    def __enter__(self) -> ConnectorEmulator:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def ca_file(self) -> str | None:
+        """PEM file of the CA that signed the emulator's certificate."""
+        return self._certs.ca_file if self._certs else None
+
+    def config(self, **overrides: Any) -> Any:
+        """A :class:`mailexpress.Config` pointing at this emulator, trusting
+        its CA.  Without username/password, the first user's are used."""
+        from ..config import Config
+        values: dict[str, Any] = {
+            "host": self.host, "port": self.port, "security": self.security,
+            "ca_file": self.ca_file, "ehlo_name": "client.corp.example",
+            "timeouts": {"connect": 5, "banner": 10, "ehlo": 10, "tls": 10, "auth": 10,
+                         "mail": 10, "rcpt": 10, "data": 10, "end_of_data": 30},
+        }
+        if self.users and "username" not in overrides:
+            user = next(iter(self.users.values()))
+            values.update(username=user.username, password=user.password, from_address=user.address)
+        elif not self.users:
+            values["use_auth"] = False
+        values.update(overrides)
+        if values.get("security") == "none" and "allow_insecure_auth" not in overrides:
+            values["allow_insecure_auth"] = True
+        sources = {k: "argument" for k in values}
+        return Config(**values, sources=sources)
+
+    # -- serving --------------------------------------------------------------
+
+    def _accept_loop(self) -> None:
+        assert self._sock is not None
+        while not self._stopping.is_set():
+            try:
+                client, _addr = self._sock.accept()
+            except OSError:
+                return
+            with self._lock:
+                self.connections += 1
+                self._clients.add(client)
+            t = threading.Thread(target=self._serve_safely, args=(client,), daemon=True,
+                                 name="emulator-conn")
+            t.start()
+            self._threads = [x for x in self._threads if x.is_alive()] + [t]
+
+    def _serve_safely(self, client: socket.socket) -> None:
+        try:
+            client.settimeout(30)
+            client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self._serve(client)
+        except (OSError, ssl.SSLError, ValueError):
+            pass
+        finally:
+            with self._lock:
+                self._clients.discard(client)
+            try:
+                client.close()
+            except OSError:
+                pass
+
+    def _serve(self, client: socket.socket) -> None:
+        conn = _Conn(client)
+        tls = False
+        if self.security == "ssl":
+            assert self._ctx is not None
+            conn.sock = self._ctx.wrap_socket(client, server_side=True)
+            tls = True
+        s = _SessionState(tls=tls)
+        conn.send(f"220 {self.hostname} Microsoft ESMTP MAIL Service ready at {formatdate(localtime=True)}")
+        while True:
+            raw = conn.readline()
+            if raw is None:
+                return
+            line = raw.rstrip(b"\r\n").decode("utf-8", "replace")
+            verb, _, arg = line.partition(" ")
+            verb = verb.upper()
+            handler = getattr(self, f"_cmd_{verb.lower()}", None) if verb.isalpha() else None
+            if handler is None:
+                conn.send(f"500 5.3.3 Unrecognized command '{verb}'")
+                continue
+            if handler(conn, s, arg) is False:
+                return
+
+    # -- commands ---------------------------------------------------------------
+
+    def _ehlo_lines(self, s: _SessionState) -> list[str]:
+        lines = [f"{self.hostname} Hello [127.0.0.1]", f"SIZE {self.size_limit}"]
+        if self.pipelining:
+            lines.append("PIPELINING")
+        lines += ["DSN", "ENHANCEDSTATUSCODES"]
+        if not s.tls and self.security == "starttls":
+            lines.append("STARTTLS")
+        mechs = list(self.other_mechanisms)
+        if s.tls or self.auth_before_tls:
+            mechs += list(self.auth_mechanisms)
+        if mechs:
+            lines.append("AUTH " + " ".join(mechs))
+        if self.eight_bit_mime:
+            lines.append("8BITMIME")
+        if self.smtputf8:
+            lines.append("SMTPUTF8")
+        return lines
+
+    def _cmd_ehlo(self, conn: _Conn, s: _SessionState, arg: str) -> None:
+        if not arg.strip():
+            conn.send("501 5.5.4 Invalid domain name")
+            return
+        s.reset_transaction()
+        s.helo = arg.strip()
+        conn.send_lines(250, self._ehlo_lines(s))
+
+    def _cmd_helo(self, conn: _Conn, s: _SessionState, arg: str) -> None:
+        s.reset_transaction()
+        s.helo = arg.strip()
+        conn.send(f"250 {self.hostname} Hello [127.0.0.1]")
+
+    def _cmd_starttls(self, conn: _Conn, s: _SessionState, arg: str) -> None:
+        if s.tls or self.security != "starttls" or self._ctx is None:
+            conn.send("500 5.3.3 Unrecognized command 'STARTTLS'")
+            return
+        conn.send("220 2.0.0 SMTP server ready")
+        conn.discard_buffer()       # RFC 3207: nothing before TLS is kept
+        conn.sock = self._ctx.wrap_socket(conn.sock, server_side=True)
+        s.tls = True
+        s.user = None
+        s.helo = None
+        s.reset_transaction()
+
+    def _cmd_auth(self, conn: _Conn, s: _SessionState, arg: str) -> bool | None:
+        parts = arg.split()
+        mech = parts[0].upper() if parts else ""
+        if s.user is not None:
+            conn.send("503 5.5.2 Already authenticated")
+            return None
+        if s.mail_from is not None:
+            conn.send("503 5.5.1 Bad sequence of commands")
+            return None
+        offered = s.tls or self.auth_before_tls
+        if not offered or mech not in self.auth_mechanisms:
+            conn.send("504 5.7.4 Unrecognized authentication type")
+            return None
+        if mech == "PLAIN":
+            if len(parts) > 1:
+                payload = parts[1]
+            else:
+                conn.send("334 ")
+                raw = conn.readline()
+                if raw is None:
+                    return False
+                payload = raw.strip().decode("ascii", "replace")
+            try:
+                fields = base64.b64decode(payload, validate=True).split(b"\0")
+            except (binascii.Error, ValueError):
+                conn.send("501 5.5.2 Cannot decode argument")
+                return None
+            if len(fields) != 3:
+                conn.send("501 5.5.2 Cannot decode argument")
+                return None
+            username, password = fields[1].decode("utf-8", "replace"), fields[2].decode("utf-8", "replace")
+        else:  # LOGIN
+            creds = []
+            for prompt in ("VXNlcm5hbWU6", "UGFzc3dvcmQ6"):   # "Username:", "Password:"
+                conn.send(f"334 {prompt}")
+                raw = conn.readline()
+                if raw is None:
+                    return False
+                text = raw.strip()
+                if text == b"*":
+                    conn.send("501 5.0.0 Authentication cancelled")
+                    return None
+                try:
+                    creds.append(base64.b64decode(text, validate=True).decode("utf-8", "replace"))
+                except (binascii.Error, ValueError):
+                    conn.send("501 5.5.2 Cannot decode argument")
+                    return None
+            username, password = creds
+        if self.auth_delay:
+            time.sleep(self.auth_delay)
+        user = self.users.get(username.lower())
+        if user is None or not secrets.compare_digest(user.password.encode(), password.encode()):
+            conn.send("535 5.7.3 Authentication unsuccessful")
+            return None
+        s.user = user
+        conn.send("235 2.7.0 Authentication successful")
+        return None
+
+    def _domain(self, address: str) -> str:
+        return address.rpartition("@")[2].lower()
+
+    def _may_send_as(self, user: User, address: str) -> bool:
+        if address.lower() == user.address.lower() or user.rights == "any":
+            return True
+        return user.rights == "authoritative_domain" and self._domain(address) in self.authoritative_domains
+
+    def _cmd_mail(self, conn: _Conn, s: _SessionState, arg: str) -> None:
+        if s.helo is None:
+            conn.send("503 5.5.2 Send hello first")
+            return
+        if self.require_tls and not s.tls:
+            conn.send("530 5.7.0 Must issue a STARTTLS command first")
+            return
+        if s.mail_from is not None:
+            conn.send("503 5.5.2 Sender already specified")
+            return
+        if not arg.upper().startswith("FROM:"):
+            conn.send("501 5.5.4 Invalid arguments")
+            return
+        address, options = _path(arg[5:])
+        if address is None:
+            conn.send("501 5.1.7 Invalid address")
+            return
+        if s.user is None:
+            if not self.allow_anonymous:
+                conn.send("530 5.7.1 Client was not authenticated")
+                return
+            if self._domain(address) in self.authoritative_domains:
+                conn.send("550 5.7.1 Anonymous client does not have permissions to send as this sender")
+                return
+        elif not self._may_send_as(s.user, address):
+            conn.send("550 5.7.1 Client does not have permissions to send as this sender")
+            return
+        for opt in options:
+            if opt.upper().startswith("SIZE="):
+                try:
+                    if int(opt[5:]) > self.size_limit:
+                        conn.send("552 5.3.4 Message size exceeds fixed maximum message size")
+                        return
+                except ValueError:
+                    conn.send("501 5.5.4 Invalid arguments")
+                    return
+        s.mail_from = address
+        s.mail_options = options
+        conn.send("250 2.1.0 Sender OK")
+
+    def _cmd_rcpt(self, conn: _Conn, s: _SessionState, arg: str) -> None:
+        if s.mail_from is None:
+            conn.send("503 5.5.1 Need mail command")
+            return
+        if not arg.upper().startswith("TO:"):
+            conn.send("501 5.5.4 Invalid arguments")
+            return
+        address, _options = _path(arg[3:])
+        if not address:
+            conn.send("501 5.1.3 Invalid address")
+            return
+        if s.user is None and self._domain(address) not in self.authoritative_domains:
+            conn.send("550 5.7.54 SMTP; Unable to relay recipient in non-accepted domain")
+            return
+        s.rcpt_tos.append(address)
+        conn.send("250 2.1.5 Recipient OK")
+
+    def _cmd_data(self, conn: _Conn, s: _SessionState, arg: str) -> bool | None:
+        if s.mail_from is None:
+            conn.send("503 5.5.1 Need mail command")
+            return None
+        if not s.rcpt_tos:
+            conn.send("503 5.5.2 Need rcpt command")
+            return None
+        conn.send("354 Start mail input; end with <CRLF>.<CRLF>")
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            raw = conn.readline(_MAX_DATA_LINE)
+            if raw is None:
+                return False
+            if raw == b".\r\n":
+                break
+            if raw.startswith(b"."):
+                raw = raw[1:]
+            size += len(raw)
+            if size > _MAX_MESSAGE:
+                return False
+            chunks.append(raw)
+        data = b"".join(chunks)
+        if self.check_header_from and s.user is not None and not self._header_from_allowed(s.user, data):
+            s.reset_transaction()
+            conn.send("550 5.7.1 Client does not have permissions to send as this sender")
+            return None
+        msg = ReceivedMessage(mail_from=s.mail_from, rcpt_tos=list(s.rcpt_tos), data=data,
+                              username=s.user.username if s.user else None, tls=s.tls,
+                              helo=s.helo, mail_options=list(s.mail_options))
+        with self._lock:
+            self.messages.append(msg)
+        s.reset_transaction()
+        conn.send(f"250 2.6.0 <{secrets.token_hex(8)}@{self.hostname}> Queued mail for delivery")
+        return None
+
+    def _header_from_allowed(self, user: User, data: bytes) -> bool:
+        if user.rights == "any":
+            return True
+        header = email.message_from_bytes(data.split(b"\r\n\r\n", 1)[0] + b"\r\n\r\n",
+                                          policy=email.policy.compat32)
+        froms = [a for _n, a in getaddresses(header.get_all("From", []))]
+        allowed = {user.address.lower(), *(a.lower() for a in user.send_as)}
+        return bool(froms) and all(a.lower() in allowed for a in froms)
+
+    def _cmd_rset(self, conn: _Conn, s: _SessionState, arg: str) -> None:
+        s.reset_transaction()
+        conn.send("250 2.0.0 Resetting")
+
+    def _cmd_noop(self, conn: _Conn, s: _SessionState, arg: str) -> None:
+        conn.send("250 2.0.0 OK")
+
+    def _cmd_quit(self, conn: _Conn, s: _SessionState, arg: str) -> bool:
+        conn.send("221 2.0.0 Service closing transmission channel")
+        return False
+
+
+@dataclass
+class _SessionState:
+    tls: bool
+    helo: str | None = None
+    user: User | None = None
+    mail_from: str | None = None
+    mail_options: list[str] = field(default_factory=list)
+    rcpt_tos: list[str] = field(default_factory=list)
+
+    def reset_transaction(self) -> None:
+        self.mail_from = None
+        self.mail_options = []
+        self.rcpt_tos = []
+
+
+def _path(text: str) -> tuple[str | None, list[str]]:
+    """Parses "<addr> OPT=V ..." (after FROM:/TO:)."""
+    text = text.strip()
+    if not text.startswith("<"):
+        return None, []
+    end = text.find(">")
+    if end < 0:
+        return None, []
+    return text[1:end], text[end + 1:].split()
