@@ -143,6 +143,7 @@ PyModuleDef mx_module_def = {
     .m_name = "mailexpress._core",
     .m_doc = "The C core of mailexpress: SMTP submission over OpenSSL.",
     .m_size = sizeof(mx_state),
+    .m_methods = mx_testhook_methods,
     .m_slots = mx_slots,
     .m_traverse = mx_traverse,
     .m_clear = mx_clear,

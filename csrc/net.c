@@ -114,16 +114,14 @@ mx_net_connect(const char *host, const char *port, int64_t deadline,
     memset(&hints, 0, sizeof(hints));
     hints.ai_family = AF_UNSPEC;
     hints.ai_socktype = SOCK_STREAM;
-    hints.ai_flags = AI_ADDRCONFIG;
+    /* No AI_ADDRCONFIG: it hides IPv6 on hosts where only loopback has it,
+     * and an address of a family that is not routed fails at once
+     * (ENETUNREACH), so trying it costs nothing. */
+    hints.ai_flags = 0;
     att->n = 0;
     /* getaddrinfo has no timeout of its own; the resolver's (resolv.conf)
      * bounds it.  The deadline is checked right after. */
     rc = getaddrinfo(host, port, &hints, &res);
-    if (rc == EAI_NONAME || rc == EAI_FAMILY) {
-        /* AI_ADDRCONFIG hides loopback-only families on some hosts */
-        hints.ai_flags = 0;
-        rc = getaddrinfo(host, port, &hints, &res);
-    }
     att->resolve_ms = mx_now_ms() - t0;
     if (rc != 0) {
         mx_error_set(err, MX_E_RESOLVE, rc == EAI_SYSTEM ? errno : 0,

@@ -1658,7 +1658,7 @@ Session_close(Session *s, PyObject *unused)
 }
 
 PyDoc_STRVAR(sendmail_doc,
-"sendmail(from_addr, to_addrs, msg, mail_options=(), rcpt_options=())\n"
+"send_raw(from_addr, to_addrs, msg, mail_options=(), rcpt_options=())\n"
 "    -> (refused, reply)\n\n"
 "One whole transaction.  Adds SIZE=, BODY=8BITMIME and SMTPUTF8 when the\n"
 "server offers them and the message needs them; refuses (before sending)\n"
@@ -2070,7 +2070,7 @@ static PyMethodDef Session_methods[] = {
     {"quit", (PyCFunction)Session_quit, METH_NOARGS, quit_doc},
     {"close", (PyCFunction)Session_close, METH_NOARGS,
      "close() -> None\n\nCloses the connection without QUIT."},
-    {"sendmail", (PyCFunction)(void (*)(void))Session_sendmail, METH_VARARGS | METH_KEYWORDS, sendmail_doc},
+    {"send_raw", (PyCFunction)(void (*)(void))Session_sendmail, METH_VARARGS | METH_KEYWORDS, sendmail_doc},
     {"set_deadline", (PyCFunction)Session_set_deadline, METH_O, set_deadline_doc},
     {NULL, NULL, 0, NULL},
 };

@@ -69,7 +69,8 @@ class ReceivedMessage:
 
     @property
     def message(self) -> EmailMessage:
-        msg = email.message_from_bytes(self.data, policy=email.policy.default)
+        """The message parsed, with line ends as Python's own (LF)."""
+        msg = email.message_from_bytes(self.data.replace(b"\r\n", b"\n"), policy=email.policy.default)
         assert isinstance(msg, EmailMessage)
         return msg
 
@@ -261,22 +262,23 @@ class ConnectorEmulator:
             self._threads = [x for x in self._threads if x.is_alive()] + [t]
 
     def _serve_safely(self, client: socket.socket) -> None:
+        conn = _Conn(client)
         try:
             client.settimeout(30)
             client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            self._serve(client)
+            self._serve(conn, client)
         except (OSError, ssl.SSLError, ValueError):
             pass
         finally:
             with self._lock:
                 self._clients.discard(client)
-            try:
-                client.close()
-            except OSError:
-                pass
+            for sock in {conn.sock, client}:
+                try:
+                    sock.close()
+                except OSError:
+                    pass
 
-    def _serve(self, client: socket.socket) -> None:
-        conn = _Conn(client)
+    def _serve(self, conn: _Conn, client: socket.socket) -> None:
         tls = False
         if self.security == "ssl":
             assert self._ctx is not None

@@ -1,0 +1,310 @@
+/* testhooks.c - tiny entry points into the pure protocol files, for unit and
+ * property tests (tests/test_pure_*.py).  Underscored: not public API.  Each
+ * hands bytes to one pure function and returns what it produced. */
+#include "module.h"
+
+#include <string.h>
+
+#include "body.h"
+#include "cmd.h"
+#include "ehlo.h"
+#include "reply.h"
+#include "sasl.h"
+
+static PyObject *
+reply_to_tuple(const mx_reply *r)
+{
+    PyObject *lines = PyList_New(0), *res;
+    size_t i;
+
+    if (!lines)
+        return NULL;
+    for (i = 0; i < r->nlines; i++) {
+        PyObject *l = PyBytes_FromStringAndSize(r->text + r->line_off[i], (Py_ssize_t)r->line_len[i]);
+        if (!l || PyList_Append(lines, l) < 0) {
+            Py_XDECREF(l);
+            Py_DECREF(lines);
+            return NULL;
+        }
+        Py_DECREF(l);
+    }
+    res = Py_BuildValue("(izN)", r->code, r->enhanced[0] ? r->enhanced : NULL, lines);
+    return res;
+}
+
+/* _reply_parse(data, chunk=0) -> (replies, consumed, error or None)
+ * Feeds data (in pieces of `chunk` bytes when > 0) and collects replies. */
+static PyObject *
+th_reply_parse(PyObject *m, PyObject *args)
+{
+    Py_buffer b;
+    Py_ssize_t chunk = 0;
+    mx_reply_parser *p = NULL;
+    mx_reply *r = NULL;
+    PyObject *list = NULL, *res = NULL;
+    size_t pos = 0, total;
+    const char *error = NULL;
+
+    (void)m;
+    if (!PyArg_ParseTuple(args, "y*|n", &b, &chunk))
+        return NULL;
+    p = PyMem_Malloc(sizeof(*p));
+    r = PyMem_Malloc(sizeof(*r));
+    list = PyList_New(0);
+    if (!p || !r || !list) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    mx_reply_parser_init(p);
+    total = (size_t)b.len;
+    while (pos < total) {
+        size_t avail = total - pos, used = 0;
+        mx_reply_status st;
+        if (chunk > 0 && avail > (size_t)chunk)
+            avail = (size_t)chunk;
+        st = mx_reply_parse(p, (const unsigned char *)b.buf + pos, avail, &used, r);
+        pos += used;
+        if (st == MX_REPLY_COMPLETE) {
+            PyObject *t = reply_to_tuple(r);
+            if (!t || PyList_Append(list, t) < 0) {
+                Py_XDECREF(t);
+                goto done;
+            }
+            Py_DECREF(t);
+        } else if (st != MX_REPLY_INCOMPLETE) {
+            error = mx_reply_strerror(st);
+            break;
+        }
+    }
+    res = Py_BuildValue("(Onz)", list, (Py_ssize_t)pos, error);
+done:
+    Py_XDECREF(list);
+    PyMem_Free(p);
+    PyMem_Free(r);
+    PyBuffer_Release(&b);
+    return res;
+}
+
+/* _body_encode(data, chunk=0, out_cap=65536) -> bytes on the wire after 354 */
+static PyObject *
+th_body_encode(PyObject *m, PyObject *args)
+{
+    Py_buffer b;
+    Py_ssize_t chunk = 0, out_cap = 65536;
+    unsigned char *out = NULL;
+    PyObject *acc = NULL, *res = NULL;
+    mx_body_enc enc;
+    size_t pos = 0;
+
+    (void)m;
+    if (!PyArg_ParseTuple(args, "y*|nn", &b, &chunk, &out_cap))
+        return NULL;
+    if (out_cap < MX_BODY_FINISH_MAX) {
+        PyErr_SetString(PyExc_ValueError, "out_cap must be at least 5");
+        goto done;
+    }
+    out = PyMem_Malloc((size_t)out_cap);
+    acc = PyByteArray_FromStringAndSize(NULL, 0);
+    if (!out || !acc) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    mx_body_init(&enc);
+    while (pos < (size_t)b.len) {
+        size_t avail = (size_t)b.len - pos, used = 0, n;
+        if (chunk > 0 && avail > (size_t)chunk)
+            avail = (size_t)chunk;
+        n = mx_body_encode(&enc, (const unsigned char *)b.buf + pos, avail, &used, out, (size_t)out_cap);
+        if (used == 0 && n == 0) {
+            PyErr_SetString(PyExc_RuntimeError, "encoder made no progress");
+            goto done;
+        }
+        pos += used;
+        if (PyByteArray_Resize(acc, PyByteArray_GET_SIZE(acc) + (Py_ssize_t)n) < 0)
+            goto done;
+        memcpy(PyByteArray_AS_STRING(acc) + PyByteArray_GET_SIZE(acc) - n, out, n);
+    }
+    {
+        size_t n = mx_body_finish(&enc, out, (size_t)out_cap);
+        if (PyByteArray_Resize(acc, PyByteArray_GET_SIZE(acc) + (Py_ssize_t)n) < 0)
+            goto done;
+        memcpy(PyByteArray_AS_STRING(acc) + PyByteArray_GET_SIZE(acc) - n, out, n);
+    }
+    res = PyBytes_FromStringAndSize(PyByteArray_AS_STRING(acc), PyByteArray_GET_SIZE(acc));
+done:
+    Py_XDECREF(acc);
+    PyMem_Free(out);
+    PyBuffer_Release(&b);
+    return res;
+}
+
+/* _body_scan(data) -> (size, has_8bit) */
+static PyObject *
+th_body_scan(PyObject *m, PyObject *args)
+{
+    Py_buffer b;
+    mx_body_scan_state s;
+
+    (void)m;
+    if (!PyArg_ParseTuple(args, "y*", &b))
+        return NULL;
+    mx_body_scan_init(&s);
+    mx_body_scan(&s, b.buf, (size_t)b.len);
+    mx_body_scan_finish(&s);
+    PyBuffer_Release(&b);
+    return Py_BuildValue("(KO)", (unsigned long long)s.info.size,
+                         s.info.has_8bit ? Py_True : Py_False);
+}
+
+/* _ehlo_parse(reply_bytes) -> (extensions, auth mechanisms, size) */
+static PyObject *
+th_ehlo_parse(PyObject *m, PyObject *args)
+{
+    static const char *const ext_names[] = {
+        "STARTTLS", "PIPELINING", "8BITMIME", "SMTPUTF8", "CHUNKING",
+        "BINARYMIME", "DSN", "ENHANCEDSTATUSCODES", "SIZE", "AUTH"};
+    Py_buffer b;
+    mx_reply_parser *p = NULL;
+    mx_reply *r = NULL;
+    mx_caps caps;
+    size_t used;
+    unsigned i;
+    PyObject *exts = NULL, *mechs = NULL, *res = NULL;
+
+    (void)m;
+    if (!PyArg_ParseTuple(args, "y*", &b))
+        return NULL;
+    p = PyMem_Malloc(sizeof(*p));
+    r = PyMem_Malloc(sizeof(*r));
+    if (!p || !r) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    mx_reply_parser_init(p);
+    if (mx_reply_parse(p, b.buf, (size_t)b.len, &used, r) != MX_REPLY_COMPLETE) {
+        PyErr_SetString(PyExc_ValueError, "not one complete reply");
+        goto done;
+    }
+    mx_ehlo_parse(r, &caps);
+    exts = PySet_New(NULL);
+    mechs = PySet_New(NULL);
+    if (!exts || !mechs)
+        goto done;
+    for (i = 0; i < 10; i++) {
+        if (caps.ext & (1u << i)) {
+            PyObject *n = PyUnicode_FromString(ext_names[i]);
+            if (!n || PySet_Add(exts, n) < 0) {
+                Py_XDECREF(n);
+                goto done;
+            }
+            Py_DECREF(n);
+        }
+    }
+    for (i = 0; i < 7; i++) {
+        unsigned bit = 1u << i;
+        if (caps.auth & bit) {
+            const char *name = mx_auth_mech_name(bit);
+            PyObject *n = PyUnicode_FromString(name ? name : "OTHER");
+            if (!n || PySet_Add(mechs, n) < 0) {
+                Py_XDECREF(n);
+                goto done;
+            }
+            Py_DECREF(n);
+        }
+    }
+    res = Py_BuildValue("(OOK)", exts, mechs, (unsigned long long)caps.size);
+done:
+    Py_XDECREF(exts);
+    Py_XDECREF(mechs);
+    PyMem_Free(p);
+    PyMem_Free(r);
+    PyBuffer_Release(&b);
+    return res;
+}
+
+/* _cmd_path(verb, addr, params) -> bytes, or ValueError naming the problem */
+static PyObject *
+th_cmd_path(PyObject *m, PyObject *args)
+{
+    const char *verb;
+    Py_buffer a, p;
+    char out[MX_CMD_MAX];
+    size_t len;
+    mx_cmd_status st;
+    PyObject *res = NULL;
+
+    (void)m;
+    if (!PyArg_ParseTuple(args, "sy*y*", &verb, &a, &p))
+        return NULL;
+    st = mx_cmd_path(out, sizeof(out), &len, verb, a.buf, (size_t)a.len, p.buf, (size_t)p.len);
+    if (st != MX_CMD_OK)
+        PyErr_SetString(PyExc_ValueError, mx_cmd_strerror(st));
+    else
+        res = PyBytes_FromStringAndSize(out, (Py_ssize_t)len);
+    PyBuffer_Release(&a);
+    PyBuffer_Release(&p);
+    return res;
+}
+
+/* _b64_decode(data) -> bytes, or ValueError */
+static PyObject *
+th_b64_decode(PyObject *m, PyObject *args)
+{
+    Py_buffer b;
+    unsigned char *out;
+    size_t len;
+    mx_sasl_status st;
+    PyObject *res = NULL;
+
+    (void)m;
+    if (!PyArg_ParseTuple(args, "y*", &b))
+        return NULL;
+    out = PyMem_Malloc((size_t)b.len + 1);
+    if (!out) {
+        PyBuffer_Release(&b);
+        return PyErr_NoMemory();
+    }
+    st = mx_b64_decode(b.buf, (size_t)b.len, out, (size_t)b.len + 1, &len);
+    if (st != MX_SASL_OK)
+        PyErr_SetString(PyExc_ValueError, mx_sasl_strerror(st));
+    else
+        res = PyBytes_FromStringAndSize((const char *)out, (Py_ssize_t)len);
+    PyMem_Free(out);
+    PyBuffer_Release(&b);
+    return res;
+}
+
+/* _sasl_plain(user, password) -> str (base64), or ValueError */
+static PyObject *
+th_sasl_plain(PyObject *m, PyObject *args)
+{
+    Py_buffer u, p;
+    char out[1100];
+    size_t len;
+    mx_sasl_status st;
+    PyObject *res = NULL;
+
+    (void)m;
+    if (!PyArg_ParseTuple(args, "y*y*", &u, &p))
+        return NULL;
+    st = mx_sasl_plain("", 0, u.buf, (size_t)u.len, p.buf, (size_t)p.len, out, sizeof(out), &len);
+    if (st != MX_SASL_OK)
+        PyErr_SetString(PyExc_ValueError, mx_sasl_strerror(st));
+    else
+        res = PyUnicode_FromStringAndSize(out, (Py_ssize_t)len);
+    mx_wipe(out, sizeof(out));
+    PyBuffer_Release(&u);
+    PyBuffer_Release(&p);
+    return res;
+}
+
+PyMethodDef mx_testhook_methods[] = {
+    {"_reply_parse", th_reply_parse, METH_VARARGS, "test hook: reply.c"},
+    {"_body_encode", th_body_encode, METH_VARARGS, "test hook: body.c encoder"},
+    {"_body_scan", th_body_scan, METH_VARARGS, "test hook: body.c SIZE/8-bit scan"},
+    {"_ehlo_parse", th_ehlo_parse, METH_VARARGS, "test hook: ehlo.c"},
+    {"_cmd_path", th_cmd_path, METH_VARARGS, "test hook: cmd.c MAIL/RCPT"},
+    {"_b64_decode", th_b64_decode, METH_VARARGS, "test hook: sasl.c base64"},
+    {"_sasl_plain", th_sasl_plain, METH_VARARGS, "test hook: sasl.c PLAIN"},
+    {NULL, NULL, 0, NULL},
+};
