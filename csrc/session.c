@@ -217,11 +217,40 @@ stream_write(Session *s, const void *buf, size_t len, int64_t dl)
     return mx_net_write_all(s->fd, buf, len, dl, &s->err);
 }
 
-/* Sends one command line and records it (or its redacted form). */
+/* Bytes that arrived when no reply was due: read ahead into rbuf, held
+ * decrypted inside OpenSSL, or waiting on a plain socket.  (Over TLS the
+ * socket itself is not peeked: TLS 1.3 session tickets arrive there
+ * unasked, and they are not SMTP.)  Returns how many bytes are known. */
+static size_t
+unsolicited_bytes(Session *s)
+{
+    char c;
+    ssize_t n;
+
+    if (s->rstart < s->rend)
+        return s->rend - s->rstart;
+    if (s->ssl)
+        return (size_t)SSL_pending(s->ssl);
+    n = recv(s->fd, &c, 1, MSG_PEEK | MSG_DONTWAIT);
+    return n > 0 ? (size_t)n : 0;
+}
+
+/* Sends one command line and records it (or its redacted form).  No reply
+ * is outstanding when it is called, so anything the server has already
+ * said is out of turn: a desync, refused before it can be mistaken for the
+ * answer to this command. */
 static int
 send_cmd(Session *s, const char *line, size_t len, const char *shown,
          timeout_key k)
 {
+    size_t extra = unsolicited_bytes(s);
+
+    if (extra) {
+        mx_error_set(&s->err, MX_E_PROTOCOL, 0,
+                     "the server sent %zu byte%s nobody asked for (desynchronised)",
+                     extra, extra == 1 ? "" : "s");
+        return -1;
+    }
     record(s, MX_TR_CLIENT, shown ? shown : line, shown ? strlen(shown) : len);
     return stream_write(s, line, len, deadline_for(s, k));
 }

@@ -138,6 +138,10 @@ class FakeServer:
     def close(self) -> None:
         self._stop.set()
         try:
+            self.sock.shutdown(socket.SHUT_RDWR)   # wakes accept()
+        except OSError:
+            pass
+        try:
             self.sock.close()
         except OSError:
             pass
