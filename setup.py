@@ -1,9 +1,9 @@
 """Build of mailexpress._core against the system OpenSSL.
 
 Environment switches (for development and CI, off by default):
-  MAILEXPRESS_STRICT=1    -Werror on top of -Wall -Wextra
-  MAILEXPRESS_DEBUG=1     -O0 -g and assert() kept
-  MAILEXPRESS_SANITIZE=1  AddressSanitizer + UBSan (run with LD_PRELOAD of libasan)
+  MAILEXPRESS_BUILD_STRICT=1    -Werror on top of -Wall -Wextra
+  MAILEXPRESS_BUILD_DEBUG=1     -O0 -g and assert() kept
+  MAILEXPRESS_BUILD_SANITIZE=1  AddressSanitizer + UBSan (run with LD_PRELOAD of libasan)
 """
 import os
 import sys
@@ -37,12 +37,12 @@ macros = [
     ("_DEFAULT_SOURCE", "1"),
 ]
 undef = []
-if flag("MAILEXPRESS_STRICT"):
+if flag("MAILEXPRESS_BUILD_STRICT"):
     compile_args.append("-Werror")
-if flag("MAILEXPRESS_DEBUG") or flag("MAILEXPRESS_SANITIZE"):
+if flag("MAILEXPRESS_BUILD_DEBUG") or flag("MAILEXPRESS_BUILD_SANITIZE"):
     compile_args += ["-O0", "-g3", "-fno-omit-frame-pointer"]
     undef.append("NDEBUG")
-if flag("MAILEXPRESS_SANITIZE"):
+if flag("MAILEXPRESS_BUILD_SANITIZE"):
     san = ["-fsanitize=address,undefined", "-fno-sanitize-recover=undefined"]
     compile_args += san
     link_args += san

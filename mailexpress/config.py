@@ -413,7 +413,8 @@ def _env_values(env: Mapping[str, str]) -> dict[str, tuple[Any, str]]:
         if key.startswith("timeout_"):
             timeouts[key[len("timeout_"):]] = value
             continue
-        if key == "config":       # MAILEXPRESS_CONFIG names the file
+        # MAILEXPRESS_CONFIG names the file; MAILEXPRESS_BUILD_* are setup.py's
+        if key == "config" or key.startswith("build_"):
             continue
         if key not in _FIELD or key == "timeouts":
             raise _bad(name, value, "the environment",

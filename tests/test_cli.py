@@ -1,0 +1,46 @@
+"""The mailexpress command line."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from conftest import SVC
+
+from mailexpress.cli import main
+
+
+def test_demo_runs_offline_and_prints_no_password():
+    proc = subprocess.run([sys.executable, "-m", "mailexpress", "demo"], capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    assert "C: AUTH LOGIN" in out and "<password redacted>" in out
+    assert "| From: alice@corp.example" in out and "| Reply-To: helpdesk@corp.example" in out
+    assert "| ..this line starts with a dot" not in out and "| .this line starts with a dot" in out
+    assert "refused as expected at MAIL: 550 5.7.1" in out
+
+
+def test_send_command(emulator, capsys, monkeypatch):
+    monkeypatch.setenv("SVC_PW", SVC.password)
+    rc = main(["send", "--host", "127.0.0.1", "--port", str(emulator.port), "--username", SVC.username,
+               "--password-env", "SVC_PW", "--from", "alice@corp.example", "--to", "b@partner.example",
+               "--subject", "cli", "--body", "hello", "-v"])
+    out = capsys.readouterr()
+    # the emulator's CA is not trusted by default: a TLS failure, exit 2
+    assert rc == 2 and "CertificateError" in out.err
+    monkeypatch.setenv("MAILEXPRESS_CA_FILE", emulator.ca_file)
+    rc = main(["send", "--host", "127.0.0.1", "--port", str(emulator.port), "--username", SVC.username,
+               "--password-env", "SVC_PW", "--from", "alice@corp.example", "--to", "b@partner.example",
+               "--subject", "cli", "--body", "hello", "-v"])
+    out = capsys.readouterr()
+    assert rc == 0, out.err
+    assert "accepted: b@partner.example" in out.out and SVC.password not in out.out + out.err
+    assert emulator.messages[-1].message["Subject"] == "cli"
+    rc = main(["send", "--host", "127.0.0.1", "--port", str(emulator.port), "--username", SVC.username,
+               "--password-env", "SVC_PW", "--from", "x@partner.example", "--to", "b@partner.example"])
+    assert rc == 1 and "refused at MAIL" in capsys.readouterr().err
+
+
+def test_send_with_bad_config_exits_2(capsys):
+    assert main(["send", "--host", "h", "--to", "x@y.example"]) == 2
+    assert "username" in capsys.readouterr().err

@@ -1,0 +1,182 @@
+"""load_config: TOML < environment < keywords; errors name key, value and fix."""
+from __future__ import annotations
+
+import logging
+import pickle
+
+import pytest
+
+import mailexpress as mx
+from mailexpress.config import FIELDS
+
+TOML = """
+host = "mail.corp.example"
+security = "starttls"
+username = "CORP\\\\svc-mailer"
+password_env = "MAIL_PW"
+from_address = "noreply@corp.example"
+reply_to_address = "helpdesk@corp.example"
+server_family = "exchange2016"
+connector_name = "EX01\\\\Client Frontend EX01"
+
+[timeouts]
+connect = 5
+mail = 60
+"""
+
+
+@pytest.fixture
+def toml_file(tmp_path):
+    p = tmp_path / "mailexpress.toml"
+    p.write_text(TOML)
+    return p
+
+
+def test_file_with_password_from_environment(toml_file, monkeypatch):
+    monkeypatch.setenv("MAIL_PW", "pw-from-env")
+    cfg = mx.load_config(toml_file, env={"MAIL_PW": "ignored"})
+    assert cfg.host == "mail.corp.example" and cfg.port == 587 and cfg.security == "starttls"
+    assert cfg.username == "CORP\\svc-mailer" and cfg.password.reveal() == "pw-from-env"
+    assert cfg.timeouts == {"connect": 5.0, "mail": 60.0}
+    assert cfg.sources["host"].startswith("file:") and cfg.sources["port"] == "default"
+
+
+def test_environment_overrides_file_and_keywords_override_both(toml_file, monkeypatch):
+    monkeypatch.setenv("MAIL_PW", "x")
+    env = {"MAILEXPRESS_HOST": "env.example", "MAILEXPRESS_PORT": "2525",
+           "MAILEXPRESS_TIMEOUT_MAIL": "30", "MAILEXPRESS_VERIFY": "no"}
+    cfg = mx.load_config(toml_file, env=env, port=465, security="ssl")
+    assert cfg.host == "env.example" and cfg.port == 465 and cfg.security == "ssl" and cfg.verify is False
+    assert cfg.timeouts == {"connect": 5.0, "mail": 30.0}
+    assert cfg.sources["host"] == "env:MAILEXPRESS_HOST" and cfg.sources["port"] == "argument"
+
+
+def test_issue_example_password_env_keyword(toml_file, monkeypatch):
+    monkeypatch.setenv("MAIL_PW", "kw-secret")
+    monkeypatch.delenv("MAILEXPRESS_HOST", raising=False)
+    cfg = mx.load_config(toml_file, password_env="MAIL_PW")
+    assert cfg.password.reveal() == "kw-secret"
+
+
+def test_a_later_password_source_replaces_earlier_ones(toml_file, tmp_path):
+    pw = tmp_path / "pw"
+    pw.write_text("from-file\nsecond line ignored\n")
+    cfg = mx.load_config(toml_file, env={}, password_file=str(pw))
+    assert cfg.password.reveal() == "from-file" and cfg.password_env is None
+    cfg2 = mx.load_config(toml_file, env={"MAILEXPRESS_PASSWORD": "from-env-var"})
+    assert cfg2.password.reveal() == "from-env-var"
+
+
+def test_mailexpress_config_names_the_file(toml_file):
+    cfg = mx.load_config(env={"MAILEXPRESS_CONFIG": str(toml_file), "MAIL_PW": "x", "MAILEXPRESS_PASSWORD": "y"})
+    assert cfg.host == "mail.corp.example"
+
+
+def test_implicit_tls_defaults_to_465():
+    assert mx.load_config(env={}, host="h", security="ssl", use_auth=False).port == 465
+    assert mx.load_config(env={}, host="h", security="NONE", use_auth=False).port == 25
+
+
+@pytest.mark.parametrize("kwargs, key, words", [
+    ({"prot": 25}, "prot", "did you mean 'port'"),
+    ({"port": 70000}, "port", "between 1 and 65535"),
+    ({"port": "25"}, "port", "whole number"),
+    ({"security": "tls"}, "security", "'starttls', 'ssl', 'none'"),
+    ({"use_auth": "maybe"}, "use_auth", "true or false"),
+    ({"min_tls_version": "1.1"}, "min_tls_version", "'1.2', '1.3'"),
+    ({"timeouts": {"mial": 3}}, "timeouts.mial", "did you mean 'mail'"),
+    ({"timeouts": {"mail": 0}}, "timeouts.mail", "between 0 and 604800"),
+    ({"from_address": "not an address"}, "from_address", "e-mail address"),
+    ({"from_address": "a@b\r\nBcc: x"}, "from_address", "control characters"),
+    ({"ca_file": "/nonexistent/ca.pem"}, "ca_file", "no such file"),
+    ({"auth_mechanisms": ["CRAM-MD5"]}, "auth_mechanisms", "'PLAIN', 'LOGIN'"),
+    ({"server_family": "exchange2099"}, "server_family", "allowed"),
+    ({"host": "bad host"}, "host", "no spaces"),
+])
+def test_bad_values_name_key_value_and_fix(kwargs, key, words):
+    base = {"host": "h", "use_auth": False}
+    base.update(kwargs)
+    with pytest.raises(mx.ConfigError) as info:
+        mx.load_config(env={}, **base)
+    exc = info.value
+    assert exc.key == key and words in str(exc) and "(from argument)" in str(exc)
+    assert isinstance(exc, ValueError)
+
+
+def test_unknown_key_in_file_names_the_file(tmp_path):
+    p = tmp_path / "c.toml"
+    p.write_text('host = "h"\nusername = "u"\npasword = "x"\n')
+    with pytest.raises(mx.ConfigError, match=r"pasword .*from file:.*did you mean 'password'"):
+        mx.load_config(p, env={})
+
+
+def test_build_switches_are_not_config():
+    assert mx.load_config(env={"MAILEXPRESS_BUILD_STRICT": "1"}, host="h", use_auth=False).host == "h"
+
+
+def test_unknown_environment_variable_is_an_error():
+    with pytest.raises(mx.ConfigError, match="MAILEXPRESS_HOSTNAME"):
+        mx.load_config(env={"MAILEXPRESS_HOSTNAME": "h"}, host="h")
+
+
+def test_missing_password_says_how_to_give_one():
+    with pytest.raises(mx.ConfigError, match="password_env") as info:
+        mx.load_config(env={}, host="h", username="u")
+    assert info.value.key == "password"
+
+
+def test_missing_password_env_variable_is_named():
+    with pytest.raises(mx.ConfigError, match="NOPE_PW is not set"):
+        mx.load_config(env={}, host="h", username="u", password_env="NOPE_PW")
+
+
+def test_missing_host():
+    with pytest.raises(mx.ConfigError, match="host is not set"):
+        mx.load_config(env={})
+
+
+def test_invalid_toml(tmp_path):
+    p = tmp_path / "c.toml"
+    p.write_text("host = \n")
+    with pytest.raises(mx.ConfigError, match="not valid TOML"):
+        mx.load_config(p, env={})
+
+
+def test_password_never_shows(caplog):
+    caplog.set_level(logging.DEBUG)
+    cfg = mx.load_config(env={}, host="h", username="u", password="hunter2-secret")
+    text = " ".join([repr(cfg), str(cfg), repr(cfg.password), str(cfg.to_dict()), repr(cfg.replace(port=2525))])
+    assert "hunter2-secret" not in text and "********" in text
+    with pytest.raises(TypeError):
+        pickle.dumps(cfg.password)
+    with pytest.raises(mx.ConfigError) as info:
+        mx.load_config(env={}, host="h", username="u", password=12345)
+    assert "12345" not in str(info.value)
+    logging.getLogger("mailexpress").debug("config %r", cfg)
+    assert "hunter2-secret" not in caplog.text
+    assert cfg.to_dict(show_password=True)["password"] == "hunter2-secret"
+
+
+def test_replace_validates_again():
+    cfg = mx.load_config(env={}, host="h", use_auth=False)
+    assert cfg.replace(port=2525).port == 2525
+    with pytest.raises(mx.ConfigError):
+        cfg.replace(port=0)
+    with pytest.raises(mx.ConfigError, match="did you mean"):
+        cfg.replace(hots="x")
+
+
+def test_toml_under_a_mailexpress_table(tmp_path):
+    p = tmp_path / "c.toml"
+    p.write_text('[mailexpress]\nhost = "h"\nuse_auth = false\n')
+    assert mx.load_config(p, env={}).host == "h"
+
+
+def test_every_field_has_documentation():
+    for f in FIELDS:
+        assert f.doc.endswith(".") and len(f.doc) > 20, f.name
+
+
+def test_session_kwargs_allow_helo_only_without_tls_and_auth():
+    assert mx.load_config(env={}, host="h", security="none", use_auth=False).session_kwargs()["helo_fallback"]
+    assert not mx.load_config(env={}, host="h", use_auth=False).session_kwargs()["helo_fallback"]
