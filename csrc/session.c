@@ -1413,6 +1413,31 @@ format_path(Session *s, const char *verb, PyObject *addr, PyObject *params,
     return 0;
 }
 
+/* MAIL or RCPT: formats the command, sends it, reads the reply; a 2xx moves
+ * the state to `accepted`.  Returns 0 with s->reply holding the answer
+ * (accepted or refused), or -1 raised (bad input, I/O failure, 421). */
+static int
+path_command(Session *s, const char *verb, PyObject *addr, PyObject *opts,
+             const char *extra, stage stg, timeout_key k, sstate accepted)
+{
+    char cmd[MX_PATH_MAX + 1100];
+    size_t len;
+
+    if (format_path(s, verb, addr, opts, extra, stg, cmd, sizeof(cmd), &len, NULL) < 0)
+        return -1;
+    if (exchange(s, cmd, len, NULL, k) < 0) {
+        fail_io(s, stg);
+        return -1;
+    }
+    if (s->reply.code == 421) {
+        fail_421(s, stg);
+        return -1;
+    }
+    if (s->reply.code / 100 == 2)
+        set_state(s, accepted);
+    return 0;
+}
+
 PyDoc_STRVAR(mail_doc,
 "mail(sender, options=()) -> Reply\n\n"
 "Sends MAIL FROM and returns the reply, accepted or not (like smtplib's\n"
@@ -1423,8 +1448,6 @@ Session_mail(Session *s, PyObject *args, PyObject *kw)
 {
     static char *kwlist[] = {"sender", "options", NULL};
     PyObject *sender, *opts = Py_None, *res = NULL;
-    char cmd[MX_PATH_MAX + 1100];
-    size_t len;
 
     if (!PyArg_ParseTupleAndKeywords(args, kw, "O|O", kwlist, &sender, &opts))
         return NULL;
@@ -1438,19 +1461,8 @@ Session_mail(Session *s, PyObject *args, PyObject *kw)
                   state_names[s->state]);
         goto done;
     }
-    if (format_path(s, "MAIL FROM", sender, opts, NULL, STG_MAIL, cmd, sizeof(cmd), &len, NULL) < 0)
-        goto done;
-    if (exchange(s, cmd, len, NULL, TO_MAIL) < 0) {
-        fail_io(s, STG_MAIL);
-        goto done;
-    }
-    if (s->reply.code == 421) {
-        fail_421(s, STG_MAIL);
-        goto done;
-    }
-    if (s->reply.code / 100 == 2)
-        set_state(s, S_MAIL);
-    res = make_reply(s, STG_MAIL);
+    if (path_command(s, "MAIL FROM", sender, opts, NULL, STG_MAIL, TO_MAIL, S_MAIL) == 0)
+        res = make_reply(s, STG_MAIL);
 done:
     leave(s);
     return res;
@@ -1465,8 +1477,6 @@ Session_rcpt(Session *s, PyObject *args, PyObject *kw)
 {
     static char *kwlist[] = {"recipient", "options", NULL};
     PyObject *rcpt, *opts = Py_None, *res = NULL;
-    char cmd[MX_PATH_MAX + 1100];
-    size_t len;
 
     if (!PyArg_ParseTupleAndKeywords(args, kw, "O|O", kwlist, &rcpt, &opts))
         return NULL;
@@ -1477,19 +1487,8 @@ Session_rcpt(Session *s, PyObject *args, PyObject *kw)
                   "RCPT needs an accepted MAIL first (state %s)", state_names[s->state]);
         goto done;
     }
-    if (format_path(s, "RCPT TO", rcpt, opts, NULL, STG_RCPT, cmd, sizeof(cmd), &len, NULL) < 0)
-        goto done;
-    if (exchange(s, cmd, len, NULL, TO_RCPT) < 0) {
-        fail_io(s, STG_RCPT);
-        goto done;
-    }
-    if (s->reply.code == 421) {
-        fail_421(s, STG_RCPT);
-        goto done;
-    }
-    if (s->reply.code / 100 == 2)
-        set_state(s, S_RCPT);
-    res = make_reply(s, STG_RCPT);
+    if (path_command(s, "RCPT TO", rcpt, opts, NULL, STG_RCPT, TO_RCPT, S_RCPT) == 0)
+        res = make_reply(s, STG_RCPT);
 done:
     leave(s);
     return res;
@@ -1781,37 +1780,21 @@ Session_sendmail(Session *s, PyObject *args, PyObject *kw)
         elen += (size_t)snprintf(extra + elen, sizeof(extra) - elen, "%sSMTPUTF8",
                                  elen ? " " : "");
     }
-    if (format_path(s, "MAIL FROM", from, mopts, extra, STG_MAIL, cmd,
-                    sizeof(cmd), &len, NULL) < 0)
+    if (path_command(s, "MAIL FROM", from, mopts, extra, STG_MAIL, TO_MAIL, S_MAIL) < 0)
         goto done;
-    if (exchange(s, cmd, len, NULL, TO_MAIL) < 0) {
-        fail_io(s, STG_MAIL);
-        goto done;
-    }
     if (s->reply.code / 100 != 2) {
         fail_reply(s, MX_EXC_SENDER, STG_MAIL, "the server refused the sender");
         goto done;
     }
-    set_state(s, S_MAIL);
     refused = PyDict_New();
     if (!refused)
         goto done;
     for (i = 0; i < n; i++) {
         PyObject *addr = PySequence_Fast_GET_ITEM(fast, i);
-        if (format_path(s, "RCPT TO", addr, ropts, NULL, STG_RCPT, cmd,
-                        sizeof(cmd), &len, NULL) < 0)
+        if (path_command(s, "RCPT TO", addr, ropts, NULL, STG_RCPT, TO_RCPT, S_RCPT) < 0)
             goto done;
-        if (exchange(s, cmd, len, NULL, TO_RCPT) < 0) {
-            fail_io(s, STG_RCPT);
-            goto done;
-        }
-        if (s->reply.code == 421) {
-            fail_421(s, STG_RCPT);
-            goto done;
-        }
         if (s->reply.code / 100 == 2) {
             accepted++;
-            set_state(s, S_RCPT);
             continue;
         }
         r = make_reply(s, STG_RCPT);
