@@ -1835,6 +1835,146 @@ release:
     return res;
 }
 
+/* Sends several command lines in one write (RFC 2920 pipelining), each
+ * recorded; GIL released.  0, or -1 with s->err set. */
+static int
+send_batch(Session *s, const char *buf, size_t len, timeout_key k)
+{
+    size_t start = 0, extra, i;
+    int rc;
+
+    Py_BEGIN_ALLOW_THREADS
+    extra = unsolicited_bytes(s);
+    if (extra) {
+        mx_error_set(&s->err, MX_E_PROTOCOL, 0,
+                     "the server sent %zu byte%s nobody asked for (desynchronised)",
+                     extra, extra == 1 ? "" : "s");
+        rc = -1;
+    } else {
+        for (i = 0; i + 1 < len; i++) {
+            if (buf[i] == '\r' && buf[i + 1] == '\n') {
+                record(s, MX_TR_CLIENT, buf + start, i - start);
+                start = i + 2;
+            }
+        }
+        rc = stream_write(s, buf, len, deadline_for(s, k));
+    }
+    Py_END_ALLOW_THREADS
+    return rc;
+}
+
+/* Reads one reply with the GIL released; 0 or -1 with s->err set. */
+static int
+recv_only(Session *s, timeout_key k)
+{
+    int rc;
+
+    Py_BEGIN_ALLOW_THREADS
+    rc = recv_reply(s, k);
+    Py_END_ALLOW_THREADS
+    return rc;
+}
+
+/* Reads the reply to a step of try_sender into a new Reply; NULL raised. */
+static PyObject *
+probe_reply(Session *s, stage stg, timeout_key k)
+{
+    if (recv_only(s, k) < 0)
+        return fail_io(s, stg);
+    if (s->reply.code == 421)
+        return fail_421(s, stg);
+    return make_reply(s, stg);
+}
+
+PyDoc_STRVAR(try_sender_doc,
+"try_sender(sender, recipient, options=()) -> (mail_reply, rcpt_reply, pipelined)\n\n"
+"Asks whether the server would take a message from `sender` to `recipient`\n"
+"without sending one: MAIL FROM, RCPT TO, RSET.  With PIPELINING the three\n"
+"go in one write and rcpt_reply is the RCPT answer even when MAIL was\n"
+"refused (then it is a consequence, typically 503); without, RCPT is sent\n"
+"only after an accepted MAIL and rcpt_reply is None otherwise.  The session\n"
+"is left with no transaction open.");
+
+static PyObject *
+Session_try_sender(Session *s, PyObject *args, PyObject *kw)
+{
+    static char *kwlist[] = {"sender", "recipient", "options", NULL};
+    PyObject *sender, *rcpt, *opts = Py_None, *res = NULL;
+    PyObject *mail_r = NULL, *rcpt_r = NULL, *rset_r = NULL;
+    char buf[2 * (MX_PATH_MAX + 1100) + 16];
+    size_t len = 0, n;
+    int pipelined;
+
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OO|O", kwlist, &sender, &rcpt, &opts))
+        return NULL;
+    if (enter(s, 1) < 0)
+        return NULL;
+    if (ensure_ehlo(s) < 0)
+        goto done;
+    if (s->state != S_READY) {
+        raise_exc(s, MX_EXC_STATE, STG_MAIL, NULL, NULL,
+                  "try_sender needs a session with no transaction open (state %s)",
+                  state_names[s->state]);
+        goto done;
+    }
+    pipelined = (s->caps.ext & MX_EXT_PIPELINING) != 0;
+    if (format_path(s, "MAIL FROM", sender, opts, NULL, STG_MAIL, buf, sizeof(buf), &n, NULL) < 0)
+        goto done;
+    len = n;
+    if (format_path(s, "RCPT TO", rcpt, NULL, NULL, STG_RCPT, buf + len, sizeof(buf) - len, &n, NULL) < 0)
+        goto done;
+    if (pipelined) {
+        len += n;
+        (void)mx_cmd_simple(buf + len, sizeof(buf) - len, &n, "RSET");
+        len += n;
+        if (send_batch(s, buf, len, TO_MAIL) < 0) {
+            fail_io(s, STG_MAIL);
+            goto done;
+        }
+        if (!(mail_r = probe_reply(s, STG_MAIL, TO_MAIL)) ||
+            !(rcpt_r = probe_reply(s, STG_RCPT, TO_RCPT)) ||
+            !(rset_r = probe_reply(s, STG_RSET, TO_COMMAND)))
+            goto done;
+    } else {
+        char line[MX_PATH_MAX + 1100];
+        memcpy(line, buf + len, n);     /* the RCPT line, for later */
+        if (send_batch(s, buf, len, TO_MAIL) < 0) {
+            fail_io(s, STG_MAIL);
+            goto done;
+        }
+        if (!(mail_r = probe_reply(s, STG_MAIL, TO_MAIL)))
+            goto done;
+        if (s->reply.code / 100 == 2) {
+            set_state(s, S_MAIL);
+            if (send_batch(s, line, n, TO_RCPT) < 0) {
+                fail_io(s, STG_RCPT);
+                goto done;
+            }
+            if (!(rcpt_r = probe_reply(s, STG_RCPT, TO_RCPT)))
+                goto done;
+        }
+        (void)mx_cmd_simple(line, sizeof(line), &n, "RSET");
+        if (send_batch(s, line, n, TO_COMMAND) < 0) {
+            fail_io(s, STG_RSET);
+            goto done;
+        }
+        if (!(rset_r = probe_reply(s, STG_RSET, TO_COMMAND)))
+            goto done;
+    }
+    if (s->reply.code / 100 != 2) {
+        fail_protocol(s, STG_RSET, "the server refused RSET; the transaction state is unknown");
+        goto done;
+    }
+    set_state(s, S_READY);
+    res = Py_BuildValue("(OOO)", mail_r, rcpt_r ? rcpt_r : Py_None, pipelined ? Py_True : Py_False);
+done:
+    Py_XDECREF(mail_r);
+    Py_XDECREF(rcpt_r);
+    Py_XDECREF(rset_r);
+    leave(s);
+    return res;
+}
+
 PyDoc_STRVAR(set_deadline_doc,
 "set_deadline(seconds) -> None\n\n"
 "Bounds everything that follows: no step may end later than `seconds` from\n"
@@ -2052,6 +2192,13 @@ Session_get_connect_attempts(Session *s, void *c)
 }
 
 static PyObject *
+Session_get_resolve_ms(Session *s, void *c)
+{
+    (void)c;
+    return PyLong_FromLongLong((long long)s->attempts.resolve_ms);
+}
+
+static PyObject *
 Session_get_peer_address(Session *s, void *c)
 {
     (void)c;
@@ -2084,6 +2231,7 @@ static PyMethodDef Session_methods[] = {
      "close() -> None\n\nCloses the connection without QUIT."},
     {"send_raw", (PyCFunction)(void (*)(void))Session_sendmail, METH_VARARGS | METH_KEYWORDS, sendmail_doc},
     {"set_deadline", (PyCFunction)Session_set_deadline, METH_O, set_deadline_doc},
+    {"try_sender", (PyCFunction)(void (*)(void))Session_try_sender, METH_VARARGS | METH_KEYWORDS, try_sender_doc},
     {NULL, NULL, 0, NULL},
 };
 
@@ -2106,6 +2254,7 @@ static PyGetSetDef Session_getset[] = {
     {"connect_attempts", (getter)Session_get_connect_attempts, NULL,
      "the addresses tried by connect()", NULL},
     {"peer_address", (getter)Session_get_peer_address, NULL, "(address, port)", NULL},
+    {"resolve_ms", (getter)Session_get_resolve_ms, NULL, "time the name lookup took", NULL},
     {"max_size", (getter)Session_get_max_size, NULL, "SIZE limit or None", NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };

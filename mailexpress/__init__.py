@@ -8,6 +8,7 @@
 from . import _core
 from .client import Session, SendResult, connect, send_as
 from .config import Config, Secret, load_config
+from .diagnose import Check, ConnectorReport, SenderProbe, test_connector
 from .errors import (
     AuthError,
     CertificateError,
@@ -40,5 +41,6 @@ __all__ = [
     "InsecureAuthError", "NotSupportedError", "ProtocolError", "RecipientsRefused",
     "RefusedError", "Reply", "Secret", "SendResult", "SenderRefused", "ServiceUnavailable",
     "Session", "Stage", "StateError", "TLSError", "TimeoutError", "connect", "load_config",
-    "send_as", "OPENSSL_VERSION", "__version__",
+    "send_as", "OPENSSL_VERSION", "__version__", "Check", "ConnectorReport", "SenderProbe",
+    "test_connector",
 ]

@@ -1,19 +1,25 @@
 """The ``mailexpress`` command.
 
-Exit status: 0 success; 1 the server refused (the message was not sent, or
-not to everyone); 2 the command could not run (bad config or arguments,
-server unreachable, TLS or authentication failure).
+Exit status of ``send``: 0 sent; 1 the server refused (the message was not
+sent, or not to everyone); 2 the command could not run (bad config or
+arguments, server unreachable, TLS or authentication failure).
+
+Exit status of ``test-connector``: 0 every required check passed; 1 something
+is wrong with the connector; 2 the diagnosis could not run (bad config).
 """
 from __future__ import annotations
 
 import argparse
+import json
 import secrets
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from . import __version__
 from .client import SendResult, send_as
-from .config import load_config
+from .config import Config, load_config
+from .diagnose import CHECK_IDS, test_connector
 from .errors import ConfigError, Error, RefusedError
 
 __all__ = ["main"]
@@ -64,17 +70,57 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_send(args: argparse.Namespace) -> int:
-    overrides = {}
-    for key in ("host", "port", "security", "username", "password_env", "from_address",
-                "reply_to_address"):
+_CONFIG_FLAGS = ("host", "port", "security", "username", "password_env", "from_address",
+                 "reply_to_address", "ca_file", "server_family", "connector_name", "service_account",
+                 "probe_authoritative_sender", "probe_external_sender", "probe_recipient")
+
+
+def _config_from_args(args: argparse.Namespace, command: str) -> Config | None:
+    """The config file, environment and flags; None (after saying why) on error."""
+    overrides: dict[str, Any] = {}
+    for key in _CONFIG_FLAGS:
         value = getattr(args, key, None)
         if value is not None:
             overrides[key] = value
+    if getattr(args, "insecure", False):
+        overrides["verify"] = False
     try:
-        cfg = load_config(args.config, **overrides)
+        return load_config(args.config, **overrides)
     except ConfigError as exc:
-        print(f"mailexpress send: {exc}", file=sys.stderr)
+        print(f"mailexpress {command}: {exc}", file=sys.stderr)
+        return None
+
+
+def _add_config_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", "-c", help="TOML config file (default $MAILEXPRESS_CONFIG)")
+    p.add_argument("--host")
+    p.add_argument("--port", type=int)
+    p.add_argument("--security", choices=["starttls", "ssl", "none"])
+    p.add_argument("--username")
+    p.add_argument("--password-env", dest="password_env",
+                   help="environment variable holding the password (never pass a password as a flag)")
+    p.add_argument("--ca-file", dest="ca_file", help="PEM file of trusted CAs")
+
+
+def _cmd_test_connector(args: argparse.Namespace) -> int:
+    cfg = _config_from_args(args, "test-connector")
+    if cfg is None:
+        return 2
+    try:
+        report = test_connector(cfg, deep=args.deep, require=args.require)
+    except ConfigError as exc:
+        print(f"mailexpress test-connector: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=2))
+    else:
+        print(report)
+    return 0 if report.ok else 1
+
+
+def _cmd_send(args: argparse.Namespace) -> int:
+    cfg = _config_from_args(args, "send")
+    if cfg is None:
         return 2
     body = sys.stdin.read() if args.body == "-" else args.body
     try:
@@ -100,14 +146,25 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="send through the built-in connector emulator (offline)")
     demo.set_defaults(func=_cmd_demo)
 
+    tc = sub.add_parser("test-connector", help="diagnose the connector: TLS, auth, anonymous, impersonation")
+    _add_config_flags(tc)
+    tc.add_argument("--from-address", dest="from_address", help="the account's own From address")
+    tc.add_argument("--server-family", dest="server_family", help="for advice, e.g. exchange2016")
+    tc.add_argument("--connector-name", dest="connector_name", help="for advice: the receive connector's name")
+    tc.add_argument("--service-account", dest="service_account", help="for advice: DOMAIN\\account")
+    tc.add_argument("--probe-authoritative-sender", dest="probe_authoritative_sender")
+    tc.add_argument("--probe-external-sender", dest="probe_external_sender")
+    tc.add_argument("--probe-recipient", dest="probe_recipient")
+    tc.add_argument("--require", action="append", default=[], choices=CHECK_IDS, metavar="CHECK",
+                    help="a check that must pass (repeatable), e.g. accept_any_sender")
+    tc.add_argument("--deep", action="store_true",
+                    help="also send one real message per allowed sender to the probe recipient")
+    tc.add_argument("--insecure", action="store_true", help="do not verify the certificate (diagnosis only)")
+    tc.add_argument("--json", action="store_true", help="print the report as JSON (docs/diagnosis.md)")
+    tc.set_defaults(func=_cmd_test_connector)
+
     send = sub.add_parser("send", help="send one message as a given sender")
-    send.add_argument("--config", "-c", help="TOML config file (default $MAILEXPRESS_CONFIG)")
-    send.add_argument("--host")
-    send.add_argument("--port", type=int)
-    send.add_argument("--security", choices=["starttls", "ssl", "none"])
-    send.add_argument("--username")
-    send.add_argument("--password-env", dest="password_env",
-                      help="environment variable holding the password")
+    _add_config_flags(send)
     send.add_argument("--from", dest="sender", help="From address (default: from_address)")
     send.add_argument("--reply-to", dest="reply_to_address")
     send.add_argument("--to", action="append", required=True, help="recipient (repeatable)")

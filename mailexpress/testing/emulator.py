@@ -24,7 +24,7 @@ from typing import Any, Literal
 
 from .certs import TestCertificates, test_certificates
 
-__all__ = ["ConnectorEmulator", "User", "ReceivedMessage"]
+__all__ = ["ConnectorEmulator", "User", "ReceivedMessage", "PRESETS"]
 
 Rights = Literal["self", "authoritative_domain", "any"]
 
@@ -75,6 +75,29 @@ class ReceivedMessage:
         return msg
 
 
+# Named connector set-ups: what an admin gets right, and each way to get it
+# wrong.  "rights" is the service account's (when the preset makes it).
+PRESETS: dict[str, dict[str, Any]] = {
+    # port 587 "Client" connector done right: TLS required, AUTH LOGIN only
+    # after STARTTLS, Exchange users only, the account may send as anyone
+    "exchange_client": {"rights": "any"},
+    "anonymous_allowed": {"rights": "any", "allow_anonymous": True},
+    "basic_auth_off": {"rights": "any", "auth_mechanisms": ()},
+    "auth_before_tls": {"rights": "any", "auth_before_tls": True},
+    "no_tls": {"rights": "any", "security": "none"},
+    "authoritative_only": {"rights": "authoritative_domain"},
+    "no_impersonation": {"rights": "self"},
+    "refuse_at_rcpt": {"rights": "authoritative_domain", "sender_check_stage": "RCPT"},
+    "send_as_missing": {"rights": "authoritative_domain", "check_header_from": True},
+    "exchange_online": {"rights": "self", "flavour": "online", "sender_check_stage": "END_OF_DATA",
+                        "other_mechanisms": ("XOAUTH2",), "chunking": True,
+                        "hostname": "BN0PR01CA0001.outlook.office365.com",
+                        "authoritative_domains": ("corp.example",)},
+    "expired_certificate": {"rights": "any", "certificate": "expired"},
+    "wrong_host_certificate": {"rights": "any", "certificate": "wrong_host"},
+}
+
+
 class _Conn:
     """Line I/O over a socket that may be upgraded to TLS mid-way."""
 
@@ -94,6 +117,20 @@ class _Conn:
     def discard_buffer(self) -> None:
         self.buf = bytearray()
         self.pos = 0
+
+    def read_exact(self, n: int) -> bytes | None:
+        """Exactly n bytes (BDAT chunks); None at EOF."""
+        while len(self.buf) - self.pos < n:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                return None
+            self.buf += chunk
+        data = bytes(self.buf[self.pos:self.pos + n])
+        self.pos += n
+        if self.pos > 65536:
+            del self.buf[:self.pos]
+            self.pos = 0
+        return data
 
     def readline(self, limit: int = _MAX_LINE) -> bytes | None:
         """One line with its terminator; None at EOF or past ``limit``."""
@@ -138,6 +175,15 @@ class ConnectorEmulator:
       authoritative_domains  the organisation's accepted domains
       certificate         "valid", "expired" or "wrong_host"
       hostname            the name in the banner and EHLO reply
+      sender_check_stage  where a sender the account may not use is refused:
+                          "MAIL" (Exchange), "RCPT" (Postfix with
+                          smtpd_delay_reject=yes) or "END_OF_DATA" (Exchange
+                          Online)
+      chunking            offer CHUNKING and BINARYMIME (BDAT, RFC 3030)
+      flavour             "onprem" or "online": Exchange Online's reply texts
+
+    ``ConnectorEmulator.preset(name)`` builds one of the named
+    misconfigurations in :data:`PRESETS`.
     """
 
     def __init__(self, *, users: Iterable[User] = (), authoritative_domains: Iterable[str] = ("corp.example",),
@@ -148,7 +194,9 @@ class ConnectorEmulator:
                  check_header_from: bool = False, pipelining: bool = True,
                  eight_bit_mime: bool = True, smtputf8: bool = True, size_limit: int = 36700160,
                  certificate: Literal["valid", "expired", "wrong_host"] = "valid",
-                 hostname: str = "mail.corp.example", auth_delay: float = 0.0) -> None:
+                 hostname: str = "mail.corp.example", auth_delay: float = 0.0,
+                 sender_check_stage: Literal["MAIL", "RCPT", "END_OF_DATA"] = "MAIL",
+                 chunking: bool = False, flavour: Literal["onprem", "online"] = "onprem") -> None:
         self.users = {u.username.lower(): u for u in users}
         self.authoritative_domains = tuple(d.lower() for d in authoritative_domains)
         self.security = security
@@ -165,6 +213,9 @@ class ConnectorEmulator:
         self.hostname = hostname
         self.auth_delay = auth_delay
         self.certificate = certificate
+        self.sender_check_stage = sender_check_stage
+        self.chunking = chunking
+        self.flavour = flavour
         self.messages: list[ReceivedMessage] = []
         self.connections = 0
         self._certs: TestCertificates | None = None
@@ -176,6 +227,24 @@ class ConnectorEmulator:
         self._stopping = threading.Event()
         self.host = "127.0.0.1"
         self.port = 0
+
+    @classmethod
+    def preset(cls, name: str, *, users: Iterable[User] | None = None, **overrides: Any) -> ConnectorEmulator:
+        """An emulator set up as PRESETS[name].  Without ``users``, one
+        service account ``svc-mailer`` (address svc-mailer@corp.example, a
+        random password) holds the preset's rights."""
+        if name not in PRESETS:
+            raise ValueError(f"unknown preset {name!r}; known: {', '.join(PRESETS)}")
+        kwargs = dict(PRESETS[name])
+        rights = kwargs.pop("rights")
+        if users is None:
+            users = [User("svc-mailer", secrets.token_urlsafe(12), "svc-mailer@corp.example", rights=rights)]
+        kwargs.update(overrides)
+        em = cls(users=users, **kwargs)
+        em.preset_name = name
+        return em
+
+    preset_name: str | None = None
 
     # -- lifecycle -----------------------------------------------------------
 
@@ -316,6 +385,8 @@ class ConnectorEmulator:
             lines.append("AUTH " + " ".join(mechs))
         if self.eight_bit_mime:
             lines.append("8BITMIME")
+        if self.chunking:
+            lines += ["BINARYMIME", "CHUNKING"]
         if self.smtputf8:
             lines.append("SMTPUTF8")
         return lines
@@ -430,12 +501,13 @@ class ConnectorEmulator:
             return
         if s.user is None:
             if not self.allow_anonymous:
-                conn.send("530 5.7.1 Client was not authenticated")
+                conn.send("530 5.7.57 Client not authenticated to send mail" if self.flavour == "online"
+                          else "530 5.7.1 Client was not authenticated")
                 return
             if self._domain(address) in self.authoritative_domains:
                 conn.send("550 5.7.1 Anonymous client does not have permissions to send as this sender")
                 return
-        elif not self._may_send_as(s.user, address):
+        elif self.sender_check_stage == "MAIL" and not self._may_send_as(s.user, address):
             conn.send("550 5.7.1 Client does not have permissions to send as this sender")
             return
         for opt in options:
@@ -465,6 +537,12 @@ class ConnectorEmulator:
         if s.user is None and self._domain(address) not in self.authoritative_domains:
             conn.send("550 5.7.54 SMTP; Unable to relay recipient in non-accepted domain")
             return
+        if (s.user is not None and self.sender_check_stage == "RCPT"
+                and not self._may_send_as(s.user, s.mail_from)):
+            # Postfix: reject_authenticated_sender_login_mismatch, smtpd_delay_reject=yes
+            conn.send(f"553 5.7.1 <{s.mail_from}>: Sender address rejected: not owned by user "
+                      f"{s.user.username}")
+            return
         s.rcpt_tos.append(address)
         conn.send("250 2.1.5 Recipient OK")
 
@@ -490,11 +568,25 @@ class ConnectorEmulator:
             if size > _MAX_MESSAGE:
                 return False
             chunks.append(raw)
-        data = b"".join(chunks)
-        if self.check_header_from and s.user is not None and not self._header_from_allowed(s.user, data):
+        self._finish_message(conn, s, b"".join(chunks))
+        return None
+
+    def _finish_message(self, conn: _Conn, s: _SessionState, data: bytes) -> None:
+        """End of data (or BDAT LAST): the Send As checks, then queue."""
+        assert s.mail_from is not None
+        refused = False
+        if s.user is not None:
+            if self.sender_check_stage == "END_OF_DATA" and not self._may_send_as(s.user, s.mail_from):
+                refused = True
+            if (self.check_header_from or self.sender_check_stage == "END_OF_DATA") and \
+                    not self._header_from_allowed(s.user, data):
+                refused = True
+        if refused:
             s.reset_transaction()
-            conn.send("550 5.7.1 Client does not have permissions to send as this sender")
-            return None
+            conn.send("550 5.7.60 SMTP; Client does not have permissions to send as this sender"
+                      if self.flavour == "online"
+                      else "550 5.7.1 Client does not have permissions to send as this sender")
+            return
         msg = ReceivedMessage(mail_from=s.mail_from, rcpt_tos=list(s.rcpt_tos), data=data,
                               username=s.user.username if s.user else None, tls=s.tls,
                               helo=s.helo, mail_options=list(s.mail_options))
@@ -502,6 +594,32 @@ class ConnectorEmulator:
             self.messages.append(msg)
         s.reset_transaction()
         conn.send(f"250 2.6.0 <{secrets.token_hex(8)}@{self.hostname}> Queued mail for delivery")
+
+    def _cmd_bdat(self, conn: _Conn, s: _SessionState, arg: str) -> bool | None:
+        parts = arg.split()
+        if not self.chunking:
+            conn.send("500 5.3.3 Unrecognized command 'BDAT'")
+            return None
+        if not parts or not parts[0].isdigit() or len(parts) > 2 or (
+                len(parts) == 2 and parts[1].upper() != "LAST"):
+            conn.send("501 5.5.4 Invalid arguments")
+            return None
+        size = int(parts[0])
+        if size > _MAX_MESSAGE:
+            return False
+        chunk = conn.read_exact(size)     # the chunk is read even when refused
+        if chunk is None:
+            return False
+        if s.mail_from is None or not s.rcpt_tos:
+            conn.send("503 5.5.1 Bad sequence of commands")
+            return None
+        s.bdat.append(chunk)
+        if len(parts) == 2:
+            data = b"".join(s.bdat)
+            s.bdat = []
+            self._finish_message(conn, s, data)
+        else:
+            conn.send(f"250 2.0.0 {size} octets received")
         return None
 
     def _header_from_allowed(self, user: User, data: bytes) -> bool:
@@ -533,11 +651,13 @@ class _SessionState:
     mail_from: str | None = None
     mail_options: list[str] = field(default_factory=list)
     rcpt_tos: list[str] = field(default_factory=list)
+    bdat: list[bytes] = field(default_factory=list)
 
     def reset_transaction(self) -> None:
         self.mail_from = None
         self.mail_options = []
         self.rcpt_tos = []
+        self.bdat = []
 
 
 def _path(text: str) -> tuple[str | None, list[str]]:
