@@ -506,6 +506,20 @@ fail_protocol(Session *s, stage stg, const char *what)
     return NULL;
 }
 
+/* A 3xx reply answers only AUTH (334) and DATA (354); anywhere else the
+ * server is out of step with us.  Returns 0, or -1 raised (session unusable). */
+static int
+refuse_3xx(Session *s, stage stg)
+{
+    char why[96];
+
+    if (s->reply.code / 100 != 3)
+        return 0;
+    snprintf(why, sizeof(why), "a %d reply cannot answer %s", s->reply.code, stage_names[stg]);
+    fail_protocol(s, stg, why);
+    return -1;
+}
+
 /* Takes the session's lock and checks it can be used.  0, or -1 raised. */
 static int
 enter(Session *s, int need_connection)
@@ -1012,6 +1026,8 @@ do_ehlo(Session *s, const char *name)
                          "ehlo name %s is not a valid domain", name);
     if (exchange(s, cmd, len, NULL, TO_EHLO) < 0)
         return fail_io(s, STG_EHLO);
+    if (refuse_3xx(s, STG_EHLO) < 0)
+        return NULL;
     if (s->reply.code == 250) {
         r = make_reply(s, STG_EHLO);
         if (!r || take_capabilities(s) < 0) {
@@ -1135,6 +1151,8 @@ Session_starttls(Session *s, PyObject *unused)
         fail_io(s, STG_STARTTLS);
         goto done;
     }
+    if (refuse_3xx(s, STG_STARTTLS) < 0)
+        goto done;
     if (s->reply.code != 220) {
         fail_reply(s, MX_EXC_TLS, STG_STARTTLS,
                    "the server refused STARTTLS; nothing was sent in the clear");
@@ -1433,6 +1451,8 @@ path_command(Session *s, const char *verb, PyObject *addr, PyObject *opts,
         fail_421(s, stg);
         return -1;
     }
+    if (refuse_3xx(s, stg) < 0)
+        return -1;
     if (s->reply.code / 100 == 2)
         set_state(s, accepted);
     return 0;
@@ -1615,6 +1635,8 @@ simple_command(Session *s, const char *verb, stage stg, timeout_key k)
         fail_421(s, stg);
         goto done;
     }
+    if (refuse_3xx(s, stg) < 0)
+        goto done;
     if (stg == STG_RSET && s->reply.code / 100 == 2 && s->state != S_CONNECTED)
         set_state(s, S_READY);
     res = make_reply(s, stg);
@@ -1883,6 +1905,8 @@ probe_reply(Session *s, stage stg, timeout_key k)
         return fail_io(s, stg);
     if (s->reply.code == 421)
         return fail_421(s, stg);
+    if (refuse_3xx(s, stg) < 0)
+        return NULL;
     return make_reply(s, stg);
 }
 

@@ -437,3 +437,26 @@ def test_tls_stream_cut_mid_reply(fake_server, certs):
 def test_ssl_module_is_not_involved():
     # the client is our C core over OpenSSL; Python's ssl is used by test peers only
     assert ssl.OPENSSL_VERSION.split()[1][0] == mx.OPENSSL_VERSION.split()[1][0]
+
+
+@pytest.mark.parametrize("where", ["EHLO", "MAIL", "RCPT", "RSET"])
+def test_354_where_it_cannot_belong_is_a_protocol_error(fake_server, where):
+    def script(conn):
+        conn.send(BANNER)
+        for step in ("EHLO", "MAIL", "RCPT", "RSET"):
+            conn.expect(step.encode())
+            if step == where:
+                conn.send(b"354 go ahead\r\n")
+                conn.readline()
+                return
+            conn.send(b"250 fake\r\n" if step == "EHLO" else b"250 ok\r\n")
+    srv = fake_server(script)
+    s = plain_session(srv.port)
+    s.connect()
+    with pytest.raises(mx.ProtocolError, match="354 reply cannot answer") as info:
+        s.ehlo()
+        s.mail("a@x.example")
+        s.rcpt("b@y.example")
+        s.rset()
+    assert info.value.stage.value == where and s.state == "ERROR"
+    assert b"DATA" not in srv.wire
