@@ -131,7 +131,6 @@ mx_net_connect(const char *host, const char *port, int64_t deadline,
     for (ai = res; ai; ai = ai->ai_next) {
         mx_attempt *a = att->n < MX_MAX_ATTEMPTS ? &att->a[att->n] : NULL;
         int64_t ts = mx_now_ms();
-        void *sa;
 
         if (deadline && ts >= deadline) {
             last_errno = ETIMEDOUT;
@@ -140,7 +139,7 @@ mx_net_connect(const char *host, const char *port, int64_t deadline,
         fd = connect_one(ai, deadline);
         last_errno = fd < 0 ? errno : 0;
         if (a) {
-            sa = ai->ai_family == AF_INET6
+            const void *sa = ai->ai_family == AF_INET6
                      ? (void *)&((struct sockaddr_in6 *)ai->ai_addr)->sin6_addr
                      : (void *)&((struct sockaddr_in *)ai->ai_addr)->sin_addr;
             if (!inet_ntop(ai->ai_family, sa, a->addr, sizeof(a->addr)))

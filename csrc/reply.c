@@ -102,7 +102,6 @@ mx_reply_parse(mx_reply_parser *p, const unsigned char *buf, size_t len,
                size_t *consumed, mx_reply *out)
 {
     size_t i = 0;
-    mx_reply_status st;
 
     *consumed = 0;
     while (i < len) {
@@ -122,7 +121,7 @@ mx_reply_parse(mx_reply_parser *p, const unsigned char *buf, size_t len,
         i++;                                    /* the LF */
         if (p->line_len > 0 && p->line[p->line_len - 1] == '\r')
             p->line_len--;                      /* CRLF; a bare LF is tolerated */
-        st = take_line(p, out);
+        mx_reply_status st = take_line(p, out);
         p->line_len = 0;
         if (st != MX_REPLY_INCOMPLETE) {
             *consumed = i;

@@ -74,6 +74,9 @@ mx_b64_decode(const char *in, size_t n, unsigned char *out, size_t cap,
                     return MX_SASL_E_BASE64;
             }
         }
+        /* RFC 4648 §3.5: the bits padding leaves over must be zero */
+        if ((pad == 2 && (v[1] & 15)) || (pad == 1 && (v[2] & 3)))
+            return MX_SASL_E_BASE64;
         if ((size_t)(3 - pad) > cap - o)
             return MX_SASL_E_TOO_LONG;
         out[o++] = (unsigned char)(v[0] << 2 | v[1] >> 4);

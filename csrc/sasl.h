@@ -22,7 +22,8 @@ typedef enum {
 mx_sasl_status mx_b64_encode(const unsigned char *in, size_t n, char *out,
                              size_t cap, size_t *out_len);
 /* Strict decoding: the alphabet, '=' padding only at the end, length a
- * multiple of 4.  No whitespace. */
+ * multiple of 4, zero pad bits (so only the canonical encoding decodes).
+ * No whitespace. */
 mx_sasl_status mx_b64_decode(const char *in, size_t n, unsigned char *out,
                              size_t cap, size_t *out_len);
 

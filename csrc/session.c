@@ -278,11 +278,10 @@ recv_reply(Session *s, timeout_key k)
 
     for (;;) {
         size_t used = 0;
-        mx_reply_status st;
         ssize_t n;
 
         if (s->rstart < s->rend) {
-            st = mx_reply_parse(&s->parser, s->rbuf + s->rstart,
+            mx_reply_status st = mx_reply_parse(&s->parser, s->rbuf + s->rstart,
                                 s->rend - s->rstart, &used, &s->reply);
             s->rstart += used;
             if (st == MX_REPLY_COMPLETE) {
@@ -596,7 +595,6 @@ is_ascii(const char *p, Py_ssize_t n)
 static char *
 dup_opt(PyObject *o, const char *field, int *bad)
 {
-    const char *p;
     Py_ssize_t n;
     char *r;
 
@@ -608,7 +606,7 @@ dup_opt(PyObject *o, const char *field, int *bad)
         return NULL;
     }
     if (PyUnicode_Check(o)) {
-        p = PyUnicode_AsUTF8AndSize(o, &n);
+        const char *p = PyUnicode_AsUTF8AndSize(o, &n);
         if (!p) {
             *bad = 1;
             return NULL;
@@ -697,7 +695,7 @@ parse_timeouts(Session *s, PyObject *timeouts)
 static int
 parse_mechanisms(PyObject *seq, unsigned *mask)
 {
-    PyObject *fast, *item;
+    PyObject *fast;
     Py_ssize_t i, n;
 
     *mask = MX_AUTH_PLAIN | MX_AUTH_LOGIN;
@@ -716,7 +714,7 @@ parse_mechanisms(PyObject *seq, unsigned *mask)
         const char *name;
         Py_ssize_t len;
         unsigned bit;
-        item = PySequence_Fast_GET_ITEM(fast, i);
+        PyObject *item = PySequence_Fast_GET_ITEM(fast, i);
         name = PyUnicode_Check(item) ? PyUnicode_AsUTF8AndSize(item, &len) : NULL;
         bit = name ? mx_auth_mech_bit(name, (size_t)len) : 0;
         if (bit != MX_AUTH_PLAIN && bit != MX_AUTH_LOGIN) {
@@ -1523,7 +1521,6 @@ do_data(Session *s, const unsigned char *p, size_t n)
     size_t len, used, out;
     mx_body_enc enc;
     int rc = 0;
-    int64_t dl;
 
     (void)mx_cmd_simple(cmd, sizeof(cmd), &len, "DATA");
     if (exchange(s, cmd, len, NULL, TO_DATA) < 0)
@@ -1556,8 +1553,7 @@ do_data(Session *s, const unsigned char *p, size_t n)
         out = mx_body_encode(&enc, p, n, &used, s->wbuf, MX_WBUF);
         p += used;
         n -= used;
-        dl = deadline_for(s, TO_DATA_BLOCK);
-        if ((rc = stream_write(s, s->wbuf, out, dl)) < 0)
+        if ((rc = stream_write(s, s->wbuf, out, deadline_for(s, TO_DATA_BLOCK))) < 0)
             break;
     }
     if (rc == 0) {
@@ -1862,7 +1858,7 @@ release:
 static int
 send_batch(Session *s, const char *buf, size_t len, timeout_key k)
 {
-    size_t start = 0, extra, i;
+    size_t extra;
     int rc;
 
     Py_BEGIN_ALLOW_THREADS
@@ -1873,6 +1869,7 @@ send_batch(Session *s, const char *buf, size_t len, timeout_key k)
                      extra, extra == 1 ? "" : "s");
         rc = -1;
     } else {
+        size_t start = 0, i;
         for (i = 0; i + 1 < len; i++) {
             if (buf[i] == '\r' && buf[i + 1] == '\n') {
                 record(s, MX_TR_CLIENT, buf + start, i - start);

@@ -1,0 +1,121 @@
+"""Memory must stay flat: 10 000 sends and 1 000 failed connections in one
+process (issue: hardening).  Prints RSS after a warm-up and at the end, and
+exits 1 when the process grew by more than the allowance.
+
+    python benchmarks/leak_check.py [--sends 10000] [--failures 1000]
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import mailexpress as mx
+
+# The emulators run in a child process: this process's RSS is the client's alone.
+SERVER = r"""
+import json, sys
+from mailexpress.testing import ConnectorEmulator, User
+class Discard(list):          # 10 000 messages need not be kept
+    def append(self, item):
+        pass
+user = User("svc", "pw", "svc@corp.example", rights="any")
+plain = ConnectorEmulator(users=[user], security="none").start()
+bad = ConnectorEmulator(users=[user], certificate="expired").start()
+plain.messages = Discard()
+print(json.dumps({"plain": plain.port, "bad": bad.port, "ca": bad.ca_file}), flush=True)
+sys.stdin.read()
+"""
+
+PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+def rss_kib() -> int:
+    with open("/proc/self/statm") as fh:
+        return int(fh.read().split()[1]) * PAGE // 1024
+
+
+def closed_port() -> int:
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def run_sends(cfg: mx.Config, n: int, body: bytes) -> None:
+    with mx.connect(cfg) as session:
+        for i in range(n):
+            session.send_raw("svc@corp.example", ["b@partner.example"], body)
+            if i % 1000 == 999:
+                session.rset()
+
+
+def run_failures(cfg: mx.Config, expired: mx.Config, n: int) -> None:
+    refused = mx.Config(host="127.0.0.1", port=closed_port(), use_auth=False, timeouts={"connect": 2})
+    for i in range(n):
+        target = expired if i % 10 == 0 else refused     # 10% TLS verify failures
+        try:
+            mx.connect(target)
+        except mx.Error:
+            pass
+        else:  # pragma: no cover
+            raise SystemExit("a connection that must fail succeeded")
+        s = mx.Session("127.0.0.1", cfg.port, security="none", timeouts={"banner": 2})
+        s.connect()
+        try:
+            s.login("svc", "pw")        # refused without TLS: InsecureAuthError
+        except mx.InsecureAuthError:
+            pass
+        s.close()
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--sends", type=int, default=10_000)
+    ap.add_argument("--failures", type=int, default=1_000)
+    ap.add_argument("--allowance-kib", type=int, default=1024)
+    args = ap.parse_args()
+    body = b"Subject: leak check\r\n\r\n" + b".line with a dot\r\n" * 50
+    server = subprocess.Popen([sys.executable, "-c", SERVER], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              text=True)
+    try:
+        assert server.stdout is not None
+        ports = json.loads(server.stdout.readline())
+        timeouts = {"connect": 5, "banner": 10, "ehlo": 10, "tls": 10, "mail": 10, "rcpt": 10, "data": 10,
+                    "end_of_data": 10, "command": 10, "quit": 5}
+        cfg = mx.Config(host="127.0.0.1", port=ports["plain"], security="none", username="svc", password="pw",
+                        allow_insecure_auth=True, timeouts=timeouts)
+        expired = mx.Config(host="127.0.0.1", port=ports["bad"], username="svc", password="pw",
+                            ca_file=ports["ca"], timeouts=timeouts)
+        # warm-up: caches, OpenSSL's tables, the allocator's arenas
+        run_sends(cfg, 500, body)
+        run_failures(cfg, expired, 100)
+        gc.collect()
+        before = rss_kib()
+        t0 = time.monotonic()
+        run_sends(cfg, args.sends, body)
+        sends_s = time.monotonic() - t0
+        t1 = time.monotonic()
+        run_failures(cfg, expired, args.failures)
+        fail_s = time.monotonic() - t1
+        gc.collect()
+        after = rss_kib()
+    finally:
+        if server.stdin:
+            server.stdin.close()
+        server.wait(10)
+    grew = after - before
+    print(f"sends: {args.sends} in {sends_s:.1f} s; failed connections: {args.failures} in {fail_s:.1f} s")
+    print(f"RSS after warm-up {before} KiB, at the end {after} KiB: grew {grew} KiB "
+          f"({grew / max(before, 1) * 100:.2f}%), allowance {args.allowance_kib} KiB")
+    return 0 if grew <= args.allowance_kib else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Builds the libFuzzer harnesses from the same sources as the extension
+# (clang -fsanitize=fuzzer,address,undefined) and runs each for SECONDS
+# (default 60).  Fails on any crash, leak or sanitizer report.
+#   csrc/fuzz/run.sh [SECONDS] [harness ...]
+set -euo pipefail
+here="$(cd "$(dirname "$0")" && pwd)"
+secs="${1:-60}"; shift || true
+harnesses=("${@:-reply ehlo body sasl}")
+out="$(mktemp -d)"
+trap 'rm -rf "$out"' EXIT
+declare -A deps=([reply]="reply.c" [ehlo]="reply.c ehlo.c" [body]="body.c" [sasl]="sasl.c")
+for h in ${harnesses[@]}; do
+  srcs=""
+  for f in ${deps[$h]}; do srcs="$srcs $here/../$f"; done
+  clang -g -O1 -std=c11 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all \
+        -I"$here/.." "$here/fuzz_$h.c" $srcs -o "$out/fuzz_$h"
+  mkdir -p "$out/corpus_$h"
+  echo "== fuzz_$h for ${secs}s"
+  # new inputs go to the scratch corpus; the committed seeds stay as they are
+  "$out/fuzz_$h" -max_total_time="$secs" -print_final_stats=1 -artifact_prefix="$out/" \
+      "$out/corpus_$h" "$here/corpus/$h" 2>&1 | grep -E "stat::number_of_executed_units|stat::peak_rss_mb|ERROR|SUMMARY|crash-|Done" || true
+  found=0
+  for f in "$out"/crash-* "$out"/leak-* "$out"/timeout-* "$out"/oom-*; do
+    [ -e "$f" ] || continue
+    found=1
+    echo "fuzz_$h found a failing input: $(basename "$f")"
+    od -A x -t x1z "$f" | head -20
+  done
+  [ "$found" = 0 ] || exit 1
+done
