@@ -11,13 +11,10 @@ sys.path.insert(0, str(Path(__file__).parent))
 from fakeserver import FakeServer  # noqa: E402
 
 import mailexpress as mx  # noqa: E402
-from mailexpress.testing import ConnectorEmulator, User  # noqa: E402
+from mailexpress.testing import ConnectorEmulator  # noqa: E402
 from mailexpress.testing.certs import test_certificates  # noqa: E402
 
-SVC = User("svc-mailer", "S3cret-pässword!", "svc-mailer@corp.example", rights="authoritative_domain")
-ANY = User("svc-any", "any-password-42", "svc-any@corp.example", rights="any")
-SELF = User("svc-self", "self-password-42", "svc-self@corp.example", rights="self")
-ALL_PASSWORDS = (SVC.password, ANY.password, SELF.password)
+from support import ANY, SELF, SVC  # noqa: E402
 
 
 @pytest.fixture
@@ -64,13 +61,3 @@ def fake_server() -> Iterator[Callable[..., FakeServer]]:
 @pytest.fixture(scope="session")
 def certs():  # type: ignore[no-untyped-def]
     return test_certificates()
-
-
-def plain_session(port: int, host: str = "127.0.0.1", **kw: object) -> mx.Session:
-    """A Session without TLS to a fake server, short timeouts."""
-    kw.setdefault("security", "none")
-    kw.setdefault("timeouts", {"connect": 5, "banner": 5, "ehlo": 5, "mail": 5, "rcpt": 5,
-                               "data": 5, "end_of_data": 5, "command": 5, "quit": 5,
-                               "auth": 5, "starttls": 5, "tls": 5})
-    kw.setdefault("ehlo_name", "client.example")
-    return mx.Session(host, port, **kw)  # type: ignore[arg-type]

@@ -4,7 +4,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from conftest import SVC
+from support import SVC
 
 from mailexpress.cli import main
 

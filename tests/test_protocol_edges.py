@@ -7,7 +7,7 @@ import threading
 import time
 
 import pytest
-from conftest import plain_session
+from support import plain_session
 
 import mailexpress as mx
 

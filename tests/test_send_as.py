@@ -6,7 +6,7 @@ import smtplib
 from email.message import EmailMessage
 
 import pytest
-from conftest import ALL_PASSWORDS, ANY, SELF, SVC
+from support import ALL_PASSWORDS, ANY, SELF, SVC
 
 import mailexpress as mx
 

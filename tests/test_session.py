@@ -4,7 +4,7 @@ from __future__ import annotations
 import threading
 
 import pytest
-from conftest import plain_session
+from support import plain_session
 
 import mailexpress as mx
 

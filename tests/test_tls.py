@@ -5,7 +5,7 @@ import ssl
 import time
 
 import pytest
-from conftest import SVC, plain_session
+from support import SVC, plain_session
 
 import mailexpress as mx
 

@@ -1,0 +1,108 @@
+"""What the real servers answer, case by case.  Shared by test_postfix.py
+(which checks docs/interop.md against it) and docs/gen_interop_table.py
+(which writes docs/interop.md from it)."""
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import mailexpress as mx
+from harness import ACCOUNTS, PostfixHarness
+
+SERVER = "Postfix 3.7 + Dovecot 2.3"
+
+
+@dataclass(frozen=True)
+class Row:
+    server: str
+    case: str
+    stage: str
+    reply: str
+
+
+def cfg(h: PostfixHarness, service: str, login: str = "svc-domain", **kw: object) -> mx.Config:
+    """A config for one service and account of the harness."""
+    password, address = ACCOUNTS[login]
+    values: dict[str, object] = {
+        "host": "127.0.0.1", "port": h.ports[service], "username": login, "password": password,
+        "from_address": address, "ca_file": h.ca_file,
+        "security": {"smtps": "ssl", "insecure": "none", "open": "none"}.get(service, "starttls"),
+        "timeouts": {"connect": 5, "banner": 10, "ehlo": 10, "tls": 10, "auth": 20, "mail": 10, "rcpt": 10,
+                     "data": 10, "end_of_data": 60, "command": 10, "quit": 5},
+    }
+    values.update(kw)
+    return mx.Config(**values)  # type: ignore[arg-type]
+
+
+def _shown(obj: object) -> tuple[str, str]:
+    """(stage, "code text") of a Reply or an exception carrying one."""
+    reply = obj if isinstance(obj, mx.Reply) else getattr(obj, "reply", None)
+    stage = getattr(obj, "stage", None) or getattr(reply, "stage", None)
+    if reply is None:
+        return str(stage or ""), f"(none: {obj})"
+    return str(stage), re.sub(r"queued as [0-9A-F]+", "queued as <id>", f"{reply.code} {reply.text}")
+
+
+def _outcome(fn: Callable[[], object]) -> tuple[str, str]:
+    try:
+        return _shown(fn())
+    except mx.Error as exc:
+        return _shown(exc)
+
+
+def _open(h: PostfixHarness, service: str, **kw: object) -> mx.Session:
+    s = mx.Session(**cfg(h, service, **kw).session_kwargs())
+    s.connect()
+    s.ehlo()
+    return s
+
+
+def collect(h: PostfixHarness) -> list[Row]:
+    rows: list[Row] = []
+
+    def add(case: str, outcome: tuple[str, str]) -> None:
+        rows.append(Row(SERVER, case, *outcome))
+
+    s = _open(h, "submission")
+    before = s.capabilities.get("AUTH")
+    add("MAIL before STARTTLS", _shown(s.mail("svc-domain@corp.example")))
+    s.starttls()
+    add("EHLO: AUTH before / after STARTTLS",
+        ("EHLO", f"{'AUTH ' + before if before else 'no AUTH'} / AUTH {s.capabilities.get('AUTH')}"))
+    add("anonymous MAIL after STARTTLS (smtpd_delay_reject=no)",
+        _shown(s.mail("mailexpress-probe@example.com")))
+    s.close()
+
+    s = _open(h, "submission", allow_insecure_auth=True)   # to see the server's own answer
+    add("AUTH sent anyway before STARTTLS", _outcome(lambda: s.login("svc-domain", "x", mechanism="PLAIN")))
+    s.close()
+
+    add("wrong password", _outcome(lambda: mx.connect(cfg(h, "submission", password="wrong-password"))))
+    for service, when in (("submission", "no"), ("submission_rcpt", "yes")):
+        with mx.connect(cfg(h, service, login="svc-self")) as s:
+            mail_r, rcpt_r, _ = s.try_sender("svc-any@corp.example", "svc-self@corp.example")
+        add(f"sender not owned by the login (smtpd_delay_reject={when})",
+            _shown(mail_r if not mail_r.ok else rcpt_r))
+        if when == "no":
+            add("the pipelined RCPT after that refused MAIL", _shown(rcpt_r))
+    with mx.connect(cfg(h, "submission", login="svc-any")) as s:
+        _mail, rcpt_r, _ = s.try_sender("svc-domain@corp.example", "svc-self@corp.example")
+    add("sender owned by the login", _shown(rcpt_r))
+    add("message accepted", _outcome(lambda: mx.send_as(cfg(h, "submission", login="svc-any"),
+                                                        to="x@partner.example", subject="t", body="t\n").reply))
+    add("a service offering AUTH without TLS (we refuse to send)",
+        _outcome(lambda: mx.connect(cfg(h, "insecure", allow_insecure_auth=False))))
+    s = _open(h, "open", use_auth=False, username=None, password=None)
+    mail_r, rcpt_r, _ = s.try_sender("mailexpress-probe@example.com", "svc-self@corp.example")
+    s.close()
+    add("anonymous submission on the open service", _shown(rcpt_r if rcpt_r is not None else mail_r))
+    return rows
+
+
+def markdown(rows: list[Row]) -> str:
+    out = ["| server | case | stage | reply |", "|---|---|---|---|"]
+    for r in rows:
+        reply = r.reply.replace("|", "\\|")
+        out.append(f"| {r.server} | {r.case} | {r.stage} | `{reply}` |")
+    return "\n".join(out)
