@@ -61,6 +61,16 @@ def missing_requirements() -> str | None:
     return None
 
 
+def clean_env(**extra: str) -> dict[str, str]:
+    """The environment for the servers and the tools we run: without the
+    sanitizer runtime a sanitized test run preloads (it is for our extension
+    only; pgrep, postfix and dovecot must run as installed)."""
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("LD_PRELOAD", "PYTHONMALLOC", "ASAN_OPTIONS", "UBSAN_OPTIONS")}
+    env.update(extra)
+    return env
+
+
 def free_port() -> int:
     s = socket.socket()
     s.bind(("127.0.0.1", 0))
@@ -221,9 +231,7 @@ service stats {{
     def start(self) -> PostfixHarness:
         self._configure()
         d = self.dir
-        # the servers run as installed: no sanitizer runtime preloaded into them
-        env = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "PYTHONMALLOC")}
-        env["MAIL_CONFIG"] = str(d / "postfix")
+        env = clean_env(MAIL_CONFIG=str(d / "postfix"))
         self.procs.append(subprocess.Popen(["dovecot", "-F", "-c", str(d / "dovecot" / "dovecot.conf")], env=env,
                                            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
                                            start_new_session=True))
@@ -233,7 +241,7 @@ service stats {{
         os.chown(d / "data", pf.pw_uid, pf.pw_gid)
         for step in (["set-permissions", "create-missing"], ["check"]):
             run = subprocess.run(["postfix", "-c", str(d / "postfix"), *step], env=env,
-                                 capture_output=True, text=True)
+                                 capture_output=True, text=True, timeout=60)
             if run.returncode != 0:
                 raise RuntimeError(f"postfix {' '.join(step)} failed:\n{self.log()[-3000:]}")
         self.procs.append(subprocess.Popen(["postfix", "-c", str(d / "postfix"), "start-fg"], env=env,
@@ -258,9 +266,11 @@ service stats {{
 
     def stop(self) -> None:
         d = self.dir
-        env = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "PYTHONMALLOC")}
-        subprocess.run(["postfix", "-c", str(d / "postfix"), "stop"], capture_output=True,
-                       env=dict(env, MAIL_CONFIG=str(d / "postfix")))
+        try:
+            subprocess.run(["postfix", "-c", str(d / "postfix"), "stop"], capture_output=True, timeout=30,
+                           env=clean_env(MAIL_CONFIG=str(d / "postfix")))
+        except subprocess.TimeoutExpired:
+            pass
         for p in self.procs:
             if p.poll() is None:
                 try:
@@ -274,7 +284,8 @@ service stats {{
                 os.killpg(p.pid, signal.SIGKILL)
                 p.wait(5)
         # anything still running from our directory is ours to end
-        left = subprocess.run(["pgrep", "-f", str(d)], capture_output=True, text=True).stdout.split()
+        left = subprocess.run(["pgrep", "-f", str(d)], capture_output=True, text=True, env=clean_env(),
+                              timeout=30).stdout.split()
         for pid in left:
             try:
                 os.kill(int(pid), signal.SIGKILL)
@@ -283,7 +294,8 @@ service stats {{
         shutil.rmtree(d, ignore_errors=True)
 
     def leftover_processes(self) -> list[str]:
-        out = subprocess.run(["pgrep", "-af", str(self.dir)], capture_output=True, text=True).stdout
+        out = subprocess.run(["pgrep", "-af", str(self.dir)], capture_output=True, text=True, env=clean_env(),
+                             timeout=30).stdout
         return [line for line in out.splitlines() if "pgrep" not in line]
 
     def log(self) -> str:
