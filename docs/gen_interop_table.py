@@ -13,8 +13,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests" / "interop"))
 
+import exim_harness  # noqa: E402
 from harness import PostfixHarness, missing_requirements  # noqa: E402
-from scenarios import collect, markdown  # noqa: E402
+from scenarios import collect, collect_exim, markdown  # noqa: E402
 
 DOC = ROOT / "docs" / "interop.md"
 BEGIN, END = "<!-- replies:begin -->", "<!-- replies:end -->"
@@ -26,15 +27,21 @@ def table_in_doc() -> str:
 
 
 def main() -> int:
-    why = missing_requirements()
+    why = missing_requirements() or exim_harness.missing_requirements()
     if why:
         print(why, file=sys.stderr)
         return 2
     h = PostfixHarness().start()
     try:
-        table = markdown(collect(h))
+        rows = collect(h)
     finally:
         h.stop()
+    e = exim_harness.EximHarness().start()
+    try:
+        rows += collect_exim(e)
+    finally:
+        e.stop()
+    table = markdown(rows)
     text = DOC.read_text()
     head, rest = text.split(BEGIN, 1)
     _old, tail = rest.split(END, 1)

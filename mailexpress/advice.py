@@ -225,9 +225,13 @@ def _sender_right(right: str, what: str):  # type: ignore[no-untyped-def]
             return (f"Grant Send As on the mailbox of {c.sender or 'the sender'}: Add-RecipientPermission "
                     f"-Identity \"{c.sender or '<mailbox>'}\" -Trustee \"{c.account}\" -AccessRights SendAs")
         if kind == "postfix":
-            return (f"Map the sender to the login in smtpd_sender_login_maps, e.g. a line "
-                    f"\"{_map_key(c.sender, right)} {c.account}\", with reject_authenticated_sender_login_mismatch "
-                    "in smtpd_sender_restrictions; then postmap the map and postfix reload.")
+            if right == "ms-Exch-SMTP-Accept-Any-Sender":
+                line = f"\"/.*/ {c.account}\" last in a regexp: map"
+            else:
+                line = f"\"{_map_key(c.sender, right)} {c.account}\""
+            return (f"Map the sender to the login in smtpd_sender_login_maps, e.g. a line {line}, with "
+                    "reject_authenticated_sender_login_mismatch in smtpd_sender_restrictions; then postmap "
+                    "the map (for hash:/lmdb:) and postfix reload.")
         if kind == "exim":
             return (f"Allow {c.account!r} to use {c.sender or 'this sender'} in the MAIL ACL "
                     "(the condition comparing $sender_address with $authenticated_id).")

@@ -11,6 +11,7 @@ import mailexpress as mx
 from harness import ACCOUNTS, PostfixHarness
 
 SERVER = "Postfix 3.7 + Dovecot 2.3"
+EXIM_SERVER = "Exim 4.96"
 
 
 @dataclass(frozen=True)
@@ -98,6 +99,44 @@ def collect(h: PostfixHarness) -> list[Row]:
     s.close()
     add("anonymous submission on the open service", _shown(rcpt_r if rcpt_r is not None else mail_r))
     return rows
+
+
+def exim_cfg(e: object, login: str = "svc-domain", **kw: object) -> mx.Config:
+    """A config for the Exim harness (one STARTTLS service)."""
+    password, address = ACCOUNTS[login]
+    values: dict[str, object] = {
+        "host": "127.0.0.1", "port": e.port, "username": login, "password": password,  # type: ignore[attr-defined]
+        "from_address": address, "ca_file": e.ca_file,  # type: ignore[attr-defined]
+        "timeouts": {"connect": 5, "banner": 10, "ehlo": 10, "tls": 10, "auth": 20, "mail": 10, "rcpt": 10,
+                     "data": 10, "end_of_data": 60, "command": 10, "quit": 5},
+    }
+    values.update(kw)
+    return mx.Config(**values)  # type: ignore[arg-type]
+
+
+def collect_exim(e: object) -> list[Row]:
+    rows: list[Row] = []
+
+    def add(case: str, outcome: tuple[str, str]) -> None:
+        rows.append(Row(EXIM_SERVER, case, *outcome))
+
+    s = mx.Session(**exim_cfg(e).session_kwargs())
+    s.connect()
+    s.ehlo()
+    before = s.capabilities.get("AUTH")
+    s.starttls()
+    add("EHLO: AUTH before / after STARTTLS",
+        ("EHLO", f"{'AUTH ' + before if before else 'no AUTH'} / AUTH {s.capabilities.get('AUTH')}"))
+    add("anonymous MAIL after STARTTLS", _shown(s.mail("mailexpress-probe@example.com")))
+    s.close()
+    add("wrong password", _outcome(lambda: mx.connect(exim_cfg(e, password="wrong-password"))))
+    with mx.connect(exim_cfg(e, login="svc-self")) as s:
+        mail_r, rcpt_r, _ = s.try_sender("svc-any@corp.example", "svc-self@corp.example")
+    add("sender not allowed for the login (MAIL ACL)", _shown(mail_r))
+    add("the pipelined RCPT after that refused MAIL", _shown(rcpt_r))
+    add("message accepted", _outcome(lambda: mx.send_as(exim_cfg(e, login="svc-any"), to="x@partner.example",
+                                                        subject="t", body="t\n").reply))
+    return [Row(r.server, r.case, r.stage, re.sub(r"id=[0-9A-Za-z-]+", "id=<id>", r.reply)) for r in rows]
 
 
 def markdown(rows: list[Row]) -> str:

@@ -146,8 +146,9 @@ def test_deep_probe_delivers_to_the_probe_recipient(postfix):
 
 
 def test_reply_table_in_docs_matches_the_servers(postfix):
-    assert markdown(collect(postfix)) == table_in_doc(), \
-        "the servers answer differently now: run python docs/gen_interop_table.py"
+    ours = markdown(collect(postfix)).splitlines()[2:]
+    documented = [line for line in table_in_doc().splitlines() if line.startswith("| Postfix")]
+    assert ours == documented, "Postfix answers differently now: run python docs/gen_interop_table.py"
 
 
 def test_passwords_never_reach_the_log_in_clear(postfix):
