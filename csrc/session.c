@@ -1109,6 +1109,22 @@ ensure_ehlo(Session *s)
     return 0;
 }
 
+/* EHLO if none was done, then requires that no mail transaction is open.
+ * `what` names the operation for the error.  0, or -1 raised. */
+static int
+need_ready(Session *s, const char *what)
+{
+    if (ensure_ehlo(s) < 0)
+        return -1;
+    if (s->state != S_READY) {
+        raise_exc(s, MX_EXC_STATE, STG_MAIL, NULL, NULL,
+                  "%s needs a session with no transaction open (state %s); call rset()",
+                  what, state_names[s->state]);
+        return -1;
+    }
+    return 0;
+}
+
 PyDoc_STRVAR(starttls_doc,
 "starttls() -> Reply\n\n"
 "Upgrades the connection with STARTTLS (RFC 3207), verifies the server,\n"
@@ -1471,14 +1487,8 @@ Session_mail(Session *s, PyObject *args, PyObject *kw)
         return NULL;
     if (enter(s, 1) < 0)
         return NULL;
-    if (ensure_ehlo(s) < 0)
+    if (need_ready(s, "MAIL") < 0)
         goto done;
-    if (s->state != S_READY) {
-        raise_exc(s, MX_EXC_STATE, STG_MAIL, NULL, NULL,
-                  "MAIL needs a session with no transaction open (state %s); call rset()",
-                  state_names[s->state]);
-        goto done;
-    }
     if (path_command(s, "MAIL FROM", sender, opts, NULL, STG_MAIL, TO_MAIL, S_MAIL) == 0)
         res = make_reply(s, STG_MAIL);
 done:
@@ -1750,14 +1760,8 @@ Session_sendmail(Session *s, PyObject *args, PyObject *kw)
         raise_exc(s, MX_EXC_INPUT, STG_RCPT, NULL, NULL, "no recipients given");
         goto done;
     }
-    if (ensure_ehlo(s) < 0)
+    if (need_ready(s, "send_raw") < 0)
         goto done;
-    if (s->state != S_READY) {
-        raise_exc(s, MX_EXC_STATE, STG_MAIL, NULL, NULL,
-                  "a mail transaction is already open (state %s); call rset()",
-                  state_names[s->state]);
-        goto done;
-    }
     /* check every argument before anything is sent */
     for (i = 0; i < n; i++) {
         if (format_path(s, "RCPT TO", PySequence_Fast_GET_ITEM(fast, i), ropts,
@@ -1930,14 +1934,8 @@ Session_try_sender(Session *s, PyObject *args, PyObject *kw)
         return NULL;
     if (enter(s, 1) < 0)
         return NULL;
-    if (ensure_ehlo(s) < 0)
+    if (need_ready(s, "try_sender") < 0)
         goto done;
-    if (s->state != S_READY) {
-        raise_exc(s, MX_EXC_STATE, STG_MAIL, NULL, NULL,
-                  "try_sender needs a session with no transaction open (state %s)",
-                  state_names[s->state]);
-        goto done;
-    }
     pipelined = (s->caps.ext & MX_EXT_PIPELINING) != 0;
     if (format_path(s, "MAIL FROM", sender, opts, NULL, STG_MAIL, buf, sizeof(buf), &n, NULL) < 0)
         goto done;

@@ -19,29 +19,24 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.interop)
 
 
-@pytest.fixture(scope="session")
-def postfix() -> Iterator[PostfixHarness]:
-    why = missing_requirements()
+def _serving(why: str | None, make):  # type: ignore[no-untyped-def]
+    """Starts a harness for the session, checks it left no process behind."""
     if why:
         pytest.skip(f"interop suite cannot run here: {why}")
-    h = PostfixHarness().start()
+    h = make().start()
     try:
         yield h
     finally:
         h.stop()
         left = h.leftover_processes()
         assert not left, f"processes left behind: {left}"
+
+
+@pytest.fixture(scope="session")
+def postfix() -> Iterator[PostfixHarness]:
+    yield from _serving(missing_requirements(), PostfixHarness)
 
 
 @pytest.fixture(scope="session")
 def exim() -> Iterator[exim_harness.EximHarness]:
-    why = exim_harness.missing_requirements()
-    if why:
-        pytest.skip(f"Exim interop cannot run here: {why}")
-    h = exim_harness.EximHarness().start()
-    try:
-        yield h
-    finally:
-        h.stop()
-        left = h.leftover_processes()
-        assert not left, f"processes left behind: {left}"
+    yield from _serving(exim_harness.missing_requirements(), exim_harness.EximHarness)

@@ -22,7 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from harness import ACCOUNTS, Delivered, clean_env, free_port
+from harness import ACCOUNTS, MaildirServer, clean_env, free_port
 
 from mailexpress.testing.certs import test_certificates
 
@@ -111,7 +111,7 @@ login:
 """
 
 
-class EximHarness:
+class EximHarness(MaildirServer):
     def __init__(self) -> None:
         self.dir = Path(tempfile.mkdtemp(prefix="mx-interop-exim-"))
         os.chmod(self.dir, 0o755)
@@ -176,35 +176,9 @@ class EximHarness:
             except subprocess.TimeoutExpired:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait(5)
-        left = subprocess.run(["pgrep", "-f", str(self.dir)], capture_output=True, text=True, env=clean_env(),
-                              timeout=30).stdout.split()
-        for pid in left:
-            try:
-                os.kill(int(pid), signal.SIGKILL)
-            except (ProcessLookupError, ValueError):
-                pass
+        self.kill_leftovers()
         shutil.rmtree(self.dir, ignore_errors=True)
-
-    def leftover_processes(self) -> list[str]:
-        out = subprocess.run(["pgrep", "-af", str(self.dir)], capture_output=True, text=True, env=clean_env(),
-                             timeout=30).stdout
-        return [line for line in out.splitlines() if "pgrep" not in line]
 
     def log(self) -> str:
         logs = sorted((self.dir / "log").glob("*log")) if (self.dir / "log").exists() else []
         return "\n".join(p.read_text(errors="replace") for p in logs)
-
-    def delivered(self) -> list[Delivered]:
-        new = self.dir / "mail" / "all" / "new"
-        if not new.exists():
-            return []
-        return [Delivered(p, p.read_bytes()) for p in sorted(new.iterdir(), key=lambda p: p.stat().st_mtime_ns)]
-
-    def wait_for(self, marker: bytes, timeout: float = 20) -> Delivered:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for m in self.delivered():
-                if marker in m.data:
-                    return m
-            time.sleep(0.05)
-        raise AssertionError(f"no message with {marker!r} was delivered; log:\n{self.log()[-3000:]}")

@@ -85,7 +85,47 @@ class Delivered:
     data: bytes
 
 
-class PostfixHarness:
+class MaildirServer:
+    """What both harnesses share: a private directory, a Maildir of what was
+    delivered, and the processes that must be gone afterwards."""
+
+    dir: Path
+
+    def log(self) -> str:
+        raise NotImplementedError
+
+    def leftover_processes(self) -> list[str]:
+        out = subprocess.run(["pgrep", "-af", str(self.dir)], capture_output=True, text=True, env=clean_env(),
+                             timeout=30).stdout
+        return [line for line in out.splitlines() if "pgrep" not in line]
+
+    def kill_leftovers(self) -> None:
+        left = subprocess.run(["pgrep", "-f", str(self.dir)], capture_output=True, text=True, env=clean_env(),
+                              timeout=30).stdout.split()
+        for pid in left:
+            try:
+                os.kill(int(pid), signal.SIGKILL)
+            except (ProcessLookupError, ValueError):
+                pass
+
+    def delivered(self) -> list[Delivered]:
+        new = self.dir / "mail" / "all" / "new"
+        if not new.exists():
+            return []
+        return [Delivered(p, p.read_bytes()) for p in sorted(new.iterdir(), key=lambda p: p.stat().st_mtime_ns)]
+
+    def wait_for(self, marker: bytes, timeout: float = 20) -> Delivered:
+        """The delivered message containing marker (waits for the queue)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for m in self.delivered():
+                if marker in m.data:
+                    return m
+            time.sleep(0.05)
+        raise AssertionError(f"no message with {marker!r} was delivered; log:\n{self.log()[-3000:]}")
+
+
+class PostfixHarness(MaildirServer):
     def __init__(self) -> None:
         self.dir = Path(tempfile.mkdtemp(prefix="mx-interop-"))
         os.chmod(self.dir, 0o755)
@@ -283,20 +323,8 @@ service stats {{
             except subprocess.TimeoutExpired:
                 os.killpg(p.pid, signal.SIGKILL)
                 p.wait(5)
-        # anything still running from our directory is ours to end
-        left = subprocess.run(["pgrep", "-f", str(d)], capture_output=True, text=True, env=clean_env(),
-                              timeout=30).stdout.split()
-        for pid in left:
-            try:
-                os.kill(int(pid), signal.SIGKILL)
-            except (ProcessLookupError, ValueError):
-                pass
+        self.kill_leftovers()       # anything still running from our directory is ours to end
         shutil.rmtree(d, ignore_errors=True)
-
-    def leftover_processes(self) -> list[str]:
-        out = subprocess.run(["pgrep", "-af", str(self.dir)], capture_output=True, text=True, env=clean_env(),
-                             timeout=30).stdout
-        return [line for line in out.splitlines() if "pgrep" not in line]
 
     def log(self) -> str:
         parts = []
@@ -305,21 +333,3 @@ service stats {{
             if p.exists():
                 parts.append(p.read_text(errors="replace"))
         return "\n".join(parts)
-
-    # -- delivered mail -------------------------------------------------------------
-
-    def delivered(self) -> list[Delivered]:
-        new = self.dir / "mail" / "all" / "new"
-        if not new.exists():
-            return []
-        return [Delivered(p, p.read_bytes()) for p in sorted(new.iterdir(), key=lambda p: p.stat().st_mtime_ns)]
-
-    def wait_for(self, marker: bytes, timeout: float = 20) -> Delivered:
-        """The delivered message containing marker (waits for the queue)."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for m in self.delivered():
-                if marker in m.data:
-                    return m
-            time.sleep(0.05)
-        raise AssertionError(f"no message with {marker!r} was delivered; log:\n{self.log()[-3000:]}")
