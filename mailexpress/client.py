@@ -5,6 +5,7 @@ the config and gives results a Python shape.
 """
 from __future__ import annotations
 
+import html
 import logging
 import time
 from collections.abc import Iterable, Sequence
@@ -56,6 +57,16 @@ class SendResult:
             "reply": self.reply.to_dict(),
             "elapsed_ms": self.elapsed_ms,
         }
+
+    def _repr_html_(self) -> str:
+        status = "sent to every recipient" if self.ok else f"sent, but {len(self.refused)} recipient(s) REFUSED"
+        rows = "".join(f"<tr><td>{html.escape(a)}</td><td>accepted</td><td></td></tr>" for a in self.accepted)
+        rows += "".join(f"<tr><td>{html.escape(a)}</td><td><b>REFUSED</b></td><td>{html.escape(str(r))}</td></tr>"
+                        for a, r in self.refused.items())
+        return (f"<div><b>Message {html.escape(self.message_id or '(no Message-ID)')}</b> from "
+                f"<code>{html.escape(self.envelope_from)}</code>: {status} ({self.elapsed_ms} ms)"
+                f"<table><tr><th>recipient</th><th>result</th><th>reply</th></tr>{rows}</table>"
+                f"<div>server: <code>{html.escape(str(self.reply))}</code></div></div>")
 
     def __str__(self) -> str:
         lines = [f"message {self.message_id or '(no Message-ID)'} from {self.envelope_from}",

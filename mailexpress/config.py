@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import html
 import os
 import socket
 import tomllib
@@ -335,6 +336,16 @@ class Config:
             elif value != info.default or info.name == "host":
                 parts.append(f"{info.name}={value!r}")
         return "Config(" + ", ".join(parts) + ")"
+
+    def _repr_html_(self) -> str:
+        rows = []
+        for key, value in self.to_dict().items():
+            if value in (None, [], {}) and key not in ("host", "port"):
+                continue
+            rows.append(f"<tr><td><code>{html.escape(key)}</code></td><td>{html.escape(repr(value))}</td>"
+                        f"<td>{html.escape(self.sources.get(key, 'argument'))}</td></tr>")
+        return ("<div><b>mailexpress Config</b><table><tr><th>setting</th><th>value</th><th>from</th></tr>"
+                + "".join(rows) + "</table></div>")
 
     def replace(self, **changes: Any) -> Config:
         """A copy with some fields changed (validated again)."""

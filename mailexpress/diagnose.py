@@ -114,6 +114,50 @@ class ConnectorReport:
                 return s
         raise KeyError(address)
 
+    def assert_ok(self) -> None:
+        """Raises AssertionError listing every failed check with its fix."""
+        failed = [c for c in self.checks if c.status == "fail"]
+        if failed:
+            raise AssertionError("connector checks failed:\n" + "\n".join(
+                f"  {c.id}: {c.summary}" + (f"\n    fix: {c.advice}" if c.advice else "") for c in failed))
+
+    def assert_can_send_as(self, address: str) -> None:
+        """Raises AssertionError, with the server's reply and the fix, unless
+        the account may send as ``address`` (at the envelope, and at end of
+        data when the report is deep)."""
+        probe = self._probe_for(address)
+        ok = probe.verdict == "allowed" and probe.header_verdict in (None, "allowed")
+        if not ok:
+            where = probe.header_verdict if probe.verdict == "allowed" else probe.verdict
+            reply = probe.header_reply if probe.verdict == "allowed" else probe.reply
+            fix = self._advice_for(probe)
+            raise AssertionError(f"the account may not send as {address}: {where}; server said: {reply}"
+                                 + (f"\n  fix: {fix}" if fix else ""))
+
+    def assert_cannot_send_as(self, address: str) -> None:
+        """Raises AssertionError unless the server refused ``address``."""
+        probe = self._probe_for(address)
+        if probe.verdict == "allowed" and probe.header_verdict in (None, "allowed"):
+            raise AssertionError(f"the account may send as {address}, which it should not")
+
+    def _probe_for(self, address: str) -> SenderProbe:
+        try:
+            return self.sender(address)
+        except KeyError:
+            probed = ", ".join(s.address for s in self.senders) or "none"
+            raise AssertionError(f"{address} was not probed (probed: {probed}); pass "
+                                 f"test_connector(..., senders=[{address!r}])") from None
+
+    def _advice_for(self, probe: SenderProbe) -> str | None:
+        cid = {"self": "send_as_self", "authoritative_domain": "accept_authoritative_domain_sender",
+               "external": "accept_any_sender"}[probe.kind]
+        if probe.verdict == "allowed" and probe.header_verdict not in (None, "allowed"):
+            cid = "header_from"
+        for c in self.checks:
+            if c.id == cid and c.advice:
+                return c.advice
+        return None
+
     def to_dict(self) -> dict[str, Any]:
         """The stable JSON contract (docs/diagnosis.md)."""
         return {
@@ -188,9 +232,10 @@ def _basic_mechs(caps: dict[str, str]) -> list[str]:
 
 
 class _Diagnosis:
-    def __init__(self, config: Config, deep: bool, required: list[str]) -> None:
+    def __init__(self, config: Config, deep: bool, required: list[str], extra_senders: Sequence[str] = ()) -> None:
         self.cfg = config
         self.deep = deep
+        self.extra_senders = list(extra_senders)
         self.required = required
         self.checks: dict[str, Check] = {}
         self.senders: list[SenderProbe] = []
@@ -478,6 +523,14 @@ class _Diagnosis:
         elif domain:
             out.append((f"mailexpress-probe@{domain}", "authoritative_domain", True))
         out.append((cfg.probe_external_sender or EXTERNAL_PROBE, "external", cfg.probe_external_sender is None))
+        seen = {a.lower() for a, _k, _d in out}
+        for address in self.extra_senders:
+            if address.lower() in seen:
+                continue
+            seen.add(address.lower())
+            kind: Literal["authoritative_domain", "external"] = (
+                "authoritative_domain" if domain and _domain(address) == domain else "external")
+            out.append((address, kind, False))
         return out
 
     def probe_senders(self, s: Session) -> None:
@@ -538,7 +591,9 @@ class _Diagnosis:
         online = self.server["family"] == "exchange_online"
         names = {"self": "send_as_self", "authoritative_domain": "accept_authoritative_domain_sender",
                  "external": "accept_any_sender"}
-        for probe in self.senders:
+        decided: set[str] = set()
+        # a real (configured or given) address decides its kind before a made-up one
+        for probe in sorted(self.senders, key=lambda p: p.derived):
             cid = names[probe.kind]
             ev = probe.evidence
             made_up = " (a made-up address; set probe_{} for a real one)".format(
@@ -562,6 +617,9 @@ class _Diagnosis:
                 status = "fail"
                 stage = verdict.replace("refused_at_", "").replace("_", " ").upper()
                 summary = f"may not send as {probe.address}{made_up}: refused at {stage}"
+            if cid in decided:
+                continue        # further addresses of a kind: in report.senders, not a check of their own
+            decided.add(cid)
             self.add(cid, status, summary, ev, sender=probe.address, reply=probe.reply)
         if not self.deep:
             self.add("header_from", "skip", "not probed: run with deep=True (sends one message per "
@@ -635,7 +693,8 @@ class _Diagnosis:
                                required=list(self.required), deep=self.deep)
 
 
-def test_connector(config: Config, *, deep: bool = False, require: Iterable[str] | None = None) -> ConnectorReport:
+def test_connector(config: Config, *, deep: bool = False, require: Iterable[str] | None = None,
+                   senders: Iterable[str] = ()) -> ConnectorReport:
     """Diagnoses the connector ``config`` points at.
 
     Every check except the optional rights (``accept_authoritative_domain_sender``,
@@ -644,6 +703,9 @@ def test_connector(config: Config, *, deep: bool = False, require: Iterable[str]
     them, and a refusal is then ``fail`` instead of ``warn``.  ``deep=True``
     sends one real message per allowed sender to the probe recipient, with
     that sender in the From header (Exchange checks Send As at end of data).
+
+    ``senders`` adds addresses to probe (nothing is delivered); each is in
+    ``report.senders``, for ``report.assert_can_send_as(address)``.
 
     Raises ConfigError for unknown check ids; every server-side problem is a
     finding in the report, not an exception.
@@ -656,7 +718,7 @@ def test_connector(config: Config, *, deep: bool = False, require: Iterable[str]
         raise exc
     required = [c for c in CHECK_IDS if c not in OPTIONAL_CHECKS or c in wanted]
     started = time.monotonic()
-    d = _Diagnosis(config, deep, required)
+    d = _Diagnosis(config, deep, required, list(senders))
     d.run()
     return d.report(started)
 

@@ -270,3 +270,25 @@ def test_cli_exit_codes_and_json(preset, tmp_path):
                           capture_output=True, text=True, env={**env_base, **{k: v for k, v in os.environ.items()
                                                                               if not k.startswith("MAILEXPRESS_")}})
     assert proc.returncode == 2 and "username" in proc.stderr
+
+
+def test_given_senders_are_probed_and_decide_their_check(preset):
+    em = preset("authoritative_only")
+    report = mx.test_connector(em.config(), senders=["alice@corp.example", "ceo@partner.example"])
+    kinds = {s.address: (s.kind, s.verdict, s.derived) for s in report.senders}
+    assert kinds["alice@corp.example"] == ("authoritative_domain", "allowed", False)
+    assert kinds["ceo@partner.example"] == ("external", "refused_at_mail", False)
+    assert "ceo@partner.example" in report.check("accept_any_sender").summary
+    report.assert_can_send_as("alice@corp.example")
+    report.assert_cannot_send_as("ceo@partner.example")
+    with pytest.raises(AssertionError, match="fix: .*ms-Exch-SMTP-Accept-Any-Sender"):
+        report.assert_can_send_as("ceo@partner.example")
+    with pytest.raises(AssertionError, match="was not probed"):
+        report.assert_can_send_as("someone@else.example")
+
+
+def test_assert_ok_lists_failures_with_fixes(preset):
+    em = preset("anonymous_allowed")
+    report = mx.test_connector(em.config())
+    with pytest.raises(AssertionError, match=r"anonymous_refused: .*\n    fix: .*PermissionGroups"):
+        report.assert_ok()

@@ -346,3 +346,12 @@ def test_smtplib_style_sendmail_and_send_message(cfg, emulator):
         assert s.send_message(msg) == {}
     assert emulator.messages[-1].rcpt_tos == ["c@partner.example", "d@partner.example"]
     assert b"d@partner.example" not in emulator.messages[-1].data
+
+
+def test_jupyter_representations_hide_the_password(cfg, emulator):
+    res = mx.send_as(cfg, "alice@corp.example", to="b@partner.example", subject="s", body="b")
+    h = res._repr_html_()
+    assert "<table>" in h and "b@partner.example" in h and "accepted" in h
+    c = cfg._repr_html_()
+    assert "<table>" in c and "********" in c and cfg.password.reveal() not in c
+    assert "svc-mailer" in c
