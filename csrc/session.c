@@ -1805,7 +1805,14 @@ Session_sendmail(Session *s, PyObject *args, PyObject *kw)
     if (path_command(s, "MAIL FROM", from, mopts, extra, STG_MAIL, TO_MAIL, S_MAIL) < 0)
         goto done;
     if (s->reply.code / 100 != 2) {
-        fail_reply(s, MX_EXC_SENDER, STG_MAIL, "the server refused the sender");
+        PyObject *who = Py_BuildValue("{s:O}", "sender", from);
+        if (who) {
+            PyObject *rep = make_reply(s, STG_MAIL);
+            if (rep)
+                raise_exc(s, MX_EXC_SENDER, STG_MAIL, rep, who, "the server refused the sender");
+            Py_XDECREF(rep);
+            Py_DECREF(who);
+        }
         goto done;
     }
     refused = PyDict_New();
@@ -1825,7 +1832,7 @@ Session_sendmail(Session *s, PyObject *args, PyObject *kw)
         Py_CLEAR(r);
     }
     if (!accepted) {
-        PyObject *extra_kw = Py_BuildValue("{s:O}", "recipients", refused);
+        PyObject *extra_kw = Py_BuildValue("{s:O}", "replies", refused);
         char rcmd[8];
         if (!extra_kw)
             goto done;

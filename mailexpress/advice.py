@@ -6,6 +6,7 @@ EXCHANGE.md (Microsoft documentation and what real servers answered).
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 __all__ = ["AdviceContext", "advice", "family_label", "guess_family"]
@@ -61,7 +62,7 @@ def _kind(family: str | None) -> str:
     if family in EXCHANGE_CLASSIC:
         return "ex2007"
     if family in ("exchange2003", "exchange_online", "postfix", "exim"):
-        return family  # type: ignore[return-value]
+        return family
     return "generic"
 
 
@@ -210,7 +211,7 @@ def _anonymous(kind: str, c: AdviceContext) -> str:
     return "Require authentication for every sender on the submission service."
 
 
-def _sender_right(right: str, what: str):  # type: ignore[no-untyped-def]
+def _sender_right(right: str, what: str) -> Callable[[str, AdviceContext], str]:
     def fn(kind: str, c: AdviceContext) -> str:
         if kind in ("ex2013", "ex2007"):
             shell = (" In the Exchange Management Shell (the Management Console does not show these rights):"

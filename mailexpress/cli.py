@@ -14,7 +14,7 @@ import json
 import secrets
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, TextIO
 
 from . import __version__
 from .client import SendResult, send_as
@@ -25,10 +25,10 @@ from .errors import ConfigError, Error, RefusedError
 __all__ = ["main"]
 
 
-def _print_transcript(transcript: Sequence[tuple[int, str, str]], out: object = None) -> None:
+def _print_transcript(transcript: Sequence[tuple[int, str, str]], out: TextIO | None = None) -> None:
     arrows = {"C": "C:", "S": "S:", "*": "  "}
     for ms, direction, text in transcript:
-        print(f"  {ms:5d} ms  {arrows.get(direction, direction)} {text}", file=out)  # type: ignore[arg-type]
+        print(f"  {ms:5d} ms  {arrows.get(direction, direction)} {text}", file=out)
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:

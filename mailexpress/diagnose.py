@@ -601,7 +601,7 @@ class _Diagnosis:
                 if probe.derived else ""
             if self.deep and online and probe.verdict == "allowed" and probe.header_verdict not in (None, "allowed"):
                 # Exchange Online accepts any MAIL FROM and decides at end of data
-                probe.verdict, probe.reply = probe.header_verdict, probe.header_reply  # type: ignore[assignment]
+                probe.verdict, probe.reply = probe.header_verdict, probe.header_reply
             verdict = probe.verdict
             if verdict == "allowed":
                 status: Status = "pass"

@@ -49,8 +49,11 @@ class Error(smtplib.SMTPException):
         for key, value in extra.items():
             setattr(self, key, value)
         if reply is not None:
-            self.smtp_code = reply.code
-            self.smtp_error = reply.text.encode("utf-8", "replace")
+            # smtplib's attributes.  Set, not declared: typeshed types smtp_error
+            # differently in SMTPResponseException and SMTPSenderRefused, so a
+            # declaration here could not agree with both of our bases.
+            setattr(self, "smtp_code", reply.code)
+            setattr(self, "smtp_error", reply.text.encode("utf-8", "replace"))
             full = f"{message} (server said: {reply})"
         else:
             full = message
@@ -155,18 +158,26 @@ class InsecureAuthError(AuthError):
 
 
 class SenderRefused(RefusedError, smtplib.SMTPSenderRefused):
-    """MAIL FROM was refused: typically the account may not send as this sender."""
+    """MAIL FROM was refused: typically the account may not send as this sender.
+    ``sender`` is the refused address."""
 
-    sender: str | None = None
+    sender: str = ""
 
 
 class RecipientsRefused(RefusedError, smtplib.SMTPRecipientsRefused):
     """Every recipient was refused; the message was not sent.
 
-    ``recipients`` maps each address to its :class:`Reply`.
+    ``replies`` maps each address to its :class:`Reply`; ``recipients`` is the
+    same in smtplib's shape, ``{address: (code, text bytes)}``.
     """
 
-    recipients: dict[str, Reply] = {}  # noqa: RUF012 - replaced per instance
+    replies: dict[str, Reply]
+    recipients: dict[str, tuple[int, bytes]]
+
+    def __init__(self, message: str, *, replies: dict[str, Reply] | None = None, **kw: Any) -> None:
+        super().__init__(message, **kw)
+        self.replies = dict(replies or {})
+        self.recipients = {a: (r.code, r.text.encode("utf-8", "replace")) for a, r in self.replies.items()}
 
 
 class DataRefused(RefusedError, smtplib.SMTPDataError):

@@ -275,8 +275,11 @@ def test_all_recipients_refused_no_data_sent(fake_server):
     s.connect()
     with pytest.raises(mx.RecipientsRefused) as info:
         s.send_raw("a@x.example", ["b@y.example", "c@y.example"], b"body\r\n")
-    assert {a: r.enhanced for a, r in info.value.recipients.items()} == {
+    assert {a: r.enhanced for a, r in info.value.replies.items()} == {
         "b@y.example": "5.1.1", "c@y.example": "5.1.1"}
+    # smtplib's shape too, for code that catches smtplib.SMTPRecipientsRefused
+    assert info.value.recipients == {"b@y.example": (550, b"5.1.1 no such user"),
+                                     "c@y.example": (550, b"5.1.1 no such user")}
     assert b"DATA" not in srv.wire and s.state == "READY"
 
 

@@ -152,6 +152,7 @@ def test_external_sender_refused_without_accept_any_sender(cfg, emulator):
     exc = info.value
     assert exc.stage is mx.Stage.MAIL and exc.code == 550 and exc.enhanced == "5.7.1"
     assert isinstance(exc, smtplib.SMTPSenderRefused) and exc.smtp_code == 550
+    assert exc.sender == "ceo@partner.example"
     assert not exc.transient and emulator.messages == []
 
 
