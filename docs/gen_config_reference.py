@@ -63,7 +63,7 @@ def render() -> str:
         'security = "starttls"          # or "ssl" (port 465), or "none"',
         "use_auth = true",
         'username = "CORP\\\\svc-mailer"',
-        'password_env = "MAILEXPRESS_SVC_PASSWORD"',
+        'password_env = "SVC_MAILER_PASSWORD"',
         'from_address = "noreply@corp.example"',
         'reply_to_address = "helpdesk@corp.example"',
         "",

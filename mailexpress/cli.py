@@ -18,7 +18,7 @@ from typing import Any, TextIO
 
 from . import __version__
 from .client import SendResult, send_as
-from .config import Config, load_config
+from .config import Config, load_config, template
 from .diagnose import CHECK_IDS, test_connector
 from .errors import ConfigError, Error, RefusedError
 
@@ -102,6 +102,36 @@ def _add_config_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ca-file", dest="ca_file", help="PEM file of trusted CAs")
 
 
+def _cmd_config_init(args: argparse.Namespace) -> int:
+    path = args.path
+    if path == "-":
+        print(template())
+        return 0
+    import os
+    if os.path.exists(path) and not args.force:
+        print(f"mailexpress config init: {path} exists (use --force to overwrite)", file=sys.stderr)
+        return 2
+    with open(path, "w", encoding="utf-8") as fh:
+        fh.write(template())
+    print(f"wrote {path}: set host, username and password_env, then: mailexpress test-connector --config {path}")
+    return 0
+
+
+def _cmd_config_show(args: argparse.Namespace) -> int:
+    cfg = _config_from_args(args, "config show")
+    if cfg is None:
+        return 2
+    data = cfg.to_dict()
+    if args.json:
+        print(json.dumps({"settings": data, "sources": cfg.sources}, indent=2, default=str))
+        return 0
+    width = max(len(k) for k in data)
+    for key, value in data.items():
+        source = cfg.sources.get(key, "argument")
+        print(f"{key.ljust(width)}  {value!r}  ({source})")
+    return 0
+
+
 def _cmd_test_connector(args: argparse.Namespace) -> int:
     cfg = _config_from_args(args, "test-connector")
     if cfg is None:
@@ -162,6 +192,17 @@ def build_parser() -> argparse.ArgumentParser:
     tc.add_argument("--insecure", action="store_true", help="do not verify the certificate (diagnosis only)")
     tc.add_argument("--json", action="store_true", help="print the report as JSON (docs/diagnosis.md)")
     tc.set_defaults(func=_cmd_test_connector)
+
+    conf = sub.add_parser("config", help="write a config template, or show the effective config")
+    csub = conf.add_subparsers(dest="config_command", required=True)
+    init = csub.add_parser("init", help="write a commented config template")
+    init.add_argument("path", nargs="?", default="mailexpress.toml", help="file to write, or - for stdout")
+    init.add_argument("--force", action="store_true", help="overwrite an existing file")
+    init.set_defaults(func=_cmd_config_init)
+    show = csub.add_parser("show", help="the effective config and where each value came from (password masked)")
+    _add_config_flags(show)
+    show.add_argument("--json", action="store_true")
+    show.set_defaults(func=_cmd_config_show)
 
     send = sub.add_parser("send", help="send one message as a given sender")
     _add_config_flags(send)

@@ -309,6 +309,7 @@ class Config:
                 raise _bad("password_env", name, src("password_env", "argument"),
                            f"the environment variable {name} is not set")
             values["password"] = Secret(os.environ[name])
+            self.sources["password"] = f"env:{name}"
         if values["password_file"] is not None and values["password"] is None:
             try:
                 text = Path(values["password_file"]).read_text(encoding="utf-8")
@@ -316,6 +317,7 @@ class Config:
                 raise _bad("password_file", values["password_file"], src("password_file", "argument"),
                            f"cannot read it: {exc.__class__.__name__}") from None
             values["password"] = Secret(text.splitlines()[0] if text else "")
+            self.sources["password"] = f"file:{values['password_file']}"
         if values["use_auth"]:
             if not values["username"]:
                 raise _bad("username", values["username"], src("username", "default"),
@@ -392,6 +394,33 @@ class Config:
         }
 
 
+def template() -> str:
+    """A commented TOML config with every key (for ``mailexpress config init``)."""
+    lines = ["# mailexpress configuration.  Later sources win: this file < MAILEXPRESS_* environment",
+             "# < keyword arguments.  Every key: docs/configuration.md", ""]
+    examples: dict[str, str] = {
+        "host": '"mail.corp.example"', "port": "587", "username": '"CORP\\\\svc-mailer"',
+        "password_env": '"SVC_MAILER_PASSWORD"', "from_address": '"noreply@corp.example"',
+        "reply_to_address": '"helpdesk@corp.example"', "server_family": '"exchange2016"',
+        "connector_name": '"EX01\\\\Client Frontend EX01"', "service_account": '"CORP\\\\svc-mailer"',
+    }
+    active = {"host", "port", "security", "use_auth", "username", "password_env", "from_address"}
+    for f in FIELDS:
+        if f.kind == "timeouts":
+            continue
+        value = examples.get(f.name)
+        if value is None:
+            value = ("true" if f.default else "false") if isinstance(f.default, bool) else \
+                    (f'"{f.default}"' if isinstance(f.default, str) else
+                     (str(f.default).replace("'", '"') if f.default not in (None,) else '""'))
+        lines.append(f"# {f.doc}")
+        lines.append(f"{'' if f.name in active else '# '}{f.name} = {value}")
+        lines.append("")
+    lines += ["# Per-stage timeouts in seconds (RFC 5321 defaults otherwise).", "[timeouts]",
+              "# connect = 30", "# mail = 300", ""]
+    return "\n".join(lines)
+
+
 def _default_ehlo_name() -> str:
     name = socket.gethostname() or "localhost"
     if any(ord(c) <= 0x20 or c in "<>" or ord(c) >= 0x7F for c in name):
@@ -414,12 +443,12 @@ def _read_toml(path: str | os.PathLike[str]) -> dict[str, Any]:
     return data
 
 
-def _env_values(env: Mapping[str, str]) -> dict[str, tuple[Any, str]]:
+def _env_values(env: Mapping[str, str], password_vars: set[str]) -> dict[str, tuple[Any, str]]:
     out: dict[str, tuple[Any, str]] = {}
     timeouts: dict[str, str] = {}
     for name, value in env.items():
-        if not name.startswith(ENV_PREFIX):
-            continue
+        if not name.startswith(ENV_PREFIX) or name in password_vars:
+            continue        # the variable password_env names holds a password, not a setting
         key = name[len(ENV_PREFIX):].lower()
         if key.startswith("timeout_"):
             timeouts[key[len("timeout_"):]] = value
@@ -441,21 +470,26 @@ def load_config(path: str | os.PathLike[str] | None = None, *,
     """Loads a :class:`Config`.
 
     ``path`` is a TOML file (default: ``$MAILEXPRESS_CONFIG`` if set);
-    ``env`` the environment to read ``MAILEXPRESS_*`` from (default
-    ``os.environ``; pass ``{}`` to ignore it); keyword arguments win over both.
+    ``env`` the environment to read ``MAILEXPRESS_*`` and the variable named
+    by ``password_env`` from (default ``os.environ``; pass ``{}`` to ignore
+    it); keyword arguments win over both.
     Timeouts from different sources are merged stage by stage.
     """
     environ = os.environ if env is None else env
     if path is None and environ.get(ENV_PREFIX + "CONFIG"):
         path = environ[ENV_PREFIX + "CONFIG"]
     layers: list[tuple[dict[str, Any], str, bool]] = []
+    data: dict[str, Any] = {}
     if path is not None:
         data = _read_toml(path)
         for key in data:
             if key not in _FIELD:
                 raise _bad(key, data[key], f"file:{path}", "unknown setting" + _suggest(key, _FIELD))
         layers.append((data, f"file:{path}", False))
-    env_layer = _env_values(environ)
+    password_vars = {v for v in (data.get("password_env") if path is not None else None,
+                                 overrides.get("password_env"), environ.get(ENV_PREFIX + "PASSWORD_ENV"))
+                     if isinstance(v, str)}
+    env_layer = _env_values(environ, password_vars)
     for key, (value, source) in env_layer.items():
         layers.append(({key: value}, source, True))
     for key in overrides:
@@ -482,4 +516,12 @@ def load_config(path: str | os.PathLike[str] | None = None, *,
     if "host" not in values:
         raise ConfigError("host is not set: give it in the config file, as "
                           "MAILEXPRESS_HOST, or as host=...", )
+    name = values.get("password_env")
+    if name and values.get("password") is None:
+        # from the environment this call reads, not necessarily os.environ
+        if name not in environ:
+            raise _bad("password_env", name, sources["password_env"],
+                       f"the environment variable {name} is not set")
+        values["password"] = Secret(environ[name])
+        sources["password"] = f"env:{name}"
     return Config(**values, sources=sources)

@@ -44,3 +44,33 @@ def test_send_command(emulator, capsys, monkeypatch):
 def test_send_with_bad_config_exits_2(capsys):
     assert main(["send", "--host", "h", "--to", "x@y.example"]) == 2
     assert "username" in capsys.readouterr().err
+
+
+def test_config_init_writes_a_template_that_loads(tmp_path, capsys, monkeypatch):
+    path = tmp_path / "mx.toml"
+    assert main(["config", "init", str(path)]) == 0
+    assert main(["config", "init", str(path)]) == 2          # no silent overwrite
+    monkeypatch.setenv("SVC_MAILER_PASSWORD", "from-env")
+    import mailexpress as mx
+    cfg = mx.load_config(path, env={"SVC_MAILER_PASSWORD": "from-env"})
+    assert cfg.host == "mail.corp.example" and cfg.password.reveal() == "from-env"
+    assert cfg.sources["password"] == "env:SVC_MAILER_PASSWORD"
+    text = path.read_text()
+    from mailexpress.config import FIELDS
+    for f in FIELDS:
+        assert f.name in text, f.name
+
+
+def test_config_show_masks_the_password_and_names_sources(tmp_path, capsys, monkeypatch):
+    path = tmp_path / "mx.toml"
+    path.write_text('host = "h.example"\nusername = "u"\npassword = "very-secret-pw"\n')
+    for k in list(__import__("os").environ):
+        if k.startswith("MAILEXPRESS_"):
+            monkeypatch.delenv(k)
+    assert main(["config", "show", "--config", str(path), "--port", "2525"]) == 0
+    out = capsys.readouterr().out
+    assert "very-secret-pw" not in out and "'********'" in out
+    assert f"(file:{path})" in out and "2525  (argument)" in out
+    assert main(["config", "show", "--config", str(path), "--json"]) == 0
+    data = __import__("json").loads(capsys.readouterr().out)
+    assert data["settings"]["password"] == "********" and data["sources"]["host"] == f"file:{path}"

@@ -33,8 +33,8 @@ def toml_file(tmp_path):
 
 
 def test_file_with_password_from_environment(toml_file, monkeypatch):
-    monkeypatch.setenv("MAIL_PW", "pw-from-env")
-    cfg = mx.load_config(toml_file, env={"MAIL_PW": "ignored"})
+    monkeypatch.setenv("MAIL_PW", "os-environ-is-not-read-when-env-is-given")
+    cfg = mx.load_config(toml_file, env={"MAIL_PW": "pw-from-env"})
     assert cfg.host == "mail.corp.example" and cfg.port == 587 and cfg.security == "starttls"
     assert cfg.username == "CORP\\svc-mailer" and cfg.password.reveal() == "pw-from-env"
     assert cfg.timeouts == {"connect": 5.0, "mail": 60.0}
@@ -44,7 +44,7 @@ def test_file_with_password_from_environment(toml_file, monkeypatch):
 def test_environment_overrides_file_and_keywords_override_both(toml_file, monkeypatch):
     monkeypatch.setenv("MAIL_PW", "x")
     env = {"MAILEXPRESS_HOST": "env.example", "MAILEXPRESS_PORT": "2525",
-           "MAILEXPRESS_TIMEOUT_MAIL": "30", "MAILEXPRESS_VERIFY": "no"}
+           "MAILEXPRESS_TIMEOUT_MAIL": "30", "MAILEXPRESS_VERIFY": "no", "MAIL_PW": "x"}
     cfg = mx.load_config(toml_file, env=env, port=465, security="ssl")
     assert cfg.host == "env.example" and cfg.port == 465 and cfg.security == "ssl" and cfg.verify is False
     assert cfg.timeouts == {"connect": 5.0, "mail": 30.0}
@@ -108,6 +108,13 @@ def test_unknown_key_in_file_names_the_file(tmp_path):
     p.write_text('host = "h"\nusername = "u"\npasword = "x"\n')
     with pytest.raises(mx.ConfigError, match=r"pasword .*from file:.*did you mean 'password'"):
         mx.load_config(p, env={})
+
+
+def test_the_variable_password_env_names_is_not_a_stray_setting():
+    cfg = mx.load_config(env={"MAILEXPRESS_SMTP_PW": "pw-1"}, host="h", username="u", password_env="MAILEXPRESS_SMTP_PW")
+    assert cfg.password.reveal() == "pw-1"
+    with pytest.raises(mx.ConfigError, match="MAILEXPRESS_SMTP_PW"):
+        mx.load_config(env={"MAILEXPRESS_SMTP_PW": "pw-1"}, host="h", use_auth=False)
 
 
 def test_build_switches_are_not_config():
