@@ -303,7 +303,8 @@ class _Diagnosis:
                      reply=exc.reply)
         finally:
             s.close_quietly()
-        if "anonymous_refused" not in self.checks and self.checks.get("connect", Check("", "fail", "")).status == "pass":
+        connected = "connect" in self.checks and self.checks["connect"].status == "pass"
+        if connected and "anonymous_refused" not in self.checks:
             self.probe_anonymous()
         self.skip_rest("not reached")
         if "anonymous_refused" not in self.checks:
