@@ -320,6 +320,47 @@ exchange(Session *s, const char *line, size_t len, const char *shown,
     return rc;
 }
 
+/* Sends several command lines in one write (RFC 2920 pipelining), each
+ * recorded; GIL released.  0, or -1 with s->err set. */
+static int
+send_batch(Session *s, const char *buf, size_t len, timeout_key k)
+{
+    size_t extra;
+    int rc;
+
+    Py_BEGIN_ALLOW_THREADS
+    extra = unsolicited_bytes(s);
+    if (extra) {
+        mx_error_set(&s->err, MX_E_PROTOCOL, 0,
+                     "the server sent %zu byte%s nobody asked for (desynchronised)",
+                     extra, extra == 1 ? "" : "s");
+        rc = -1;
+    } else {
+        size_t start = 0, i;
+        for (i = 0; i + 1 < len; i++) {
+            if (buf[i] == '\r' && buf[i + 1] == '\n') {
+                record(s, MX_TR_CLIENT, buf + start, i - start);
+                start = i + 2;
+            }
+        }
+        rc = stream_write(s, buf, len, deadline_for(s, k));
+    }
+    Py_END_ALLOW_THREADS
+    return rc;
+}
+
+/* Reads one reply with the GIL released; 0 or -1 with s->err set. */
+static int
+recv_only(Session *s, timeout_key k)
+{
+    int rc;
+
+    Py_BEGIN_ALLOW_THREADS
+    rc = recv_reply(s, k);
+    Py_END_ALLOW_THREADS
+    return rc;
+}
+
 /* ---- Python side: replies and exceptions --------------------------------- */
 
 static mx_state *
@@ -1522,15 +1563,15 @@ done:
     return res;
 }
 
+static PyObject *send_body(Session *s, const unsigned char *p, size_t n);
+
 /* DATA, the body and the final reply.  buf is held by the caller.  Returns
  * a new Reply (2xx) or NULL raised.  The transaction is over either way. */
 static PyObject *
 do_data(Session *s, const unsigned char *p, size_t n)
 {
     char cmd[8];
-    size_t len, used, out;
-    mx_body_enc enc;
-    int rc = 0;
+    size_t len;
 
     (void)mx_cmd_simple(cmd, sizeof(cmd), &len, "DATA");
     if (exchange(s, cmd, len, NULL, TO_DATA) < 0)
@@ -1556,6 +1597,18 @@ do_data(Session *s, const unsigned char *p, size_t n)
         Py_DECREF(r);
         return NULL;
     }
+    return send_body(s, p, n);
+}
+
+/* After a 354: the encoded body, the end marker and the final reply.
+ * Returns a new Reply (2xx) or NULL raised; the transaction is over. */
+static PyObject *
+send_body(Session *s, const unsigned char *p, size_t n)
+{
+    size_t used, out;
+    mx_body_enc enc;
+    int rc = 0;
+
     recordf(s, MX_TR_INFO, "sending body: %zu bytes before encoding", n);
     mx_body_init(&enc);
     Py_BEGIN_ALLOW_THREADS
@@ -1713,6 +1766,121 @@ Session_close(Session *s, PyObject *unused)
     Py_RETURN_NONE;
 }
 
+/* Commands in one pipelined group at most: more could fill the TCP window
+ * both ways (we write while the server's replies pile up unread); msmtp
+ * stops at 100 for the same reason.  Larger envelopes go one by one. */
+#define MX_PIPELINE_MAX 100
+
+/* Reads one reply of a pipelined group into a new Reply; NULL raised on
+ * I/O failure, 421 or a 3xx that cannot belong (354 only after DATA). */
+static PyObject *
+group_reply(Session *s, stage stg, timeout_key k)
+{
+    if (recv_only(s, k) < 0)
+        return fail_io(s, stg);
+    if (s->reply.code == 421)
+        return fail_421(s, stg);
+    if (stg != STG_DATA && refuse_3xx(s, stg) < 0)
+        return NULL;
+    return make_reply(s, stg);
+}
+
+/* RFC 2920: MAIL, every RCPT and DATA in one write, then their replies in
+ * order; the body only after a 354 with at least one recipient accepted.
+ * The MAIL line is in mail_line; to_addrs were checked by the caller.
+ * Returns (refused, final reply) like send_raw, or NULL raised. */
+static PyObject *
+pipelined_transaction(Session *s, PyObject *from, const char *mail_line, size_t mail_len,
+                      PyObject *fast, PyObject *ropts, const unsigned char *body, size_t blen)
+{
+    Py_ssize_t i, n = PySequence_Fast_GET_SIZE(fast);
+    size_t cap = mail_len + (size_t)n * (MX_PATH_MAX + 1100) + 16, len = mail_len, l;
+    char *buf = PyMem_Malloc(cap), rset[8];
+    PyObject *refused = NULL, *mail_r = NULL, *r = NULL, *res = NULL, *extra = NULL;
+    int accepted = 0, mail_ok;
+
+    if (!buf)
+        return PyErr_NoMemory();
+    memcpy(buf, mail_line, mail_len);
+    for (i = 0; i < n; i++) {
+        if (format_path(s, "RCPT TO", PySequence_Fast_GET_ITEM(fast, i), ropts, NULL, STG_RCPT,
+                        buf + len, cap - len, &l, NULL) < 0)
+            goto done;
+        len += l;
+    }
+    (void)mx_cmd_simple(buf + len, cap - len, &l, "DATA");
+    len += l;
+    if (send_batch(s, buf, len, TO_MAIL) < 0) {
+        fail_io(s, STG_MAIL);
+        goto done;
+    }
+    if (!(mail_r = group_reply(s, STG_MAIL, TO_MAIL)))
+        goto done;
+    mail_ok = s->reply.code / 100 == 2;
+    if (mail_ok)
+        set_state(s, S_MAIL);
+    if (!(refused = PyDict_New()))
+        goto done;
+    for (i = 0; i < n; i++) {
+        if (!(r = group_reply(s, STG_RCPT, TO_RCPT)))
+            goto done;
+        if (mail_ok && s->reply.code / 100 == 2) {
+            accepted++;
+            set_state(s, S_RCPT);
+        } else if (mail_ok && PyDict_SetItem(refused, PySequence_Fast_GET_ITEM(fast, i), r) < 0) {
+            goto done;
+        }
+        Py_CLEAR(r);        /* after a refused MAIL, RCPT replies are only its consequence */
+    }
+    if (!(r = group_reply(s, STG_DATA, TO_DATA)))
+        goto done;
+    if (s->reply.code == 354 && accepted) {
+        res = send_body(s, body, blen);
+        if (res) {
+            PyObject *pair = PyTuple_Pack(2, refused, res);
+            Py_SETREF(res, pair);
+        }
+        goto done;
+    }
+    if (s->reply.code == 354) {
+        /* the server opened DATA though nothing was accepted: end it empty;
+         * its answer to the end of data closes the transaction */
+        (void)mx_cmd_simple(rset, sizeof(rset), &l, ".");
+        if (exchange(s, rset, l, NULL, TO_END_OF_DATA) < 0) {
+            fail_io(s, STG_END_OF_DATA);
+            goto done;
+        }
+    } else if (s->reply.code / 100 == 2 || s->reply.code / 100 == 3) {
+        fail_protocol(s, STG_DATA, "the server did not answer DATA with 354; the body was not sent");
+        goto done;
+    } else if (mail_ok) {
+        /* DATA refused: close what the server may still hold open */
+        (void)mx_cmd_simple(rset, sizeof(rset), &l, "RSET");
+        if (exchange(s, rset, l, NULL, TO_COMMAND) < 0) {
+            fail_io(s, STG_RSET);
+            goto done;
+        }
+    }
+    set_state(s, S_READY);
+    if (!mail_ok) {
+        if ((extra = Py_BuildValue("{s:O}", "sender", from)))
+            raise_exc(s, MX_EXC_SENDER, STG_MAIL, mail_r, extra, "the server refused the sender");
+    } else if (!accepted) {
+        if ((extra = Py_BuildValue("{s:O}", "replies", refused)))
+            raise_exc(s, MX_EXC_RECIPIENTS, STG_RCPT, NULL, extra,
+                      "the server refused every recipient; the message was not sent");
+    } else {
+        raise_exc(s, MX_EXC_DATA, STG_DATA, r, NULL, "the server refused DATA; the message was not sent");
+    }
+done:
+    PyMem_Free(buf);
+    Py_XDECREF(refused);
+    Py_XDECREF(mail_r);
+    Py_XDECREF(r);
+    Py_XDECREF(extra);
+    return res;
+}
+
 PyDoc_STRVAR(sendmail_doc,
 "send_raw(from_addr, to_addrs, msg, mail_options=(), rcpt_options=())\n"
 "    -> (refused, reply)\n\n"
@@ -1802,6 +1970,11 @@ Session_sendmail(Session *s, PyObject *args, PyObject *kw)
         elen += (size_t)snprintf(extra + elen, sizeof(extra) - elen, "%sSMTPUTF8",
                                  elen ? " " : "");
     }
+    if ((s->caps.ext & MX_EXT_PIPELINING) && n + 2 <= MX_PIPELINE_MAX) {
+        if (format_path(s, "MAIL FROM", from, mopts, extra, STG_MAIL, cmd, sizeof(cmd), &len, NULL) == 0)
+            res = pipelined_transaction(s, from, cmd, len, fast, ropts, view.buf, (size_t)view.len);
+        goto done;
+    }
     if (path_command(s, "MAIL FROM", from, mopts, extra, STG_MAIL, TO_MAIL, S_MAIL) < 0)
         goto done;
     if (s->reply.code / 100 != 2) {
@@ -1862,47 +2035,6 @@ release:
     Py_XDECREF(refused);
     Py_XDECREF(r);
     return res;
-}
-
-/* Sends several command lines in one write (RFC 2920 pipelining), each
- * recorded; GIL released.  0, or -1 with s->err set. */
-static int
-send_batch(Session *s, const char *buf, size_t len, timeout_key k)
-{
-    size_t extra;
-    int rc;
-
-    Py_BEGIN_ALLOW_THREADS
-    extra = unsolicited_bytes(s);
-    if (extra) {
-        mx_error_set(&s->err, MX_E_PROTOCOL, 0,
-                     "the server sent %zu byte%s nobody asked for (desynchronised)",
-                     extra, extra == 1 ? "" : "s");
-        rc = -1;
-    } else {
-        size_t start = 0, i;
-        for (i = 0; i + 1 < len; i++) {
-            if (buf[i] == '\r' && buf[i + 1] == '\n') {
-                record(s, MX_TR_CLIENT, buf + start, i - start);
-                start = i + 2;
-            }
-        }
-        rc = stream_write(s, buf, len, deadline_for(s, k));
-    }
-    Py_END_ALLOW_THREADS
-    return rc;
-}
-
-/* Reads one reply with the GIL released; 0 or -1 with s->err set. */
-static int
-recv_only(Session *s, timeout_key k)
-{
-    int rc;
-
-    Py_BEGIN_ALLOW_THREADS
-    rc = recv_reply(s, k);
-    Py_END_ALLOW_THREADS
-    return rc;
 }
 
 /* Reads the reply to a step of try_sender into a new Reply; NULL raised. */

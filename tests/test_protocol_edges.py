@@ -260,8 +260,9 @@ def test_250_to_data_is_a_protocol_error_and_no_body_is_sent(fake_server):
 
 
 def test_all_recipients_refused_no_data_sent(fake_server):
+    """Without PIPELINING: RCPTs one by one, then RSET; DATA is never sent."""
     def script(conn):
-        greet(conn)
+        greet(conn, [b"8BITMIME"])
         conn.expect(b"MAIL")
         conn.send(b"250 ok\r\n")
         for _ in range(2):
@@ -281,6 +282,79 @@ def test_all_recipients_refused_no_data_sent(fake_server):
     assert info.value.recipients == {"b@y.example": (550, b"5.1.1 no such user"),
                                      "c@y.example": (550, b"5.1.1 no such user")}
     assert b"DATA" not in srv.wire and s.state == "READY"
+
+
+def pipelined_script(mail: bytes, rcpts: list[bytes], data: bytes, after=None):
+    """A server that reads the whole group before answering anything: a
+    client that waited for each reply would stall here."""
+    def script(conn):
+        greet(conn, [b"PIPELINING"])
+        conn.expect(b"MAIL")
+        for _ in rcpts:
+            conn.expect(b"RCPT")
+        conn.expect(b"DATA")
+        conn.send(mail + b"".join(rcpts) + data)
+        if after:
+            after(conn)
+        else:
+            conn.readline()
+    return script
+
+
+def test_envelope_and_data_go_in_one_group(fake_server):
+    def after(conn):
+        conn.body = conn.read_data()
+        conn.send(b"250 2.0.0 queued\r\n")
+        conn.readline()
+    srv = fake_server(pipelined_script(b"250 ok\r\n", [b"250 ok\r\n", b"550 5.1.1 unknown\r\n"],
+                                       b"354 go\r\n", after))
+    s = plain_session(srv.port, timeouts={"mail": 3, "rcpt": 3, "data": 3, "end_of_data": 3})
+    s.connect()
+    refused, reply = s.send_raw("a@x.example", ["b@y.example", "c@y.example"], b".hi\n")
+    assert reply.code == 250 and list(refused) == ["c@y.example"] and refused["c@y.example"].code == 550
+    assert srv.wire.endswith(b"MAIL FROM:<a@x.example>\r\nRCPT TO:<b@y.example>\r\n"
+                             b"RCPT TO:<c@y.example>\r\nDATA\r\n..hi\r\n.\r\n")
+    assert s.state == "READY"
+
+
+def test_pipelined_all_recipients_refused_sends_no_body(fake_server):
+    def after(conn):
+        conn.expect(b"RSET")
+        conn.send(b"250 ok\r\n")
+        conn.readline()
+    srv = fake_server(pipelined_script(b"250 ok\r\n", [b"550 5.1.1 a\r\n", b"550 5.1.1 b\r\n"],
+                                       b"554 5.5.1 Error: no valid recipients\r\n", after))
+    s = plain_session(srv.port)
+    s.connect()
+    with pytest.raises(mx.RecipientsRefused) as info:
+        s.send_raw("a@x.example", ["b@y.example", "c@y.example"], b"SECRET BODY\r\n")
+    assert set(info.value.replies) == {"b@y.example", "c@y.example"}
+    assert b"SECRET BODY" not in srv.wire and s.state == "READY"
+
+
+def test_pipelined_refused_sender_ignores_the_consequent_503s(fake_server):
+    srv = fake_server(pipelined_script(b"553 5.7.1 not owned\r\n", [b"503 5.5.1 need MAIL\r\n"],
+                                       b"503 5.5.1 need RCPT\r\n"))
+    s = plain_session(srv.port)
+    s.connect()
+    with pytest.raises(mx.SenderRefused) as info:
+        s.send_raw("a@x.example", ["b@y.example"], b"SECRET BODY\r\n")
+    assert info.value.code == 553 and info.value.sender == "a@x.example"
+    assert b"SECRET BODY" not in srv.wire and s.state == "READY"
+
+
+def test_354_with_nothing_accepted_is_ended_empty(fake_server):
+    def after(conn):
+        line = conn.readline()
+        assert line == b".\r\n", line
+        conn.send(b"554 5.5.1 no recipients\r\n")
+        conn.readline()
+    srv = fake_server(pipelined_script(b"250 ok\r\n", [b"550 5.1.1 a\r\n"], b"354 go\r\n", after))
+    s = plain_session(srv.port)
+    s.connect()
+    with pytest.raises(mx.RecipientsRefused):
+        s.send_raw("a@x.example", ["b@y.example"], b"SECRET BODY\r\n")
+    assert b"SECRET BODY" not in srv.wire and s.state == "READY"
 
 
 @pytest.mark.parametrize("stage", ["EHLO", "MAIL", "RCPT", "DATA", "END_OF_DATA"])
