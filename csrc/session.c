@@ -1771,8 +1771,9 @@ Session_close(Session *s, PyObject *unused)
  * stops at 100 for the same reason.  Larger envelopes go one by one. */
 #define MX_PIPELINE_MAX 100
 
-/* Reads one reply of a pipelined group into a new Reply; NULL raised on
- * I/O failure, 421 or a 3xx that cannot belong (354 only after DATA). */
+/* Reads one reply of a pipelined group (a transaction's, or try_sender's)
+ * into a new Reply; NULL raised on I/O failure, 421 or a 3xx that cannot
+ * belong (354 only after DATA). */
 static PyObject *
 group_reply(Session *s, stage stg, timeout_key k)
 {
@@ -2037,19 +2038,6 @@ release:
     return res;
 }
 
-/* Reads the reply to a step of try_sender into a new Reply; NULL raised. */
-static PyObject *
-probe_reply(Session *s, stage stg, timeout_key k)
-{
-    if (recv_only(s, k) < 0)
-        return fail_io(s, stg);
-    if (s->reply.code == 421)
-        return fail_421(s, stg);
-    if (refuse_3xx(s, stg) < 0)
-        return NULL;
-    return make_reply(s, stg);
-}
-
 PyDoc_STRVAR(try_sender_doc,
 "try_sender(sender, recipient, options=()) -> (mail_reply, rcpt_reply, pipelined)\n\n"
 "Asks whether the server would take a message from `sender` to `recipient`\n"
@@ -2089,9 +2077,9 @@ Session_try_sender(Session *s, PyObject *args, PyObject *kw)
             fail_io(s, STG_MAIL);
             goto done;
         }
-        if (!(mail_r = probe_reply(s, STG_MAIL, TO_MAIL)) ||
-            !(rcpt_r = probe_reply(s, STG_RCPT, TO_RCPT)) ||
-            !(rset_r = probe_reply(s, STG_RSET, TO_COMMAND)))
+        if (!(mail_r = group_reply(s, STG_MAIL, TO_MAIL)) ||
+            !(rcpt_r = group_reply(s, STG_RCPT, TO_RCPT)) ||
+            !(rset_r = group_reply(s, STG_RSET, TO_COMMAND)))
             goto done;
     } else {
         char line[MX_PATH_MAX + 1100];
@@ -2100,7 +2088,7 @@ Session_try_sender(Session *s, PyObject *args, PyObject *kw)
             fail_io(s, STG_MAIL);
             goto done;
         }
-        if (!(mail_r = probe_reply(s, STG_MAIL, TO_MAIL)))
+        if (!(mail_r = group_reply(s, STG_MAIL, TO_MAIL)))
             goto done;
         if (s->reply.code / 100 == 2) {
             set_state(s, S_MAIL);
@@ -2108,7 +2096,7 @@ Session_try_sender(Session *s, PyObject *args, PyObject *kw)
                 fail_io(s, STG_RCPT);
                 goto done;
             }
-            if (!(rcpt_r = probe_reply(s, STG_RCPT, TO_RCPT)))
+            if (!(rcpt_r = group_reply(s, STG_RCPT, TO_RCPT)))
                 goto done;
         }
         (void)mx_cmd_simple(line, sizeof(line), &n, "RSET");
@@ -2116,7 +2104,7 @@ Session_try_sender(Session *s, PyObject *args, PyObject *kw)
             fail_io(s, STG_RSET);
             goto done;
         }
-        if (!(rset_r = probe_reply(s, STG_RSET, TO_COMMAND)))
+        if (!(rset_r = group_reply(s, STG_RSET, TO_COMMAND)))
             goto done;
     }
     if (s->reply.code / 100 != 2) {
