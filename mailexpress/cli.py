@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import secrets
 import sys
 from collections.abc import Sequence
@@ -107,7 +108,6 @@ def _cmd_config_init(args: argparse.Namespace) -> int:
     if path == "-":
         print(template())
         return 0
-    import os
     if os.path.exists(path) and not args.force:
         print(f"mailexpress config init: {path} exists (use --force to overwrite)", file=sys.stderr)
         return 2
