@@ -1563,6 +1563,24 @@ done:
     return res;
 }
 
+/* Sends RSET to close a transaction the server may still hold open (after
+ * a refusal) and returns to READY.  0, or -1 raised (the session is then
+ * unusable). */
+static int
+end_transaction(Session *s)
+{
+    char cmd[8];
+    size_t len;
+
+    (void)mx_cmd_simple(cmd, sizeof(cmd), &len, "RSET");
+    if (exchange(s, cmd, len, NULL, TO_COMMAND) < 0) {
+        fail_io(s, STG_RSET);
+        return -1;
+    }
+    set_state(s, S_READY);
+    return 0;
+}
+
 static PyObject *send_body(Session *s, const unsigned char *p, size_t n);
 
 /* DATA, the body and the final reply.  buf is held by the caller.  Returns
@@ -1586,12 +1604,10 @@ do_data(Session *s, const unsigned char *p, size_t n)
         if (!r)
             return NULL;
         /* close the transaction so the session can go on */
-        (void)mx_cmd_simple(cmd, sizeof(cmd), &len, "RSET");
-        if (exchange(s, cmd, len, NULL, TO_COMMAND) < 0) {
+        if (end_transaction(s) < 0) {
             Py_DECREF(r);
-            return fail_io(s, STG_RSET);
+            return NULL;
         }
-        set_state(s, S_READY);
         raise_exc(s, MX_EXC_DATA, STG_DATA, r, NULL,
                   "the server refused DATA; the message was not sent");
         Py_DECREF(r);
@@ -1796,7 +1812,7 @@ pipelined_transaction(Session *s, PyObject *from, const char *mail_line, size_t 
 {
     Py_ssize_t i, n = PySequence_Fast_GET_SIZE(fast);
     size_t cap = mail_len + (size_t)n * (MX_PATH_MAX + 1100) + 16, len = mail_len, l;
-    char *buf = PyMem_Malloc(cap), rset[8];
+    char *buf = PyMem_Malloc(cap), dot[8];
     PyObject *refused = NULL, *mail_r = NULL, *r = NULL, *res = NULL, *extra = NULL;
     int accepted = 0, mail_ok;
 
@@ -1846,21 +1862,16 @@ pipelined_transaction(Session *s, PyObject *from, const char *mail_line, size_t 
     if (s->reply.code == 354) {
         /* the server opened DATA though nothing was accepted: end it empty;
          * its answer to the end of data closes the transaction */
-        (void)mx_cmd_simple(rset, sizeof(rset), &l, ".");
-        if (exchange(s, rset, l, NULL, TO_END_OF_DATA) < 0) {
+        (void)mx_cmd_simple(dot, sizeof(dot), &l, ".");
+        if (exchange(s, dot, l, NULL, TO_END_OF_DATA) < 0) {
             fail_io(s, STG_END_OF_DATA);
             goto done;
         }
     } else if (s->reply.code / 100 == 2 || s->reply.code / 100 == 3) {
         fail_protocol(s, STG_DATA, "the server did not answer DATA with 354; the body was not sent");
         goto done;
-    } else if (mail_ok) {
-        /* DATA refused: close what the server may still hold open */
-        (void)mx_cmd_simple(rset, sizeof(rset), &l, "RSET");
-        if (exchange(s, rset, l, NULL, TO_COMMAND) < 0) {
-            fail_io(s, STG_RSET);
-            goto done;
-        }
+    } else if (mail_ok && end_transaction(s) < 0) {
+        goto done;          /* DATA refused: RSET closes what the server may hold open */
     }
     set_state(s, S_READY);
     if (!mail_ok) {
@@ -2007,17 +2018,13 @@ Session_sendmail(Session *s, PyObject *args, PyObject *kw)
     }
     if (!accepted) {
         PyObject *extra_kw = Py_BuildValue("{s:O}", "replies", refused);
-        char rcmd[8];
         if (!extra_kw)
             goto done;
         /* end the transaction; the body is never sent */
-        (void)mx_cmd_simple(rcmd, sizeof(rcmd), &len, "RSET");
-        if (exchange(s, rcmd, len, NULL, TO_COMMAND) < 0) {
+        if (end_transaction(s) < 0) {
             Py_DECREF(extra_kw);
-            fail_io(s, STG_RSET);
             goto done;
         }
-        set_state(s, S_READY);
         raise_exc(s, MX_EXC_RECIPIENTS, STG_RCPT, NULL, extra_kw,
                   "the server refused every recipient; the message was not sent");
         Py_DECREF(extra_kw);

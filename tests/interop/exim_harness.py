@@ -18,13 +18,11 @@ import shutil
 import signal
 import socket
 import subprocess
-import tempfile
 import time
 from pathlib import Path
 
 from harness import ACCOUNTS, MaildirServer, clean_env, free_port
 
-from mailexpress.testing.certs import test_certificates
 
 EXIM_ROOT = Path(os.environ.get("MAILEXPRESS_EXIM_ROOT", "/opt/mailexpress-interop/exim"))
 EXIM = EXIM_ROOT / "usr" / "sbin" / "exim4"
@@ -113,20 +111,9 @@ login:
 
 class EximHarness(MaildirServer):
     def __init__(self) -> None:
-        self.dir = Path(tempfile.mkdtemp(prefix="mx-interop-exim-"))
-        os.chmod(self.dir, 0o755)
+        super().__init__("mx-interop-exim-", ("localhost", "127.0.0.1", "mx.example.org"))
         self.port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
-        certs = test_certificates()
-        self.ca_file = certs.ca_file
-        self._cert = certs.ca.issue_cert("localhost", "127.0.0.1", "mx.example.org")  # type: ignore[attr-defined]
-
-    def _write(self, rel: str, text: str, mode: int = 0o644) -> Path:
-        p = self.dir / rel
-        p.parent.mkdir(parents=True, exist_ok=True)
-        p.write_text(text)
-        os.chmod(p, mode)
-        return p
 
     def _configure(self) -> Path:
         d = self.dir

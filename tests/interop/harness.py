@@ -89,7 +89,19 @@ class MaildirServer:
     """What both harnesses share: a private directory, a Maildir of what was
     delivered, and the processes that must be gone afterwards."""
 
-    dir: Path
+    def __init__(self, prefix: str, cert_names: tuple[str, ...]) -> None:
+        self.dir = Path(tempfile.mkdtemp(prefix=prefix))
+        os.chmod(self.dir, 0o755)
+        certs = test_certificates()
+        self.ca_file = certs.ca_file
+        self._cert = certs.ca.issue_cert(*cert_names)  # type: ignore[attr-defined]
+
+    def _write(self, rel: str, text: str, mode: int = 0o644) -> Path:
+        p = self.dir / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text(text)
+        os.chmod(p, mode)
+        return p
 
     def log(self) -> str:
         raise NotImplementedError
@@ -127,22 +139,11 @@ class MaildirServer:
 
 class PostfixHarness(MaildirServer):
     def __init__(self) -> None:
-        self.dir = Path(tempfile.mkdtemp(prefix="mx-interop-"))
-        os.chmod(self.dir, 0o755)
+        super().__init__("mx-interop-", ("localhost", "127.0.0.1", "mail.corp.example"))
         self.ports = {name: free_port() for name in SERVICES}
         self.procs: list[subprocess.Popen[bytes]] = []
-        certs = test_certificates()
-        self.ca_file = certs.ca_file
-        self._cert = certs.ca.issue_cert("localhost", "127.0.0.1", "mail.corp.example")  # type: ignore[attr-defined]
 
     # -- configuration ------------------------------------------------------------
-
-    def _write(self, rel: str, text: str, mode: int = 0o644) -> Path:
-        p = self.dir / rel
-        p.parent.mkdir(parents=True, exist_ok=True)
-        p.write_text(text)
-        os.chmod(p, mode)
-        return p
 
     def _configure(self) -> None:
         d = self.dir
