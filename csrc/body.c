@@ -8,6 +8,14 @@ mx_body_init(mx_body_enc *e)
 {
     e->at_line_start = 1;
     e->pending_cr = 0;
+    e->stuff = 1;
+}
+
+void
+mx_body_init_bdat(mx_body_enc *e)
+{
+    mx_body_init(e);
+    e->stuff = 0;
 }
 
 size_t
@@ -44,7 +52,7 @@ mx_body_encode(mx_body_enc *e, const unsigned char *in, size_t in_len,
             i++;
             continue;
         }
-        if (e->at_line_start && c == '.')
+        if (e->stuff && e->at_line_start && c == '.')
             out[o++] = '.';
         e->at_line_start = 0;
         /* copy the rest of the line in one run */
@@ -72,9 +80,11 @@ mx_body_finish(mx_body_enc *e, unsigned char *out, size_t out_cap)
         out[o++] = '\r';
         out[o++] = '\n';
     }
-    out[o++] = '.';
-    out[o++] = '\r';
-    out[o++] = '\n';
+    if (e->stuff) {
+        out[o++] = '.';
+        out[o++] = '\r';
+        out[o++] = '\n';
+    }
     e->pending_cr = 0;
     e->at_line_start = 1;
     return o;
@@ -118,6 +128,7 @@ mx_body_scan(mx_body_scan_state *s, const unsigned char *p, size_t n)
         }
     }
     s->info.size = size;
+    s->info.raw_size += n;
 }
 
 void

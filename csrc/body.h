@@ -22,9 +22,15 @@
 typedef struct {
     int at_line_start;     /* next byte begins a line */
     int pending_cr;        /* a CR was read; its LF (if any) not yet seen */
+    int stuff;             /* DATA: double leading dots, end with "." */
 } mx_body_enc;
 
+/* For DATA: line ends made CRLF, leading dots doubled, "." at the end. */
 void mx_body_init(mx_body_enc *e);
+/* For BDAT (RFC 3030): line ends made CRLF, nothing stuffed; finish adds
+ * only the CRLF a last unterminated line needs, so the output is exactly
+ * mx_body_scan's size. */
+void mx_body_init_bdat(mx_body_enc *e);
 
 /* Encodes as much of in[0..in_len) as fits into out[0..out_cap).  Returns
  * the bytes written; *consumed the input bytes used.  Makes progress
@@ -32,7 +38,8 @@ void mx_body_init(mx_body_enc *e);
 size_t mx_body_encode(mx_body_enc *e, const unsigned char *in, size_t in_len,
                       size_t *consumed, unsigned char *out, size_t out_cap);
 
-/* Writes the end of the body (out_cap >= MX_BODY_FINISH_MAX); returns bytes. */
+/* Writes the end of the body (out_cap >= MX_BODY_FINISH_MAX); returns bytes.
+ * For BDAT that is at most a CRLF. */
 size_t mx_body_finish(mx_body_enc *e, unsigned char *out, size_t out_cap);
 
 typedef struct {
@@ -40,6 +47,7 @@ typedef struct {
                               final CRLF included, without dot-stuffing */
     int has_8bit;          /* a byte >= 0x80 */
     int has_nul;           /* a NUL byte (needs BINARYMIME) */
+    uint64_t raw_size;     /* bytes scanned, as given */
 } mx_body_info;
 
 /* One pass over a whole message: its SIZE value and whether it needs

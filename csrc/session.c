@@ -398,21 +398,16 @@ done:
     return res;
 }
 
-/* Raises exception class exc(message, stage=..., reply=..., **extra).
- * Steals nothing; extra may be NULL.  Always returns NULL. */
+/* A new exception instance exc(message, stage=..., reply=..., **extra), not
+ * raised (bulk sends hand one to each message).  Steals nothing; reply and
+ * extra may be NULL.  NULL with an error set on failure. */
 static PyObject *
-raise_exc(Session *s, mx_exc exc, stage stg, PyObject *reply, PyObject *extra,
-          const char *fmt, ...)
+make_exc_v(PyObject *cls, stage stg, PyObject *reply, PyObject *extra,
+           const char *fmt, va_list ap)
 {
-    mx_state *st = state_of(s);
     PyObject *msg = NULL, *args = NULL, *kw = NULL, *obj = NULL;
-    va_list ap;
 
-    if (!st)
-        return NULL;
-    va_start(ap, fmt);
     msg = PyUnicode_FromFormatV(fmt, ap);
-    va_end(ap);
     if (!msg)
         goto done;
     args = PyTuple_Pack(1, msg);
@@ -428,15 +423,79 @@ raise_exc(Session *s, mx_exc exc, stage stg, PyObject *reply, PyObject *extra,
     }
     if (reply && PyDict_SetItemString(kw, "reply", reply) < 0)
         goto done;
-    obj = PyObject_Call(st->exc[exc], args, kw);
-    if (obj)
-        PyErr_SetObject((PyObject *)Py_TYPE(obj), obj);
+    obj = PyObject_Call(cls, args, kw);
 done:
     Py_XDECREF(msg);
     Py_XDECREF(args);
     Py_XDECREF(kw);
-    Py_XDECREF(obj);
+    return obj;
+}
+
+static PyObject *
+make_exc(Session *s, mx_exc exc, stage stg, PyObject *reply, PyObject *extra,
+         const char *fmt, ...)
+{
+    mx_state *st = state_of(s);
+    PyObject *obj;
+    va_list ap;
+
+    if (!st)
+        return NULL;
+    va_start(ap, fmt);
+    obj = make_exc_v(st->exc[exc], stg, reply, extra, fmt, ap);
+    va_end(ap);
+    return obj;
+}
+
+/* make_exc with the class given. */
+static PyObject *
+make_exc_cls(PyObject *cls, stage stg, PyObject *reply, PyObject *extra, const char *fmt, ...)
+{
+    PyObject *obj;
+    va_list ap;
+
+    va_start(ap, fmt);
+    obj = make_exc_v(cls, stg, reply, extra, fmt, ap);
+    va_end(ap);
+    return obj;
+}
+
+/* Raises exception class exc(message, stage=..., reply=..., **extra).
+ * Steals nothing; extra may be NULL.  Always returns NULL. */
+static PyObject *
+raise_exc(Session *s, mx_exc exc, stage stg, PyObject *reply, PyObject *extra,
+          const char *fmt, ...)
+{
+    mx_state *st = state_of(s);
+    PyObject *obj;
+    va_list ap;
+
+    if (!st)
+        return NULL;
+    va_start(ap, fmt);
+    obj = make_exc_v(st->exc[exc], stg, reply, extra, fmt, ap);
+    va_end(ap);
+    if (obj) {
+        PyErr_SetObject((PyObject *)Py_TYPE(obj), obj);
+        Py_DECREF(obj);
+    }
     return NULL;
+}
+
+/* The exception being raised, taken out of the error indicator (a new
+ * reference), to be handed to one message of a bulk send. */
+static PyObject *
+take_raised(void)
+{
+    PyObject *type, *value, *tb;
+
+    PyErr_Fetch(&type, &value, &tb);
+    PyErr_NormalizeException(&type, &value, &tb);
+    if (value && tb)
+        PyException_SetTraceback(value, tb);
+    Py_XDECREF(type);
+    Py_XDECREF(tb);
+    return value;
 }
 
 /* Makes the session unusable for good, closing the connection. */
@@ -1782,11 +1841,6 @@ Session_close(Session *s, PyObject *unused)
     Py_RETURN_NONE;
 }
 
-/* Commands in one pipelined group at most: more could fill the TCP window
- * both ways (we write while the server's replies pile up unread); msmtp
- * stops at 100 for the same reason.  Larger envelopes go one by one. */
-#define MX_PIPELINE_MAX 100
-
 /* Reads one reply of a pipelined group (a transaction's, or try_sender's)
  * into a new Reply; NULL raised on I/O failure, 421 or a 3xx that cannot
  * belong (354 only after DATA). */
@@ -1802,174 +1856,717 @@ group_reply(Session *s, stage stg, timeout_key k)
     return make_reply(s, stg);
 }
 
-/* RFC 2920: MAIL, every RCPT and DATA in one write, then their replies in
- * order; the body only after a 354 with at least one recipient accepted.
- * The MAIL line is in mail_line; to_addrs were checked by the caller.
- * Returns (refused, final reply) like send_raw, or NULL raised. */
-static PyObject *
-pipelined_transaction(Session *s, PyObject *from, const char *mail_line, size_t mail_len,
-                      PyObject *fast, PyObject *ropts, const unsigned char *body, size_t blen)
-{
-    Py_ssize_t i, n = PySequence_Fast_GET_SIZE(fast);
-    size_t cap = mail_len + (size_t)n * (MX_PATH_MAX + 1100) + 16, len = mail_len, l;
-    char *buf = PyMem_Malloc(cap), dot[8];
-    PyObject *refused = NULL, *mail_r = NULL, *r = NULL, *res = NULL, *extra = NULL;
-    int accepted = 0, mail_ok;
+/* ---- the send engine: one or many messages, pipelined ------------------
+ *
+ * send_raw() and send_many() both come here.  Three phases:
+ *  1. prepare (GIL held): every message's arguments are checked and its
+ *     MAIL/RCPT lines formatted and its body scanned (SIZE, 8-bit, NUL)
+ *     before a byte is sent; a message that fails here gets its exception
+ *     as its outcome and is skipped.
+ *  2. the wire (GIL released for the whole batch; taken back only to read
+ *     a chunk of a file body): commands are staged into s->wbuf and written
+ *     in one write per group; replies are read in order against a queue of
+ *     what they answer.  With PIPELINING the next message's envelope goes in
+ *     the same write as the end of the previous one (RFC 2920 §3.1), and with
+ *     CHUNKING a whole message is MAIL, RCPT..., BDAT n LAST and its bytes
+ *     (RFC 3030), so a run of messages needs no round trip of its own.
+ *     Replies are kept as C data (text in an arena).
+ *  3. outcomes (GIL held): per message, (refused, reply) or an exception
+ *     instance; a failure of the session (I/O, 421, a reply that cannot
+ *     belong) ends the batch: the message it hit gets the exception, a later
+ *     one already (partly) written is "outcome unknown", one never written
+ *     is "not sent".
+ */
 
-    if (!buf)
-        return PyErr_NoMemory();
-    memcpy(buf, mail_line, mail_len);
-    for (i = 0; i < n; i++) {
-        if (format_path(s, "RCPT TO", PySequence_Fast_GET_ITEM(fast, i), ropts, NULL, STG_RCPT,
-                        buf + len, cap - len, &l, NULL) < 0)
-            goto done;
-        len += l;
-    }
-    (void)mx_cmd_simple(buf + len, cap - len, &l, "DATA");
-    len += l;
-    if (send_batch(s, buf, len, TO_MAIL) < 0) {
-        fail_io(s, STG_MAIL);
-        goto done;
-    }
-    if (!(mail_r = group_reply(s, STG_MAIL, TO_MAIL)))
-        goto done;
-    mail_ok = s->reply.code / 100 == 2;
-    if (mail_ok)
-        set_state(s, S_MAIL);
-    if (!(refused = PyDict_New()))
-        goto done;
-    for (i = 0; i < n; i++) {
-        if (!(r = group_reply(s, STG_RCPT, TO_RCPT)))
-            goto done;
-        if (mail_ok && s->reply.code / 100 == 2) {
-            accepted++;
-            set_state(s, S_RCPT);
-        } else if (mail_ok && PyDict_SetItem(refused, PySequence_Fast_GET_ITEM(fast, i), r) < 0) {
-            goto done;
-        }
-        Py_CLEAR(r);        /* after a refused MAIL, RCPT replies are only its consequence */
-    }
-    if (!(r = group_reply(s, STG_DATA, TO_DATA)))
-        goto done;
-    if (s->reply.code == 354 && accepted) {
-        res = send_body(s, body, blen);
-        if (res) {
-            PyObject *pair = PyTuple_Pack(2, refused, res);
-            Py_SETREF(res, pair);
-        }
-        goto done;
-    }
-    if (s->reply.code == 354) {
-        /* the server opened DATA though nothing was accepted: end it empty;
-         * its answer to the end of data closes the transaction */
-        (void)mx_cmd_simple(dot, sizeof(dot), &l, ".");
-        if (exchange(s, dot, l, NULL, TO_END_OF_DATA) < 0) {
-            fail_io(s, STG_END_OF_DATA);
-            goto done;
-        }
-    } else if (s->reply.code / 100 == 2 || s->reply.code / 100 == 3) {
-        fail_protocol(s, STG_DATA, "the server did not answer DATA with 354; the body was not sent");
-        goto done;
-    } else if (mail_ok && end_transaction(s) < 0) {
-        goto done;          /* DATA refused: RSET closes what the server may hold open */
-    }
-    set_state(s, S_READY);
-    if (!mail_ok) {
-        if ((extra = Py_BuildValue("{s:O}", "sender", from)))
-            raise_exc(s, MX_EXC_SENDER, STG_MAIL, mail_r, extra, "the server refused the sender");
-    } else if (!accepted) {
-        if ((extra = Py_BuildValue("{s:O}", "replies", refused)))
-            raise_exc(s, MX_EXC_RECIPIENTS, STG_RCPT, NULL, extra,
-                      "the server refused every recipient; the message was not sent");
-    } else {
-        raise_exc(s, MX_EXC_DATA, STG_DATA, r, NULL, "the server refused DATA; the message was not sent");
-    }
-done:
-    PyMem_Free(buf);
-    Py_XDECREF(refused);
-    Py_XDECREF(mail_r);
-    Py_XDECREF(r);
-    Py_XDECREF(extra);
-    return res;
+/* Replies outstanding at most: more could fill the TCP window both ways
+ * (we write while the server's replies pile up unread); msmtp stops at 100
+ * for the same reason.  A message with more recipients goes one command at
+ * a time. */
+#define MX_PIPELINE_MAX 100
+
+/* A BDAT body larger than this waits for the RCPT replies, so a big
+ * message to refused recipients is not sent for nothing. */
+#define MX_BDAT_BLIND_MAX (1024 * 1024)
+
+/* Bytes read from a file body per call. */
+#define MX_FILE_CHUNK 65536
+
+typedef enum { B_DATA, B_BDAT, B_BINARY } body_mode;
+typedef enum { K_MAIL, K_RCPT, K_DATA, K_EOD, K_BDAT, K_RSET, K_EMPTY } rkind;
+
+static const stage kind_stage[] = {
+    STG_MAIL, STG_RCPT, STG_DATA, STG_END_OF_DATA, STG_END_OF_DATA, STG_RSET,
+    STG_END_OF_DATA,
+};
+static const timeout_key kind_timeout[] = {
+    TO_MAIL, TO_RCPT, TO_DATA, TO_END_OF_DATA, TO_END_OF_DATA, TO_COMMAND,
+    TO_END_OF_DATA,
+};
+
+typedef struct {
+    /* prepare */
+    PyObject *item;            /* the caller's tuple (owned) */
+    PyObject *rcpts;           /* a fast sequence (owned) */
+    PyObject *file;            /* a binary file body (borrowed from item), or NULL */
+    Py_buffer view;            /* a bytes-like body */
+    int have_view;
+    PyObject *outcome;         /* set when prepare fails, and in phase 3 */
+    char *lines;               /* MAIL, then each RCPT, CRLF-terminated */
+    size_t *ends;              /* ends[k]: where line k ends (0 = MAIL) */
+    size_t nrcpt;
+    uint64_t size;             /* body octets on the wire (BDAT) */
+    body_mode mode;
+    int serial;                /* one command at a time */
+    /* wire */
+    size_t step;               /* next line to stage; nrcpt + 1 = the body */
+    int written;               /* some of it went out */
+    int mail_ok;               /* -1 unknown */
+    size_t rcpt_seen, accepted;
+    int finished;              /* its last reply was read */
+    int body_done;             /* all of its body was staged */
+    int gated;                 /* waits for replies before its body */
+    size_t first_reply;        /* index of its first stored reply */
+} job;
+
+typedef struct {
+    size_t job, rcpt;
+    rkind kind;
+    int code;
+    char enhanced[MX_ENHANCED_MAX];
+    size_t off, len;           /* lines joined by '\n' in the arena */
+} sreply;
+
+typedef struct {
+    size_t job, rcpt;
+    rkind kind;
+} expect;
+
+typedef enum { F_NONE, F_IO, F_421, F_PROTOCOL, F_SOURCE } fail_kind;
+
+typedef struct {
+    job *jobs;
+    size_t n, next, cur, gate;     /* cur/gate: a job index or NONE */
+    int pipelining, stop_on_error, stopped;
+    expect q[MX_PIPELINE_MAX + 4];
+    size_t qhead, qlen, qwritten;
+    size_t wlen;                   /* bytes staged in s->wbuf */
+    sreply *replies;
+    size_t nreplies, rcap;
+    char *text;
+    size_t tlen, tcap;
+    fail_kind failed;
+    stage fail_stage;
+    size_t fail_job;
+    char why[160];
+    PyThreadState *ts;             /* while the GIL is released */
+    unsigned char *fbuf;           /* MX_FILE_CHUNK, for file bodies */
+    PyObject *fview;               /* a writable memoryview of fbuf */
+} batch;
+
+#define NONE ((size_t)-1)
+
+static void
+batch_fail(batch *b, fail_kind k, stage stg, size_t jobi, const char *why)
+{
+    if (b->failed)
+        return;
+    b->failed = k;
+    b->fail_stage = stg;
+    b->fail_job = jobi;
+    snprintf(b->why, sizeof(b->why), "%s", why ? why : "");
 }
 
-PyDoc_STRVAR(sendmail_doc,
-"send_raw(from_addr, to_addrs, msg, mail_options=(), rcpt_options=())\n"
-"    -> (refused, reply)\n\n"
-"One whole transaction.  Adds SIZE=, BODY=8BITMIME and SMTPUTF8 when the\n"
-"server offers them and the message needs them; refuses (before sending)\n"
-"non-ASCII addresses the server cannot take.  refused maps each refused\n"
-"recipient to its Reply; reply is the server's final answer.  Raises\n"
-"SenderRefused, RecipientsRefused (no recipient accepted; the body was not\n"
-"sent) or DataRefused.");
-
-static PyObject *
-Session_sendmail(Session *s, PyObject *args, PyObject *kw)
+/* Writes what is staged.  When no reply is outstanding, anything the
+ * server already said is out of turn (see send_cmd).  0 or -1. */
+static int
+out_flush(Session *s, batch *b, size_t jobi, stage stg)
 {
-    static char *kwlist[] = {"from_addr", "to_addrs", "msg", "mail_options",
-                             "rcpt_options", NULL};
-    PyObject *from, *to, *msg, *mopts = Py_None, *ropts = Py_None;
-    PyObject *fast = NULL, *refused = NULL, *res = NULL, *r = NULL;
-    Py_buffer view = {0};
-    Py_ssize_t i, n;
+    if (!b->wlen)
+        return 0;
+    if (b->qwritten == 0) {
+        size_t extra = unsolicited_bytes(s);
+        if (extra) {
+            mx_error_set(&s->err, MX_E_PROTOCOL, 0,
+                         "the server sent %zu byte%s nobody asked for (desynchronised)",
+                         extra, extra == 1 ? "" : "s");
+            batch_fail(b, F_IO, stg, jobi, NULL);
+            return -1;
+        }
+    }
+    if (stream_write(s, s->wbuf, b->wlen, deadline_for(s, TO_DATA_BLOCK)) < 0) {
+        batch_fail(b, F_IO, stg, jobi, NULL);
+        return -1;
+    }
+    b->wlen = 0;
+    b->qwritten = b->qlen;
+    return 0;
+}
+
+static int
+out_put(Session *s, batch *b, const void *p, size_t n, size_t jobi, stage stg)
+{
+    if (b->wlen + n > MX_WBUF && out_flush(s, b, jobi, stg) < 0)
+        return -1;
+    memcpy(s->wbuf + b->wlen, p, n);
+    b->wlen += n;
+    b->jobs[jobi].written = 1;
+    return 0;
+}
+
+static void
+push(batch *b, size_t jobi, rkind kind, size_t rcpt)
+{
+    expect *e = &b->q[(b->qhead + b->qlen) % (MX_PIPELINE_MAX + 4)];
+
+    e->job = jobi;
+    e->kind = kind;
+    e->rcpt = rcpt;
+    b->qlen++;
+}
+
+/* Stages one command line (CRLF included) and what will answer it. */
+static int
+stage_line(Session *s, batch *b, const char *line, size_t len, size_t jobi,
+           rkind kind, size_t rcpt)
+{
+    record(s, MX_TR_CLIENT, line, len - 2);
+    if (out_put(s, b, line, len, jobi, kind_stage[kind]) < 0)
+        return -1;
+    push(b, jobi, kind, rcpt);
+    return 0;
+}
+
+static int
+stage_simple(Session *s, batch *b, const char *verb, size_t jobi, rkind kind)
+{
+    char cmd[16];
+    size_t len;
+
+    (void)mx_cmd_simple(cmd, sizeof(cmd), &len, verb);
+    return stage_line(s, b, cmd, len, jobi, kind, 0);
+}
+
+/* The next piece of a body: the rest of the buffer, or a chunk read from
+ * the file with the GIL taken back for the call.  Returns its length (0 at
+ * the end), or -1 with the batch failed. */
+static Py_ssize_t
+body_chunk(batch *b, job *j, size_t done, const unsigned char **p)
+{
+    PyObject *r;
+    Py_ssize_t n;
+
+    if (!j->file) {
+        *p = (const unsigned char *)j->view.buf + done;
+        return j->view.len - (Py_ssize_t)done;
+    }
+    PyEval_RestoreThread(b->ts);
+    r = PyObject_CallMethod(j->file, "readinto", "O", b->fview);
+    n = r && r != Py_None ? PyLong_AsSsize_t(r) : -1;
+    if (r && (n < 0 || n > MX_FILE_CHUNK)) {
+        PyErr_Clear();
+        PyErr_SetString(PyExc_OSError, "readinto() returned no count (a non-blocking file?)");
+        n = -1;
+    }
+    Py_XDECREF(r);
+    if (n < 0) {
+        /* the reader's exception is kept and becomes this message's outcome */
+        j->outcome = take_raised();
+    }
+    b->ts = PyEval_SaveThread();
+    if (n < 0) {
+        batch_fail(b, F_SOURCE, STG_END_OF_DATA, (size_t)(j - b->jobs),
+                   "reading the message file failed while it was being sent");
+        return -1;
+    }
+    *p = b->fbuf;
+    return n;
+}
+
+/* Stages a message's body: after 354 (DATA: stuffed, "." at the end) or as
+ * BDAT n LAST with exactly n octets (normalised; BINARYMIME: as given). */
+static int
+stage_body(Session *s, batch *b, size_t jobi)
+{
+    job *j = &b->jobs[jobi];
+    mx_body_enc enc;
+    uint64_t total = 0;
+    size_t done = 0;
+
+    if (j->mode == B_DATA) {
+        mx_body_init(&enc);
+    } else {
+        char hdr[48];
+        int hl = snprintf(hdr, sizeof(hdr), "BDAT %llu LAST\r\n", (unsigned long long)j->size);
+        mx_body_init_bdat(&enc);
+        if (stage_line(s, b, hdr, (size_t)hl, jobi, K_BDAT, 0) < 0)
+            return -1;
+    }
+    recordf(s, MX_TR_INFO, "body: %llu octets%s", (unsigned long long)j->size,
+            j->mode == B_BINARY ? ", binary" : "");
+    for (;;) {
+        const unsigned char *p;
+        Py_ssize_t n = body_chunk(b, j, done, &p);
+
+        if (n < 0)
+            return -1;
+        if (n == 0)
+            break;
+        done += (size_t)n;
+        while (n > 0) {
+            size_t room, used, out;
+
+            if (MX_WBUF - b->wlen < MX_BODY_STEP_MAX &&
+                out_flush(s, b, jobi, STG_END_OF_DATA) < 0)
+                return -1;
+            room = MX_WBUF - b->wlen;
+            if (j->mode == B_BINARY) {
+                out = used = (size_t)n < room ? (size_t)n : room;
+                memcpy(s->wbuf + b->wlen, p, out);
+            } else {
+                out = mx_body_encode(&enc, p, (size_t)n, &used, s->wbuf + b->wlen, room);
+            }
+            total += out;
+            if (j->mode != B_DATA && total > j->size)
+                goto changed;
+            b->wlen += out;
+            p += used;
+            n -= (Py_ssize_t)used;
+        }
+        if (!j->file)
+            break;
+    }
+    if (MX_WBUF - b->wlen < MX_BODY_FINISH_MAX && out_flush(s, b, jobi, STG_END_OF_DATA) < 0)
+        return -1;
+    if (j->mode != B_BINARY) {
+        size_t out = mx_body_finish(&enc, s->wbuf + b->wlen, MX_WBUF - b->wlen);
+        total += j->mode == B_DATA ? 0 : out;
+        b->wlen += out;
+    }
+    if (j->mode != B_DATA && total != j->size)
+        goto changed;
+    if (j->mode == B_DATA) {
+        record(s, MX_TR_CLIENT, ".", 1);
+        push(b, jobi, K_EOD, 0);
+    }
+    j->body_done = 1;
+    return 0;
+changed:
+    batch_fail(b, F_SOURCE, STG_END_OF_DATA, jobi,
+               "the message changed while it was being sent (its size no longer "
+               "matches BDAT); the connection was closed so it cannot be delivered");
+    return -1;
+}
+
+/* A job is over; with stop_on_error, a message not accepted at all stops
+ * the batch (nothing after it is started). */
+static void
+job_over(batch *b, job *j, int accepted_for_delivery)
+{
+    j->finished = 1;
+    if (!accepted_for_delivery && b->stop_on_error)
+        b->stopped = 1;
+}
+
+/* A job whose replies so far leave nothing to send: ends it (RSET when
+ * the server may hold a transaction open). */
+static int
+stage_close(Session *s, batch *b, size_t jobi)
+{
+    job *j = &b->jobs[jobi];
+
+    if (j->mail_ok == 1)
+        return stage_simple(s, b, "RSET", jobi, K_RSET);
+    job_over(b, j, 0);
+    return 0;
+}
+
+/* Stages the data phase of a job whose envelope replies are all known (or
+ * not needed): BDAT with its body, DATA, or the end of the transaction. */
+static int
+stage_data(Session *s, batch *b, size_t jobi, int replies_known)
+{
+    job *j = &b->jobs[jobi];
+
+    if (replies_known && (j->mail_ok != 1 || !j->accepted))
+        return stage_close(s, b, jobi);
+    if (j->mode == B_DATA) {
+        b->gate = jobi;            /* the body waits for 354 */
+        return stage_simple(s, b, "DATA", jobi, K_DATA);
+    }
+    if (!replies_known && j->size > MX_BDAT_BLIND_MAX) {
+        b->gate = jobi;            /* the body waits for the RCPT replies */
+        j->gated = 1;
+        return 0;
+    }
+    return stage_body(s, b, jobi);
+}
+
+/* Stages as much as the rules allow: a whole message at a time when
+ * pipelining (while the queue has room), one command at a time otherwise;
+ * nothing while a job waits at its gate. */
+static int
+stage_more(Session *s, batch *b)
+{
+    for (;;) {
+        job *j;
+        int one_by_one;
+
+        if (b->failed || b->gate != NONE)
+            return 0;
+        if (b->cur == NONE) {
+            if (b->next >= b->n || b->stopped)
+                return 0;
+            j = &b->jobs[b->next];
+            if (j->outcome) {          /* failed in prepare */
+                b->next++;
+                continue;
+            }
+            one_by_one = !b->pipelining || j->serial;
+            if (b->qlen && (one_by_one || b->stop_on_error ||
+                            b->qlen + j->nrcpt + 2 > MX_PIPELINE_MAX))
+                return 0;
+            b->cur = b->next++;
+            j->step = 0;
+            j->first_reply = NONE;
+        }
+        j = &b->jobs[b->cur];
+        one_by_one = !b->pipelining || j->serial;
+        if (one_by_one && b->qlen)
+            return 0;
+        if (j->step == 0) {
+            if (stage_line(s, b, j->lines, j->ends[0], b->cur, K_MAIL, 0) < 0)
+                return -1;
+            j->step = 1;
+        } else if (j->step <= j->nrcpt) {
+            if (one_by_one && j->mail_ok != 1) {
+                job_over(b, j, 0);     /* the sender was refused: no RCPT */
+                b->cur = NONE;
+                continue;
+            }
+            if (stage_line(s, b, j->lines + j->ends[j->step - 1],
+                           j->ends[j->step] - j->ends[j->step - 1], b->cur, K_RCPT,
+                           j->step - 1) < 0)
+                return -1;
+            j->step++;
+        } else {
+            size_t jobi = b->cur;
+            b->cur = NONE;
+            if (stage_data(s, b, jobi, one_by_one) < 0)
+                return -1;
+        }
+    }
+}
+
+static int
+store_reply(Session *s, batch *b, const expect *e)
+{
+    sreply *r;
+    size_t i, need = s->reply.text_len + s->reply.nlines;
+    job *j = &b->jobs[e->job];
+
+    if (b->nreplies == b->rcap) {
+        size_t cap = b->rcap ? 2 * b->rcap : 64;
+        sreply *nr = PyMem_RawRealloc(b->replies, cap * sizeof(*nr));
+        if (!nr)
+            goto oom;
+        b->replies = nr;
+        b->rcap = cap;
+    }
+    if (b->tlen + need > b->tcap) {
+        size_t cap = b->tcap ? 2 * b->tcap : 8192;
+        char *nt;
+        while (cap < b->tlen + need)
+            cap *= 2;
+        if (!(nt = PyMem_RawRealloc(b->text, cap)))
+            goto oom;
+        b->text = nt;
+        b->tcap = cap;
+    }
+    r = &b->replies[b->nreplies];
+    r->job = e->job;
+    r->kind = e->kind;
+    r->rcpt = e->rcpt;
+    r->code = s->reply.code;
+    memcpy(r->enhanced, s->reply.enhanced, sizeof(r->enhanced));
+    r->off = b->tlen;
+    for (i = 0; i < s->reply.nlines; i++) {
+        if (i)
+            b->text[b->tlen++] = '\n';
+        memcpy(b->text + b->tlen, s->reply.text + s->reply.line_off[i], s->reply.line_len[i]);
+        b->tlen += s->reply.line_len[i];
+    }
+    r->len = b->tlen - r->off;
+    if (j->first_reply == NONE)
+        j->first_reply = b->nreplies;
+    b->nreplies++;
+    return 0;
+oom:
+    mx_error_set(&s->err, MX_E_IO, ENOMEM, "out of memory keeping replies");
+    batch_fail(b, F_IO, kind_stage[e->kind], e->job, NULL);
+    return -1;
+}
+
+/* Reads the reply the queue's head expects and acts on it. */
+static int
+read_next(Session *s, batch *b)
+{
+    expect e = b->q[b->qhead];
+    job *j = &b->jobs[e.job];
+    int code, cls;
+
+    b->qhead = (b->qhead + 1) % (MX_PIPELINE_MAX + 4);
+    b->qlen--;
+    if (b->qwritten)
+        b->qwritten--;
+    if (recv_reply(s, kind_timeout[e.kind]) < 0) {
+        batch_fail(b, F_IO, kind_stage[e.kind], e.job, NULL);
+        return -1;
+    }
+    code = s->reply.code;
+    cls = code / 100;
+    if (code == 421) {
+        batch_fail(b, F_421, kind_stage[e.kind], e.job, NULL);
+        return -1;
+    }
+    if (cls == 3 && !(e.kind == K_DATA && code == 354)) {
+        char why[96];
+        snprintf(why, sizeof(why), "a %d reply cannot answer %s", code,
+                 stage_names[kind_stage[e.kind]]);
+        batch_fail(b, F_PROTOCOL, kind_stage[e.kind], e.job, why);
+        return -1;
+    }
+    if (e.kind == K_DATA && cls == 2) {
+        batch_fail(b, F_PROTOCOL, STG_DATA, e.job,
+                   "the server did not answer DATA with 354; the body was not sent");
+        return -1;
+    }
+    if (store_reply(s, b, &e) < 0)
+        return -1;
+    switch (e.kind) {
+    case K_MAIL:
+        j->mail_ok = cls == 2;
+        break;
+    case K_RCPT:
+        j->rcpt_seen++;
+        if (j->mail_ok == 1 && cls == 2)
+            j->accepted++;
+        if (j->gated && j->rcpt_seen == j->nrcpt) {
+            size_t jobi = e.job;
+            j->gated = 0;
+            b->gate = NONE;
+            if (stage_data(s, b, jobi, 1) < 0)
+                return -1;
+        }
+        break;
+    case K_DATA:
+        b->gate = NONE;
+        if (code == 354) {
+            if (j->accepted && j->mail_ok == 1)
+                return stage_body(s, b, e.job);
+            /* the server opened DATA though nothing was accepted: end it
+             * empty; its answer closes the transaction */
+            return stage_simple(s, b, ".", e.job, K_EMPTY);
+        }
+        return stage_close(s, b, e.job);    /* DATA refused */
+    case K_EOD:
+    case K_BDAT:
+        job_over(b, j, cls == 2 && j->mail_ok == 1 && j->accepted);
+        break;
+    case K_RSET:
+    case K_EMPTY:
+        job_over(b, j, 0);
+        break;
+    }
+    return 0;
+}
+
+/* Phase 2, GIL released by the caller.  0, or -1 with b->failed set. */
+static int
+run_wire(Session *s, batch *b)
+{
+    for (;;) {
+        size_t was_next = b->next, was_cur = b->cur;
+
+        if (stage_more(s, b) < 0)
+            return -1;
+        if (b->wlen) {
+            const expect *last = &b->q[(b->qhead + b->qlen - 1) % (MX_PIPELINE_MAX + 4)];
+            if (out_flush(s, b, last->job, kind_stage[last->kind]) < 0)
+                return -1;
+        }
+        if (!b->qlen) {
+            /* nothing outstanding: done, unless a one-by-one job just
+             * ended without a reply (its sender was refused) */
+            if (b->cur == NONE && b->gate == NONE && (b->next >= b->n || b->stopped))
+                return 0;
+            if (b->next == was_next && b->cur == was_cur && b->cur == NONE) {
+                mx_error_set(&s->err, MX_E_PROTOCOL, 0, "internal error: the send engine stalled");
+                batch_fail(b, F_IO, STG_MAIL, b->next ? b->next - 1 : 0, NULL);
+                return -1;
+            }
+            continue;
+        }
+        if (read_next(s, b) < 0)
+            return -1;
+    }
+}
+
+/* ---- phase 1: prepare ---------------------------------------------------- */
+
+/* Appends to a PyMem_Raw buffer, growing it; -1 raised. */
+static int
+grow_put(char **buf, size_t *len, size_t *cap, const char *p, size_t n)
+{
+    if (*len + n > *cap) {
+        size_t nc = *cap ? *cap : 1024;
+        char *nb;
+        while (nc < *len + n)
+            nc *= 2;
+        if (!(nb = PyMem_RawRealloc(*buf, nc))) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        *buf = nb;
+        *cap = nc;
+    }
+    memcpy(*buf + *len, p, n);
+    *len += n;
+    return 0;
+}
+
+/* Scans a seekable binary file from where it stands and goes back there.
+ * -1 raised. */
+static int
+scan_file(PyObject *file, mx_body_scan_state *scan, unsigned char *fbuf, PyObject *fview)
+{
+    PyObject *pos = NULL, *r;
+    int rc = -1;
+
+    r = PyObject_CallMethod(file, "seekable", NULL);
+    if (!r)
+        return -1;
+    if (!PyObject_IsTrue(r)) {
+        Py_DECREF(r);
+        PyErr_SetString(PyExc_TypeError,
+                        "a file body must be seekable (it is read twice: once for SIZE, "
+                        "once to send); read it into bytes first");
+        return -1;
+    }
+    Py_DECREF(r);
+    if (!(pos = PyObject_CallMethod(file, "tell", NULL)))
+        return -1;
+    for (;;) {
+        Py_ssize_t n;
+        if (!(r = PyObject_CallMethod(file, "readinto", "O", fview)))
+            goto done;
+        n = r == Py_None ? -1 : PyLong_AsSsize_t(r);
+        Py_DECREF(r);
+        if (n < 0 || n > MX_FILE_CHUNK) {
+            if (!PyErr_Occurred())
+                PyErr_SetString(PyExc_OSError, "readinto() returned no count (a non-blocking file?)");
+            goto done;
+        }
+        if (n == 0)
+            break;
+        mx_body_scan(scan, fbuf, (size_t)n);
+    }
+    if (!(r = PyObject_CallMethod(file, "seek", "O", pos)))
+        goto done;
+    Py_DECREF(r);
+    rc = 0;
+done:
+    Py_DECREF(pos);
+    return rc;
+}
+
+/* Checks one message and formats its envelope.  0 ready; 1 refused before
+ * sending (j->outcome holds the exception); -1 raised (out of memory). */
+static int
+prepare_job(Session *s, batch *b, job *j)
+{
+    PyObject *from, *to, *body, *mopts = Py_None, *ropts = Py_None;
     char cmd[MX_PATH_MAX + 1100], extra[128];
-    size_t len, elen = 0;
-    int non_ascii = 0, accepted = 0, have_view = 0;
+    char *rl = NULL;
+    size_t len, rlen = 0, rcap = 0, cap = 0, elen = 0, i;
+    int non_ascii = 0;
     mx_body_scan_state scan;
 
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOO|OO", kwlist, &from, &to,
-                                     &msg, &mopts, &ropts))
-        return NULL;
-    if (PyUnicode_Check(msg)) {
-        PyErr_SetString(PyExc_TypeError, "msg must be bytes; encode it first");
-        return NULL;
+    if (!PyTuple_Check(j->item)) {
+        PyErr_SetString(PyExc_TypeError, "each message must be a tuple "
+                        "(from_addr, to_addrs, msg[, mail_options[, rcpt_options]])");
+        goto bad;
     }
-    if (PyObject_GetBuffer(msg, &view, PyBUF_SIMPLE) < 0)
-        return NULL;
-    have_view = 1;
-    if (PyUnicode_Check(to))
-        fast = PyTuple_Pack(1, to);
-    else
-        fast = PySequence_Fast(to, "to_addrs must be a str or a sequence of str");
-    if (!fast)
-        goto release;
-    n = PySequence_Fast_GET_SIZE(fast);
-    if (enter(s, 1) < 0)
-        goto release;
-    if (n == 0) {
-        raise_exc(s, MX_EXC_INPUT, STG_RCPT, NULL, NULL, "no recipients given");
-        goto done;
+    if (!PyArg_ParseTuple(j->item, "OOO|OO:message", &from, &to, &body, &mopts, &ropts))
+        goto bad;
+    if (PyUnicode_Check(body)) {
+        PyErr_SetString(PyExc_TypeError, "msg must be bytes or a binary file; encode it first");
+        goto bad;
     }
-    if (need_ready(s, "send_raw") < 0)
-        goto done;
-    /* check every argument before anything is sent */
-    for (i = 0; i < n; i++) {
-        if (format_path(s, "RCPT TO", PySequence_Fast_GET_ITEM(fast, i), ropts,
-                        NULL, STG_RCPT, cmd, sizeof(cmd), &len, &non_ascii) < 0)
-            goto done;
+    j->rcpts = PyUnicode_Check(to) ? PyTuple_Pack(1, to)
+                                   : PySequence_Fast(to, "to_addrs must be a str or a sequence of str");
+    if (!j->rcpts)
+        goto bad;
+    j->nrcpt = (size_t)PySequence_Fast_GET_SIZE(j->rcpts);
+    if (!j->nrcpt) {
+        raise_exc(s, MX_EXC_INPUT, STG_RCPT, NULL, NULL, "no recipients given; nothing was sent");
+        goto bad;
     }
-    if (format_path(s, "MAIL FROM", from, mopts, NULL, STG_MAIL, cmd,
-                    sizeof(cmd), &len, &non_ascii) < 0)
-        goto done;
+    for (i = 0; i < j->nrcpt; i++) {
+        if (format_path(s, "RCPT TO", PySequence_Fast_GET_ITEM(j->rcpts, (Py_ssize_t)i), ropts,
+                        NULL, STG_RCPT, cmd, sizeof(cmd), &len, &non_ascii) < 0 ||
+            grow_put(&rl, &rlen, &rcap, cmd, len) < 0)
+            goto bad;
+    }
+    if (format_path(s, "MAIL FROM", from, mopts, NULL, STG_MAIL, cmd, sizeof(cmd), &len,
+                    &non_ascii) < 0)
+        goto bad;
     mx_body_scan_init(&scan);
-    Py_BEGIN_ALLOW_THREADS
-    mx_body_scan(&scan, view.buf, (size_t)view.len);
+    if (PyObject_CheckBuffer(body)) {
+        if (PyObject_GetBuffer(body, &j->view, PyBUF_SIMPLE) < 0)
+            goto bad;
+        j->have_view = 1;
+        Py_BEGIN_ALLOW_THREADS
+        mx_body_scan(&scan, j->view.buf, (size_t)j->view.len);
+        Py_END_ALLOW_THREADS
+    } else if (PyObject_HasAttrString(body, "readinto")) {
+        j->file = body;
+        if (scan_file(body, &scan, b->fbuf, b->fview) < 0)
+            goto bad;
+    } else {
+        PyErr_Format(PyExc_TypeError, "msg must be bytes-like or a binary file object, not %.100s",
+                     Py_TYPE(body)->tp_name);
+        goto bad;
+    }
     mx_body_scan_finish(&scan);
-    Py_END_ALLOW_THREADS
+    j->size = scan.info.size;
+    j->mode = (s->caps.ext & MX_EXT_CHUNKING) ? B_BDAT : B_DATA;
+    if (scan.info.has_nul) {
+        if (!(s->caps.ext & MX_EXT_CHUNKING) || !(s->caps.ext & MX_EXT_BINARYMIME)) {
+            raise_exc(s, MX_EXC_NOT_SUPPORTED, STG_MAIL, NULL, NULL,
+                      "the message contains NUL bytes, which only BINARYMIME with CHUNKING "
+                      "can carry, and the server does not offer them; encode the binary "
+                      "parts (base64) first; nothing was sent");
+            goto bad;
+        }
+        j->mode = B_BINARY;
+        j->size = j->file ? scan.info.raw_size : (uint64_t)j->view.len;
+    }
     extra[0] = '\0';
     if (s->caps.ext & MX_EXT_SIZE) {
-        if (s->caps.size && scan.info.size > s->caps.size) {
+        if (s->caps.size && j->size > s->caps.size) {
             raise_exc(s, MX_EXC_NOT_SUPPORTED, STG_MAIL, NULL, NULL,
                       "the message is %llu octets but the server accepts at most "
                       "%llu (SIZE); nothing was sent",
-                      (unsigned long long)scan.info.size,
-                      (unsigned long long)s->caps.size);
-            goto done;
+                      (unsigned long long)j->size, (unsigned long long)s->caps.size);
+            goto bad;
         }
         elen += (size_t)snprintf(extra + elen, sizeof(extra) - elen, "SIZE=%llu",
-                                 (unsigned long long)scan.info.size);
+                                 (unsigned long long)j->size);
     }
-    if (scan.info.has_8bit && (s->caps.ext & MX_EXT_8BITMIME))
+    if (j->mode == B_BINARY)
+        elen += (size_t)snprintf(extra + elen, sizeof(extra) - elen, "%sBODY=BINARYMIME",
+                                 elen ? " " : "");
+    else if (scan.info.has_8bit && (s->caps.ext & MX_EXT_8BITMIME))
         elen += (size_t)snprintf(extra + elen, sizeof(extra) - elen, "%sBODY=8BITMIME",
                                  elen ? " " : "");
     if (non_ascii) {
@@ -1977,71 +2574,383 @@ Session_sendmail(Session *s, PyObject *args, PyObject *kw)
             raise_exc(s, MX_EXC_NOT_SUPPORTED, STG_MAIL, NULL, NULL,
                       "an address is not ASCII but the server does not offer "
                       "SMTPUTF8; nothing was sent");
-            goto done;
+            goto bad;
         }
         elen += (size_t)snprintf(extra + elen, sizeof(extra) - elen, "%sSMTPUTF8",
                                  elen ? " " : "");
     }
-    if ((s->caps.ext & MX_EXT_PIPELINING) && n + 2 <= MX_PIPELINE_MAX) {
-        if (format_path(s, "MAIL FROM", from, mopts, extra, STG_MAIL, cmd, sizeof(cmd), &len, NULL) == 0)
-            res = pipelined_transaction(s, from, cmd, len, fast, ropts, view.buf, (size_t)view.len);
-        goto done;
+    if (format_path(s, "MAIL FROM", from, mopts, extra, STG_MAIL, cmd, sizeof(cmd), &len, NULL) < 0)
+        goto bad;
+    {
+        size_t mlen = len;
+        len = 0;
+        if (grow_put(&j->lines, &len, &cap, cmd, mlen) < 0 ||
+            grow_put(&j->lines, &len, &cap, rl ? rl : "", rlen) < 0)
+            goto bad;
     }
-    if (path_command(s, "MAIL FROM", from, mopts, extra, STG_MAIL, TO_MAIL, S_MAIL) < 0)
-        goto done;
-    if (s->reply.code / 100 != 2) {
-        PyObject *who = Py_BuildValue("{s:O}", "sender", from);
-        if (who) {
-            PyObject *rep = make_reply(s, STG_MAIL);
-            if (rep)
-                raise_exc(s, MX_EXC_SENDER, STG_MAIL, rep, who, "the server refused the sender");
-            Py_XDECREF(rep);
-            Py_DECREF(who);
+    if (!(j->ends = PyMem_RawMalloc((j->nrcpt + 1) * sizeof(size_t)))) {
+        PyErr_NoMemory();
+        goto bad;
+    }
+    {
+        /* line k ends after its CRLF; lines hold no CR or LF of their own */
+        size_t k = 0, p;
+        for (p = 0; p + 1 < len && k <= j->nrcpt; p++)
+            if (j->lines[p] == '\r' && j->lines[p + 1] == '\n')
+                j->ends[k++] = p + 2;
+    }
+    j->serial = j->nrcpt + 2 > MX_PIPELINE_MAX;
+    j->mail_ok = -1;
+    PyMem_RawFree(rl);
+    return 0;
+bad:
+    PyMem_RawFree(rl);
+    if (PyErr_ExceptionMatches(PyExc_MemoryError))
+        return -1;
+    j->outcome = take_raised();
+    return j->outcome ? 1 : -1;
+}
+
+/* ---- phase 3: outcomes --------------------------------------------------- */
+
+/* A Reply for a stored reply (lines joined by '\n' in the arena). */
+static PyObject *
+make_sreply(Session *s, batch *b, const sreply *r)
+{
+    mx_state *st = state_of(s);
+    PyObject *lines, *res;
+    const char *p = b->text + r->off, *end = p + r->len;
+    Py_ssize_t n = 1, i = 0;
+
+    if (!st)
+        return NULL;
+    for (const char *q = p; q < end; q++)
+        n += *q == '\n';
+    if (!(lines = PyTuple_New(n)))
+        return NULL;
+    for (;;) {
+        const char *nl = memchr(p, '\n', (size_t)(end - p));
+        const char *stop = nl ? nl : end;
+        PyObject *l = PyUnicode_DecodeUTF8(p, stop - p, "replace");
+        if (!l) {
+            Py_DECREF(lines);
+            return NULL;
         }
-        goto done;
+        PyTuple_SET_ITEM(lines, i++, l);
+        if (!nl)
+            break;
+        p = nl + 1;
     }
-    refused = PyDict_New();
+    res = PyObject_CallFunction(st->reply_cls, "isOs", r->code,
+                                r->enhanced[0] ? r->enhanced : NULL, lines,
+                                stage_names[kind_stage[r->kind]]);
+    Py_DECREF(lines);
+    return res;
+}
+
+/* The outcome of a job whose replies all came: (refused, reply) or the
+ * refusal as an exception instance.  New reference or NULL raised. */
+static PyObject *
+finished_outcome(Session *s, batch *b, size_t jobi)
+{
+    job *j = &b->jobs[jobi];
+    PyObject *refused = PyDict_New(), *mail_r = NULL, *data_r = NULL, *final_r = NULL;
+    PyObject *res = NULL, *extra = NULL;
+    int data_code = 0, final_code = 0;
+    size_t k;
+
     if (!refused)
-        goto done;
-    for (i = 0; i < n; i++) {
-        PyObject *addr = PySequence_Fast_GET_ITEM(fast, i);
-        if (path_command(s, "RCPT TO", addr, ropts, NULL, STG_RCPT, TO_RCPT, S_RCPT) < 0)
-            goto done;
-        if (s->reply.code / 100 == 2) {
-            accepted++;
+        return NULL;
+    for (k = j->first_reply; k != NONE && k < b->nreplies && b->replies[k].job == jobi; k++) {
+        const sreply *r = &b->replies[k];
+        PyObject *rep;
+
+        if ((r->kind == K_RCPT && (r->code / 100 == 2 || j->mail_ok != 1)) ||
+            r->kind == K_RSET || r->kind == K_EMPTY || (r->kind == K_DATA && r->code == 354))
             continue;
+        if (!(rep = make_sreply(s, b, r)))
+            goto done;
+        if (r->kind == K_RCPT) {
+            int bad = PyDict_SetItem(refused, PySequence_Fast_GET_ITEM(j->rcpts,
+                                     (Py_ssize_t)r->rcpt), rep) < 0;
+            Py_DECREF(rep);
+            if (bad)
+                goto done;
+        } else if (r->kind == K_MAIL) {
+            mail_r = rep;
+        } else if (r->kind == K_DATA) {
+            data_r = rep;
+            data_code = r->code;
+        } else {
+            final_r = rep;
+            final_code = r->code;
         }
-        r = make_reply(s, STG_RCPT);
-        if (!r || PyDict_SetItem(refused, addr, r) < 0)
-            goto done;
-        Py_CLEAR(r);
     }
-    if (!accepted) {
-        PyObject *extra_kw = Py_BuildValue("{s:O}", "replies", refused);
-        if (!extra_kw)
-            goto done;
-        /* end the transaction; the body is never sent */
-        if (end_transaction(s) < 0) {
-            Py_DECREF(extra_kw);
-            goto done;
-        }
-        raise_exc(s, MX_EXC_RECIPIENTS, STG_RCPT, NULL, extra_kw,
-                  "the server refused every recipient; the message was not sent");
-        Py_DECREF(extra_kw);
+    if (!(extra = Py_BuildValue("{s:O}", "delivered", Py_False)))
         goto done;
+    if (j->mail_ok != 1) {
+        if (PyDict_SetItemString(extra, "sender", PyTuple_GET_ITEM(j->item, 0)) == 0)
+            res = make_exc(s, MX_EXC_SENDER, STG_MAIL, mail_r, extra, "the server refused the sender");
+    } else if (!j->accepted) {
+        if (PyDict_SetItemString(extra, "replies", refused) == 0)
+            res = make_exc(s, MX_EXC_RECIPIENTS, STG_RCPT, NULL, extra,
+                           "the server refused every recipient; the message was not sent");
+    } else if (data_code) {
+        res = make_exc(s, MX_EXC_DATA, STG_DATA, data_r, extra,
+                       "the server refused DATA; the message was not sent");
+    } else if (!final_r) {
+        PyErr_SetString(PyExc_SystemError, "mailexpress: a finished message without a final reply");
+    } else if (final_code / 100 == 2) {
+        res = PyTuple_Pack(2, refused, final_r);
+    } else {
+        res = make_exc(s, MX_EXC_DATA, STG_END_OF_DATA, final_r, extra,
+                       "the server refused the message at end of data");
     }
-    r = do_data(s, view.buf, (size_t)view.len);
-    if (!r)
-        goto done;
-    res = PyTuple_Pack(2, refused, r);
 done:
+    Py_DECREF(refused);
+    Py_XDECREF(mail_r);
+    Py_XDECREF(data_r);
+    Py_XDECREF(final_r);
+    Py_XDECREF(extra);
+    return res;
+}
+
+/* The exception that ended the session (raised by the fail_* helpers, then
+ * taken back), or NULL raised. */
+static PyObject *
+fatal_exception(Session *s, batch *b)
+{
+    job *j = &b->jobs[b->fail_job];
+
+    switch (b->failed) {
+    case F_IO: fail_io(s, b->fail_stage); break;
+    case F_421: fail_421(s, b->fail_stage); break;
+    case F_PROTOCOL: fail_protocol(s, b->fail_stage, b->why); break;
+    case F_SOURCE:
+        poison(s, b->why);
+        if (j->outcome) {             /* the file reader's own exception */
+            PyObject *o = j->outcome;
+            j->outcome = NULL;
+            return o;
+        }
+        raise_exc(s, MX_EXC_INPUT, b->fail_stage, NULL, NULL, "%s", b->why);
+        break;
+    default:
+        PyErr_SetString(PyExc_SystemError, "mailexpress: no failure to report");
+    }
+    return take_raised();
+}
+
+/* Outcomes for every job, in order: a list.  NULL raised. */
+static PyObject *
+batch_outcomes(Session *s, batch *b)
+{
+    PyObject *list = PyList_New((Py_ssize_t)b->n), *fatal = NULL;
+    PyObject *fatal_type;
+    size_t i;
+    mx_state *st = state_of(s);
+
+    if (!list)
+        return NULL;
+    if (b->failed && !(fatal = fatal_exception(s, b)))
+        goto fail;
+    if (!st)
+        goto fail;
+    fatal_type = fatal && PyObject_IsInstance(fatal, st->exc[MX_EXC_ERROR]) == 1
+                     ? (PyObject *)Py_TYPE(fatal) : st->exc[MX_EXC_CONNECTION_LOST];
+    for (i = 0; i < b->n; i++) {
+        job *j = &b->jobs[i];
+        PyObject *o = NULL;
+
+        if (j->outcome) {
+            o = j->outcome;
+            j->outcome = NULL;
+        } else if (j->finished) {
+            o = finished_outcome(s, b, i);
+        } else if (b->failed && i == b->fail_job) {
+            /* a 421 answers this job's command in turn and the server
+             * closes: nothing of this job or after it was taken */
+            if (b->failed == F_421)
+                j->body_done = 0;
+            if (PyObject_SetAttrString(fatal, "delivered", j->body_done ? Py_None : Py_False) < 0 ||
+                PyObject_SetAttrString(fatal, "retry_safe", j->body_done ? Py_False : Py_True) < 0)
+                goto fail;
+            Py_INCREF(fatal);
+            o = fatal;
+        } else if (b->failed) {
+            PyObject *extra;
+            if (b->failed == F_421)
+                j->body_done = 0;
+            extra = Py_BuildValue("{s:O,s:O}", "delivered", j->body_done ? Py_None : Py_False,
+                                            "retry_safe", j->body_done ? Py_False : Py_True);
+            if (!extra)
+                goto fail;
+            if (j->body_done)
+                o = make_exc_cls(fatal_type, STG_END_OF_DATA, NULL, extra,
+                                 "the session failed after this message was sent, before the "
+                                 "server's final answer: it may or may not have been delivered "
+                                 "(%S)", fatal);
+            else
+                o = make_exc_cls(fatal_type, STG_MAIL, NULL, extra,
+                                 "not sent: the session failed before this message went out; "
+                                 "it is safe to send again (%S)", fatal);
+            Py_DECREF(extra);
+        } else if (!b->stopped) {
+            PyErr_SetString(PyExc_SystemError, "mailexpress: a message left without an outcome");
+        } else {
+            PyObject *extra = Py_BuildValue("{s:O,s:O}", "delivered", Py_False, "retry_safe", Py_True);
+            if (!extra)
+                goto fail;
+            o = make_exc(s, MX_EXC_STATE, STG_MAIL, NULL, extra,
+                         "not sent: an earlier message was refused and stop_on_error is set");
+            Py_DECREF(extra);
+        }
+        if (!o)
+            goto fail;
+        PyList_SET_ITEM(list, (Py_ssize_t)i, o);
+    }
+    Py_XDECREF(fatal);
+    return list;
+fail:
+    Py_XDECREF(fatal);
+    Py_DECREF(list);
+    return NULL;
+}
+
+/* ---- the methods ------------------------------------------------------------ */
+
+static void
+batch_free(batch *b)
+{
+    size_t i;
+
+    for (i = 0; b->jobs && i < b->n; i++) {
+        job *j = &b->jobs[i];
+        if (j->have_view)
+            PyBuffer_Release(&j->view);
+        Py_XDECREF(j->item);
+        Py_XDECREF(j->rcpts);
+        Py_XDECREF(j->outcome);
+        PyMem_RawFree(j->lines);
+        PyMem_RawFree(j->ends);
+    }
+    PyMem_RawFree(b->jobs);
+    PyMem_RawFree(b->replies);
+    PyMem_RawFree(b->text);
+    Py_XDECREF(b->fview);
+    PyMem_RawFree(b->fbuf);
+}
+
+/* Runs the three phases over `items` (a list of message tuples); the lock
+ * is held by the caller and the session is READY.  A list of outcomes, or
+ * NULL raised (out of memory, or a bad argument before anything was sent). */
+static PyObject *
+send_batch_of(Session *s, PyObject *items, int stop_on_error)
+{
+    batch b;
+    PyObject *res = NULL;
+    size_t i;
+    int rc;
+
+    memset(&b, 0, sizeof(b));
+    b.n = (size_t)PyList_GET_SIZE(items);
+    b.cur = b.gate = NONE;
+    b.stop_on_error = stop_on_error;
+    b.pipelining = (s->caps.ext & MX_EXT_PIPELINING) != 0;
+    if (!(b.jobs = PyMem_RawCalloc(b.n ? b.n : 1, sizeof(job))) ||
+        !(b.fbuf = PyMem_RawMalloc(MX_FILE_CHUNK))) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    if (!(b.fview = PyMemoryView_FromMemory((char *)b.fbuf, MX_FILE_CHUNK, PyBUF_WRITE)))
+        goto done;
+    for (i = 0; i < b.n; i++) {
+        b.jobs[i].item = Py_NewRef(PyList_GET_ITEM(items, (Py_ssize_t)i));
+        b.jobs[i].first_reply = NONE;
+        if (prepare_job(s, &b, &b.jobs[i]) < 0)
+            goto done;
+    }
+    b.ts = PyEval_SaveThread();
+    rc = run_wire(s, &b);
+    PyEval_RestoreThread(b.ts);
+    if (rc == 0)
+        set_state(s, S_READY);
+    res = batch_outcomes(s, &b);
+done:
+    batch_free(&b);
+    return res;
+}
+
+PyDoc_STRVAR(sendmail_doc,
+"send_raw(from_addr, to_addrs, msg, mail_options=(), rcpt_options=())\n"
+"    -> (refused, reply)\n\n"
+"One whole transaction.  msg is bytes-like or a seekable binary file.\n"
+"Adds SIZE=, BODY=8BITMIME and SMTPUTF8 when the server offers them and\n"
+"the message needs them; refuses (before sending) non-ASCII addresses the\n"
+"server cannot take.  Uses BDAT when CHUNKING is offered and pipelines\n"
+"when PIPELINING is.  refused maps each refused recipient to its Reply;\n"
+"reply is the server's final answer.  Raises SenderRefused,\n"
+"RecipientsRefused (no recipient accepted; the body was not delivered)\n"
+"or DataRefused.");
+
+static PyObject *
+Session_sendmail(Session *s, PyObject *args, PyObject *kw)
+{
+    static char *kwlist[] = {"from_addr", "to_addrs", "msg", "mail_options",
+                             "rcpt_options", NULL};
+    PyObject *from, *to, *msg, *mopts = Py_None, *ropts = Py_None;
+    PyObject *items = NULL, *outcomes = NULL, *res = NULL, *o;
+
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOO|OO", kwlist, &from, &to,
+                                     &msg, &mopts, &ropts))
+        return NULL;
+    if (!(items = Py_BuildValue("[(OOOOO)]", from, to, msg, mopts, ropts)))
+        return NULL;
+    if (enter(s, 1) < 0)
+        goto release;
+    if (need_ready(s, "send_raw") == 0 && (outcomes = send_batch_of(s, items, 0))) {
+        o = PyList_GET_ITEM(outcomes, 0);
+        if (PyTuple_Check(o))
+            res = Py_NewRef(o);
+        else
+            PyErr_SetObject((PyObject *)Py_TYPE(o), o);
+    }
     leave(s);
 release:
-    if (have_view)
-        PyBuffer_Release(&view);
-    Py_XDECREF(fast);
-    Py_XDECREF(refused);
-    Py_XDECREF(r);
+    Py_DECREF(items);
+    Py_XDECREF(outcomes);
+    return res;
+}
+
+PyDoc_STRVAR(send_many_doc,
+"send_many_raw(messages, stop_on_error=False) -> list\n\n"
+"Sends each (from_addr, to_addrs, msg[, mail_options[, rcpt_options]]) in\n"
+"turn over this session, pipelined across messages when the server allows,\n"
+"and returns one outcome per message, in order: (refused, reply) when it\n"
+"was accepted, or the exception that says why not.  An exception's\n"
+"`delivered` is False when the message certainly was not delivered and\n"
+"None when the session failed between sending it and its final answer;\n"
+"`retry_safe` is True on those the session failure kept from going out.\n"
+"A refused message does not stop the rest unless stop_on_error is true;\n"
+"a failed session (connection lost, 421) stops everything after it.");
+
+static PyObject *
+Session_send_many(Session *s, PyObject *args, PyObject *kw)
+{
+    static char *kwlist[] = {"messages", "stop_on_error", NULL};
+    PyObject *messages, *items, *res = NULL;
+    int stop = 0;
+
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O|p", kwlist, &messages, &stop))
+        return NULL;
+    if (!(items = PySequence_List(messages)))
+        return NULL;
+    if (enter(s, 1) == 0) {
+        if (need_ready(s, "send_many_raw") == 0)
+            res = send_batch_of(s, items, stop);
+        leave(s);
+    }
+    Py_DECREF(items);
     return res;
 }
 
@@ -2383,6 +3292,7 @@ static PyMethodDef Session_methods[] = {
     {"close", (PyCFunction)Session_close, METH_NOARGS,
      "close() -> None\n\nCloses the connection without QUIT."},
     {"send_raw", (PyCFunction)(void (*)(void))Session_sendmail, METH_VARARGS | METH_KEYWORDS, sendmail_doc},
+    {"send_many_raw", (PyCFunction)(void (*)(void))Session_send_many, METH_VARARGS | METH_KEYWORDS, send_many_doc},
     {"set_deadline", (PyCFunction)Session_set_deadline, METH_O, set_deadline_doc},
     {"try_sender", (PyCFunction)(void (*)(void))Session_try_sender, METH_VARARGS | METH_KEYWORDS, try_sender_doc},
     {NULL, NULL, 0, NULL},

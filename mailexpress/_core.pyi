@@ -1,7 +1,7 @@
 """Type stub for the C extension mailexpress._core (see csrc/)."""
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from os import PathLike
-from typing import Any, Literal
+from typing import IO, Any, Literal
 
 from .reply import Reply
 
@@ -44,10 +44,15 @@ class Session:
         self,
         from_addr: str,
         to_addrs: str | Sequence[str],
-        msg: bytes | bytearray | memoryview,
+        msg: bytes | bytearray | memoryview | IO[bytes],
         mail_options: Sequence[str] | None = (),
         rcpt_options: Sequence[str] | None = (),
     ) -> tuple[dict[str, Reply], Reply]: ...
+    def send_many_raw(
+        self,
+        messages: Iterable[tuple[Any, ...]],
+        stop_on_error: bool = False,
+    ) -> list[tuple[dict[str, Reply], Reply] | BaseException]: ...
     def set_deadline(self, seconds: float | None) -> None: ...
     def try_sender(self, sender: str, recipient: str,
                    options: Sequence[str] | None = ()) -> tuple[Reply, Reply | None, bool]: ...

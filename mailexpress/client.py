@@ -12,7 +12,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from email.message import EmailMessage
 from email.utils import parseaddr
-from typing import Any
+from typing import IO, TYPE_CHECKING, Any, Callable, Union
 
 from . import _core
 from .config import Config
@@ -20,7 +20,18 @@ from .errors import Error, InputError
 from .message import build_message, message_bytes
 from .reply import Reply
 
+if TYPE_CHECKING:
+    from .bulk import BulkResult, Progress
+
 __all__ = ["Session", "SendResult", "connect", "send_as"]
+
+#: What a message body may be on the wire: bytes-like or a binary file.
+Body = Union[bytes, bytearray, memoryview, IO[bytes]]
+#: What Session.send takes.
+Message = Union[EmailMessage, bytes, bytearray, memoryview, IO[bytes]]
+#: One item of Session.send_many.
+BulkItem = Union[EmailMessage, tuple[str, Union[str, Sequence[str]], Message]]
+ProgressArg = Union[bool, "Callable[[Progress], object]", None]
 
 log = logging.getLogger("mailexpress")
 
@@ -158,17 +169,12 @@ class Session(_core.Session):
                            mail_options=mail_options, rcpt_options=rcpt_options)
         return {a: (r.code, r.text.encode("utf-8", "replace")) for a, r in result.refused.items()}
 
-    def send(self, message: EmailMessage | bytes, *, envelope_from: str | None = None,
-             recipients: str | Sequence[str] | None = None,
-             mail_options: Sequence[str] = (), rcpt_options: Sequence[str] = ()) -> SendResult:
-        """Sends one message and returns its :class:`SendResult`.
-
-        For an :class:`~email.message.EmailMessage` the envelope defaults to
-        its From (or Sender) and To/Cc/Bcc headers; Bcc is not transmitted.
-        For bytes, ``envelope_from`` and ``recipients`` are required.
-        """
-        started = time.monotonic()
+    def _envelope(self, message: Message, envelope_from: str | None,
+                  recipients: str | Sequence[str] | None) -> tuple[str, list[str], Body, str | None]:
+        """(envelope sender, recipients, wire body, Message-ID) of one message;
+        InputError when the envelope cannot be known."""
         message_id: str | None = None
+        data: Body
         if isinstance(message, EmailMessage):
             if envelope_from is None:
                 envelope_from = _addr_spec(str(message.get("Sender") or message.get("From") or ""))
@@ -176,27 +182,67 @@ class Session(_core.Session):
                 recipients = [_addr_spec(a) for a in _header_addresses(message)]
             message_id = message.get("Message-ID")
             data = message_bytes(message, utf8=self.has_extn("SMTPUTF8"))
-        elif isinstance(message, (bytes, bytearray, memoryview)):
+        elif isinstance(message, (bytes, bytearray, memoryview)) or hasattr(message, "readinto"):
             if envelope_from is None or recipients is None:
-                raise InputError("sending bytes needs envelope_from and recipients; nothing was sent")
+                raise InputError("sending bytes or a file needs envelope_from and recipients; "
+                                 "nothing was sent")
             data = message
         else:
-            raise TypeError("message must be an email.message.EmailMessage or bytes")
+            raise InputError(f"message must be an email.message.EmailMessage, bytes or a binary "
+                             f"file, not {type(message).__name__}; nothing was sent")
         rcpts = _recipients(recipients)
         if not envelope_from:
             raise InputError("no envelope sender: give envelope_from or a From header; nothing was sent")
         if not rcpts:
             raise InputError("no recipients: give recipients or To/Cc/Bcc headers; nothing was sent")
+        return envelope_from, rcpts, data, message_id
+
+    def send(self, message: Message, *, envelope_from: str | None = None,
+             recipients: str | Sequence[str] | None = None,
+             mail_options: Sequence[str] = (), rcpt_options: Sequence[str] = ()) -> SendResult:
+        """Sends one message and returns its :class:`SendResult`.
+
+        For an :class:`~email.message.EmailMessage` the envelope defaults to
+        its From (or Sender) and To/Cc/Bcc headers; Bcc is not transmitted.
+        For bytes or a binary file (streamed in 64 KiB pieces, never copied
+        whole), ``envelope_from`` and ``recipients`` are required.
+        """
+        started = time.monotonic()
+        envelope_from, rcpts, data, message_id = self._envelope(message, envelope_from, recipients)
         refused, reply = super().send_raw(envelope_from, rcpts, data, mail_options, rcpt_options)
-        accepted = tuple(a for a in rcpts if a not in refused)
-        elapsed = int((time.monotonic() - started) * 1000)
-        if refused:
-            log.warning("message %s: %d of %d recipients refused: %s", message_id, len(refused),
-                        len(rcpts), "; ".join(f"{a}: {r}" for a, r in refused.items()))
-        log.info("message %s accepted from %s for %d recipient(s): %s", message_id,
-                 envelope_from, len(accepted), reply)
-        return SendResult(message_id=message_id, envelope_from=envelope_from, accepted=accepted,
-                          refused=dict(refused), reply=reply, elapsed_ms=elapsed)
+        return _result(envelope_from, rcpts, message_id, refused, reply,
+                       int((time.monotonic() - started) * 1000))
+
+    def send_many(self, messages: Iterable[BulkItem], *, stop_on_error: bool = False,
+                  progress: ProgressArg = None, batch_size: int = 100) -> BulkResult:
+        """Sends many messages over this session, pipelined across messages
+        where the server allows it (PIPELINING; CHUNKING for BDAT).
+
+        Each item is an :class:`~email.message.EmailMessage` (envelope from
+        its headers) or a tuple ``(envelope_from, recipients, message)`` with
+        ``message`` an EmailMessage, bytes or a binary file.  Returns a
+        :class:`BulkResult`: one :class:`SendResult` or :class:`Error` per
+        message, in order.  A refused message does not stop the others unless
+        ``stop_on_error``; a failed session stops everything after it, and
+        those messages come back with ``retry_safe=True``.  ``progress`` is a
+        callable taking a :class:`Progress`, or True for a tqdm bar (when
+        tqdm is installed; log lines otherwise).
+        """
+        from .bulk import run_bulk
+        return run_bulk(self, messages, stop_on_error=stop_on_error, progress=progress,
+                        batch_size=batch_size)
+
+
+def _result(envelope_from: str, rcpts: list[str], message_id: str | None,
+            refused: dict[str, Reply], reply: Reply, elapsed_ms: int) -> SendResult:
+    accepted = tuple(a for a in rcpts if a not in refused)
+    if refused:
+        log.warning("message %s: %d of %d recipients refused: %s", message_id, len(refused),
+                    len(rcpts), "; ".join(f"{a}: {r}" for a, r in refused.items()))
+    log.info("message %s accepted from %s for %d recipient(s): %s", message_id,
+             envelope_from, len(accepted), reply)
+    return SendResult(message_id=message_id, envelope_from=envelope_from, accepted=accepted,
+                      refused=dict(refused), reply=reply, elapsed_ms=elapsed_ms)
 
 
 def _header_addresses(msg: EmailMessage) -> list[str]:

@@ -55,6 +55,36 @@ class ScriptConn:
             out += line
         return out
 
+    def read_exact(self, n: int) -> bytes:
+        """n raw bytes (a BDAT chunk), fewer only at EOF."""
+        while len(self.buf) < n:
+            try:
+                chunk = self.sock.recv(65536)
+            except (OSError, ssl.SSLError):
+                chunk = b""
+            if not chunk:
+                break
+            self.buf += chunk
+        out, self.buf = self.buf[:n], self.buf[n:]
+        self.server.record(out)
+        return out
+
+    def pending(self, wait: float = 0.2) -> bytes:
+        """Whatever the client has sent but the script has not read yet
+        (waiting up to `wait` seconds for more), without consuming it."""
+        self.sock.settimeout(wait)
+        try:
+            while True:
+                chunk = self.sock.recv(65536)
+                if not chunk:
+                    break
+                self.buf += chunk
+        except (OSError, ssl.SSLError):
+            pass
+        finally:
+            self.sock.settimeout(None)
+        return self.buf
+
     def starttls(self, ctx: ssl.SSLContext) -> None:
         self.buf = b""
         self.sock = ctx.wrap_socket(self.sock, server_side=True)

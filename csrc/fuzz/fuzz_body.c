@@ -1,7 +1,8 @@
 /* libFuzzer harness: body.c.  The first byte picks the input chunk and the
  * output capacity; the encoded stream must un-stuff to the CRLF-normalised
  * input, hold no bare CR or LF, end with exactly one CRLF.CRLF, and match
- * the scanner's SIZE. */
+ * the scanner's SIZE.  The BDAT encoding (no stuffing, no end marker) of the
+ * same input, in the same chunks, must be the normalised message exactly. */
 #include <stddef.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -95,6 +96,24 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         if (o != nlen)
             abort();
     }
+    /* BDAT: the wire is the normalised message, byte for byte */
+    mx_body_init_bdat(&enc);
+    pos = w = 0;
+    while (pos < size) {
+        size_t used = 0, avail = size - pos, n;
+        if (avail > chunk)
+            avail = chunk;
+        if (w + cap > wcap)
+            abort();
+        n = mx_body_encode(&enc, data + pos, avail, &used, wire + w, cap);
+        if (n > cap || (n == 0 && used == 0))
+            abort();
+        w += n;
+        pos += used;
+    }
+    w += mx_body_finish(&enc, wire + w, MX_BODY_FINISH_MAX);
+    if (w != nlen || memcmp(wire, norm, nlen) != 0)
+        abort();
     free(wire);
     free(norm);
     return 0;

@@ -179,8 +179,13 @@ class ConnectorEmulator:
                           "MAIL" (Exchange), "RCPT" (Postfix with
                           smtpd_delay_reject=yes) or "END_OF_DATA" (Exchange
                           Online)
-      chunking            offer CHUNKING and BINARYMIME (BDAT, RFC 3030)
+      chunking            offer CHUNKING and BINARYMIME (BDAT, RFC 3030), as
+                          Exchange 2013+ and Exchange Online do (default True)
       flavour             "onprem" or "online": Exchange Online's reply texts
+      max_messages_per_connection  after this many accepted messages the
+                          next MAIL draws a 421 and the connection closes
+                          (a receive connector's MaxMessagesPerConnection)
+      unknown_recipients  addresses refused at RCPT as not found (550 5.1.10)
 
     ``ConnectorEmulator.preset(name)`` builds one of the named
     misconfigurations in :data:`PRESETS`.
@@ -196,7 +201,9 @@ class ConnectorEmulator:
                  certificate: Literal["valid", "expired", "wrong_host"] = "valid",
                  hostname: str = "mail.corp.example", auth_delay: float = 0.0,
                  sender_check_stage: Literal["MAIL", "RCPT", "END_OF_DATA"] = "MAIL",
-                 chunking: bool = False, flavour: Literal["onprem", "online"] = "onprem") -> None:
+                 chunking: bool = True, flavour: Literal["onprem", "online"] = "onprem",
+                 max_messages_per_connection: int | None = None,
+                 unknown_recipients: Iterable[str] = ()) -> None:
         self.users = {u.username.lower(): u for u in users}
         self.authoritative_domains = tuple(d.lower() for d in authoritative_domains)
         self.security = security
@@ -216,6 +223,8 @@ class ConnectorEmulator:
         self.sender_check_stage = sender_check_stage
         self.chunking = chunking
         self.flavour = flavour
+        self.max_messages_per_connection = max_messages_per_connection
+        self.unknown_recipients = {a.lower() for a in unknown_recipients}
         self.messages: list[ReceivedMessage] = []
         self.connections = 0
         self._certs: TestCertificates | None = None
@@ -482,46 +491,51 @@ class ConnectorEmulator:
             return True
         return user.rights == "authoritative_domain" and self._domain(address) in self.authoritative_domains
 
-    def _cmd_mail(self, conn: _Conn, s: _SessionState, arg: str) -> None:
+    def _cmd_mail(self, conn: _Conn, s: _SessionState, arg: str) -> bool | None:
         if s.helo is None:
             conn.send("503 5.5.2 Send hello first")
-            return
+            return None
+        limit = self.max_messages_per_connection
+        if limit is not None and s.accepted >= limit:
+            conn.send("421 4.3.2 Too many messages on this connection; closing")
+            return False
         if self.require_tls and not s.tls:
             conn.send("530 5.7.0 Must issue a STARTTLS command first")
-            return
+            return None
         if s.mail_from is not None:
             conn.send("503 5.5.2 Sender already specified")
-            return
+            return None
         if not arg.upper().startswith("FROM:"):
             conn.send("501 5.5.4 Invalid arguments")
-            return
+            return None
         address, options = _path(arg[5:])
         if address is None:
             conn.send("501 5.1.7 Invalid address")
-            return
+            return None
         if s.user is None:
             if not self.allow_anonymous:
                 conn.send("530 5.7.57 Client not authenticated to send mail" if self.flavour == "online"
                           else "530 5.7.1 Client was not authenticated")
-                return
+                return None
             if self._domain(address) in self.authoritative_domains:
                 conn.send("550 5.7.1 Anonymous client does not have permissions to send as this sender")
-                return
+                return None
         elif self.sender_check_stage == "MAIL" and not self._may_send_as(s.user, address):
             conn.send("550 5.7.1 Client does not have permissions to send as this sender")
-            return
+            return None
         for opt in options:
             if opt.upper().startswith("SIZE="):
                 try:
                     if int(opt[5:]) > self.size_limit:
                         conn.send("552 5.3.4 Message size exceeds fixed maximum message size")
-                        return
+                        return None
                 except ValueError:
                     conn.send("501 5.5.4 Invalid arguments")
-                    return
+                    return None
         s.mail_from = address
         s.mail_options = options
         conn.send("250 2.1.0 Sender OK")
+        return None
 
     def _cmd_rcpt(self, conn: _Conn, s: _SessionState, arg: str) -> None:
         if s.mail_from is None:
@@ -533,6 +547,9 @@ class ConnectorEmulator:
         address, _options = _path(arg[3:])
         if not address:
             conn.send("501 5.1.3 Invalid address")
+            return
+        if address.lower() in self.unknown_recipients:
+            conn.send("550 5.1.10 RESOLVER.ADR.RecipientNotFound; Recipient not found by SMTP address lookup")
             return
         if s.user is None and self._domain(address) not in self.authoritative_domains:
             conn.send("550 5.7.54 SMTP; Unable to relay recipient in non-accepted domain")
@@ -592,6 +609,7 @@ class ConnectorEmulator:
                               helo=s.helo, mail_options=list(s.mail_options))
         with self._lock:
             self.messages.append(msg)
+        s.accepted += 1
         s.reset_transaction()
         conn.send(f"250 2.6.0 <{secrets.token_hex(8)}@{self.hostname}> Queued mail for delivery")
 
@@ -652,6 +670,7 @@ class _SessionState:
     mail_options: list[str] = field(default_factory=list)
     rcpt_tos: list[str] = field(default_factory=list)
     bdat: list[bytes] = field(default_factory=list)
+    accepted: int = 0                 # messages queued on this connection
 
     def reset_transaction(self) -> None:
         self.mail_from = None

@@ -42,7 +42,8 @@ def _shown(obj: object) -> tuple[str, str]:
     stage = getattr(obj, "stage", None) or getattr(reply, "stage", None)
     if reply is None:
         return str(stage or ""), f"(none: {obj})"
-    return str(stage), re.sub(r"queued as [0-9A-F]+", "queued as <id>", f"{reply.code} {reply.text}")
+    return str(stage), re.sub(r"(\d+ bytes )?queued as [0-9A-F]+", lambda m: ("<n> bytes " if m.group(1) else "") + "queued as <id>",
+                              f"{reply.code} {reply.text}")
 
 
 def _outcome(fn: Callable[[], object]) -> tuple[str, str]:
@@ -142,6 +143,8 @@ def collect_exim(e: object) -> list[Row]:
 def markdown(rows: list[Row]) -> str:
     out = ["| server | case | stage | reply |", "|---|---|---|---|"]
     for r in rows:
-        reply = r.reply.replace("|", "\\|")
+        # a multi-line reply on one row; chunk sizes vary with the message
+        reply = re.sub(r"\d+ byte chunk, total \d+", "<n> byte chunk, total <n>", r.reply)
+        reply = reply.replace("|", "\\|").replace("\n", " / ")
         out.append(f"| {r.server} | {r.case} | {r.stage} | `{reply}` |")
     return "\n".join(out)

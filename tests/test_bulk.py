@@ -1,0 +1,380 @@
+"""Bulk sending: Session.send_many, mx.send_many, BDAT, file bodies, and the
+pipelined engine's bookkeeping when things go wrong half-way."""
+from __future__ import annotations
+
+import io
+import os
+import threading
+
+import pytest
+from support import ANY, SVC, plain_session
+
+import mailexpress as mx
+
+OTHER = "someone@elsewhere.example"     # SVC may not send as this one
+
+
+def raw(i: int, sender: str = SVC.address) -> bytes:
+    return (f"From: {sender}\r\nTo: bob@partner.example\r\nSubject: n{i}\r\n\r\n"
+            f"line\r\n.leading dot {i}\r\nno final newline").encode()
+
+
+def wire_form(data: bytes) -> bytes:
+    """What the server must receive: line ends CRLF, a final CRLF."""
+    out = data.replace(b"\r\n", b"\n").replace(b"\r", b"\n").replace(b"\n", b"\r\n")
+    return out if out.endswith(b"\r\n") else out + b"\r\n"
+
+
+@pytest.mark.parametrize("chunking", [True, False], ids=["BDAT", "DATA"])
+@pytest.mark.parametrize("pipelining", [True, False], ids=["pipelined", "serial"])
+def test_outcomes_in_order_and_bytes_exact(emulator_factory, chunking, pipelining):
+    em = emulator_factory(chunking=chunking, pipelining=pipelining, unknown_recipients=["nobody@corp.example"])
+    cfg = em.config(username=SVC.username, password=SVC.password)
+    items = [(SVC.address, ["bob@partner.example"], raw(i)) for i in range(12)]
+    items[3] = (OTHER, ["bob@partner.example"], raw(3, OTHER))            # sender refused
+    items[7] = (SVC.address, ["bob@partner.example", "nobody@corp.example"], raw(7))  # one recipient bad
+    with mx.connect(cfg) as s:
+        result = s.send_many(items)
+        assert s.state == "READY"
+        verbs = [t for _, d, t in s.transcript if d == "C"]
+    assert len(result) == 12
+    assert isinstance(result[3], mx.SenderRefused) and result[3].sender == OTHER
+    assert result[3].delivered is False and result[3].reply.code == 550
+    assert [i for i, _ in result.failed] == [3]
+    assert result[7].accepted == ("bob@partner.example",) and list(result[7].refused) == ["nobody@corp.example"]
+    assert not result.ok and len(result.sent) == 11
+    assert [m.data for m in em.messages] == [wire_form(raw(i)) for i in range(12) if i != 3]
+    assert [m.mail_from for m in em.messages] == [SVC.address] * 11
+    assert any(v.startswith("BDAT") for v in verbs) == chunking
+    assert any(v == "DATA" for v in verbs) == (not chunking)
+
+
+def test_pipelined_across_messages_one_write_per_message(fake_server):
+    """DATA path: the end of message 1 and the envelope of message 2 arrive
+    together, before the server has answered message 1's end of data."""
+    seen = {}
+
+    def script(conn):
+        conn.send(b"220 fake.example ESMTP\r\n")
+        conn.ehlo([b"PIPELINING"])
+        for i in range(2):
+            conn.expect(b"MAIL FROM")
+            conn.expect(b"RCPT TO")
+            conn.expect(b"DATA")
+            conn.send(b"250 ok\r\n250 ok\r\n354 go\r\n")
+            conn.read_data()
+            seen[i] = conn.pending()       # what came with the end of data
+            conn.send(b"250 queued\r\n")
+        conn.expect(b"QUIT")
+        conn.send(b"221 bye\r\n")
+    srv = fake_server(script)
+    s = plain_session(srv.port)
+    s.connect()
+    s.ehlo()
+    result = s.send_many([("a@x.example", ["b@y.example"], b"one"), ("a@x.example", ["b@y.example"], b"two")])
+    s.quit()
+    srv.check()
+    assert len(result.sent) == 2
+    assert seen[0] == b"MAIL FROM:<a@x.example>\r\nRCPT TO:<b@y.example>\r\nDATA\r\n"
+    assert seen[1] == b""
+
+
+def test_bdat_messages_need_no_round_trip_of_their_own(fake_server):
+    """CHUNKING + PIPELINING: three whole messages are on the wire before
+    the server says a word."""
+    got = {}
+
+    def script(conn):
+        conn.send(b"220 fake.example ESMTP\r\n")
+        conn.ehlo([b"PIPELINING", b"CHUNKING"])
+        got["all"] = conn.pending(0.5)
+        conn.send(b"250 ok\r\n250 ok\r\n250 queued 1\r\n" * 3)
+        conn.buf = b""
+        conn.expect(b"QUIT")
+        conn.send(b"221 bye\r\n")
+    srv = fake_server(script)
+    s = plain_session(srv.port)
+    s.connect()
+    s.ehlo()
+    result = s.send_many([("a@x.example", ["b@y.example"], b"m%d\n" % i) for i in range(3)])
+    s.quit()
+    srv.check()
+    assert [r.reply.text for r in result] == ["queued 1"] * 3
+    assert got["all"] == b"".join(b"MAIL FROM:<a@x.example>\r\nRCPT TO:<b@y.example>\r\n"
+                                  b"BDAT 4 LAST\r\nm%d\r\n" % i for i in range(3))
+
+
+def test_stop_on_error_sends_nothing_after_a_refusal(emulator_factory):
+    em = emulator_factory()
+    cfg = em.config(username=SVC.username, password=SVC.password)
+    items = [(SVC.address, ["bob@partner.example"], raw(i)) for i in range(6)]
+    items[2] = (OTHER, ["bob@partner.example"], raw(2, OTHER))
+    with mx.connect(cfg) as s:
+        result = s.send_many(items, stop_on_error=True, batch_size=4)
+    assert len(result) == 6
+    assert isinstance(result[2], mx.SenderRefused)
+    for later in result[3:]:
+        assert isinstance(later, mx.StateError) and later.retry_safe and later.delivered is False
+    assert len(em.messages) == 2
+
+
+def test_session_failure_mid_batch_says_what_may_have_gone(fake_server):
+    """The connection drops after message 2's end of data: message 1 was
+    accepted, message 2's fate is unknown, message 3 was never sent."""
+    def script(conn):
+        conn.send(b"220 fake.example ESMTP\r\n")
+        conn.ehlo([b"PIPELINING"])
+        conn.expect(b"MAIL FROM"), conn.expect(b"RCPT TO"), conn.expect(b"DATA")
+        conn.send(b"250 ok\r\n250 ok\r\n354 go\r\n")
+        conn.read_data()
+        conn.expect(b"MAIL FROM"), conn.expect(b"RCPT TO"), conn.expect(b"DATA")
+        conn.send(b"250 queued\r\n250 ok\r\n250 ok\r\n354 go\r\n")
+        conn.read_data()
+        conn.close()
+    srv = fake_server(script)
+    s = plain_session(srv.port)
+    s.connect()
+    s.ehlo()
+    result = s.send_many([("a@x.example", ["b@y.example"], b"m%d" % i) for i in range(3)])
+    srv.check()
+    assert s.state == "ERROR"
+    first, second, third = result
+    assert first.reply.text == "queued"
+    assert isinstance(second, mx.ConnectionLost) and second.delivered is None and not second.retry_safe
+    assert second.stage == mx.Stage.END_OF_DATA
+    assert isinstance(third, mx.ConnectionLost) and third.delivered is False and third.retry_safe
+    assert "safe to send again" in str(third)
+
+
+def test_421_mid_batch_ends_it(fake_server):
+    def script(conn):
+        conn.send(b"220 fake.example ESMTP\r\n")
+        conn.ehlo([b"PIPELINING", b"CHUNKING"])
+        conn.pending(0.3)
+        conn.send(b"250 ok\r\n250 ok\r\n250 queued\r\n421 4.3.2 enough\r\n")
+        conn.close()
+    srv = fake_server(script)
+    s = plain_session(srv.port)
+    s.connect()
+    s.ehlo()
+    result = s.send_many([("a@x.example", ["b@y.example"], b"m%d" % i) for i in range(3)])
+    assert len(result.sent) == 1
+    assert isinstance(result[1], mx.ServiceUnavailable) and result[1].code == 421
+    # message 2's and 3's BDAT went out before the 421 was read, but a 421
+    # answers in turn and the server closes: neither was taken
+    assert result[1].delivered is False and result[1].retry_safe
+    assert result[2].delivered is False and result[2].retry_safe
+
+
+def test_a_3xx_to_bdat_is_a_protocol_error(fake_server):
+    def script(conn):
+        conn.send(b"220 fake.example ESMTP\r\n")
+        conn.ehlo([b"CHUNKING"])
+        conn.expect(b"MAIL FROM")
+        conn.send(b"250 ok\r\n")
+        conn.expect(b"RCPT TO")
+        conn.send(b"250 ok\r\n")
+        conn.expect(b"BDAT 3 LAST")
+        conn.read_exact(3)
+        conn.send(b"354 what\r\n")
+        conn.readline()
+    srv = fake_server(script)
+    s = plain_session(srv.port)
+    s.connect()
+    s.ehlo()
+    with pytest.raises(mx.ProtocolError, match="354 reply cannot answer END_OF_DATA"):
+        s.send_raw("a@x.example", ["b@y.example"], b"x\r\n")
+    assert s.state == "ERROR"
+
+
+def test_a_large_bdat_body_waits_for_the_recipients(emulator_factory):
+    """Above 1 MiB the body is not pipelined blind: all recipients refused
+    means no BDAT at all, and RSET closes the transaction."""
+    em = emulator_factory(unknown_recipients=["nobody@corp.example"])
+    cfg = em.config(username=SVC.username, password=SVC.password)
+    body = b"Subject: big\r\n\r\n" + (b"y" * 998 + b"\r\n") * 1200
+    with mx.connect(cfg) as s:
+        with pytest.raises(mx.RecipientsRefused):
+            s.send(body, envelope_from=SVC.address, recipients=["nobody@corp.example"])
+        sent = [t for _, d, t in s.transcript if d == "C"]
+        assert not any(t.startswith("BDAT") for t in sent) and sent[-1] == "RSET"
+        ok = s.send(body, envelope_from=SVC.address, recipients=["bob@partner.example"])
+    assert ok.ok and em.messages[0].data == body
+
+
+@pytest.mark.parametrize("chunking", [True, False], ids=["BDAT", "DATA"])
+def test_file_bodies_stream_byte_exact(emulator_factory, tmp_path, chunking):
+    em = emulator_factory(chunking=chunking)
+    cfg = em.config(username=SVC.username, password=SVC.password)
+    data = b"Subject: file\n\n" + b"".join(b".%d dotted line\n" % i for i in range(30000))
+    path = tmp_path / "msg.eml"
+    path.write_bytes(data)
+    with mx.connect(cfg) as s, open(path, "rb") as f:
+        f.read(0)
+        r1 = s.send(f, envelope_from=SVC.address, recipients=["bob@partner.example"])
+        f.seek(0)
+        r2 = s.send(f, envelope_from=SVC.address, recipients=["bob@partner.example"])
+    assert r1.ok and r2.ok
+    assert [m.data for m in em.messages] == [wire_form(data)] * 2
+    assert f"SIZE={len(wire_form(data))}" in em.messages[0].mail_options
+
+
+def test_a_non_seekable_file_is_refused_before_sending(emulator_factory):
+    em = emulator_factory()
+    cfg = em.config(username=SVC.username, password=SVC.password)
+    r, w = os.pipe()
+    os.write(w, b"Subject: x\r\n\r\nbody\r\n")
+    os.close(w)
+    with mx.connect(cfg) as s, os.fdopen(r, "rb", buffering=0) as pipe:
+        with pytest.raises(TypeError, match="seekable"):
+            s.send(pipe, envelope_from=SVC.address, recipients=["bob@partner.example"])
+        assert s.state == "READY"
+    assert em.messages == []
+
+
+def test_a_file_that_grows_while_sent_is_never_delivered(fake_server):
+    """BDAT declares the size; a file that changes after the scan must not
+    deliver a different message: the connection is closed mid-chunk."""
+    class Growing(io.BytesIO):
+        scans = 0
+
+        def seek(self, *a):   # type: ignore[override]
+            self.scans += 1
+            super().seek(*a)
+            if self.scans == 1:       # after the SIZE scan, before sending
+                super().write(b"more bytes than declared\r\n" * 3)
+                super().seek(0)
+            return 0
+
+    def script(conn):
+        conn.send(b"220 fake.example ESMTP\r\n")
+        conn.ehlo([b"PIPELINING", b"CHUNKING"])
+        conn.pending(0.3)
+        conn.close()
+    srv = fake_server(script)
+    s = plain_session(srv.port)
+    s.connect()
+    s.ehlo()
+    with pytest.raises(mx.InputError, match="changed while it was being sent"):
+        s.send(Growing(b"Subject: x\r\n\r\nhi\r\n"), envelope_from="a@x.example",
+               recipients=["b@y.example"])
+    assert s.state == "ERROR"
+
+
+def test_nul_bytes_go_as_binarymime_or_not_at_all(emulator_factory):
+    data = b"Subject: bin\r\nContent-Transfer-Encoding: binary\r\n\r\n\x00\x01\r\x00\n\xff"
+    em = emulator_factory(chunking=True)
+    cfg = em.config(username=SVC.username, password=SVC.password)
+    with mx.connect(cfg) as s:
+        s.send(data, envelope_from=SVC.address, recipients=["bob@partner.example"])
+    assert em.messages[0].data == data            # exactly as given, no CRLF repair
+    assert "BODY=BINARYMIME" in em.messages[0].mail_options
+    em2 = emulator_factory(chunking=False)
+    cfg2 = em2.config(username=SVC.username, password=SVC.password)
+    with mx.connect(cfg2) as s:
+        with pytest.raises(mx.NotSupportedError, match="NUL bytes"):
+            s.send(data, envelope_from=SVC.address, recipients=["bob@partner.example"])
+    assert em2.messages == []
+
+
+def test_bad_items_fail_alone(emulator_factory):
+    em = emulator_factory()
+    cfg = em.config(username=SVC.username, password=SVC.password)
+    items = [(SVC.address, ["bob@partner.example"], raw(0)),
+             (SVC.address, [], raw(1)),
+             (SVC.address, ["bad\r\nRCPT TO:<x@y>"], raw(2)),
+             "not a message",
+             (SVC.address, ["bob@partner.example"], raw(4))]
+    with mx.connect(cfg) as s:
+        result = s.send_many(items)   # type: ignore[arg-type]
+    kinds = [type(o).__name__ for o in result]
+    assert kinds == ["SendResult", "InputError", "InputError", "InputError", "SendResult"]
+    assert len(em.messages) == 2
+
+
+def test_progress_callback_counts_and_rate(emulator_factory):
+    em = emulator_factory()
+    cfg = em.config(username=SVC.username, password=SVC.password)
+    seen: list[mx.Progress] = []
+    items = [(SVC.address, ["bob@partner.example"], raw(i)) for i in range(25)]
+    items[5] = (OTHER, ["bob@partner.example"], raw(5, OTHER))
+    with mx.connect(cfg) as s:
+        s.send_many(items, progress=seen.append, batch_size=10)
+    assert [p.done for p in seen] == [10, 20, 25]
+    assert seen[-1].total == 25 and seen[-1].sent == 24 and seen[-1].failed == 1
+    assert all(p.rate > 0 for p in seen)
+    assert "25/25 messages: 24 sent, 1 failed" in str(seen[-1])
+
+
+def test_progress_true_draws_a_tqdm_bar(emulator_factory, capsys):
+    pytest.importorskip("tqdm")
+    em = emulator_factory()
+    cfg = em.config(username=SVC.username, password=SVC.password)
+    with mx.connect(cfg) as s:
+        s.send_many([(SVC.address, ["bob@partner.example"], raw(i)) for i in range(3)], progress=True)
+    err = capsys.readouterr().err
+    assert "3/3" in err and "sent=3" in err
+
+
+def test_bulk_send_as_reconnects_for_what_did_not_go_out(emulator_factory):
+    em = emulator_factory(max_messages_per_connection=4)
+    cfg = em.config(username=ANY.username, password=ANY.password, from_address=ANY.address)
+    messages = [{"to": "bob@partner.example", "subject": f"notice {i}", "body": f"body {i}",
+                 "sender": "payroll@corp.example" if i % 2 else None} for i in range(10)]
+    result = mx.send_many(cfg, messages, reply_to="help@corp.example")
+    assert result.ok and len(result.sent) == 10 and result.connections == 3
+    subjects = [m.message["Subject"] for m in em.messages]
+    assert subjects == [f"notice {i}" for i in range(10)]
+    assert em.messages[1].message["From"] == "payroll@corp.example"
+    assert em.messages[0].message["From"] == ANY.address
+    assert all(m.message["Reply-To"] == "help@corp.example" for m in em.messages)
+
+
+def test_bulk_send_as_gives_up_after_its_reconnects(emulator_factory):
+    em = emulator_factory(max_messages_per_connection=2)
+    cfg = em.config(username=SVC.username, password=SVC.password, from_address=SVC.address)
+    result = mx.send_many(cfg, [{"to": "bob@partner.example", "body": str(i)} for i in range(10)],
+                          reconnects=1)
+    assert len(result.sent) == 4 and result.connections == 2
+    assert all(isinstance(e, mx.ServiceUnavailable) and e.retry_safe for _, e in result.failed)
+    assert "4 sent, 6 failed" in str(result)
+
+
+def test_bulk_send_as_names_a_bad_key(emulator_factory):
+    em = emulator_factory()
+    cfg = em.config(username=SVC.username, password=SVC.password, from_address=SVC.address)
+    result = mx.send_many(cfg, [{"to": "bob@partner.example", "subjct": "typo"}])
+    assert isinstance(result[0], mx.InputError) and "subjct" in str(result[0])
+    assert em.messages == []
+
+
+def test_result_reprs(emulator_factory):
+    em = emulator_factory()
+    cfg = em.config(username=SVC.username, password=SVC.password, from_address=SVC.address)
+    result = mx.send_many(cfg, [{"to": "bob@partner.example"}, {"to": "x@y", "sender": OTHER}])
+    html = result._repr_html_()
+    assert "1 of 2 messages sent" in html and "SenderRefused" in html
+    d = result.to_dict()
+    assert d["sent"] == 1 and d["outcomes"][1]["error"] == "SenderRefused"
+    with pytest.raises(mx.SenderRefused) as info:
+        result.raise_for_failures()
+    assert "message 1 of 2; 1 failed in all" in info.value.__notes__[0]
+
+
+def test_threads_each_with_a_session_send_in_parallel(emulator_factory):
+    em = emulator_factory()
+    cfg = em.config(username=SVC.username, password=SVC.password)
+    results: list[mx.BulkResult] = []
+
+    def worker(n: int) -> None:
+        with mx.connect(cfg) as s:
+            results.append(s.send_many([(SVC.address, ["bob@partner.example"], raw(n * 100 + i))
+                                        for i in range(50)]))
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(len(r.sent) for r in results) == [50] * 4
+    assert sorted(m.data for m in em.messages) == sorted(wire_form(raw(n * 100 + i))
+                                                         for n in range(4) for i in range(50))
