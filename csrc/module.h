@@ -46,5 +46,8 @@ extern PyMethodDef mx_testhook_methods[];
 
 /* session.c */
 int mx_session_add_type(PyObject *module, mx_state *st);
+/* _core.tls_context(): a capsule named MX_TLS_CTX_CAPSULE around an SSL_CTX */
+#define MX_TLS_CTX_CAPSULE "mailexpress._core.SSL_CTX"
+PyObject *mx_tls_context_new(PyObject *module, PyObject *args, PyObject *kw);
 
 #endif

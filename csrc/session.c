@@ -837,10 +837,10 @@ Session_init(Session *s, PyObject *args, PyObject *kw)
         "host", "port", "security", "server_name", "verify", "ca_file",
         "client_cert", "client_key", "min_tls_version", "ehlo_name",
         "timeouts", "allow_insecure_auth", "helo_fallback",
-        "auth_mechanisms", "transcript", NULL};
+        "auth_mechanisms", "transcript", "tls_context", NULL};
     PyObject *host = NULL, *server_name = Py_None, *ca = Py_None,
              *cert = Py_None, *key = Py_None, *timeouts = Py_None,
-             *mechs = Py_None, *ehlo = NULL;
+             *mechs = Py_None, *ehlo = NULL, *tls_ctx = Py_None;
     const char *security = "starttls", *min_tls = "1.2";
     int port = 587, verify = 1, insecure = 0, helo = 0, transcript = 1, bad = 0;
 
@@ -848,12 +848,22 @@ Session_init(Session *s, PyObject *args, PyObject *kw)
         PyErr_SetString(PyExc_RuntimeError, "Session.__init__ called twice");
         return -1;
     }
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "U|i$sOpOOOsUOppOp", kwlist,
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "U|i$sOpOOOsUOppOpO", kwlist,
                                      &host, &port, &security, &server_name,
                                      &verify, &ca, &cert, &key, &min_tls, &ehlo,
                                      &timeouts, &insecure, &helo, &mechs,
-                                     &transcript))
+                                     &transcript, &tls_ctx))
         return -1;
+    if (tls_ctx != Py_None) {
+        SSL_CTX *shared = PyCapsule_GetPointer(tls_ctx, MX_TLS_CTX_CAPSULE);
+        if (!shared)
+            return -1;
+        if (!SSL_CTX_up_ref(shared)) {
+            PyErr_SetString(PyExc_RuntimeError, "SSL_CTX_up_ref failed");
+            return -1;
+        }
+        s->ctx = shared;
+    }
     if (port < 1 || port > 65535) {
         PyErr_Format(PyExc_ValueError, "port %d is not between 1 and 65535", port);
         return -1;
@@ -983,6 +993,71 @@ ensure_ctx(Session *s, stage stg)
         return -1;
     }
     return 0;
+}
+
+/* _core.tls_context(verify=True, ca_file=None, client_cert=None,
+ * client_key=None, min_tls_version="1.2") -> capsule: one client SSL_CTX
+ * (trust store loaded once) for many Sessions, passed as tls_context=.
+ * Loading the system store costs tens of milliseconds; sharing it is what
+ * makes a second connection cheap. */
+static void
+tls_capsule_free(PyObject *cap)
+{
+    SSL_CTX *ctx = PyCapsule_GetPointer(cap, MX_TLS_CTX_CAPSULE);
+
+    if (ctx)
+        SSL_CTX_free(ctx);
+}
+
+PyObject *
+mx_tls_context_new(PyObject *module, PyObject *args, PyObject *kw)
+{
+    static char *kwlist[] = {"verify", "ca_file", "client_cert", "client_key",
+                             "min_tls_version", NULL};
+    PyObject *ca = Py_None, *cert = Py_None, *key = Py_None, *cap;
+    const char *min_tls = "1.2";
+    char *ca_s = NULL, *cert_s = NULL, *key_s = NULL;
+    int verify = 1, bad = 0;
+    mx_tls_opts o;
+    mx_error err;
+    SSL_CTX *ctx;
+
+    (void)module;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "|$pOOOs", kwlist, &verify, &ca, &cert,
+                                     &key, &min_tls))
+        return NULL;
+    if (strcmp(min_tls, "1.2") != 0 && strcmp(min_tls, "1.3") != 0) {
+        PyErr_SetString(PyExc_ValueError, "min_tls_version must be '1.2' or '1.3'");
+        return NULL;
+    }
+    ca_s = dup_opt(ca, "ca_file", &bad);
+    cert_s = dup_opt(cert, "client_cert", &bad);
+    key_s = dup_opt(key, "client_key", &bad);
+    cap = NULL;
+    if (bad)
+        goto done;
+    memset(&err, 0, sizeof(err));
+    o.verify = verify;
+    o.ca_file = ca_s;
+    o.cert_file = cert_s;
+    o.key_file = key_s;
+    o.min_version = strcmp(min_tls, "1.3") == 0 ? TLS1_3_VERSION : TLS1_2_VERSION;
+    Py_BEGIN_ALLOW_THREADS
+    ctx = mx_tls_ctx_new(&o, &err);
+    Py_END_ALLOW_THREADS
+    if (!ctx) {
+        mx_state *st = PyModule_GetState(module);
+        if (st)
+            PyErr_SetString(st->exc[MX_EXC_CONFIG], err.msg);
+        goto done;
+    }
+    if (!(cap = PyCapsule_New(ctx, MX_TLS_CTX_CAPSULE, tls_capsule_free)))
+        SSL_CTX_free(ctx);
+done:
+    PyMem_RawFree(ca_s);
+    PyMem_RawFree(cert_s);
+    PyMem_RawFree(key_s);
+    return cap;
 }
 
 /* Handshake on the open socket, GIL released.  0, or -1 (s->err). */

@@ -298,7 +298,13 @@ th_sasl_plain(PyObject *m, PyObject *args)
     return res;
 }
 
+/* The module's functions: the test hooks, and tls_context (session.c). */
 PyMethodDef mx_testhook_methods[] = {
+    {"tls_context", (PyCFunction)(void (*)(void))mx_tls_context_new, METH_VARARGS | METH_KEYWORDS,
+     "tls_context(*, verify=True, ca_file=None, client_cert=None, client_key=None,\n"
+     "            min_tls_version='1.2') -> capsule\n\n"
+     "One client TLS context (trust store loaded once) to share between\n"
+     "Sessions through their tls_context= argument."},
     {"_reply_parse", th_reply_parse, METH_VARARGS, "test hook: reply.c"},
     {"_body_encode", th_body_encode, METH_VARARGS, "test hook: body.c encoder"},
     {"_body_scan", th_body_scan, METH_VARARGS, "test hook: body.c SIZE/8-bit scan"},

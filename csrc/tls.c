@@ -67,7 +67,9 @@ mx_tls_ctx_new(const mx_tls_opts *o, mx_error *err)
     SSL_CTX_set_verify(ctx, o->verify ? SSL_VERIFY_PEER : SSL_VERIFY_NONE, NULL);
     if (o->ca_file) {
         if (!SSL_CTX_load_verify_locations(ctx, o->ca_file, NULL)) {
-            tls_fail(NULL, 0, "cannot load ca_file", err);
+            char what[320];
+            snprintf(what, sizeof(what), "cannot load ca_file %.256s", o->ca_file);
+            tls_fail(NULL, 0, what, err);
             goto error;
         }
     } else if (!SSL_CTX_set_default_verify_paths(ctx)) {
@@ -77,11 +79,15 @@ mx_tls_ctx_new(const mx_tls_opts *o, mx_error *err)
     if (o->cert_file) {
         const char *key = o->key_file ? o->key_file : o->cert_file;
         if (!SSL_CTX_use_certificate_chain_file(ctx, o->cert_file)) {
-            tls_fail(NULL, 0, "cannot load client_cert", err);
+            char what[320];
+            snprintf(what, sizeof(what), "cannot load client_cert %.256s", o->cert_file);
+            tls_fail(NULL, 0, what, err);
             goto error;
         }
         if (!SSL_CTX_use_PrivateKey_file(ctx, key, SSL_FILETYPE_PEM)) {
-            tls_fail(NULL, 0, "cannot load client_key", err);
+            char what[320];
+            snprintf(what, sizeof(what), "cannot load client_key %.256s", key);
+            tls_fail(NULL, 0, what, err);
             goto error;
         }
         if (!SSL_CTX_check_private_key(ctx)) {

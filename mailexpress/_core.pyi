@@ -9,6 +9,15 @@ OPENSSL_VERSION: str
 TIMEOUT_STAGES: tuple[str, ...]
 DEFAULT_TIMEOUTS: dict[str, float]
 
+def tls_context(
+    *,
+    verify: bool = True,
+    ca_file: str | PathLike[str] | None = None,
+    client_cert: str | PathLike[str] | None = None,
+    client_key: str | PathLike[str] | None = None,
+    min_tls_version: Literal["1.2", "1.3"] = "1.2",
+) -> object: ...
+
 class Session:
     def __init__(
         self,
@@ -28,6 +37,7 @@ class Session:
         helo_fallback: bool = False,
         auth_mechanisms: Sequence[str] | None = None,
         transcript: bool = True,
+        tls_context: object | None = None,
     ) -> None: ...
     def connect(self) -> Reply: ...
     def ehlo(self, name: str | None = None) -> Reply: ...

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import html
 import os
 import socket
@@ -21,6 +22,7 @@ from email.utils import parseaddr
 from pathlib import Path
 from typing import Any
 
+from . import _core
 from .errors import ConfigError
 
 __all__ = ["Config", "Secret", "load_config", "FIELDS", "ENV_PREFIX"]
@@ -373,14 +375,22 @@ class Config:
             out[info.name] = value
         return out
 
-    def session_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments for :class:`mailexpress._core.Session`."""
+    def session_kwargs(self, *, verify: bool | None = None) -> dict[str, Any]:
+        """Keyword arguments for :class:`mailexpress._core.Session`, with a
+        TLS context shared by every Session of the same TLS settings (the
+        trust store is read once, not per connection).  ``verify``
+        overrides the config's."""
+        verify = self.verify if verify is None else verify
+        ctx = None if self.security == "none" else _shared_tls_context(
+            verify, *(_file_key(f) for f in (self.ca_file, self.client_cert, self.client_key)),
+            self.min_tls_version)
         return {
             "host": self.host,
             "port": self.port,
             "security": self.security,
             "server_name": self.server_name,
-            "verify": self.verify,
+            "verify": verify,
+            "tls_context": ctx,
             "ca_file": self.ca_file,
             "client_cert": self.client_cert,
             "client_key": self.client_key,
@@ -392,6 +402,24 @@ class Config:
             "helo_fallback": self.security == "none" and not self.use_auth,
             "auth_mechanisms": tuple(self.auth_mechanisms),
         }
+
+
+def _file_key(path: str | None) -> tuple[str, int] | None:
+    """A file and its modification time: a replaced CA file is read anew."""
+    if path is None:
+        return None
+    try:
+        return (path, os.stat(path).st_mtime_ns)
+    except OSError:
+        return (path, -1)           # tls_context() reports it, naming the file
+
+
+@functools.lru_cache(maxsize=16)
+def _shared_tls_context(verify: bool, ca: tuple[str, int] | None, cert: tuple[str, int] | None,
+                        key: tuple[str, int] | None, min_tls_version: str) -> object:
+    return _core.tls_context(verify=verify, ca_file=ca and ca[0], client_cert=cert and cert[0],
+                             client_key=key and key[0],
+                             min_tls_version="1.3" if min_tls_version == "1.3" else "1.2")
 
 
 def template() -> str:

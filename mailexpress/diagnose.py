@@ -281,10 +281,7 @@ class _Diagnosis:
                 self.checks[cid] = Check(cid, "skip", why)
 
     def new_session(self, *, verify: bool | None = None) -> Session:
-        kwargs = self.cfg.session_kwargs()
-        if verify is not None:
-            kwargs["verify"] = verify
-        s = Session(**kwargs, config=self.cfg)
+        s = Session(**self.cfg.session_kwargs(verify=verify), config=self.cfg)
         if self.cfg.deadline:
             s.set_deadline(self.cfg.deadline)
         return s

@@ -1,8 +1,10 @@
 """TLS: verification on by default, reasons named, peer details readable."""
 from __future__ import annotations
 
+import os
 import ssl
 import time
+from pathlib import Path
 
 import pytest
 from support import SVC, plain_session
@@ -110,3 +112,27 @@ def test_bad_ca_file_is_a_config_error(tmp_path, emulator):
     cfg = emulator.config(username=SVC.username, password=SVC.password, ca_file=str(bad))
     with pytest.raises(mx.ConfigError, match="ca_file"):
         mx.connect(cfg)
+
+
+def test_sessions_of_one_config_share_one_tls_context(emulator):
+    """The trust store is read once per TLS setting, not per connection."""
+    cfg = emulator.config(username=SVC.username, password=SVC.password)
+    a, b = cfg.session_kwargs()["tls_context"], cfg.session_kwargs()["tls_context"]
+    assert a is b
+    assert cfg.session_kwargs(verify=False)["tls_context"] is not a
+    assert cfg.replace(security="none").session_kwargs()["tls_context"] is None
+    for _ in range(2):
+        with mx.connect(cfg) as s:
+            assert s.tls_active and s.authenticated
+
+
+def test_a_replaced_ca_file_is_read_anew(emulator, tmp_path):
+    ca = tmp_path / "ca.pem"
+    ca.write_bytes(Path(emulator.ca_file).read_bytes())
+    cfg = emulator.config(username=SVC.username, password=SVC.password, ca_file=str(ca))
+    first = cfg.session_kwargs()["tls_context"]
+    ca.write_text("not a certificate\n")
+    os.utime(ca, ns=(1, 1))
+    with pytest.raises(mx.ConfigError, match="ca.pem"):
+        cfg.session_kwargs()
+    assert first is not None
