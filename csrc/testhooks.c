@@ -152,8 +152,9 @@ th_body_scan(PyObject *m, PyObject *args)
     mx_body_scan(&s, b.buf, (size_t)b.len);
     mx_body_scan_finish(&s);
     PyBuffer_Release(&b);
-    return Py_BuildValue("(KO)", (unsigned long long)s.info.size,
-                         s.info.has_8bit ? Py_True : Py_False);
+    return Py_BuildValue("(KOO)", (unsigned long long)s.info.size,
+                         s.info.has_8bit ? Py_True : Py_False,
+                         s.info.has_nul ? Py_True : Py_False);
 }
 
 /* _ehlo_parse(reply_bytes) -> (extensions, auth mechanisms, size) */
