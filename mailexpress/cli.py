@@ -137,7 +137,7 @@ def _cmd_test_connector(args: argparse.Namespace) -> int:
     if cfg is None:
         return 2
     try:
-        report = test_connector(cfg, deep=args.deep, require=args.require)
+        report = test_connector(cfg, deep=args.deep, require=args.require, senders=args.sender)
     except ConfigError as exc:
         print(f"mailexpress test-connector: {exc}", file=sys.stderr)
         return 2
@@ -185,6 +185,8 @@ def build_parser() -> argparse.ArgumentParser:
     tc.add_argument("--probe-authoritative-sender", dest="probe_authoritative_sender")
     tc.add_argument("--probe-external-sender", dest="probe_external_sender")
     tc.add_argument("--probe-recipient", dest="probe_recipient")
+    tc.add_argument("--sender", action="append", default=[], metavar="ADDRESS",
+                    help="also probe whether the account may send as ADDRESS (repeatable)")
     tc.add_argument("--require", action="append", default=[], choices=CHECK_IDS, metavar="CHECK",
                     help="a check that must pass (repeatable), e.g. accept_any_sender")
     tc.add_argument("--deep", action="store_true",

@@ -1,0 +1,72 @@
+"""Every Python example of the docs runs, against the connector emulator set
+up as the docs describe (a mailexpress.toml, the password in an environment
+variable).  Pages whose examples are pytest tests run through pytest with
+the plugin, --mailexpress-config included.  (Their types: docs/examples.py
+--mypy, in .ci/run.)"""
+from __future__ import annotations
+
+import re
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import mailexpress as mx
+from mailexpress.testing import ConnectorEmulator, User
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "docs"))
+import examples  # noqa: E402
+
+PASSWORD = "Docs-Passw0rd!"
+PAGES = [p for p in examples.pages() if examples.script(p)]
+
+
+@pytest.fixture
+def docs_connector(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """The set-up the docs assume: mailexpress.toml in the working directory."""
+    user = User("CORP\\svc-mailer", PASSWORD, "noreply@corp.example", rights="authoritative_domain")
+    with ConnectorEmulator(users=[user]) as em:
+        toml = tmp_path / "mailexpress.toml"
+        toml.write_text(
+            f'host = "127.0.0.1"\nport = {em.port}\nsecurity = "starttls"\nca_file = "{em.ca_file}"\n'
+            'use_auth = true\nusername = "CORP\\\\svc-mailer"\npassword_env = "SVC_MAILER_PASSWORD"\n'
+            'from_address = "noreply@corp.example"\nreply_to_address = "helpdesk@corp.example"\n'
+            'server_family = "exchange2016"\nconnector_name = "EX01\\\\Client Frontend EX01"\n'
+            'service_account = "CORP\\\\svc-mailer"\n')
+        monkeypatch.setenv("SVC_MAILER_PASSWORD", PASSWORD)
+        monkeypatch.chdir(tmp_path)
+        yield toml
+
+
+@pytest.mark.parametrize("page", PAGES, ids=[p.name for p in PAGES])
+def test_examples_run(page: Path, docs_connector: Path, pytester: pytest.Pytester,
+                      capsys: pytest.CaptureFixture[str]) -> None:
+    code = examples.script(page)
+    assert code is not None
+    tests = re.findall(r"^def (test_\w+)\(", code, re.M)
+    if not tests:
+        namespace: dict[str, object] = {"__name__": examples.module_name(page)}
+        exec(compile(code, str(page), "exec"), namespace)
+        return
+    pytester.chdir()
+    (pytester.path / "mailexpress.toml").write_text(docs_connector.read_text())
+    pytester.makepyfile(**{f"test_{examples.module_name(page)}": code})
+    result = pytester.runpytest("-p", "no:cacheprovider", "--mailexpress-config", str(docs_connector))
+    result.assert_outcomes(passed=len(tests))
+
+
+def test_every_page_with_python_has_examples_that_run() -> None:
+    """A ```python block left out with <!-- no-run --> must stay rare."""
+    skipped = sum(p.read_text().count("<!-- no-run -->") for p in examples.pages())
+    assert skipped <= 2
+    assert {p.name for p in PAGES} >= {"README.md", "quickstart.md", "bulk.md", "testing.md",
+                                       "ci-checks.md", "diagnosis.md"}
+
+
+def test_the_docs_connector_refuses_what_the_examples_expect(docs_connector: Path) -> None:
+    """The quickstart's SenderRefused example must really be refused."""
+    cfg = mx.load_config(docs_connector)
+    with pytest.raises(mx.SenderRefused):
+        mx.send_as(cfg, "ceo@elsewhere.example", to="bob@partner.example", body="hi")
