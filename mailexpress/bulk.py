@@ -1,10 +1,10 @@
 """Bulk sending: many messages over one connection, pipelined.
 
-:meth:`Session.send_many` hands the C core batches of messages; the core
+`Session.send_many` hands the C core batches of messages; the core
 writes each batch with as few round trips as the server allows (see
 docs/performance.md) and gives one outcome per message.  This module turns
-those outcomes into a :class:`BulkResult`, reports progress between
-batches, and (for :func:`send_many` on a config) reconnects when a session
+those outcomes into a `BulkResult`, reports progress between
+batches, and (for `send_many` on a config) reconnects when a session
 fails, resending only the messages that certainly did not go out.
 """
 from __future__ import annotations
@@ -49,8 +49,8 @@ class Progress(NamedTuple):
 
 @dataclass(frozen=True)
 class BulkResult(Sequence[Outcome]):
-    """One outcome per message, in the order given: a :class:`SendResult`
-    when the server accepted the message, otherwise the :class:`Error` that
+    """One outcome per message, in the order given: a `SendResult`
+    when the server accepted the message, otherwise the `Error` that
     says why not.  On an error, ``delivered`` is False when the message
     certainly was not delivered and None when the session failed between
     sending it and the server's answer; ``retry_safe`` is True on messages
@@ -291,18 +291,18 @@ def send_many(config: Config, messages: Iterable[Mapping[str, Any] | EmailMessag
               sender: str | None = None, reply_to: str | None = None,
               stop_on_error: bool = False, progress: ProgressArg = None,
               batch_size: int = 100, reconnects: int = 2) -> BulkResult:
-    """The bulk form of :func:`send_as`: many messages through the connector
+    """The bulk form of `send_as`: many messages through the connector
     over one connection, pipelined.
 
-    Each message is a mapping of :func:`send_as` keyword arguments
+    Each message is a mapping of `send_as` keyword arguments
     (``to``, ``subject``, ``body``, ``cc``, ``bcc``, ``html``, ``sender``,
     ``reply_to``, ``headers``, ``message``, ``envelope_from``) or an
-    :class:`~email.message.EmailMessage`; ``sender`` and ``reply_to`` here
+    `EmailMessage`; ``sender`` and ``reply_to`` here
     are the defaults for all.  When the session fails (connection lost, the
     server's 421 after its per-connection message limit), up to
     ``reconnects`` new connections resend the messages that certainly did
     not go out; a message whose fate is unknown is never sent twice.
-    Returns a :class:`BulkResult`.
+    Returns a `BulkResult`.
     """
     from .client import connect
 

@@ -105,7 +105,7 @@ def _addr_spec(value: str) -> str:
 class Session(_core.Session):
     """One connection to a mail server.
 
-    Made by :func:`connect`, already greeted, upgraded to TLS and
+    Made by `connect`, already greeted, upgraded to TLS and
     authenticated as the config says.  Use it as a context manager to send
     several messages over one connection::
 
@@ -200,9 +200,9 @@ class Session(_core.Session):
     def send(self, message: Message, *, envelope_from: str | None = None,
              recipients: str | Sequence[str] | None = None,
              mail_options: Sequence[str] = (), rcpt_options: Sequence[str] = ()) -> SendResult:
-        """Sends one message and returns its :class:`SendResult`.
+        """Sends one message and returns its `SendResult`.
 
-        For an :class:`~email.message.EmailMessage` the envelope defaults to
+        For an `EmailMessage` the envelope defaults to
         its From (or Sender) and To/Cc/Bcc headers; Bcc is not transmitted.
         For bytes or a binary file (streamed in 64 KiB pieces, never copied
         whole), ``envelope_from`` and ``recipients`` are required.
@@ -218,14 +218,14 @@ class Session(_core.Session):
         """Sends many messages over this session, pipelined across messages
         where the server allows it (PIPELINING; CHUNKING for BDAT).
 
-        Each item is an :class:`~email.message.EmailMessage` (envelope from
+        Each item is an `EmailMessage` (envelope from
         its headers) or a tuple ``(envelope_from, recipients, message)`` with
         ``message`` an EmailMessage, bytes or a binary file.  Returns a
-        :class:`BulkResult`: one :class:`SendResult` or :class:`Error` per
+        `BulkResult`: one `SendResult` or `Error` per
         message, in order.  A refused message does not stop the others unless
         ``stop_on_error``; a failed session stops everything after it, and
         those messages come back with ``retry_safe=True``.  ``progress`` is a
-        callable taking a :class:`Progress`, or True for a tqdm bar (when
+        callable taking a `Progress`, or True for a tqdm bar (when
         tqdm is installed; log lines otherwise).
         """
         from .bulk import run_bulk
@@ -264,7 +264,7 @@ def _log_transcript(session: Session) -> None:
 
 
 def connect(config: Config, **overrides: Any) -> Session:
-    """Opens a :class:`Session` as the config says: connect, EHLO, STARTTLS
+    """Opens a `Session` as the config says: connect, EHLO, STARTTLS
     (security='starttls'), AUTH (use_auth).  Keyword arguments override
     config fields.  On failure the connection is closed before raising."""
     if overrides:
@@ -299,15 +299,15 @@ def send_as(config: Config, sender: str | None = None, to: str | Iterable[str] |
     unless ``envelope_from`` says otherwise, the envelope sender: the address
     the account impersonates.  ``reply_to`` defaults to
     ``config.reply_to_address``.  Instead of subject/body, ``message`` may be
-    a ready :class:`~email.message.EmailMessage` (copied; From, Message-ID
+    a ready `EmailMessage` (copied; From, Message-ID
     and Date added when missing) or bytes (sent as they are).  ``session``
-    reuses an open :class:`Session`; otherwise one is opened and closed.
+    reuses an open `Session`; otherwise one is opened and closed.
 
-    Returns a :class:`SendResult`.  Raises :class:`SenderRefused` when the
-    account may not send as ``sender``, :class:`RecipientsRefused` when no
-    recipient was accepted, :class:`DataRefused` when the message was refused
+    Returns a `SendResult`.  Raises `SenderRefused` when the
+    account may not send as ``sender``, `RecipientsRefused` when no
+    recipient was accepted, `DataRefused` when the message was refused
     at end of data (Exchange's Send As check), and the connection, TLS and
-    authentication errors of :func:`connect`.
+    authentication errors of `connect`.
     """
     sender = sender or config.from_address
     if not sender:

@@ -2,9 +2,9 @@
 the environment and keyword arguments.
 
 Sources, later wins: defaults < TOML file < environment (``MAILEXPRESS_*``)
-< keyword arguments.  Unknown keys and bad values raise :class:`ConfigError`
+< keyword arguments.  Unknown keys and bad values raise `ConfigError`
 naming the key, the value, where it came from and what is allowed.  The
-password is held in a :class:`Secret`, which never shows in ``repr``, ``str``,
+password is held in a `Secret`, which never shows in ``repr``, ``str``,
 logs or exceptions.
 """
 from __future__ import annotations
@@ -231,7 +231,7 @@ def _check_address(key: str, value: str, source: str) -> str:
 
 @dataclass(frozen=True, eq=True)
 class Config:
-    """A validated configuration.  Build it with :func:`load_config`, or
+    """A validated configuration.  Build it with `load_config`, or
     directly; ``config.replace(**changes)`` returns a validated copy.
 
     ``sources`` says where each value came from (``default``, ``file:PATH``,
@@ -376,7 +376,7 @@ class Config:
         return out
 
     def session_kwargs(self, *, verify: bool | None = None) -> dict[str, Any]:
-        """Keyword arguments for :class:`mailexpress._core.Session`, with a
+        """Keyword arguments for `mailexpress._core.Session`, with a
         TLS context shared by every Session of the same TLS settings (the
         trust store is read once, not per connection).  ``verify``
         overrides the config's."""
@@ -495,7 +495,7 @@ def _env_values(env: Mapping[str, str], password_vars: set[str]) -> dict[str, tu
 
 def load_config(path: str | os.PathLike[str] | None = None, *,
                 env: Mapping[str, str] | None = None, **overrides: Any) -> Config:
-    """Loads a :class:`Config`.
+    """Loads a `Config`.
 
     ``path`` is a TOML file (default: ``$MAILEXPRESS_CONFIG`` if set);
     ``env`` the environment to read ``MAILEXPRESS_*`` and the variable named

@@ -1,15 +1,15 @@
 """The exception hierarchy.
 
-Every exception is a :class:`mailexpress.Error`, which is also an
-:class:`smtplib.SMTPException` (and so an :class:`OSError`), so code written
+Every exception is a `mailexpress.Error`, which is also an
+`smtplib.SMTPException` (and so an `OSError`), so code written
 for smtplib keeps catching what it caught before.  The more specific classes
 also derive from their smtplib counterparts and fill their attributes
 (``smtp_code``, ``smtp_error``, ``sender``, ``recipients``).
 
 Every exception carries:
 
-``stage``     the :class:`~mailexpress.Stage` where it happened (or None)
-``reply``     the server's :class:`~mailexpress.Reply` (or None)
+``stage``     the `Stage` where it happened (or None)
+``reply``     the server's `Reply` (or None)
 ``code``, ``enhanced``, ``text``
               the reply's code, enhanced status code and text, for short
 ``message``   our own diagnostic, apart from what the server said
@@ -167,7 +167,7 @@ class SenderRefused(RefusedError, smtplib.SMTPSenderRefused):
 class RecipientsRefused(RefusedError, smtplib.SMTPRecipientsRefused):
     """Every recipient was refused; the message was not sent.
 
-    ``replies`` maps each address to its :class:`Reply`; ``recipients`` is the
+    ``replies`` maps each address to its `Reply`; ``recipients`` is the
     same in smtplib's shape, ``{address: (code, text bytes)}``.
     """
 

@@ -42,11 +42,12 @@ def docs_connector(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[
 
 @pytest.mark.parametrize("page", PAGES, ids=[p.name for p in PAGES])
 def test_examples_run(page: Path, docs_connector: Path, pytester: pytest.Pytester,
-                      capsys: pytest.CaptureFixture[str]) -> None:
+                      monkeypatch: pytest.MonkeyPatch) -> None:
     code = examples.script(page)
     assert code is not None
     tests = re.findall(r"^def (test_\w+)\(", code, re.M)
     if not tests:
+        monkeypatch.chdir(docs_connector.parent)      # pytester moved to a directory of its own
         namespace: dict[str, object] = {"__name__": examples.module_name(page)}
         exec(compile(code, str(page), "exec"), namespace)
         return

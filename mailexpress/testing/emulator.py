@@ -188,7 +188,7 @@ class ConnectorEmulator:
       unknown_recipients  addresses refused at RCPT as not found (550 5.1.10)
 
     ``ConnectorEmulator.preset(name)`` builds one of the named
-    misconfigurations in :data:`PRESETS`.
+    misconfigurations in `PRESETS`.
     """
 
     def __init__(self, *, users: Iterable[User] = (), authoritative_domains: Iterable[str] = ("corp.example",),
@@ -302,7 +302,7 @@ class ConnectorEmulator:
         return self._certs.ca_file if self._certs else None
 
     def config(self, **overrides: Any) -> Any:
-        """A :class:`mailexpress.Config` pointing at this emulator, trusting
+        """A `mailexpress.Config` pointing at this emulator, trusting
         its CA.  Without username/password, the first user's are used."""
         from ..config import Config
         values: dict[str, Any] = {
