@@ -144,8 +144,18 @@ def _cmd_test_connector(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(report.to_dict(), indent=2))
     else:
-        print(report)
+        print(report.render(colour=_use_colour(args.color, sys.stdout)))
     return 0 if report.ok else 1
+
+
+def _use_colour(choice: str, stream: TextIO) -> bool:
+    """--color: always, never, or auto = only on a terminal, and not when
+    NO_COLOR is set (https://no-color.org) or TERM is dumb."""
+    if choice != "auto":
+        return choice == "always"
+    if os.environ.get("NO_COLOR") or os.environ.get("TERM") == "dumb":
+        return False
+    return hasattr(stream, "isatty") and stream.isatty()
 
 
 def _cmd_send(args: argparse.Namespace) -> int:
@@ -193,6 +203,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="also send one real message per allowed sender to the probe recipient")
     tc.add_argument("--insecure", action="store_true", help="do not verify the certificate (diagnosis only)")
     tc.add_argument("--json", action="store_true", help="print the report as JSON (docs/diagnosis.md)")
+    tc.add_argument("--color", "--colour", dest="color", choices=["auto", "always", "never"], default="auto",
+                    help="colour the status marks: auto (on a terminal, unless NO_COLOR is set), always, never")
     tc.set_defaults(func=_cmd_test_connector)
 
     conf = sub.add_parser("config", help="write a config template, or show the effective config")

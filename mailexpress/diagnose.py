@@ -83,6 +83,7 @@ class SenderProbe:
 
 
 _STATUS_MARK = {"pass": "PASS", "warn": "WARN", "fail": "FAIL", "skip": "SKIP"}
+_ANSI = {"pass": "32", "warn": "33", "fail": "1;31", "skip": "2"}
 _STATUS_COLOUR = {"pass": "#1a7f37", "warn": "#9a6700", "fail": "#cf222e", "skip": "#57606a"}
 
 
@@ -172,6 +173,15 @@ class ConnectorReport:
         }
 
     def __str__(self) -> str:
+        return self.render()
+
+    def render(self, *, colour: bool = False) -> str:
+        """The report as terminal text; ``colour`` adds ANSI colours to the
+        status marks (the CLI does when its output is a terminal).  The
+        text reads the same without them."""
+        def mark(status: str) -> str:
+            text = _STATUS_MARK[status]
+            return f"\033[{_ANSI[status]}m{text}\033[0m" if colour else text
         srv = self.server
         lines = [f"mailexpress connector report: {srv['host']}:{srv['port']} ({srv['security']}), "
                  f"account {srv.get('account') or '(anonymous)'}"]
@@ -181,7 +191,7 @@ class ConnectorReport:
         width = max(len(c.id) for c in self.checks)
         for c in self.checks:
             req = "" if c.id in self.required or c.status == "pass" else " (not required)"
-            lines.append(f"  {_STATUS_MARK[c.status]}  {c.id.ljust(width)}  {c.summary}{req}")
+            lines.append(f"  {mark(c.status)}  {c.id.ljust(width)}  {c.summary}{req}")
             if c.status in ("fail", "warn") and c.advice:
                 lines.append(f"        fix: {c.advice}")
         if self.senders:
@@ -192,6 +202,8 @@ class ConnectorReport:
                 lines.append(f"  {s.verdict:<24} {s.kind:<21} {s.address}{header}{reply}")
         failed = [c.id for c in self.checks if c.status == "fail"]
         verdict = "OK" if not failed else f"{len(failed)} check(s) failed: {', '.join(failed)}"
+        if colour:
+            verdict = f"\033[{_ANSI['pass' if not failed else 'fail']}m{verdict}\033[0m"
         lines.append(f"result: {verdict} ({self.duration_ms} ms)")
         return "\n".join(lines)
 

@@ -1,6 +1,9 @@
 """The mailexpress command line."""
 from __future__ import annotations
 
+import json
+import os
+import pty
 import subprocess
 import sys
 
@@ -74,3 +77,58 @@ def test_config_show_masks_the_password_and_names_sources(tmp_path, capsys, monk
     assert main(["config", "show", "--config", str(path), "--json"]) == 0
     data = __import__("json").loads(capsys.readouterr().out)
     assert data["settings"]["password"] == "********" and data["sources"]["host"] == f"file:{path}"
+
+
+def _test_connector_argv(emulator) -> list[str]:
+    return [sys.executable, "-m", "mailexpress", "test-connector", "--host", "127.0.0.1",
+            "--port", str(emulator.port), "--username", SVC.username, "--password-env", "SVC_PW",
+            "--ca-file", emulator.ca_file, "--from-address", SVC.address]
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("NO_COLOR", "TERM")}
+    env.update(SVC_PW=SVC.password, **extra)
+    return env
+
+
+def test_test_connector_probes_extra_senders(emulator):
+    proc = subprocess.run(_test_connector_argv(emulator) + ["--sender", "alice@corp.example",
+                                                            "--sender", "ceo@partner.example", "--json"],
+                          capture_output=True, text=True, timeout=60, env=_env())
+    report = json.loads(proc.stdout)
+    verdicts = {s["address"]: s["verdict"] for s in report["senders"]}
+    assert verdicts["alice@corp.example"] == "allowed"
+    assert verdicts["ceo@partner.example"] == "refused_at_mail"
+
+
+def test_colour_only_on_a_terminal(emulator):
+    """Piped: plain text.  On a real terminal (a pty): ANSI colours, unless
+    NO_COLOR is set or --color never."""
+    piped = subprocess.run(_test_connector_argv(emulator), capture_output=True, text=True, timeout=60,
+                           env=_env())
+    assert "  PASS  " in piped.stdout and "\033[" not in piped.stdout
+
+    def on_a_tty(*extra_args: str, **env: str) -> str:
+        leader, follower = pty.openpty()
+        proc = subprocess.Popen(_test_connector_argv(emulator) + list(extra_args), stdout=follower,
+                                stderr=subprocess.DEVNULL, env=_env(**env))
+        os.close(follower)
+        out = b""
+        while True:
+            try:
+                chunk = os.read(leader, 65536)
+            except OSError:          # EIO: the child closed the terminal
+                break
+            if not chunk:
+                break
+            out += chunk
+        os.close(leader)
+        proc.wait(60)
+        return out.decode()
+    coloured = on_a_tty()
+    assert "\033[32mPASS\033[0m" in coloured and "\033[32mOK\033[0m" not in piped.stdout
+    assert "\033[" not in on_a_tty(NO_COLOR="1")
+    assert "\033[" not in on_a_tty("--color", "never")
+    forced = subprocess.run(_test_connector_argv(emulator) + ["--color", "always"], capture_output=True,
+                            text=True, timeout=60, env=_env())
+    assert "\033[32mPASS\033[0m" in forced.stdout

@@ -20,9 +20,12 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from email.message import EmailMessage
 from email.utils import formatdate, getaddresses
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from .certs import TestCertificates, test_certificates
+
+if TYPE_CHECKING:
+    from ..config import Config
 
 __all__ = ["ConnectorEmulator", "User", "ReceivedMessage", "PRESETS"]
 
@@ -301,10 +304,10 @@ class ConnectorEmulator:
         """PEM file of the CA that signed the emulator's certificate."""
         return self._certs.ca_file if self._certs else None
 
-    def config(self, **overrides: Any) -> Any:
+    def config(self, **overrides: Any) -> Config:
         """A `mailexpress.Config` pointing at this emulator, trusting
         its CA.  Without username/password, the first user's are used."""
-        from ..config import Config
+        from ..config import Config as _Config
         values: dict[str, Any] = {
             "host": self.host, "port": self.port, "security": self.security,
             "ca_file": self.ca_file, "ehlo_name": "client.corp.example",
@@ -320,7 +323,7 @@ class ConnectorEmulator:
         if values.get("security") == "none" and "allow_insecure_auth" not in overrides:
             values["allow_insecure_auth"] = True
         sources = {k: "argument" for k in values}
-        return Config(**values, sources=sources)
+        return _Config(**values, sources=sources)
 
     # -- serving --------------------------------------------------------------
 
