@@ -1,13 +1,15 @@
-"""Memory must stay flat: 10 000 sends and 1 000 failed connections in one
-process (issue: hardening).  Prints RSS after a warm-up and at the end, and
-exits 1 when the process grew by more than the allowance.
+"""Memory must stay flat: 10 000 sends, 1 000 failed connections and 100
+bulk rounds (send_many: BDAT and DATA, file bodies, bad items, a session
+ended by a 421 half-way) in one process.  Prints RSS after a warm-up and at
+the end, and exits 1 when the process grew by more than the allowance.
 
-    python benchmarks/leak_check.py [--sends 10000] [--failures 1000]
+    python benchmarks/leak_check.py [--sends 10000] [--failures 1000] [--bulk 100]
 """
 from __future__ import annotations
 
 import argparse
 import gc
+import io
 import json
 import os
 import socket
@@ -27,8 +29,12 @@ class Discard(list):          # 10 000 messages need not be kept
 user = User("svc", "pw", "svc@corp.example", rights="any")
 plain = ConnectorEmulator(users=[user], security="none").start()
 bad = ConnectorEmulator(users=[user], certificate="expired").start()
+limited = ConnectorEmulator(users=[user], security="none", chunking=False,
+                            max_messages_per_connection=30).start()
 plain.messages = Discard()
-print(json.dumps({"plain": plain.port, "bad": bad.port, "ca": bad.ca_file}), flush=True)
+limited.messages = Discard()
+print(json.dumps({"plain": plain.port, "bad": bad.port, "ca": bad.ca_file, "limited": limited.port}),
+      flush=True)
 sys.stdin.read()
 """
 
@@ -75,10 +81,31 @@ def run_failures(cfg: mx.Config, expired: mx.Config, n: int) -> None:
         s.close()
 
 
+def run_bulk(cfg: mx.Config, limited: mx.Config, rounds: int, body: bytes) -> None:
+    """Each round: 100 messages by BDAT (bytes, files, two bad items), then
+    50 by DATA to a connector that says 421 after 30."""
+    for _ in range(rounds):
+        items: list[tuple[object, ...]] = []
+        for i in range(100):
+            msg: object = io.BytesIO(body) if i % 10 == 0 else body
+            rcpts: list[str] = [] if i == 50 else ["b@partner.example", "c@partner.example"]
+            items.append(("svc@corp.example" if i != 60 else "bad\r\naddress", rcpts, msg))
+        with mx.connect(cfg) as session:
+            out = session.send_many_raw(items)
+        if sum(isinstance(o, tuple) for o in out) != 98:
+            raise SystemExit(f"bulk round: expected 98 sent, got {out}")
+        session2 = mx.connect(limited)
+        out = session2.send_many_raw([("svc@corp.example", ["b@partner.example"], body)] * 50)
+        session2.close()
+        if sum(isinstance(o, tuple) for o in out) != 30 or not isinstance(out[30], mx.ServiceUnavailable):
+            raise SystemExit(f"limited round: expected 30 sent then a 421, got {out[28:32]}")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--sends", type=int, default=10_000)
     ap.add_argument("--failures", type=int, default=1_000)
+    ap.add_argument("--bulk", type=int, default=100, help="bulk rounds of 150 messages")
     ap.add_argument("--allowance-kib", type=int, default=1024)
     args = ap.parse_args()
     body = b"Subject: leak check\r\n\r\n" + b".line with a dot\r\n" * 50
@@ -93,9 +120,11 @@ def main() -> int:
                         allow_insecure_auth=True, timeouts=timeouts)
         expired = mx.Config(host="127.0.0.1", port=ports["bad"], username="svc", password="pw",
                             ca_file=ports["ca"], timeouts=timeouts)
+        limited = cfg.replace(port=ports["limited"])
         # warm-up: caches, OpenSSL's tables, the allocator's arenas
         run_sends(cfg, 500, body)
         run_failures(cfg, expired, 100)
+        run_bulk(cfg, limited, 5, body)
         gc.collect()
         before = rss_kib()
         t0 = time.monotonic()
@@ -104,6 +133,9 @@ def main() -> int:
         t1 = time.monotonic()
         run_failures(cfg, expired, args.failures)
         fail_s = time.monotonic() - t1
+        t2 = time.monotonic()
+        run_bulk(cfg, limited, args.bulk, body)
+        bulk_s = time.monotonic() - t2
         gc.collect()
         after = rss_kib()
     finally:
@@ -111,7 +143,8 @@ def main() -> int:
             server.stdin.close()
         server.wait(10)
     grew = after - before
-    print(f"sends: {args.sends} in {sends_s:.1f} s; failed connections: {args.failures} in {fail_s:.1f} s")
+    print(f"sends: {args.sends} in {sends_s:.1f} s; failed connections: {args.failures} in {fail_s:.1f} s; "
+          f"bulk: {args.bulk} rounds ({args.bulk * 150} messages) in {bulk_s:.1f} s")
     print(f"RSS after warm-up {before} KiB, at the end {after} KiB: grew {grew} KiB "
           f"({grew / max(before, 1) * 100:.2f}%), allowance {args.allowance_kib} KiB")
     return 0 if grew <= args.allowance_kib else 1

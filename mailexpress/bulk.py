@@ -212,7 +212,13 @@ def _send_batch(session: Session, items: list[BulkItem], stop_on_error: bool,
         if isinstance(o, Error):
             outcomes.append(o)
         elif isinstance(o, BaseException):
-            raise o                 # not ours (a file's read error): the caller's to see
+            # not ours (a file that is not seekable, or failed while read): kept
+            # as this message's outcome, the original as its cause
+            unread = InputError(f"the message could not be read: {type(o).__name__}: {o}; "
+                                "it was not delivered")
+            unread.__cause__ = o
+            unread.delivered = False   # type: ignore[attr-defined]
+            outcomes.append(unread)
         else:
             refused, reply = o
             outcomes.append(_result(p[0], p[1], p[3], refused, reply, elapsed))

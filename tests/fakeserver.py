@@ -14,6 +14,15 @@ import threading
 from collections.abc import Callable
 
 
+BANNER = b"220 fake.example ESMTP\r\n"
+
+
+def greet(conn: ScriptConn, extensions: tuple[bytes, ...] | list[bytes] = (b"PIPELINING", b"8BITMIME")) -> None:
+    """The banner, then EHLO answered with the given keywords."""
+    conn.send(BANNER)
+    conn.ehlo(list(extensions))
+
+
 class ScriptConn:
     def __init__(self, server: FakeServer, sock: socket.socket) -> None:
         self.server = server

@@ -7,11 +7,21 @@ import os
 import threading
 
 import pytest
+from fakeserver import greet
 from support import ANY, SVC, plain_session
 
 import mailexpress as mx
 
 OTHER = "someone@elsewhere.example"     # SVC may not send as this one
+
+
+def greeted_session(fake_server, script):
+    """A fake server running script, and a session that has said EHLO to it."""
+    srv = fake_server(script)
+    s = plain_session(srv.port)
+    s.connect()
+    s.ehlo()
+    return srv, s
 
 
 def raw(i: int, sender: str = SVC.address) -> bytes:
@@ -55,8 +65,7 @@ def test_pipelined_across_messages_one_write_per_message(fake_server):
     seen = {}
 
     def script(conn):
-        conn.send(b"220 fake.example ESMTP\r\n")
-        conn.ehlo([b"PIPELINING"])
+        greet(conn, [b"PIPELINING"])
         for i in range(2):
             conn.expect(b"MAIL FROM")
             conn.expect(b"RCPT TO")
@@ -67,10 +76,7 @@ def test_pipelined_across_messages_one_write_per_message(fake_server):
             conn.send(b"250 queued\r\n")
         conn.expect(b"QUIT")
         conn.send(b"221 bye\r\n")
-    srv = fake_server(script)
-    s = plain_session(srv.port)
-    s.connect()
-    s.ehlo()
+    srv, s = greeted_session(fake_server, script)
     result = s.send_many([("a@x.example", ["b@y.example"], b"one"), ("a@x.example", ["b@y.example"], b"two")])
     s.quit()
     srv.check()
@@ -85,17 +91,13 @@ def test_bdat_messages_need_no_round_trip_of_their_own(fake_server):
     got = {}
 
     def script(conn):
-        conn.send(b"220 fake.example ESMTP\r\n")
-        conn.ehlo([b"PIPELINING", b"CHUNKING"])
+        greet(conn, [b"PIPELINING", b"CHUNKING"])
         got["all"] = conn.pending(0.5)
         conn.send(b"250 ok\r\n250 ok\r\n250 queued 1\r\n" * 3)
         conn.buf = b""
         conn.expect(b"QUIT")
         conn.send(b"221 bye\r\n")
-    srv = fake_server(script)
-    s = plain_session(srv.port)
-    s.connect()
-    s.ehlo()
+    srv, s = greeted_session(fake_server, script)
     result = s.send_many([("a@x.example", ["b@y.example"], b"m%d\n" % i) for i in range(3)])
     s.quit()
     srv.check()
@@ -122,8 +124,7 @@ def test_session_failure_mid_batch_says_what_may_have_gone(fake_server):
     """The connection drops after message 2's end of data: message 1 was
     accepted, message 2's fate is unknown, message 3 was never sent."""
     def script(conn):
-        conn.send(b"220 fake.example ESMTP\r\n")
-        conn.ehlo([b"PIPELINING"])
+        greet(conn, [b"PIPELINING"])
         conn.expect(b"MAIL FROM"), conn.expect(b"RCPT TO"), conn.expect(b"DATA")
         conn.send(b"250 ok\r\n250 ok\r\n354 go\r\n")
         conn.read_data()
@@ -131,10 +132,7 @@ def test_session_failure_mid_batch_says_what_may_have_gone(fake_server):
         conn.send(b"250 queued\r\n250 ok\r\n250 ok\r\n354 go\r\n")
         conn.read_data()
         conn.close()
-    srv = fake_server(script)
-    s = plain_session(srv.port)
-    s.connect()
-    s.ehlo()
+    srv, s = greeted_session(fake_server, script)
     result = s.send_many([("a@x.example", ["b@y.example"], b"m%d" % i) for i in range(3)])
     srv.check()
     assert s.state == "ERROR"
@@ -148,15 +146,11 @@ def test_session_failure_mid_batch_says_what_may_have_gone(fake_server):
 
 def test_421_mid_batch_ends_it(fake_server):
     def script(conn):
-        conn.send(b"220 fake.example ESMTP\r\n")
-        conn.ehlo([b"PIPELINING", b"CHUNKING"])
+        greet(conn, [b"PIPELINING", b"CHUNKING"])
         conn.pending(0.3)
         conn.send(b"250 ok\r\n250 ok\r\n250 queued\r\n421 4.3.2 enough\r\n")
         conn.close()
-    srv = fake_server(script)
-    s = plain_session(srv.port)
-    s.connect()
-    s.ehlo()
+    srv, s = greeted_session(fake_server, script)
     result = s.send_many([("a@x.example", ["b@y.example"], b"m%d" % i) for i in range(3)])
     assert len(result.sent) == 1
     assert isinstance(result[1], mx.ServiceUnavailable) and result[1].code == 421
@@ -168,8 +162,7 @@ def test_421_mid_batch_ends_it(fake_server):
 
 def test_a_3xx_to_bdat_is_a_protocol_error(fake_server):
     def script(conn):
-        conn.send(b"220 fake.example ESMTP\r\n")
-        conn.ehlo([b"CHUNKING"])
+        greet(conn, [b"CHUNKING"])
         conn.expect(b"MAIL FROM")
         conn.send(b"250 ok\r\n")
         conn.expect(b"RCPT TO")
@@ -178,10 +171,7 @@ def test_a_3xx_to_bdat_is_a_protocol_error(fake_server):
         conn.read_exact(3)
         conn.send(b"354 what\r\n")
         conn.readline()
-    srv = fake_server(script)
-    s = plain_session(srv.port)
-    s.connect()
-    s.ehlo()
+    srv, s = greeted_session(fake_server, script)
     with pytest.raises(mx.ProtocolError, match="354 reply cannot answer END_OF_DATA"):
         s.send_raw("a@x.example", ["b@y.example"], b"x\r\n")
     assert s.state == "ERROR"
@@ -247,14 +237,10 @@ def test_a_file_that_grows_while_sent_is_never_delivered(fake_server):
             return 0
 
     def script(conn):
-        conn.send(b"220 fake.example ESMTP\r\n")
-        conn.ehlo([b"PIPELINING", b"CHUNKING"])
+        greet(conn, [b"PIPELINING", b"CHUNKING"])
         conn.pending(0.3)
         conn.close()
-    srv = fake_server(script)
-    s = plain_session(srv.port)
-    s.connect()
-    s.ehlo()
+    srv, s = greeted_session(fake_server, script)
     with pytest.raises(mx.InputError, match="changed while it was being sent"):
         s.send(Growing(b"Subject: x\r\n\r\nhi\r\n"), envelope_from="a@x.example",
                recipients=["b@y.example"])
@@ -378,3 +364,17 @@ def test_threads_each_with_a_session_send_in_parallel(emulator_factory):
     assert sorted(len(r.sent) for r in results) == [50] * 4
     assert sorted(m.data for m in em.messages) == sorted(wire_form(raw(n * 100 + i))
                                                          for n in range(4) for i in range(50))
+
+
+def test_a_file_that_cannot_be_read_fails_alone_in_a_batch(emulator_factory):
+    em = emulator_factory()
+    cfg = em.config(username=SVC.username, password=SVC.password)
+    r, w = os.pipe()
+    os.close(w)
+    with mx.connect(cfg) as s, os.fdopen(r, "rb", buffering=0) as pipe:
+        result = s.send_many([(SVC.address, ["bob@partner.example"], raw(0)),
+                              (SVC.address, ["bob@partner.example"], pipe),
+                              (SVC.address, ["bob@partner.example"], raw(2))])
+    assert isinstance(result[1], mx.InputError) and isinstance(result[1].__cause__, TypeError)
+    assert "seekable" in str(result[1]) and result[1].delivered is False
+    assert len(result.sent) == 2 and len(em.messages) == 2

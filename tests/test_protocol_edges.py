@@ -7,17 +7,10 @@ import threading
 import time
 
 import pytest
+from fakeserver import BANNER, greet
 from support import plain_session
 
 import mailexpress as mx
-
-BANNER = b"220 fake.example ESMTP\r\n"
-
-
-def greet(conn, extensions=(b"PIPELINING", b"8BITMIME")):
-    conn.send(BANNER)
-    conn.ehlo(list(extensions))
-
 
 def test_exact_bytes_of_a_transaction(fake_server):
     def script(conn):

@@ -10,11 +10,36 @@
 
 #include "../body.h"
 
+/* Encodes data in pieces of `chunk` bytes into windows of `cap` bytes, then
+ * finishes; returns the wire length.  wire holds wcap bytes. */
+static size_t
+encode_all(mx_body_enc *enc, const uint8_t *data, size_t size, size_t chunk, size_t cap,
+           unsigned char *wire, size_t wcap)
+{
+    size_t pos = 0, w = 0;
+
+    while (pos < size) {
+        size_t used = 0, avail = size - pos, n;
+        if (avail > chunk)
+            avail = chunk;
+        if (w + cap > wcap)
+            abort();
+        n = mx_body_encode(enc, data + pos, avail, &used, wire + w, cap);
+        if (n > cap || (n == 0 && used == 0))
+            abort();
+        w += n;
+        pos += used;
+    }
+    if (w + MX_BODY_FINISH_MAX > wcap)
+        abort();
+    return w + mx_body_finish(enc, wire + w, MX_BODY_FINISH_MAX);
+}
+
 int
 LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     unsigned char *wire, *norm;
-    size_t chunk, cap, pos = 0, w = 0, nlen = 0, i, wcap;
+    size_t chunk, cap, w, nlen = 0, i, wcap;
     mx_body_enc enc;
     mx_body_scan_state scan;
 
@@ -30,21 +55,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     if (!wire || !norm)
         abort();
     mx_body_init(&enc);
-    while (pos < size) {
-        size_t used = 0, avail = size - pos, n;
-        if (avail > chunk)
-            avail = chunk;
-        if (w + cap > wcap)
-            abort();
-        n = mx_body_encode(&enc, data + pos, avail, &used, wire + w, cap);
-        if (n > cap || (n == 0 && used == 0))
-            abort();
-        w += n;
-        pos += used;
-    }
-    if (w + MX_BODY_FINISH_MAX > wcap)
-        abort();
-    w += mx_body_finish(&enc, wire + w, MX_BODY_FINISH_MAX);
+    w = encode_all(&enc, data, size, chunk, cap, wire, wcap);
 
     /* the expected message: CR, LF and CRLF all become CRLF; a last CRLF */
     for (i = 0; i < size; i++) {
@@ -98,20 +109,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     }
     /* BDAT: the wire is the normalised message, byte for byte */
     mx_body_init_bdat(&enc);
-    pos = w = 0;
-    while (pos < size) {
-        size_t used = 0, avail = size - pos, n;
-        if (avail > chunk)
-            avail = chunk;
-        if (w + cap > wcap)
-            abort();
-        n = mx_body_encode(&enc, data + pos, avail, &used, wire + w, cap);
-        if (n > cap || (n == 0 && used == 0))
-            abort();
-        w += n;
-        pos += used;
-    }
-    w += mx_body_finish(&enc, wire + w, MX_BODY_FINISH_MAX);
+    w = encode_all(&enc, data, size, chunk, cap, wire, wcap);
     if (w != nlen || memcmp(wire, norm, nlen) != 0)
         abort();
     free(wire);

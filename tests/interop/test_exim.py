@@ -46,3 +46,15 @@ def test_reply_rows_match_the_docs(exim):
     ours = markdown(collect_exim(exim)).splitlines()[2:]
     documented = [line for line in table_in_doc().splitlines() if line.startswith("| Exim")]
     assert ours == documented, "Exim answers differently now: run python docs/gen_interop_table.py"
+
+
+def test_send_many_through_exim(exim):
+    """Exim 4.96 offers CHUNKING and PIPELINING too; its BDAT answer is
+    two-line.  Ten messages, byte-exact."""
+    bodies = [(f"From: svc-domain@corp.example\r\nSubject: exim-bulk-{i}\r\n\r\n.x {i}\r\n").encode()
+              for i in range(10)]
+    with mx.connect(exim_cfg(exim)) as session:
+        result = session.send_many([("svc-domain@corp.example", ["bob@partner.example"], b) for b in bodies])
+    assert result.ok and len(result.sent) == 10
+    for i, b in enumerate(bodies):
+        assert exim.wait_for(f"exim-bulk-{i}".encode()).data.endswith(b.replace(b"\r\n", b"\n"))

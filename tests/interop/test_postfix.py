@@ -156,3 +156,34 @@ def test_passwords_never_reach_the_log_in_clear(postfix):
     for password, _addr in ACCOUNTS.values():
         assert password not in log
         assert base64.b64encode(password.encode()).decode() not in log
+
+
+def test_send_many_pipelined_bdat_through_postfix(postfix):
+    """Postfix offers PIPELINING and CHUNKING: 30 messages as BDAT with no
+    round trip of their own; one sender Postfix refuses at MAIL (not owned
+    by svc-self) fails alone; every other message arrives byte-exact."""
+    config = cfg(postfix, "submission", login="svc-self")
+    own = ACCOUNTS["svc-self"][1]
+    bodies = {i: (f"From: {own}\r\nSubject: bulk-pf-{i:02d}\r\n\r\n.dot line {i}\r\n"
+                  f"no final newline {i}").encode() for i in range(30)}
+    items = [(own if i != 7 else "svc-any@corp.example", ["bob@partner.example"], bodies[i]) for i in range(30)]
+    with mx.connect(config) as session:
+        assert session.has_extn("CHUNKING") and session.has_extn("PIPELINING")
+        result = session.send_many(items)
+        sent_verbs = [t.split()[0] for _, d, t in session.transcript if d == "C"]
+    assert [i for i, _ in result.failed] == [7]
+    assert isinstance(result[7], mx.SenderRefused) and result[7].code == 553
+    assert sent_verbs.count("BDAT") == 30 and "DATA" not in sent_verbs
+    for i in range(30):
+        if i != 7:
+            delivered_copy(postfix, f"bulk-pf-{i:02d}".encode(), bodies[i] + b"\r\n")
+
+
+def test_send_many_streams_a_file_body_through_postfix(postfix, tmp_path):
+    path = tmp_path / "big.eml"
+    path.write_bytes(b"Subject: bulk-pf-file\r\n\r\n" + b"".join(b".%06d line of a file body\r\n" % i
+                                                                  for i in range(100_000)))
+    with mx.connect(cfg(postfix, "submission")) as session, open(path, "rb") as f:
+        res = session.send(f, envelope_from="svc-domain@corp.example", recipients=["bob@partner.example"])
+    assert res.ok
+    delivered_copy(postfix, b"bulk-pf-file", path.read_bytes())
