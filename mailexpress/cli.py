@@ -171,9 +171,12 @@ def _cmd_send(args: argparse.Namespace) -> int:
     except Error as exc:
         print(f"mailexpress send: {exc.__class__.__name__}: {exc}", file=sys.stderr)
         return 2
-    print(result)
-    if args.verbose:
-        _print_transcript(result.transcript)
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2))
+    else:
+        print(result)
+    if args.verbose:   # with --json on stderr, so stdout stays one JSON document
+        _print_transcript(result.transcript, out=sys.stderr if args.json else None)
     return 0 if result.ok else 1
 
 
@@ -227,6 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
     send.add_argument("--subject", default="")
     send.add_argument("--body", default="", help="message text, or - to read standard input")
     send.add_argument("--verbose", "-v", action="store_true", help="print the SMTP exchange")
+    send.add_argument("--json", action="store_true", help="print the result as JSON")
     send.set_defaults(func=_cmd_send)
     return parser
 

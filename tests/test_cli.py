@@ -132,3 +132,16 @@ def test_colour_only_on_a_terminal(emulator):
     forced = subprocess.run(_test_connector_argv(emulator) + ["--color", "always"], capture_output=True,
                             text=True, timeout=60, env=_env())
     assert "\033[32mPASS\033[0m" in forced.stdout
+
+
+def test_send_json_keeps_stdout_one_document(emulator, capsys, monkeypatch):
+    monkeypatch.setenv("SVC_PW", SVC.password)
+    monkeypatch.setenv("MAILEXPRESS_CA_FILE", emulator.ca_file)
+    rc = main(["send", "--host", "127.0.0.1", "--port", str(emulator.port), "--username", SVC.username,
+               "--password-env", "SVC_PW", "--from", "alice@corp.example", "--to", "b@partner.example",
+               "--subject", "json", "--body", "hello", "-v", "--json"])
+    out = capsys.readouterr()
+    assert rc == 0, out.err
+    doc = json.loads(out.out)
+    assert doc["accepted"] == ["b@partner.example"] and doc["reply"]["code"] == 250
+    assert "C: MAIL FROM:<alice@corp.example>" in out.err and SVC.password not in out.out + out.err
