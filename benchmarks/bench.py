@@ -396,6 +396,38 @@ def print_row(row: dict[str, object]) -> None:
           f"mailexpress {mx_rate:8.0f}  {ratios}", flush=True)
 
 
+def print_targets(rows: list[dict[str, object]], big: list[dict[str, object]]) -> None:
+    """The issue's targets, as ratios of this run."""
+    def rate(target: str, size: int, conns: int, client: str) -> float:
+        for r in rows:
+            if r["target"] == target and r["size"] == size and r["conns"] == conns:
+                rates = r["msg_per_s"]
+                assert isinstance(rates, dict)
+                return float(rates.get(client, float("nan")))
+        return float("nan")
+    sink, tls = "smtp-sink", "smtp-sink via stunnel (TLS)"
+    null = next(b for b in big if b["peer"] == "null peer (DATA)")
+    sec, mem = null["seconds"], null["extra_peak_kib"]
+    assert isinstance(sec, dict) and isinstance(mem, dict)
+    mx1 = rate(sink, 1024, 1, "mailexpress")
+    checks = [   # (target, value, met)
+        ("1 connection, 1 KB: >= 4x smtplib", mx1 / rate(sink, 1024, 1, "smtplib"), 4.0),
+        ("1 connection, 1 KB: >= 4x smtp-source -s 1", mx1 / rate(sink, 1024, 1, "smtp-source"), 4.0),
+        ("4 connections, 1 KB: >= 1.3x smtp-source -s 4",
+         rate(sink, 1024, 4, "mailexpress") / rate(sink, 1024, 4, "smtp-source"), 1.3),
+        ("4 connections, 100 KB: >= 1.3x smtp-source -s 4",
+         rate(sink, 102400, 4, "mailexpress") / rate(sink, 102400, 4, "smtp-source"), 1.3),
+        ("50 MB: >= 5x faster than smtplib (null peer)", sec["smtplib"] / sec["mailexpress"], 5.0),
+        ("TLS 100 KB: >= 0.8x plain", rate(tls, 102400, 1, "mailexpress") / rate(sink, 102400, 1, "mailexpress"),
+         0.8),
+    ]
+    print("targets (ratios of this run):")
+    for name, got, need in checks:
+        print(f"  {'met ' if got >= need else 'MISS'}  {name}: {got:.2f}x")
+    extra = mem["mailexpress"] / 1024
+    print(f"  {'met ' if extra < 4 else 'MISS'}  50 MB: < 4 MiB extra peak: {extra:.1f} MiB")
+
+
 def machine() -> str:
     cpu = "?"
     try:
@@ -464,6 +496,7 @@ def main() -> int:
     if pf:
         rows.append(pf)
     conn = connector_case(rounds)
+    print_targets(rows, big)
     if args.chart:
         chart(rows, args.chart)
     if args.json:

@@ -41,6 +41,17 @@ mx_error_set(mx_error *e, mx_err_kind kind, int sys_errno, const char *fmt, ...)
 int
 mx_net_wait(int fd, short events, int64_t deadline, mx_error *err)
 {
+#ifdef TCP_QUICKACK
+    /* About to sleep for a reply: acknowledge what arrives at once.  A
+     * server that writes pipelined replies one by one without TCP_NODELAY
+     * holds the second until the first is acknowledged, and a delayed ACK
+     * (40 ms on Linux) would stall the whole group.  The kernel clears the
+     * flag by itself, so it is set again each time. */
+    if (events & POLLIN) {
+        int one = 1;
+        (void)setsockopt(fd, IPPROTO_TCP, TCP_QUICKACK, &one, sizeof(one));
+    }
+#endif
     for (;;) {
         struct pollfd pfd;
         int timeout = -1, rc;
