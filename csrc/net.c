@@ -41,17 +41,15 @@ mx_error_set(mx_error *e, mx_err_kind kind, int sys_errno, const char *fmt, ...)
 int
 mx_net_wait(int fd, short events, int64_t deadline, mx_error *err)
 {
+    if (events & MX_WAIT_ACK_NOW) {
 #ifdef TCP_QUICKACK
-    /* About to sleep for a reply: acknowledge what arrives at once.  A
-     * server that writes pipelined replies one by one without TCP_NODELAY
-     * holds the second until the first is acknowledged, and a delayed ACK
-     * (40 ms on Linux) would stall the whole group.  The kernel clears the
-     * flag by itself, so it is set again each time. */
-    if (events & POLLIN) {
         int one = 1;
+        /* sends a pending delayed ACK now, and ACKs what arrives next at
+         * once (the kernel clears the flag by itself) */
         (void)setsockopt(fd, IPPROTO_TCP, TCP_QUICKACK, &one, sizeof(one));
-    }
 #endif
+        events = (short)(events & ~MX_WAIT_ACK_NOW);
+    }
     for (;;) {
         struct pollfd pfd;
         int timeout = -1, rc;
@@ -174,7 +172,7 @@ mx_net_connect(const char *host, const char *port, int64_t deadline,
 }
 
 ssize_t
-mx_net_read(int fd, void *buf, size_t cap, int64_t deadline, mx_error *err)
+mx_net_read(int fd, void *buf, size_t cap, int64_t deadline, int ack_now, mx_error *err)
 {
     for (;;) {
         ssize_t n = recv(fd, buf, cap, 0);
@@ -190,7 +188,7 @@ mx_net_read(int fd, void *buf, size_t cap, int64_t deadline, mx_error *err)
             mx_error_set(err, MX_E_IO, errno, "read failed: %s", strerror(errno));
             return -1;
         }
-        if (mx_net_wait(fd, POLLIN, deadline, err) < 0)
+        if (mx_net_wait(fd, (short)(POLLIN | (ack_now ? MX_WAIT_ACK_NOW : 0)), deadline, err) < 0)
             return -1;
     }
 }

@@ -63,9 +63,15 @@ int mx_net_connect(const char *host, const char *port, int64_t deadline,
 /* Waits until fd is ready for events (POLLIN / POLLOUT) or deadline passes
  * (deadline 0 = none).  Returns 0, or -1 with *err set. */
 int mx_net_wait(int fd, short events, int64_t deadline, mx_error *err);
+/* With POLLIN: acknowledge received data at once before sleeping (TCP_QUICKACK).
+ * For waits in the middle of a pipelined group of replies: a server that
+ * writes them one by one without TCP_NODELAY holds each until the last is
+ * acknowledged, and a delayed ACK (40 ms on Linux) would stall the group.
+ * Not set otherwise: an extra ACK packet per reply costs throughput. */
+#define MX_WAIT_ACK_NOW 0x4000
 
 /* One read: >0 bytes, or -1 with *err set (EOF is MX_E_EOF). */
-ssize_t mx_net_read(int fd, void *buf, size_t cap, int64_t deadline, mx_error *err);
+ssize_t mx_net_read(int fd, void *buf, size_t cap, int64_t deadline, int ack_now, mx_error *err);
 
 /* Writes everything; 0, or -1 with *err set. */
 int mx_net_write_all(int fd, const void *buf, size_t len, int64_t deadline,

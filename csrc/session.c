@@ -137,6 +137,7 @@ typedef struct {
     mx_transcript tr;
     mx_error err;
     int deadline_hit;            /* the last timeout was the overall deadline */
+    unsigned replies_since_write;   /* complete replies read since we last wrote */
 } Session;
 
 /* The one place the protocol state changes. */
@@ -212,6 +213,7 @@ drop_connection(Session *s)
 static int
 stream_write(Session *s, const void *buf, size_t len, int64_t dl)
 {
+    s->replies_since_write = 0;
     if (s->ssl)
         return mx_tls_write_all(s->ssl, s->fd, buf, len, dl, &s->err);
     return mx_net_write_all(s->fd, buf, len, dl, &s->err);
@@ -279,12 +281,14 @@ recv_reply(Session *s, timeout_key k)
     for (;;) {
         size_t used = 0;
         ssize_t n;
+        int ack_now;
 
         if (s->rstart < s->rend) {
             mx_reply_status st = mx_reply_parse(&s->parser, s->rbuf + s->rstart,
                                 s->rend - s->rstart, &used, &s->reply);
             s->rstart += used;
             if (st == MX_REPLY_COMPLETE) {
+                s->replies_since_write++;
                 record_reply(s);
                 return 0;
             }
@@ -295,10 +299,13 @@ recv_reply(Session *s, timeout_key k)
             }
         }
         s->rstart = s->rend = 0;
+        /* part of a pipelined group has come and the rest is awaited: see
+         * MX_WAIT_ACK_NOW */
+        ack_now = s->replies_since_write > 0;
         if (s->ssl)
-            n = mx_tls_read(s->ssl, s->fd, s->rbuf, sizeof(s->rbuf), dl, &s->err);
+            n = mx_tls_read(s->ssl, s->fd, s->rbuf, sizeof(s->rbuf), dl, ack_now, &s->err);
         else
-            n = mx_net_read(s->fd, s->rbuf, sizeof(s->rbuf), dl, &s->err);
+            n = mx_net_read(s->fd, s->rbuf, sizeof(s->rbuf), dl, ack_now, &s->err);
         if (n < 0)
             return -1;
         s->rend = (size_t)n;
@@ -2024,6 +2031,7 @@ typedef struct {
     int pipelining, stop_on_error, stopped;
     expect q[MX_PIPELINE_MAX + 4];
     size_t qhead, qlen, qwritten;
+    int check_desync;              /* a reply was read since the last check */
     size_t wlen;                   /* bytes staged in s->wbuf */
     sreply *replies;
     size_t nreplies, rcap;
@@ -2058,7 +2066,10 @@ out_flush(Session *s, batch *b, size_t jobi, stage stg)
 {
     if (!b->wlen)
         return 0;
-    if (b->qwritten == 0) {
+    if (b->qwritten == 0 && b->check_desync) {
+        /* the first write since the last reply was read (not every 64 KiB
+         * of a body): nothing is outstanding, so any byte is out of turn */
+        b->check_desync = 0;
         size_t extra = unsolicited_bytes(s);
         if (extra) {
             mx_error_set(&s->err, MX_E_PROTOCOL, 0,
@@ -2391,6 +2402,7 @@ read_next(Session *s, batch *b)
 
     b->qhead = (b->qhead + 1) % (MX_PIPELINE_MAX + 4);
     b->qlen--;
+    b->check_desync = 1;
     if (b->qwritten)
         b->qwritten--;
     if (recv_reply(s, kind_timeout[e.kind]) < 0) {
@@ -2930,6 +2942,7 @@ send_batch_of(Session *s, PyObject *items, int stop_on_error)
     memset(&b, 0, sizeof(b));
     b.n = (size_t)PyList_GET_SIZE(items);
     b.cur = b.gate = NONE;
+    b.check_desync = 1;
     b.stop_on_error = stop_on_error;
     b.pipelining = (s->caps.ext & MX_EXT_PIPELINING) != 0;
     if (!(b.jobs = PyMem_RawCalloc(b.n ? b.n : 1, sizeof(job))) ||

@@ -113,12 +113,12 @@ is_ip_literal(const char *name)
 /* Waits for what the last SSL call asked for; 0 to retry, -1 to give up. */
 static int
 tls_wait(SSL *ssl, int ret, int fd, int64_t deadline, const char *what,
-         mx_error *err)
+         int ack_now, mx_error *err)
 {
     int e = SSL_get_error(ssl, ret);
 
     if (e == SSL_ERROR_WANT_READ)
-        return mx_net_wait(fd, POLLIN, deadline, err);
+        return mx_net_wait(fd, (short)(POLLIN | (ack_now ? MX_WAIT_ACK_NOW : 0)), deadline, err);
     if (e == SSL_ERROR_WANT_WRITE)
         return mx_net_wait(fd, POLLOUT, deadline, err);
     tls_fail(ssl, ret, what, err);
@@ -167,7 +167,7 @@ mx_tls_handshake(SSL_CTX *ctx, int fd, const char *server_name, int verify,
         ret = SSL_connect(ssl);
         if (ret == 1)
             break;
-        if (tls_wait(ssl, ret, fd, deadline, "TLS handshake failed", err) < 0)
+        if (tls_wait(ssl, ret, fd, deadline, "TLS handshake failed", 0, err) < 0)
             goto error;
     }
     return ssl;
@@ -178,7 +178,7 @@ error:
 
 ssize_t
 mx_tls_read(SSL *ssl, int fd, void *buf, size_t cap, int64_t deadline,
-            mx_error *err)
+            int ack_now, mx_error *err)
 {
     for (;;) {
         size_t n = 0;
@@ -189,7 +189,7 @@ mx_tls_read(SSL *ssl, int fd, void *buf, size_t cap, int64_t deadline,
         ret = SSL_read_ex(ssl, buf, cap, &n);
         if (ret == 1)
             return (ssize_t)n;
-        if (tls_wait(ssl, ret, fd, deadline, "TLS read failed", err) < 0)
+        if (tls_wait(ssl, ret, fd, deadline, "TLS read failed", ack_now, err) < 0)
             return -1;
     }
 }
@@ -212,7 +212,7 @@ mx_tls_write_all(SSL *ssl, int fd, const void *buf, size_t len,
             len -= n;
             continue;
         }
-        if (tls_wait(ssl, ret, fd, deadline, "TLS write failed", err) < 0)
+        if (tls_wait(ssl, ret, fd, deadline, "TLS write failed", 0, err) < 0)
             return -1;
     }
     return 0;

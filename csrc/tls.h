@@ -28,7 +28,7 @@ SSL *mx_tls_handshake(SSL_CTX *ctx, int fd, const char *server_name,
                       int verify, int64_t deadline, mx_error *err);
 
 ssize_t mx_tls_read(SSL *ssl, int fd, void *buf, size_t cap, int64_t deadline,
-                    mx_error *err);
+                    int ack_now, mx_error *err);
 int mx_tls_write_all(SSL *ssl, int fd, const void *buf, size_t len,
                      int64_t deadline, mx_error *err);
 /* Sends close_notify without waiting for the answer, then frees ssl. */
