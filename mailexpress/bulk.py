@@ -151,6 +151,8 @@ class _Reporter:
                 self.bar = tqdm(total=total, unit="msg", desc="sending")
 
     def update(self, outcomes: Sequence[Outcome]) -> None:
+        if not outcomes:
+            return
         self.done += len(outcomes)
         failed = sum(isinstance(o, Error) for o in outcomes)
         self.failed += failed
@@ -166,6 +168,11 @@ class _Reporter:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
+
+
+def _maybe_resent(o: Outcome) -> bool:
+    """An outcome the bulk send_as may still replace by sending again."""
+    return isinstance(o, Error) and bool(getattr(o, "retry_safe", False))
 
 
 def _not_sent(cls: type[Error], why: str) -> Error:
@@ -227,7 +234,8 @@ def _send_batch(session: Session, items: list[BulkItem], stop_on_error: bool,
 
 
 def run_bulk(session: Session, messages: Iterable[BulkItem], *, stop_on_error: bool,
-             progress: ProgressArg, batch_size: int) -> BulkResult:
+             progress: ProgressArg, batch_size: int,
+             on_batch: Callable[[Sequence[Outcome]], None] | None = None) -> BulkResult:
     if batch_size < 1:
         raise InputError(f"batch_size must be at least 1, not {batch_size}")
     total = len(messages) if isinstance(messages, Sized) else None
@@ -243,6 +251,8 @@ def run_bulk(session: Session, messages: Iterable[BulkItem], *, stop_on_error: b
                 got.append(_not_sent(StateError, "an earlier message failed and stop_on_error is set"))
             outcomes.extend(got)
             reporter.update(got)
+            if on_batch is not None:
+                on_batch(got)
             if stop:
                 break
         if total is not None and len(outcomes) < total:
@@ -331,21 +341,25 @@ def send_many(config: Config, messages: Iterable[Mapping[str, Any] | EmailMessag
                     except InputError as err:
                         err.delivered = False   # type: ignore[attr-defined]
                         outcomes[i] = err
+                # progress as each batch lands; a message the session failure kept
+                # from going out is counted when its fate is final (it may be resent)
                 result = run_bulk(session, built, stop_on_error=stop_on_error, progress=None,
-                                  batch_size=batch_size)
+                                  batch_size=batch_size,
+                                  on_batch=lambda got: reporter.update([o for o in got if not _maybe_resent(o)]))
             retry = []
             for i, o in zip(index, result):
                 outcomes[i] = o
-                if isinstance(o, Error) and getattr(o, "retry_safe", False) and not (
-                        stop_on_error and isinstance(o, StateError)):
+                if _maybe_resent(o) and not (stop_on_error and isinstance(o, StateError)):
                     retry.append(i)
-            if not retry or connections > reconnects:
-                retry = []
-            elif retry:
+            if retry and connections <= reconnects:
                 log.warning("session failed with %d message(s) not sent; reconnecting "
                             "(%d of %d)", len(retry), connections, reconnects)
-            final = set(pending) - set(retry)
-            reporter.update([o for o in (outcomes[i] for i in sorted(final)) if o is not None])
+            else:
+                retry = []
+            again, built_ok = set(retry), set(index)
+            reporter.update([o for i, o in zip(index, result) if _maybe_resent(o) and i not in again])
+            unbuilt = [outcomes[i] for i in pending if i not in built_ok]
+            reporter.update([o for o in unbuilt if o is not None])
             pending = retry
     finally:
         reporter.close()

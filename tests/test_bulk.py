@@ -378,3 +378,17 @@ def test_a_file_that_cannot_be_read_fails_alone_in_a_batch(emulator_factory):
     assert isinstance(result[1], mx.InputError) and isinstance(result[1].__cause__, TypeError)
     assert "seekable" in str(result[1]) and result[1].delivered is False
     assert len(result.sent) == 2 and len(em.messages) == 2
+
+
+def test_bulk_send_as_reports_progress_per_batch_across_reconnects(emulator_factory):
+    em = emulator_factory(max_messages_per_connection=7)
+    cfg = em.config(username=SVC.username, password=SVC.password, from_address=SVC.address)
+    seen: list[mx.Progress] = []
+    messages = [{"to": "bob@partner.example", "body": str(i)} for i in range(20)]
+    messages[3] = {"to": "bob@partner.example", "sender": OTHER}           # refused
+    messages[5] = {"to": "bob@partner.example", "subjct": "typo"}          # bad item
+    result = mx.send_many(cfg, messages, progress=seen.append, batch_size=4, reconnects=5)
+    assert len(result.sent) == 18 and result.connections == 3
+    done = [p.done for p in seen]
+    assert done == sorted(done) and done[-1] == 20 and len(done) >= 5     # per batch, never back
+    assert seen[-1].sent == 18 and seen[-1].failed == 2 and seen[-1].total == 20
