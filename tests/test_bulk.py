@@ -392,3 +392,71 @@ def test_bulk_send_as_reports_progress_per_batch_across_reconnects(emulator_fact
     done = [p.done for p in seen]
     assert done == sorted(done) and done[-1] == 20 and len(done) >= 5     # per batch, never back
     assert seen[-1].sent == 18 and seen[-1].failed == 2 and seen[-1].total == 20
+
+
+def test_a_message_with_many_recipients_goes_one_command_at_a_time(emulator_factory):
+    """More recipients than fit the 100-reply window: that message is sent
+    command by command (each RCPT answered before the next), the others
+    pipelined; every recipient's verdict is kept."""
+    em = emulator_factory(unknown_recipients=["r7@partner.example"])
+    cfg = em.config(username=SVC.username, password=SVC.password)
+    many = [f"r{i}@partner.example" for i in range(150)]
+    with mx.connect(cfg) as s:
+        result = s.send_many([(SVC.address, ["bob@partner.example"], raw(0)),
+                              (SVC.address, many, raw(1)),
+                              (SVC.address, ["bob@partner.example"], raw(2))])
+        lines = [(d, t) for _, d, t in s.transcript if d in "CS"]
+    assert len(result.sent) == 3
+    assert list(result[1].refused) == ["r7@partner.example"] and len(result[1].accepted) == 149
+    assert [m.rcpt_tos for m in em.messages] == [["bob@partner.example"], many[:7] + many[8:],
+                                                ["bob@partner.example"]]
+    rcpt_at = [i for i, (d, t) in enumerate(lines) if t.startswith("RCPT TO:<r")]
+    assert all(lines[i + 1][0] == "S" for i in rcpt_at)      # each answered before the next
+
+
+def test_data_refused_then_rset_and_the_next_message_goes(fake_server):
+    def script(conn):
+        greet(conn, [b"PIPELINING"])
+        conn.expect(b"MAIL FROM"), conn.expect(b"RCPT TO"), conn.expect(b"DATA")
+        conn.send(b"250 ok\r\n250 ok\r\n554 5.6.0 no data today\r\n")
+        conn.expect(b"RSET")
+        conn.expect(b"MAIL FROM"), conn.expect(b"RCPT TO"), conn.expect(b"DATA")
+        conn.send(b"250 reset\r\n250 ok\r\n250 ok\r\n354 go\r\n")
+        conn.body = conn.read_data()
+        conn.send(b"250 queued\r\n")
+        conn.expect(b"QUIT")
+        conn.send(b"221 bye\r\n")
+    srv, s = greeted_session(fake_server, script)
+    result = s.send_many([("a@x.example", ["b@y.example"], b"one"), ("a@x.example", ["b@y.example"], b"two")])
+    s.quit()
+    srv.check()
+    assert isinstance(result[0], mx.DataRefused) and result[0].stage == mx.Stage.DATA
+    assert result[0].code == 554 and result[0].delivered is False
+    assert result[1].reply.text == "queued"
+
+
+def test_a_large_body_from_a_refused_sender_sends_no_bdat_and_no_rset(emulator_factory):
+    em = emulator_factory()
+    cfg = em.config(username=SVC.username, password=SVC.password)
+    big = b"Subject: big\r\n\r\n" + (b"z" * 998 + b"\r\n") * 1100
+    with mx.connect(cfg) as s:
+        result = s.send_many([(OTHER, ["bob@partner.example"], big),
+                              (SVC.address, ["bob@partner.example"], raw(1))])
+        sent = [t.split()[0] for _, d, t in s.transcript if d == "C"]
+    assert isinstance(result[0], mx.SenderRefused) and result[1].ok
+    assert sent.count("BDAT") == 1 and "RSET" not in sent
+    assert [m.data for m in em.messages] == [wire_form(raw(1))]
+
+
+def test_stop_on_error_on_the_data_path(emulator_factory):
+    em = emulator_factory(chunking=False, unknown_recipients=["nobody@corp.example"])
+    cfg = em.config(username=SVC.username, password=SVC.password)
+    items = [(SVC.address, ["bob@partner.example"], raw(i)) for i in range(5)]
+    items[1] = (SVC.address, ["nobody@corp.example"], raw(1))
+    with mx.connect(cfg) as s:
+        result = s.send_many(items, stop_on_error=True)
+        assert s.state == "READY"
+        followup = s.send(raw(9), envelope_from=SVC.address, recipients=["bob@partner.example"])
+    assert isinstance(result[1], mx.RecipientsRefused)
+    assert all(isinstance(o, mx.StateError) and o.retry_safe for o in result[2:])
+    assert followup.ok and len(em.messages) == 2
