@@ -24,6 +24,15 @@ def greeted_session(fake_server, script):
     return srv, s
 
 
+def send_two_and_quit(fake_server, script):
+    """Two small messages through send_many to a scripted server, then QUIT."""
+    srv, s = greeted_session(fake_server, script)
+    result = s.send_many([("a@x.example", ["b@y.example"], b"one"), ("a@x.example", ["b@y.example"], b"two")])
+    s.quit()
+    srv.check()
+    return result
+
+
 def raw(i: int, sender: str = SVC.address) -> bytes:
     return (f"From: {sender}\r\nTo: bob@partner.example\r\nSubject: n{i}\r\n\r\n"
             f"line\r\n.leading dot {i}\r\nno final newline").encode()
@@ -76,10 +85,7 @@ def test_pipelined_across_messages_one_write_per_message(fake_server):
             conn.send(b"250 queued\r\n")
         conn.expect(b"QUIT")
         conn.send(b"221 bye\r\n")
-    srv, s = greeted_session(fake_server, script)
-    result = s.send_many([("a@x.example", ["b@y.example"], b"one"), ("a@x.example", ["b@y.example"], b"two")])
-    s.quit()
-    srv.check()
+    result = send_two_and_quit(fake_server, script)
     assert len(result.sent) == 2
     assert seen[0] == b"MAIL FROM:<a@x.example>\r\nRCPT TO:<b@y.example>\r\nDATA\r\n"
     assert seen[1] == b""
@@ -426,10 +432,7 @@ def test_data_refused_then_rset_and_the_next_message_goes(fake_server):
         conn.send(b"250 queued\r\n")
         conn.expect(b"QUIT")
         conn.send(b"221 bye\r\n")
-    srv, s = greeted_session(fake_server, script)
-    result = s.send_many([("a@x.example", ["b@y.example"], b"one"), ("a@x.example", ["b@y.example"], b"two")])
-    s.quit()
-    srv.check()
+    result = send_two_and_quit(fake_server, script)
     assert isinstance(result[0], mx.DataRefused) and result[0].stage == mx.Stage.DATA
     assert result[0].code == 554 and result[0].delivered is False
     assert result[1].reply.text == "queued"
