@@ -2638,6 +2638,13 @@ prepare_job(Session *s, batch *b, job *j)
         j->mode = B_BINARY;
         j->size = j->file ? scan.info.raw_size : (uint64_t)j->view.len;
     }
+    if (scan.info.has_8bit && j->mode != B_BINARY && !(s->caps.ext & MX_EXT_8BITMIME)) {
+        raise_exc(s, MX_EXC_NOT_SUPPORTED, STG_MAIL, NULL, NULL,
+                  "the message has 8-bit bytes but the server does not offer 8BITMIME "
+                  "(RFC 6152); encode the body (quoted-printable or base64), or let "
+                  "send_as build it, which does; nothing was sent");
+        goto bad;
+    }
     extra[0] = '\0';
     if (s->caps.ext & MX_EXT_SIZE) {
         if (s->caps.size && j->size > s->caps.size) {

@@ -356,3 +356,17 @@ def test_jupyter_representations_hide_the_password(cfg, emulator):
     c = cfg._repr_html_()
     assert "<table>" in c and "********" in c and cfg.password.reveal() not in c
     assert "svc-mailer" in c
+
+
+def test_raw_8bit_bytes_without_8bitmime_are_refused_before_sending(emulator_factory):
+    """RFC 6152: no 8-bit data to a server that does not offer 8BITMIME."""
+    em = emulator_factory(eight_bit_mime=False)
+    cfg = em.config(username=SVC.username, password=SVC.password)
+    with mx.connect(cfg) as s:
+        with pytest.raises(mx.NotSupportedError, match="8BITMIME"):
+            s.send("Subject: x\r\n\r\nGrüße\r\n".encode(), envelope_from=SVC.address,
+                   recipients=["b@partner.example"])
+        assert s.state == "READY"
+        assert s.send(b"Subject: x\r\n\r\nplain\r\n", envelope_from=SVC.address,
+                      recipients=["b@partner.example"]).ok
+    assert len(em.messages) == 1
