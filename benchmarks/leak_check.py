@@ -12,12 +12,12 @@ import gc
 import io
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
 
 import mailexpress as mx
+from bench import free_port   # a port nobody listens on (benchmarks/ is on sys.path)
 
 # The emulators run in a child process: this process's RSS is the client's alone.
 SERVER = r"""
@@ -46,14 +46,6 @@ def rss_kib() -> int:
         return int(fh.read().split()[1]) * PAGE // 1024
 
 
-def closed_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
-
 def run_sends(cfg: mx.Config, n: int, body: bytes) -> None:
     with mx.connect(cfg) as session:
         for i in range(n):
@@ -63,7 +55,7 @@ def run_sends(cfg: mx.Config, n: int, body: bytes) -> None:
 
 
 def run_failures(cfg: mx.Config, expired: mx.Config, n: int) -> None:
-    refused = mx.Config(host="127.0.0.1", port=closed_port(), use_auth=False, timeouts={"connect": 2})
+    refused = mx.Config(host="127.0.0.1", port=free_port(), use_auth=False, timeouts={"connect": 2})
     for i in range(n):
         target = expired if i % 10 == 0 else refused     # 10% TLS verify failures
         try:

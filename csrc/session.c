@@ -1956,8 +1956,9 @@ group_reply(Session *s, stage stg, timeout_key k)
  *  3. outcomes (GIL held): per message, (refused, reply) or an exception
  *     instance; a failure of the session (I/O, 421, a reply that cannot
  *     belong) ends the batch: the message it hit gets the exception, a later
- *     one already (partly) written is "outcome unknown", one never written
- *     is "not sent".
+ *     one whose body was all written is "outcome unknown" (delivered=None),
+ *     any other is "not sent" (delivered=False); after a 421 all are "not
+ *     sent", since the server answers in turn and then closes.
  */
 
 /* Replies outstanding at most: more could fill the TCP window both ways
@@ -2001,7 +2002,6 @@ typedef struct {
     int serial;                /* one command at a time */
     /* wire */
     size_t step;               /* next line to stage; nrcpt + 1 = the body */
-    int written;               /* some of it went out */
     int mail_ok;               /* -1 unknown */
     size_t rcpt_seen, accepted;
     int finished;              /* its last reply was read */
@@ -2095,7 +2095,6 @@ out_put(Session *s, batch *b, const void *p, size_t n, size_t jobi, stage stg)
         return -1;
     memcpy(s->wbuf + b->wlen, p, n);
     b->wlen += n;
-    b->jobs[jobi].written = 1;
     return 0;
 }
 
@@ -2313,7 +2312,6 @@ stage_more(Session *s, batch *b)
                 return 0;
             b->cur = b->next++;
             j->step = 0;
-            j->first_reply = NONE;
         }
         j = &b->jobs[b->cur];
         one_by_one = !b->pipelining || j->serial;

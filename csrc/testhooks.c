@@ -85,6 +85,18 @@ done:
     return res;
 }
 
+/* Appends n bytes to a bytearray; -1 raised. */
+static int
+append(PyObject *acc, const unsigned char *p, size_t n)
+{
+    Py_ssize_t len = PyByteArray_GET_SIZE(acc);
+
+    if (PyByteArray_Resize(acc, len + (Py_ssize_t)n) < 0)
+        return -1;
+    memcpy(PyByteArray_AS_STRING(acc) + len, p, n);
+    return 0;
+}
+
 /* _body_encode(data, chunk=0, out_cap=65536) -> bytes on the wire after 354 */
 static PyObject *
 th_body_encode(PyObject *m, PyObject *args)
@@ -120,16 +132,11 @@ th_body_encode(PyObject *m, PyObject *args)
             goto done;
         }
         pos += used;
-        if (PyByteArray_Resize(acc, PyByteArray_GET_SIZE(acc) + (Py_ssize_t)n) < 0)
+        if (append(acc, out, n) < 0)
             goto done;
-        memcpy(PyByteArray_AS_STRING(acc) + PyByteArray_GET_SIZE(acc) - n, out, n);
     }
-    {
-        size_t n = mx_body_finish(&enc, out, (size_t)out_cap);
-        if (PyByteArray_Resize(acc, PyByteArray_GET_SIZE(acc) + (Py_ssize_t)n) < 0)
-            goto done;
-        memcpy(PyByteArray_AS_STRING(acc) + PyByteArray_GET_SIZE(acc) - n, out, n);
-    }
+    if (append(acc, out, mx_body_finish(&enc, out, (size_t)out_cap)) < 0)
+        goto done;
     res = PyBytes_FromStringAndSize(PyByteArray_AS_STRING(acc), PyByteArray_GET_SIZE(acc));
 done:
     Py_XDECREF(acc);
@@ -138,7 +145,7 @@ done:
     return res;
 }
 
-/* _body_scan(data) -> (size, has_8bit) */
+/* _body_scan(data) -> (size, has_8bit, has_nul) */
 static PyObject *
 th_body_scan(PyObject *m, PyObject *args)
 {
