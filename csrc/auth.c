@@ -220,12 +220,9 @@ mx_auth_run(const mx_auth_conv *c, mx_auth_mech *m, char *why, size_t whycap)
         } else {
             /* RFC 4954 §4: too long for the AUTH line; sent after the 334 */
             pending_shown = shown ? shown : "";
-            memcpy(line.p, auth, strlen(auth));
-            memcpy(line.p + strlen(auth), "\r\n", 2);
-            res = c->exchange(c->sess, (const char *)line.p, strlen(auth) + 2, NULL) < 0
-                  ? MX_AUTH_IO : MX_AUTH_OK;
         }
-    } else {
+    }
+    if (rc != MX_STEP_SEND || pending_shown) {
         char bare[sizeof(auth) + 3];
         snprintf(bare, sizeof(bare), "%s\r\n", auth);
         res = c->exchange(c->sess, bare, strlen(bare), NULL) < 0 ? MX_AUTH_IO : MX_AUTH_OK;
