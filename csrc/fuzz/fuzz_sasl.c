@@ -15,7 +15,7 @@ frame(const uint8_t *data, size_t size)
 {
     const char *p = (const char *)data, *user = p, *host, *token;
     const uint8_t *a = memchr(data, 0xff, size), *b;
-    size_t ulen, hlen, tlen, cap, len = 0, i;
+    size_t ulen, hlen, tlen, cap, len = 0;
     unsigned port = size ? data[0] * 257u : 0;
     unsigned char *out;
     mx_sasl_status st;
@@ -45,7 +45,7 @@ frame(const uint8_t *data, size_t size)
     }
     st = mx_sasl_oauthbearer(user, ulen, host, hlen, port, token, tlen, out, cap, &len);
     if (st == MX_SASL_OK) {
-        size_t commas = 0;
+        size_t commas = 0, i;
         if (len > cap || memcmp(out, "n,a=", 4) != 0 || out[len - 1] != 1 || out[len - 2] != 1)
             abort();
         /* the GS2 header has exactly two unescaped commas before the first ^A */
