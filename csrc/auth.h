@@ -54,11 +54,23 @@ typedef struct mx_auth_mech {
     PyObject *step;                    /* Python step (borrowed) */
 } mx_auth_mech;
 
-/* Mechanism set-up; each returns 0, or -1 with a Python exception set.
- * The messages are copied into heap buffers owned by m (mx_auth_mech_free
- * wipes them).  The callers check the fields (sasl.c's framing functions). */
 void mx_auth_mech_init(mx_auth_mech *m, int kind, const char *name);
+/* Wipes and frees m's buffers. */
 void mx_auth_mech_free(mx_auth_mech *m);
+
+/* Mechanism set-up: checks the fields and prepares the messages in m's
+ * heap buffers (m is initialised here; free it with mx_auth_mech_free
+ * whatever the result).  0 ready; 1 bad input, why says which field and
+ * nothing may be sent; -1 a Python exception is set (memory). */
+int mx_auth_prepare_basic(mx_auth_mech *m, int login, const char *user, size_t ulen,
+                          const char *pass, size_t plen, char *why, size_t whycap);
+int mx_auth_prepare_oauth(mx_auth_mech *m, int bearer, const char *user, size_t ulen,
+                          const char *host, size_t hlen, unsigned port,
+                          const char *token, size_t tlen, char *why, size_t whycap);
+/* name: a SASL mechanism name (any case; upper-cased); step: a callable,
+ * borrowed for the life of m. */
+int mx_auth_prepare_python(mx_auth_mech *m, const char *name, size_t nlen,
+                           PyObject *step, char *why, size_t whycap);
 
 /* How the session talks for the loop: send a line (recorded as `shown`, or
  * as itself when shown is NULL) and read the reply into *reply, with the
