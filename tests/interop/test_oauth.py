@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 from harness import missing_requirements
-from oauth_harness import (APPS, BAD_KINDS, BASIC_ACCOUNT, EXCHANGE, EXCHANGE_SCOPE, SEND_AS_APP, TENANT, App,
+from oauth_harness import (APPS, BAD_KINDS, BASIC_ACCOUNT, EXCHANGE_SCOPE, TENANT, App,
                            OAuthHarness, bad_tokens, msal_app, raw_auth, sasl_blob)
 from scenarios import collect_oauth, markdown
 
@@ -284,6 +284,20 @@ def test_session_an_entra_sized_token_gets_past_postfixs_line_limit(oauth):
     finally:
         s.close()
     delivered_copy(oauth, marker, message(marker) + b"\r\n")
+
+
+def test_session_sends_no_token_without_tls(oauth):
+    """The insecure service offers XOAUTH2 without TLS: the token stays home."""
+    s = mx.Session(host="127.0.0.1", port=oauth.ports["insecure"], security="none", timeouts=TIMEOUTS)
+    try:
+        s.connect()
+        s.ehlo()
+        assert "XOAUTH2" in s.capabilities["AUTH"].split() and not s.tls_active
+        with pytest.raises(mx.InsecureAuthError):
+            s.auth_oauth(MAILER.mailbox, oauth.issuer.token(MAILER))
+        assert not [t for _ms, d, t in s.transcript if d == "C" and t.startswith("AUTH")]
+    finally:
+        s.close()
 
 
 def test_session_sends_a_large_token_after_the_334(oauth):
