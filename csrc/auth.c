@@ -304,12 +304,12 @@ mx_auth_run(const mx_auth_conv *c, mx_auth_mech *m, char *why, size_t whycap)
             res = MX_AUTH_RAISED;
             goto out;
         }
-        if (line.len <= MX_CMD_MAX) {
+        if (line.len <= MX_AUTH_IR_LINE_MAX) {
             snprintf(shown_line, sizeof(shown_line), "%s %s", auth, shown ? shown : "");
             res = c->exchange(c->sess, (const char *)line.p, line.len, shown_line) < 0
                   ? MX_AUTH_IO : MX_AUTH_OK;
         } else {
-            /* RFC 4954 §4: too long for the AUTH line; sent after the 334 */
+            /* too long for the AUTH line (see MX_AUTH_IR_LINE_MAX): after the 334 */
             pending_shown = shown ? shown : "";
         }
     }
