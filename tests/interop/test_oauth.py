@@ -479,6 +479,18 @@ def test_connector_with_a_token_for_the_wrong_resource_says_so(oauth, secret):
     assert "token" in advice and ("oauth_scope" in advice or "outlook.office365.com" in advice), auth.advice
 
 
+def test_connector_with_an_app_lacking_smtp_send_as_app_fails_auth(oauth, secret, monkeypatch):
+    """The app's token is genuine (right tenant, audience, mailbox) but carries
+    IMAP.AccessAsApp instead of SMTP.SendAsApp: auth fails, nothing is probed."""
+    app = APPS["noperm"]
+    monkeypatch.setenv(SECRET_ENV, app.secret)
+    report = mx.test_connector(oauth_cfg(oauth, app=app))
+    checks = {c.id: c.status for c in report.checks}
+    assert checks["auth_mechanisms"] == "pass" and checks["auth"] == "fail" and not report.ok, str(report)
+    assert checks["send_as_self"] == "skip"
+    assert "token" in (report.check("auth").advice or "").lower()
+
+
 def test_connector_with_a_wrong_secret_names_the_provider_code(oauth, secret, monkeypatch):
     monkeypatch.setenv(SECRET_ENV, "not-the-secret")
     report = mx.test_connector(oauth_cfg(oauth))
