@@ -174,9 +174,20 @@ class KerberosRealm:
         self.stop()
         raise RuntimeError(f"the KDC did not start on 127.0.0.1:{self.port}:\n{log[-3000:]}")
 
-    def kinit(self, user: str, password: str, ccache: Path) -> None:
+    def kinit(self, user: str, password: str, ccache: Path, lifetime: str | None = None) -> None:
         """A ticket-granting ticket for user into the file ccache (nothing else)."""
-        self._run("kinit", "-c", f"FILE:{ccache}", f"{user}@{REALM}", input=password + "\n")
+        life = ["-l", lifetime] if lifetime else []
+        self._run("kinit", *life, "-c", f"FILE:{ccache}", f"{user}@{REALM}", input=password + "\n")
+
+    def rekey_service(self) -> None:
+        """New keys for smtp/<host> in the KDC only: the server's keytab is now
+        out of date (the classic SPN/keytab fault).  export_keytab() mends it."""
+        self._run("kadmin.local", "-r", REALM, "-q", f"cpw -randkey smtp/{SERVICE_HOST}")
+
+    def export_keytab(self) -> None:
+        """The service's current keys added to the server's keytab (ktadd re-keys
+        and writes the new version; the file keeps its owner and mode)."""
+        self._run("kadmin.local", "-r", REALM, "-q", f"ktadd -k {self.keytab} smtp/{SERVICE_HOST}")
 
     def klist(self, ccache: Path) -> str:
         return self._run("klist", "-c", f"FILE:{ccache}")
@@ -279,6 +290,12 @@ service auth {{
 }}
 service anvil {{
   chroot =
+  # no per-IP failure penalty: every loopback client shares one IP, and after a
+  # few refusals the penalty turns answers into 454 4.7.0 "Connection lost to
+  # authentication server"
+  unix_listener anvil-auth-penalty {{
+    mode = 0
+  }}
 }}
 service stats {{
   chroot =

@@ -7,9 +7,11 @@ swaks for NTLM), so that a failure of mailexpress is told apart from a broken
 set-up."""
 from __future__ import annotations
 
+import base64
 import os
 import re
 import subprocess
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -62,9 +64,9 @@ def ticket(realm: KerberosRealm, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     """kinit(user) -> the private ccache, now this process's KRB5CCNAME."""
     monkeypatch.setenv("KRB5_CONFIG", str(realm.krb5_conf))
 
-    def kinit(user: str = "alice") -> Path:
+    def kinit(user: str = "alice", lifetime: str | None = None) -> Path:
         cc = tmp_path / f"cc.{user}"
-        realm.kinit(user, KERBEROS_USERS[user][0], cc)
+        realm.kinit(user, KERBEROS_USERS[user][0], cc, lifetime)
         monkeypatch.setenv("KRB5CCNAME", f"FILE:{cc}")
         return cc
     return kinit
@@ -103,6 +105,11 @@ def assert_nothing_delivered(h: WindowsAuthHarness, mark: str) -> None:
 def dovecot_logins(h: WindowsAuthHarness) -> list[str]:
     """The user names Dovecot answered OK for (its auth_debug log), in order."""
     return re.findall(r"client passdb out: OK\t\d+\tuser=(\S+)", h.log())
+
+
+def gssapi_attempts(h: WindowsAuthHarness) -> int:
+    """How many AUTH GSSAPI exchanges reached Dovecot."""
+    return len(re.findall(r"client in: AUTH\t\d+\tGSSAPI", h.log()))
 
 
 def postfix_logins(h: WindowsAuthHarness) -> list[str]:
@@ -160,3 +167,188 @@ def test_swaks_wrong_ntlm_password_is_refused(winauth):
     assert "<~* 535 5.7.8" in run.stdout, run.stdout
     assert "NT_STATUS_LOGON_FAILURE" in winauth.log()
     assert_nothing_delivered(winauth, mark)
+
+
+# -- mailexpress ------------------------------------------------------------------------
+
+EXACT = (b"From: {addr}\r\nTo: someone@partner.example\r\nSubject: {mark}\r\n\r\n"
+         b".leading dot\r\n..two dots\r\n.\r\n" + b"L" * 998 + b"\r\nlast line without newline")
+
+
+def _exact(addr: str, mark: str) -> bytes:
+    return EXACT.replace(b"{addr}", addr.encode()).replace(b"{mark}", mark.encode())
+
+
+def client_lines(session_or_exc: object) -> list[str]:
+    return [t for _ms, d, t in getattr(session_or_exc, "transcript") if d == "C"]
+
+
+def test_gssapi_delivers_byte_exact(realm, winauth, ticket):
+    cc = ticket("alice")
+    mark = marker()
+    raw = _exact(KERBEROS_USERS["alice"][1], mark)
+    with mx.connect(wcfg(winauth, "GSSAPI")) as s:
+        assert s.authenticated and s.tls_active
+        assert s.capabilities["AUTH"] == "GSSAPI NTLM"
+        s.send(raw, envelope_from=KERBEROS_USERS["alice"][1], recipients=["someone@partner.example"])
+        sent = client_lines(s)
+    assert any(line.startswith("AUTH GSSAPI") for line in sent)
+    delivered_copy(winauth, mark, raw + b"\r\n")
+    assert postfix_logins(winauth)[-1] == ("GSSAPI", f"alice@{REALM}")
+    assert f"smtp/{SERVICE_HOST}@{REALM}" in realm.klist(cc)     # the ticket mailexpress asked our KDC for
+
+
+def test_gssapi_send_as(winauth, ticket):
+    ticket("alice")
+    mark = marker()
+    res = mx.send_as(wcfg(winauth, "GSSAPI"), KERBEROS_USERS["alice"][1], to="someone@partner.example",
+                     subject=mark, body="sent with a Kerberos ticket\n")
+    assert res.ok
+    assert b"sent with a Kerberos ticket" in winauth.wait_for(mark.encode()).data
+
+
+def test_ntlm_delivers_byte_exact(winauth):
+    mark = marker()
+    addr = NTLM_USER[2]
+    raw = _exact(addr, mark)
+    with mx.connect(wcfg(winauth, "NTLM")) as s:
+        assert s.authenticated and s.tls_active
+        s.send(raw, envelope_from=addr, recipients=["someone@partner.example"])
+        sent = client_lines(s)
+        shown = repr(s) + "\n".join(sent)
+    assert any(line.startswith("AUTH NTLM") for line in sent)
+    delivered_copy(winauth, mark, raw + b"\r\n")
+    # CORP\bob arrives at Dovecot as bob@CORP: the domain went in the NTLM message
+    assert postfix_logins(winauth)[-1] == ("NTLM", f"{NTLM_USER[0]}@{NTLM_DOMAIN}")
+    assert NTLM_USER[1] not in shown
+
+
+def test_wrong_ntlm_password_is_an_auth_error_and_no_mail(winauth):
+    mark = marker()
+    with pytest.raises(mx.AuthError) as info:
+        mx.send_as(wcfg(winauth, "NTLM", password="not-the-password"), NTLM_USER[2], to="someone@partner.example",
+                   subject=mark, body="must not arrive\n")
+    err = info.value
+    assert err.code == 535 and err.enhanced == "5.7.8" and err.stage is mx.Stage.AUTH
+    assert err.mechanism == "NTLM"
+    assert "not-the-password" not in str(err) + repr(err)
+    assert "NT_STATUS_LOGON_FAILURE" in winauth.log()
+    assert_nothing_delivered(winauth, mark)
+
+
+def test_no_ticket_is_a_clear_error_and_no_mail(winauth, realm, tmp_path, monkeypatch):
+    monkeypatch.setenv("KRB5_CONFIG", str(realm.krb5_conf))
+    monkeypatch.setenv("KRB5CCNAME", f"FILE:{tmp_path / 'no-ticket'}")       # an empty cache
+    mark = marker()
+    before = gssapi_attempts(winauth)
+    with pytest.raises(mx.AuthError) as info:
+        mx.send_as(wcfg(winauth, "GSSAPI"), KERBEROS_USERS["alice"][1], to="someone@partner.example",
+                   subject=mark, body="must not arrive\n")
+    err = info.value
+    assert err.stage is mx.Stage.AUTH and err.mechanism == "GSSAPI"
+    assert "kinit" in str(err) and f"smtp/{SERVICE_HOST}" in str(err), str(err)
+    assert gssapi_attempts(winauth) == before           # found out before AUTH was sent
+    assert_nothing_delivered(winauth, mark)
+
+
+def test_expired_ticket_is_a_clear_error_and_no_mail(winauth, ticket):
+    ticket("alice", lifetime="2s")
+    time.sleep(3)
+    mark = marker()
+    before = gssapi_attempts(winauth)
+    with pytest.raises(mx.AuthError) as info:
+        mx.send_as(wcfg(winauth, "GSSAPI"), KERBEROS_USERS["alice"][1], to="someone@partner.example",
+                   subject=mark, body="must not arrive\n")
+    assert info.value.mechanism == "GSSAPI" and "expired" in str(info.value).lower(), str(info.value)
+    assert "kinit" in str(info.value)
+    assert gssapi_attempts(winauth) == before
+    assert_nothing_delivered(winauth, mark)
+
+
+def test_server_keytab_out_of_date(realm, winauth, ticket):
+    """The KDC has new keys for smtp/mail.corp.example, the server's keytab the
+    old ones: the client gets a ticket, the server cannot read it (535); the
+    diagnosis points at the SPN and keytab."""
+    realm.rekey_service()
+    try:
+        ticket("alice")
+        mark = marker()
+        with pytest.raises(mx.AuthError) as info:
+            mx.send_as(wcfg(winauth, "GSSAPI"), KERBEROS_USERS["alice"][1], to="someone@partner.example",
+                       subject=mark, body="must not arrive\n")
+        err = info.value
+        assert err.code == 535 and err.mechanism == "GSSAPI" and err.stage is mx.Stage.AUTH
+        assert "keytab is likely out of date" in winauth.log()
+        assert_nothing_delivered(winauth, mark)
+        check = mx.test_connector(wcfg(winauth, "GSSAPI")).check("auth")
+        assert check.status == "fail" and "535" in check.summary
+        assert "SMTP/mail.corp.example" in check.advice and "setspn" in check.advice, check.advice
+    finally:
+        realm.export_keytab()
+    ticket("alice")                                     # a fresh service ticket: the mended keytab reads it
+    with mx.connect(wcfg(winauth, "GSSAPI")) as s:
+        assert s.authenticated
+
+
+def test_gssapi_needs_no_tls_but_ntlm_does(winauth, ticket):
+    """GSSAPI exposes no secret: allowed on the service without TLS; NTLM's
+    responses can be cracked offline: refused there unless opted in, before
+    anything is sent."""
+    ticket("alice")
+    with mx.connect(wcfg(winauth, "GSSAPI", port=winauth.ports["insecure"], security="none")) as s:
+        assert s.authenticated and not s.tls_active
+    ntlm_attempts = len(re.findall(r"client in: AUTH\t\d+\tNTLM", winauth.log()))
+    with pytest.raises(mx.InsecureAuthError):
+        mx.connect(wcfg(winauth, "NTLM", port=winauth.ports["insecure"], security="none"))
+    assert len(re.findall(r"client in: AUTH\t\d+\tNTLM", winauth.log())) == ntlm_attempts
+
+
+def test_connector_with_gssapi(winauth, ticket):
+    ticket("alice")
+    report = mx.test_connector(wcfg(winauth, "GSSAPI"))
+    checks = {c.id: c.status for c in report.checks}
+    assert checks["auth"] == "pass" and checks["tls"] == "pass", str(report)
+    verdicts = {s.kind: s.verdict for s in report.senders}
+    assert verdicts == {"self": "allowed", "authoritative_domain": "refused_at_mail",
+                        "external": "refused_at_mail"}, str(report)
+    assert "GSSAPI" in str(report)
+
+
+def test_connector_with_a_principal_that_may_send_as_nobody(winauth, ticket):
+    """carol has a real ticket: Kerberos lets her in, the connector's rights
+    (Postfix's sender-login map) refuse her own address."""
+    ticket("carol")
+    report = mx.test_connector(wcfg(winauth, "GSSAPI", from_address=KERBEROS_USERS["carol"][1]))
+    assert report.check("auth").status == "pass", str(report)
+    assert {s.kind: s.verdict for s in report.senders}["self"] == "refused_at_mail", str(report)
+    assert not report.ok
+
+
+def test_connector_without_a_ticket(winauth, realm, tmp_path, monkeypatch):
+    monkeypatch.setenv("KRB5_CONFIG", str(realm.krb5_conf))
+    monkeypatch.setenv("KRB5CCNAME", f"FILE:{tmp_path / 'no-ticket'}")
+    report = mx.test_connector(wcfg(winauth, "GSSAPI"))
+    assert report.check("auth_mechanisms").status == "pass"
+    auth = report.check("auth")
+    assert auth.status == "fail" and not report.ok, str(report)
+    assert "kinit" in auth.summary, str(report)
+    assert report.check("send_as_self").status == "skip"
+
+
+def test_connector_with_ntlm(winauth):
+    report = mx.test_connector(wcfg(winauth, "NTLM"))
+    assert report.check("auth").status == "pass", str(report)
+    assert {s.kind: s.verdict for s in report.senders}["self"] == "allowed", str(report)
+
+
+def test_connector_with_a_wrong_ntlm_password(winauth):
+    report = mx.test_connector(wcfg(winauth, "NTLM", password="not-the-password"))
+    auth = report.check("auth")
+    assert auth.status == "fail" and not report.ok, str(report)
+    assert "535" in str(report) and "not-the-password" not in str(report)
+
+
+def test_ntlm_password_never_reaches_the_logs(winauth):
+    log = winauth.log()
+    pw = NTLM_USER[1]
+    assert pw not in log and base64.b64encode(pw.encode()).decode() not in log
