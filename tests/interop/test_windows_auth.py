@@ -352,3 +352,55 @@ def test_ntlm_password_never_reaches_the_logs(winauth):
     log = winauth.log()
     pw = NTLM_USER[1]
     assert pw not in log and base64.b64encode(pw.encode()).decode() not in log
+
+
+def auth_round_trips(session: mx.Session) -> tuple[str, int]:
+    """(the AUTH line as shown, client lines sent from AUTH up to the server's 235)."""
+    lines = [(d, t) for _ms, d, t in session.transcript]
+    start = next(i for i, (d, t) in enumerate(lines) if d == "C" and t.startswith("AUTH "))
+    end = next(i for i, (d, t) in enumerate(lines) if i > start and d == "S" and t.startswith("235"))
+    return lines[start][1], sum(1 for d, _t in lines[start:end] if d == "C")
+
+
+def test_round_trips_and_redaction(winauth, ticket):
+    """GSSAPI: AP-REQ on the AUTH line, empty answer to the AP-REP, the wrapped
+    security layer: 3.  NTLM: NEGOTIATE on the AUTH line, AUTHENTICATE: 2."""
+    ticket("alice")
+    with mx.connect(wcfg(winauth, "GSSAPI")) as s:
+        assert auth_round_trips(s) == ("AUTH GSSAPI <response redacted>", 3)
+        # Dovecot's offer, as it is on the wire (RFC 4121 wrap token, not sealed)
+        offer = [t for _ms, d, t in s.transcript if d == "S" and t.startswith("334 ")][-1]
+        assert base64.b64decode(offer[4:])[:4] == b"\x05\x04\x05\xff"
+    with mx.connect(wcfg(winauth, "NTLM")) as s:
+        assert auth_round_trips(s) == ("AUTH NTLM <response redacted>", 2)
+        assert all(t == "<response redacted>" for _ms, d, t in s.transcript
+                   if d == "C" and not t.split(" ")[0].isupper())
+
+
+def test_automatic_order_takes_the_ticket_first_then_ntlm(winauth, ticket, realm, monkeypatch, tmp_path):
+    """auth_mechanisms left automatic, NTLM credentials configured: with a
+    ticket GSSAPI goes first; without one, NTLM."""
+    auto = {"auth_mechanisms": "automatic", "username": f"{NTLM_DOMAIN}\\{NTLM_USER[0]}",
+            "password": NTLM_USER[1]}
+    ticket("alice")
+    with mx.connect(wcfg(winauth, "GSSAPI", **auto)) as s:
+        assert auth_round_trips(s)[0].startswith("AUTH GSSAPI")
+    assert dovecot_logins(winauth)[-1] == f"alice@{REALM}"
+    monkeypatch.setenv("KRB5CCNAME", f"FILE:{tmp_path / 'no-ticket'}")
+    with mx.connect(wcfg(winauth, "NTLM", **auto)) as s:
+        assert auth_round_trips(s)[0].startswith("AUTH NTLM")
+    assert dovecot_logins(winauth)[-1] == f"{NTLM_USER[0]}@{NTLM_DOMAIN}"
+
+
+def test_gssapi_with_username_and_password_gets_its_own_ticket(winauth, realm, monkeypatch, tmp_path):
+    """No ticket cache, but the principal's password in the config: pyspnego
+    asks the KDC for the tickets itself (no kinit, nothing written to the cache)."""
+    monkeypatch.setenv("KRB5_CONFIG", str(realm.krb5_conf))
+    cache = tmp_path / "untouched"
+    monkeypatch.setenv("KRB5CCNAME", f"FILE:{cache}")
+    mark = marker()
+    res = mx.send_as(wcfg(winauth, "GSSAPI", username="alice", password=KERBEROS_USERS["alice"][0]),
+                     KERBEROS_USERS["alice"][1], to="someone@partner.example", subject=mark, body="no kinit\n")
+    assert res.ok and winauth.wait_for(mark.encode())
+    assert postfix_logins(winauth)[-1] == ("GSSAPI", f"alice@{REALM}")
+    assert not cache.exists()
