@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from harness import clean_env
 from kerberos_harness import (KERBEROS_USERS, NTLM_DOMAIN, NTLM_USER, REALM, SERVICE_HOST, KerberosRealm,
                               WindowsAuthHarness, missing_requirements)
 
@@ -149,7 +150,7 @@ def _swaks(h: WindowsAuthHarness, password: str, mark: str) -> subprocess.Comple
     return subprocess.run(["swaks", "--server", "127.0.0.1", "--port", str(h.ports["submission"]), "--tls",
                            "--auth", "NTLM", "--auth-user", user, "--auth-password", password,
                            "--from", addr, "--to", "someone@partner.example", "--header", f"Subject: {mark}"],
-                          stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60)
+                          stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60, env=clean_env())
 
 
 def test_swaks_sends_with_ntlm(winauth):
