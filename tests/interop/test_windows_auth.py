@@ -312,7 +312,11 @@ def test_connector_with_gssapi(winauth, ticket):
     verdicts = {s.kind: s.verdict for s in report.senders}
     assert verdicts == {"self": "allowed", "authoritative_domain": "refused_at_mail",
                         "external": "refused_at_mail"}, str(report)
-    assert "GSSAPI" in str(report)
+    assert report.check("auth_mechanisms").status == "pass" and "GSSAPI NTLM" in report.check("auth_mechanisms").summary
+    auth = report.check("auth")
+    assert "GSSAPI" in auth.summary
+    # with a ticket there is no configured user name: the report must not call it None
+    assert "None" not in auth.summary, auth.summary
 
 
 def test_connector_with_a_principal_that_may_send_as_nobody(winauth, ticket):
@@ -332,7 +336,8 @@ def test_connector_without_a_ticket(winauth, realm, tmp_path, monkeypatch):
     assert report.check("auth_mechanisms").status == "pass"
     auth = report.check("auth")
     assert auth.status == "fail" and not report.ok, str(report)
-    assert "kinit" in auth.summary, str(report)
+    assert "kinit" in auth.summary and "klist" in auth.advice and "SMTP/mail.corp.example" in auth.advice, str(report)
+    assert "None" not in auth.summary, "the report names no account as None: " + auth.summary
     assert report.check("send_as_self").status == "skip"
 
 
