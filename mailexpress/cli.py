@@ -116,7 +116,9 @@ def _cmd_config_init(args: argparse.Namespace) -> int:
         return 2
     with open(path, "w", encoding="utf-8") as fh:
         fh.write(template())
-    print(f"wrote {path}: set host, username and password_env, then: mailexpress test-connector --config {path}")
+    print(f"wrote {path}: set host, username and password_env (for Exchange Online: oauth_tenant, "
+          f"oauth_client_id and oauth_client_secret_env instead, docs/oauth.md), then: "
+          f"mailexpress test-connector --config {path}")
     return 0
 
 
