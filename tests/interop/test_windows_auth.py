@@ -408,3 +408,29 @@ def test_gssapi_with_username_and_password_gets_its_own_ticket(winauth, realm, m
     assert res.ok and winauth.wait_for(mark.encode())
     assert postfix_logins(winauth)[-1] == ("GSSAPI", f"alice@{REALM}")
     assert not cache.exists()
+
+
+def test_wrong_kerberos_service_is_named_before_auth(winauth, ticket):
+    """kerberos_service names a principal the realm does not have: the KDC
+    refuses the service ticket, so nothing reaches the server, and the error
+    names the SPN asked for and the setting."""
+    ticket("alice")
+    before = gssapi_attempts(winauth)
+    with pytest.raises(mx.AuthError) as info:
+        mx.connect(wcfg(winauth, "GSSAPI", kerberos_service="imap"))
+    text = str(info.value)
+    assert f"imap/{SERVICE_HOST}" in text and "kerberos_service" in text, text
+    assert "not found in Kerberos database" in text
+    assert gssapi_attempts(winauth) == before
+
+
+def test_send_many_with_gssapi(winauth, ticket):
+    ticket("alice")
+    addr = KERBEROS_USERS["alice"][1]
+    marks = [marker() for _ in range(10)]
+    result = mx.send_many(wcfg(winauth, "GSSAPI"), [{"to": "someone@partner.example", "subject": m,
+                                                     "body": f"bulk over Kerberos {i}\n"} for i, m in enumerate(marks)],
+                          sender=addr)
+    assert not result.failed, result
+    for i, m in enumerate(marks):
+        assert f"bulk over Kerberos {i}".encode() in winauth.wait_for(m.encode()).data
