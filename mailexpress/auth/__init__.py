@@ -144,9 +144,13 @@ def _run(session: Session, config: Config, mech: str) -> Reply:
                         service=config.kerberos_service)
         return session.auth("NTLM", ntlm, secret=True)
     if mech == "GSSAPI":
-        from .spnego import GssapiStep
-        # with a ticket in the cache, that ticket; else username + password
-        user = config.username if password is not None else None
+        from .spnego import GssapiStep, kerberos_ticket_available
+        # the ticket in the cache when there is one (kinit, KRB5CCNAME); else
+        # username + password, with which pyspnego gets a ticket
+        if password is None or kerberos_ticket_available():
+            user, password = None, None
+        else:
+            user = config.username
         gss = GssapiStep(user, password, hostname=hostname, service=config.kerberos_service)
         return session.auth("GSSAPI", gss, secret=False)
     assert config.username is not None and password is not None
