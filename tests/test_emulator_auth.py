@@ -367,3 +367,12 @@ def test_provider_token_follows_the_scope(started):
     assert c.one(b"").startswith(b"535 5.7.3")
     token, expires = provider()
     assert expires > 0 and c.one(f"AUTH XOAUTH2 {xoauth2(MAILBOX, token)}").startswith(b"235 ")
+
+
+def test_ntlm_is_only_advertised_unless_integrated_auth(started):
+    em, c = started("exchange_client")
+    c.cmd("EHLO x")
+    assert auth_line(c.tls()) == b"AUTH GSSAPI NTLM LOGIN"        # Exchange's order after STARTTLS
+    assert c.one("AUTH NTLM TlRMTVNTUAABAAAAB4IIogAAAAAAAAAAAAAAAAAAAAAKAGFKAAAADw==") == \
+        b"504 5.7.4 Unrecognized authentication type"
+    assert em.auth_log == []

@@ -24,7 +24,8 @@ from email.utils import formatdate, getaddresses
 from typing import TYPE_CHECKING, Any, Literal
 
 from .certs import TestCertificates, test_certificates
-from .sasl import NtlmAcceptor, OAuthBlobError, error_challenge, parse_oauthbearer, parse_xoauth2
+from .sasl import NtlmAcceptor, OAuthBlobError, ntlm_local, error_challenge, parse_oauthbearer, parse_xoauth2
+from .token_endpoint import EntraTokenEndpoint
 from .tokens import EXCHANGE_SCOPE, EmulatorTokenProvider, TestIssuer, TokenRejected
 
 if TYPE_CHECKING:
@@ -205,9 +206,12 @@ class ConnectorEmulator:
                           PLAIN, LOGIN, XOAUTH2 and OAUTHBEARER are answered
       other_mechanisms    Integrated Windows authentication, offered before
                           and after TLS, default ("GSSAPI", "NTLM") as
-                          Exchange does; NTLM is answered by pyspnego's
-                          acceptor (454 when pyspnego is missing), GSSAPI
-                          draws 504
+                          Exchange does
+      integrated_auth     answer NTLM with pyspnego's acceptor (454 when
+                          pyspnego is missing); default: when no PLAIN or
+                          LOGIN is offered (Basic off, as on premises);
+                          otherwise NTLM is only advertised and draws 504,
+                          so clients go on to LOGIN; GSSAPI always draws 504
       basic_auth          "enabled", "disabled" (535 5.7.139 basic
                           authentication is disabled) or "retired" (550
                           5.7.30): what PLAIN/LOGIN get, whatever the password
@@ -259,7 +263,7 @@ class ConnectorEmulator:
                  basic_auth: Literal["enabled", "disabled", "retired"] = "enabled",
                  smtp_client_auth_disabled: Literal["tenant", "mailbox"] | None = None,
                  auth_temporary_failures: int = 0, app_roles: Iterable[str] = ("SMTP.SendAsApp",),
-                 ntlm_domain: str = "CORP") -> None:
+                 ntlm_domain: str = "CORP", integrated_auth: bool | None = None) -> None:
         self.users = {u.username.lower(): u for u in users}
         self.authoritative_domains = tuple(d.lower() for d in authoritative_domains)
         self.security = security
@@ -285,11 +289,14 @@ class ConnectorEmulator:
         self.smtp_client_auth_disabled = smtp_client_auth_disabled
         self.auth_temporary_failures = auth_temporary_failures
         self.ntlm_domain = ntlm_domain
+        self.integrated_auth = (integrated_auth if integrated_auth is not None
+                                else not {"PLAIN", "LOGIN"} & set(self.auth_mechanisms))
         self.issuer = TestIssuer(app_roles=app_roles)
         # Add-MailboxPermission ... -AccessRights FullAccess: service principal -> mailboxes
         self.mailbox_grants: dict[str, set[str]] = {}
         self.auth_log: list[AuthAttempt] = []
         self._ntlm: NtlmAcceptor | None = None
+        self._endpoint: EntraTokenEndpoint | None = None
         self._ntlm_error: str | None = None
         self.messages: list[ReceivedMessage] = []
         self.connections = 0
@@ -327,7 +334,7 @@ class ConnectorEmulator:
         if self.security != "none":
             self._certs = test_certificates()
             self._ctx = self._certs.server_context(self.certificate)
-        if "NTLM" in self.other_mechanisms + self.auth_mechanisms:
+        if self.integrated_auth and "NTLM" in self.other_mechanisms + self.auth_mechanisms:
             accounts = [(n, u.password) for u in self.users.values() for n in (u.username, u.address)]
             try:
                 self._ntlm = NtlmAcceptor(accounts, self.ntlm_domain)
@@ -364,6 +371,9 @@ class ConnectorEmulator:
         if self._ntlm is not None:
             self._ntlm.close()
             self._ntlm = None
+        if self._endpoint is not None:
+            self._endpoint.stop()
+            self._endpoint = None
 
     def __enter__(self) -> ConnectorEmulator:
         return self.start()
@@ -421,6 +431,30 @@ class ConnectorEmulator:
         mailbox = user or self._first_address()
         values: dict[str, Any] = {"username": mailbox, "password": None, "from_address": mailbox,
                                   "token_provider": self.token_provider(mailbox)}
+        values.update(overrides)
+        return self.config(**values)
+
+    def token_endpoint(self) -> EntraTokenEndpoint:
+        """The tenant's token endpoint (started on first use, stopped with
+        the emulator): real MSAL gets this emulator's tokens from it.  Its
+        app is given FullAccess to the first user's mailbox."""
+        if self._endpoint is None:
+            self.grant_mailbox(self._first_address())
+            self._endpoint = EntraTokenEndpoint(self.issuer, lambda **kw: self.issuer.issue(None, **kw)).start()
+        return self._endpoint
+
+    def msal_config(self, user: str | None = None, **overrides: Any) -> Config:
+        """A Config with the ``oauth_*`` settings of this tenant's app
+        (client-credentials flow through MSAL against `token_endpoint`).
+        MSAL verifies HTTPS through requests: point ``REQUESTS_CA_BUNDLE``
+        at ``ca_file``."""
+        endpoint = self.token_endpoint()
+        mailbox = user or self._first_address()
+        values: dict[str, Any] = {
+            "username": mailbox, "password": None, "from_address": mailbox,
+            "oauth_tenant": self.issuer.tenant_id, "oauth_client_id": self.issuer.app_id,
+            "oauth_client_secret": endpoint.client_secret, "oauth_authority": endpoint.authority,
+        }
         values.update(overrides)
         return self.config(**values)
 
@@ -624,7 +658,9 @@ class ConnectorEmulator:
             conn.send("503 5.5.1 Bad sequence of commands")
             return None
         handlers = {"PLAIN": self._auth_plain, "LOGIN": self._auth_login, "XOAUTH2": self._auth_oauth,
-                    "OAUTHBEARER": self._auth_oauth, "NTLM": self._auth_ntlm}
+                    "OAUTHBEARER": self._auth_oauth}
+        if self.integrated_auth:
+            handlers["NTLM"] = self._auth_ntlm
         handler = handlers.get(mech)
         if mech not in self._offered(s) or handler is None:
             conn.send("504 5.7.4 Unrecognized authentication type")
@@ -784,7 +820,9 @@ class ConnectorEmulator:
             self._auth_end(conn, s, mech, principal, "temporary",
                            "451 4.7.0 Temporary server error. Please try again later. PRX4")
             return
-        user = self._find_user(principal.rpartition("\\")[2])
+        user = self._find_user(principal) or next(
+            (u for u in self.users.values() if ntlm_local(principal) in (ntlm_local(u.username),
+                                                                         ntlm_local(u.address))), None)
         if user is None:
             self._auth_end(conn, s, mech, principal, "unknown_user", "535 5.7.3 Authentication unsuccessful")
             return

@@ -14,7 +14,7 @@ import threading
 from collections.abc import Iterable
 from typing import Any
 
-__all__ = ["NtlmAcceptor", "OAuthBlobError", "error_challenge", "parse_oauthbearer", "parse_xoauth2"]
+__all__ = ["NtlmAcceptor", "ntlm_local", "ntlm_names", "OAuthBlobError", "error_challenge", "parse_oauthbearer", "parse_xoauth2"]
 
 
 class OAuthBlobError(ValueError):
@@ -99,6 +99,22 @@ def error_challenge(mechanism: str, scope: str, openid_configuration: str) -> st
 _ENV_LOCK = threading.Lock()
 
 
+def ntlm_names(user: str, domain: str) -> list[tuple[str, str]]:
+    """The (domain, user) pairs an NTLM client may send for an account
+    named ``user`` (``CORP\\svc``, ``svc@corp.example`` or ``svc``)."""
+    dom, sep, local = user.rpartition("\\")
+    if sep:
+        return [(dom, local), (domain, local), ("", local)]
+    if "@" in user:
+        return [("", user), (domain, user.split("@")[0]), ("", user.split("@")[0])]
+    return [(domain, user), ("", user)]
+
+
+def ntlm_local(name: str) -> str:
+    """``CORP\\svc`` / ``svc@corp.example`` / ``svc`` -> ``svc`` (lower case)."""
+    return name.rpartition("\\")[2].split("@")[0].lower()
+
+
 class NtlmAcceptor:
     """One emulator's NTLM accounts (a ``DOMAIN:USER:PASSWORD`` file, mode
     0600, removed by `close`) and pyspnego acceptor contexts over them."""
@@ -110,8 +126,7 @@ class NtlmAcceptor:
             for user, password in accounts:
                 if any(c in user + password for c in ":\r\n"):
                     continue        # not expressible in the file format
-                local = user.split("@")[0]
-                for d, u in ((domain, local), ("", user), ("", local)):
+                for d, u in ntlm_names(user, domain):
                     f.write(f"{d}:{u}:{password}\n")
         self.domain = domain
 
