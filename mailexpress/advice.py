@@ -81,8 +81,10 @@ def auth_cause(code: int | None, enhanced: str | None, text: str | None, *, mech
     ``temporary`` whatever it says: never a verdict on the credentials."""
     words = (text or "").lower()
     mech = (mechanism or "").upper()
-    if code is None:
-        return "token_endpoint" if provider_code else "refused"
+    if code is None:        # nothing came from the mail server: the client side failed
+        if provider_code or mech in _OAUTH:
+            return "token_endpoint"
+        return {"GSSAPI": "kerberos_failed", "NTLM": "integrated_failed"}.get(mech, "refused")
     if 400 <= code < 500:
         return "temporary"
     if code == 504 or enhanced == "5.7.4":
@@ -276,7 +278,7 @@ def _auth(kind: str, c: AdviceContext) -> str:
                 "machine's clock). Set oauth_scope to https://outlook.office365.com/.default or leave it unset.")
     if cause == "oauth_permission":
         first = ("The token is valid but the application may not use SMTP for this mailbox" + detail + ". ")
-        if c.detail and "SMTP.SendAsApp" in c.detail and "lacks" in c.detail:
+        if c.detail and "roles lack SMTP.SendAsApp" in c.detail:
             return first + _APP_REGISTRATION.format(app=app) + "; then request a new token."
         return first + _oauth_steps(c) + f" The user name must be the mailbox address ({mailbox})."
     if cause == "basic_auth_disabled":

@@ -644,8 +644,8 @@ class _Diagnosis:
         who = f"{cfg.username!r} with {mech}"
         summaries = {
             "temporary": f"temporary failure for {who}: {exc.reply} (not a verdict on the credentials; try again)",
-            "token_endpoint": f"no token for {who}: the identity provider refused"
-                              + (f" ({exc.provider_code})" if exc.provider_code else "") + "; nothing was sent",
+            "token_endpoint": (f"no token for {who}: the identity provider refused ({exc.provider_code}); "
+                               "nothing was sent" if exc.provider_code else f"no token for {who}: {exc.message}"),
             "token_rejected": f"the server refused the token of {who} (error challenge, then {exc.reply})",
             "oauth_permission": f"the token of {who} is not allowed to send for this mailbox: {exc.reply}",
             "basic_auth_disabled": f"basic authentication is disabled for the tenant: {exc.reply}",

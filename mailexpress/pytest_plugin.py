@@ -64,6 +64,12 @@ class Connector:
         """A Config authenticating with a token (XOAUTH2) as ``user``."""
         return self.emulator.oauth_config(user, **overrides)  # type: ignore[no-any-return]
 
+    def msal_config(self, user: str | None = None, **overrides: Any) -> Config:
+        """A Config with ``oauth_*`` settings: real MSAL gets the token from the
+        emulator's Entra-shaped token endpoint (set ``REQUESTS_CA_BUNDLE`` to
+        ``emulator.ca_file``, e.g. with ``monkeypatch.setenv``)."""
+        return self.emulator.msal_config(user, **overrides)  # type: ignore[no-any-return]
+
     def config_for(self, username: str, **overrides: Any) -> Config:
         user = self.emulator.users[username.lower()]
         return self.emulator.config(username=user.username, password=user.password,  # type: ignore[no-any-return]

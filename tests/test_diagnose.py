@@ -160,7 +160,7 @@ def test_wrong_password(preset):
     report = mx.test_connector(em.config(password="wrong-pass-123"))
     c = report.check("auth")
     assert c.status == "fail" and "535 5.7.3" in "\n".join(c.evidence)
-    assert "ms-Exch-SMTP-Submit" in c.advice and "DOMAIN\\user" in c.advice    # NTLM, as Exchange's clients
+    assert "ms-Exch-SMTP-Submit" in c.advice
     assert report.check("send_as_self").status == "skip"
     assert "wrong-pass-123" not in json.dumps(report.to_dict()) + str(report) + report._repr_html_()
 
