@@ -616,9 +616,14 @@ class _Diagnosis:
             self.skip_rest("not tried: the account could not authenticate")
             return False
         self.server["auth_mechanism"] = result.mechanism
-        self.add("auth", "pass", f"{cfg.username!r} authenticated with {result.mechanism}",
+        self.add("auth", "pass", f"{self.account_name()} authenticated with {result.mechanism}",
                  _evidence(s.transcript, mark))
         return True
+
+    def account_name(self) -> str:
+        """Who authenticates: the user name, or (GSSAPI without one) the ticket's principal."""
+        name = self.cfg.username
+        return repr(name) if name else "the principal of the Kerberos ticket"
 
     def read_token(self) -> None:
         """The token the session will use (cached by its source, so this
@@ -641,7 +646,7 @@ class _Diagnosis:
         cause = auth_cause(exc.code, exc.enhanced, exc.text, mechanism=mech, oauth_challenge=exc.oauth_challenge,
                            provider_code=exc.provider_code)
         detail = _token_detail(self.server["oauth_token"], cause) if mech in _OAUTH_MECHS else None
-        who = f"{cfg.username!r} with {mech}"
+        who = f"{self.account_name()} with {mech}"
         summaries = {
             "temporary": f"temporary failure for {who}: {exc.reply} (not a verdict on the credentials; try again)",
             "token_endpoint": (f"no token for {who}: the identity provider refused ({exc.provider_code}); "

@@ -325,3 +325,28 @@ def test_token_findings_never_keep_the_token():
     assert found == {"aud": "a", "roles": ["r"], "scp": None, "appid": None, "tid": None, "upn": None,
                      "expires_in_s": -10}
     assert token_findings("opaque-token") is None and token_findings("a.!!!.c") is None
+
+
+def test_token_mechanism_before_tls_fails_auth_requires_tls(preset):
+    em = preset(auth_before_tls=True)
+    report = mx.test_connector(em.config())
+    check = report.check("auth_requires_tls")
+    assert check.status == "fail" and "AUTH LOGIN XOAUTH2 is offered before STARTTLS" in check.summary
+    assert "S: 250-AUTH LOGIN XOAUTH2" in check.evidence
+    assert report.server["auth_mechanisms_before_tls"] == ["LOGIN", "XOAUTH2"]
+
+
+def test_gssapi_without_a_ticket_or_user_name(preset, tmp_path, monkeypatch):
+    """Kerberos with no ticket in the cache: a client-side failure (nothing
+    from the server), classified by its mechanism; no account named None."""
+    monkeypatch.setenv("KRB5CCNAME", f"FILE:{tmp_path / 'no-ticket'}")
+    krb5_conf = tmp_path / "krb5.conf"
+    krb5_conf.write_text("[libdefaults]\n default_realm = CORP.EXAMPLE\n")
+    monkeypatch.setenv("KRB5_CONFIG", str(krb5_conf))
+    em = preset("basic_auth_off")
+    report = mx.test_connector(em.config(username=None, password=None, auth_mechanisms=["GSSAPI"],
+                                         server_name="mail.corp.example"))
+    auth = report.check("auth")
+    assert auth.status == "fail" and "None" not in auth.summary, auth.summary
+    assert "the principal of the Kerberos ticket with GSSAPI" in auth.summary
+    assert "setspn -S SMTP/mail.corp.example" in auth.advice and "klist" in auth.advice
