@@ -465,3 +465,22 @@ def test_get_token_credential_is_used_with_the_scope():
 def test_access_token_repr_hides_the_token():
     tok = tokens.AccessToken("very-secret-token", 123.0)
     assert "very-secret-token" not in repr(tok) and "very-secret-token" not in str(tok)
+
+
+def test_threads_share_one_token_request(endpoint_factory):
+    ep = endpoint_factory()
+    source = tokens.source_for(offline_config(ep))
+    assert source is not None
+    got: list[str] = []
+    barrier = threading.Barrier(8)
+
+    def worker() -> None:
+        barrier.wait()
+        got.append(source.get().token)
+
+    threads = [threading.Thread(target=worker) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    assert len(got) == 8 and len(set(got)) == 1 and ep.token_requests == 1
