@@ -11,6 +11,7 @@ import json
 import os
 import tempfile
 import threading
+import weakref
 from collections.abc import Iterable
 from typing import Any
 
@@ -99,6 +100,13 @@ def error_challenge(mechanism: str, scope: str, openid_configuration: str) -> st
 _ENV_LOCK = threading.Lock()
 
 
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
 def ntlm_names(user: str, domain: str) -> list[tuple[str, str]]:
     """The (domain, user) pairs an NTLM client may send for an account
     named ``user`` (``CORP\\svc``, ``svc@corp.example`` or ``svc``)."""
@@ -129,12 +137,11 @@ class NtlmAcceptor:
                 for d, u in ntlm_names(user, domain):
                     f.write(f"{d}:{u}:{password}\n")
         self.domain = domain
+        # removed by close(), or when the acceptor is collected or Python exits
+        self._remove = weakref.finalize(self, _unlink, self.path)
 
     def close(self) -> None:
-        try:
-            os.unlink(self.path)
-        except OSError:
-            pass
+        self._remove()
 
     def context(self) -> Any:
         import spnego
