@@ -10,7 +10,12 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+# msal and requests are loaded once, here: pytester's in-process runs unload the
+# modules they import, and a later MSAL call would then mix two copies of requests
+# ("You can only merge into CookieJar")
+import msal  # noqa: F401
 import pytest
+import requests  # noqa: F401
 
 import mailexpress as mx
 from mailexpress.testing import ConnectorEmulator, User
