@@ -124,9 +124,18 @@ typedef struct {
     int peer_port;
     int esmtp, authenticated;
     mx_caps caps;
+    /* What the getters read without the lock: written only with the GIL
+     * and the lock held, never while a method runs with the GIL released
+     * (state, esmtp, authenticated, caps, peer_addr/port and these). */
     PyObject *caps_dict;         /* {KEYWORD: params}; a fresh dict per EHLO */
     PyObject *banner;            /* Reply */
     PyObject *ehlo_reply;        /* Reply */
+    /* TLS facts taken once after the handshake: the SSL object itself is in
+     * use by a send with the GIL released (and replaces its SSL_SESSION when
+     * a TLS 1.3 ticket arrives), so no getter may touch it. */
+    PyObject *tls_version_s, *tls_cipher_s;   /* str */
+    PyObject *peer_der;          /* bytes or None */
+    PyObject *peer_info;         /* dict or None */
 
     /* I/O */
     mx_reply_parser parser;
@@ -210,13 +219,30 @@ drop_connection(Session *s)
     s->rstart = s->rend = 0;
 }
 
+/* Writes all of buf.  0, or -1 with s->err set and, when maybe is not
+ * NULL, *maybe = how many of the bytes may have reached the server: exact
+ * on a plain socket (what the kernel took); over TLS the whole buffer, as a
+ * failed SSL_write may have sent records before it failed. */
+static int
+stream_write_counted(Session *s, const void *buf, size_t len, int64_t dl, size_t *maybe)
+{
+    size_t done = len;
+    int rc;
+
+    s->replies_since_write = 0;
+    if (s->ssl)
+        rc = mx_tls_write_all(s->ssl, s->fd, buf, len, dl, &s->err);
+    else
+        rc = mx_net_write_all(s->fd, buf, len, dl, &done, &s->err);
+    if (maybe)
+        *maybe = done;
+    return rc;
+}
+
 static int
 stream_write(Session *s, const void *buf, size_t len, int64_t dl)
 {
-    s->replies_since_write = 0;
-    if (s->ssl)
-        return mx_tls_write_all(s->ssl, s->fd, buf, len, dl, &s->err);
-    return mx_net_write_all(s->fd, buf, len, dl, &s->err);
+    return stream_write_counted(s, buf, len, dl, NULL);
 }
 
 /* Bytes that arrived when no reply was due: read ahead into rbuf, held
@@ -954,11 +980,41 @@ Session_new(PyTypeObject *tp, PyObject *args, PyObject *kw)
     return (PyObject *)s;
 }
 
+/* The Python objects a Session holds, for the cycle collector: a subclass
+ * instance can reach itself through them (a Reply it was given, say). */
+static int
+Session_traverse(Session *s, visitproc visit, void *arg)
+{
+    Py_VISIT(Py_TYPE(s));
+    Py_VISIT(s->caps_dict);
+    Py_VISIT(s->banner);
+    Py_VISIT(s->ehlo_reply);
+    Py_VISIT(s->tls_version_s);
+    Py_VISIT(s->tls_cipher_s);
+    Py_VISIT(s->peer_der);
+    Py_VISIT(s->peer_info);
+    return 0;
+}
+
+static int
+Session_clear(Session *s)
+{
+    Py_CLEAR(s->caps_dict);
+    Py_CLEAR(s->banner);
+    Py_CLEAR(s->ehlo_reply);
+    Py_CLEAR(s->tls_version_s);
+    Py_CLEAR(s->tls_cipher_s);
+    Py_CLEAR(s->peer_der);
+    Py_CLEAR(s->peer_info);
+    return 0;
+}
+
 static void
 Session_dealloc(Session *s)
 {
     PyTypeObject *tp = Py_TYPE(s);
 
+    PyObject_GC_UnTrack(s);
     drop_connection(s);
     if (s->ctx)
         SSL_CTX_free(s->ctx);
@@ -972,9 +1028,7 @@ Session_dealloc(Session *s)
     PyMem_RawFree(s->cert_file);
     PyMem_RawFree(s->key_file);
     mx_transcript_free(&s->tr);
-    Py_CLEAR(s->caps_dict);
-    Py_CLEAR(s->banner);
-    Py_CLEAR(s->ehlo_reply);
+    (void)Session_clear(s);
     tp->tp_free((PyObject *)s);
     Py_DECREF(tp);
 }
@@ -1067,6 +1121,66 @@ done:
     return cap;
 }
 
+/* The peer certificate's facts as a dict, or None (new reference); NULL
+ * raised.  GIL held, on an SSL no other thread uses. */
+static PyObject *
+cert_info_dict(SSL *ssl)
+{
+    mx_cert_info *info;
+    PyObject *res = NULL, *san = NULL;
+    int i;
+
+    info = PyMem_Malloc(sizeof(*info));
+    if (!info)
+        return PyErr_NoMemory();
+    if (mx_tls_cert_info(ssl, info) < 0) {
+        PyMem_Free(info);
+        Py_RETURN_NONE;
+    }
+    san = PyList_New(0);
+    for (i = 0; san && i < info->nsan; i++) {
+        PyObject *v = PyUnicode_DecodeUTF8(info->san[i], (Py_ssize_t)strlen(info->san[i]), "replace");
+        if (!v || PyList_Append(san, v) < 0) {
+            Py_XDECREF(v);
+            Py_CLEAR(san);
+            break;
+        }
+        Py_DECREF(v);
+    }
+    if (san)
+        res = Py_BuildValue("{s:s,s:s,s:L,s:L,s:O,s:l,s:s}",
+                            "subject", info->subject, "issuer", info->issuer,
+                            "not_before", (long long)info->not_before,
+                            "not_after", (long long)info->not_after,
+                            "san", san, "verify_code", info->verify_code,
+                            "verify_message", info->verify_text);
+    Py_XDECREF(san);
+    PyMem_Free(info);
+    return res;
+}
+
+/* Takes the TLS facts the getters show, right after the handshake (GIL and
+ * lock held, before any other use of s->ssl).  0, or -1 raised. */
+static int
+take_tls_facts(Session *s)
+{
+    unsigned char *der = NULL;
+    int len;
+
+    Py_XSETREF(s->tls_version_s, PyUnicode_FromString(SSL_get_version(s->ssl)));
+    Py_XSETREF(s->tls_cipher_s, PyUnicode_FromString(SSL_get_cipher_name(s->ssl)));
+    if ((len = mx_tls_cert_der(s->ssl, &der)) < 0) {
+        Py_XSETREF(s->peer_der, Py_NewRef(Py_None));
+    } else {
+        Py_XSETREF(s->peer_der, PyBytes_FromStringAndSize((const char *)der, len));
+        OPENSSL_free(der);
+    }
+    Py_XSETREF(s->peer_info, cert_info_dict(s->ssl));
+    if (!s->tls_version_s || !s->tls_cipher_s || !s->peer_der || !s->peer_info)
+        return -1;
+    return 0;
+}
+
 /* Handshake on the open socket, GIL released.  0, or -1 (s->err). */
 static int
 handshake(Session *s)
@@ -1080,6 +1194,11 @@ handshake(Session *s)
     if (!ssl)
         return -1;
     s->ssl = ssl;
+    if (take_tls_facts(s) < 0) {
+        PyErr_Clear();
+        mx_error_set(&s->err, MX_E_NOMEM, ENOMEM, "out of memory after the TLS handshake");
+        return -1;
+    }
     recordf(s, MX_TR_INFO, "TLS established: %s, %s", SSL_get_version(ssl),
             SSL_get_cipher_name(ssl));
     return 0;
@@ -2006,6 +2125,7 @@ typedef struct {
     size_t rcpt_seen, accepted;
     int finished;              /* its last reply was read */
     int body_done;             /* all of its body was staged */
+    uint64_t end_off;          /* stream offset just after its body (body_done) */
     int gated;                 /* waits for replies before its body */
     size_t first_reply;        /* index of its first stored reply */
 } job;
@@ -2021,6 +2141,8 @@ typedef struct {
 typedef struct {
     size_t job, rcpt;
     rkind kind;
+    uint64_t end;              /* stream offset just after the command it answers
+                                * (a BDAT: after the body; unknown: UINT64_MAX) */
 } expect;
 
 typedef enum { F_NONE, F_IO, F_421, F_PROTOCOL, F_SOURCE } fail_kind;
@@ -2033,6 +2155,9 @@ typedef struct {
     size_t qhead, qlen, qwritten;
     int check_desync;              /* a reply was read since the last check */
     size_t wlen;                   /* bytes staged in s->wbuf */
+    uint64_t sent;                 /* bytes written that may have reached the
+                                    * server (stream offsets count from 0) */
+    int write_failed;              /* the failure was a write the peer broke */
     sreply *replies;
     size_t nreplies, rcap;
     char *text;
@@ -2042,8 +2167,8 @@ typedef struct {
     size_t fail_job;
     char why[160];
     PyThreadState *ts;             /* while the GIL is released */
-    unsigned char *fbuf;           /* MX_FILE_CHUNK, for file bodies */
-    PyObject *fview;               /* a writable memoryview of fbuf */
+    PyObject *fobj;                /* a bytearray of MX_FILE_CHUNK, for file bodies */
+    Py_buffer fbuf;                /* held on fobj: it cannot move or shrink */
 } batch;
 
 #define NONE ((size_t)-1)
@@ -2064,6 +2189,8 @@ batch_fail(batch *b, fail_kind k, stage stg, size_t jobi, const char *why)
 static int
 out_flush(Session *s, batch *b, size_t jobi, stage stg)
 {
+    size_t maybe;
+
     if (!b->wlen)
         return 0;
     if (b->qwritten == 0 && b->check_desync) {
@@ -2079,10 +2206,13 @@ out_flush(Session *s, batch *b, size_t jobi, stage stg)
             return -1;
         }
     }
-    if (stream_write(s, s->wbuf, b->wlen, deadline_for(s, TO_DATA_BLOCK)) < 0) {
+    if (stream_write_counted(s, s->wbuf, b->wlen, deadline_for(s, TO_DATA_BLOCK), &maybe) < 0) {
+        b->sent += maybe;
+        b->write_failed = s->err.kind == MX_E_IO || s->err.kind == MX_E_EOF;
         batch_fail(b, F_IO, stg, jobi, NULL);
         return -1;
     }
+    b->sent += b->wlen;
     b->wlen = 0;
     b->qwritten = b->qlen;
     return 0;
@@ -2106,6 +2236,7 @@ push(batch *b, size_t jobi, rkind kind, size_t rcpt)
     e->job = jobi;
     e->kind = kind;
     e->rcpt = rcpt;
+    e->end = kind == K_BDAT ? UINT64_MAX : b->sent + b->wlen;
     b->qlen++;
 }
 
@@ -2131,13 +2262,49 @@ stage_simple(Session *s, batch *b, const char *verb, size_t jobi, rkind kind)
     return stage_line(s, b, cmd, len, jobi, kind, 0);
 }
 
+/* file.readinto() on a fresh memoryview of the engine's file buffer (a
+ * bytearray), released as soon as the call returns: a reader that keeps
+ * its argument gets ValueError when it uses it later, never memory the
+ * engine has moved on from or freed.  (If the reader took a buffer of the
+ * view and kept it, the view cannot be released, but that buffer keeps the
+ * bytearray alive.)  The count, or -1 raised. */
+static Py_ssize_t
+readinto_chunk(PyObject *file, PyObject *fobj)
+{
+    PyObject *view = PyMemoryView_FromObject(fobj), *r, *rel;
+    Py_ssize_t n = -1;
+
+    if (!view)
+        return -1;
+    r = PyObject_CallMethod(file, "readinto", "O", view);
+    if (r) {
+        n = r == Py_None ? -1 : PyLong_AsSsize_t(r);
+        Py_DECREF(r);
+        if ((n < 0 || n > MX_FILE_CHUNK) && !PyErr_Occurred())
+            PyErr_SetString(PyExc_OSError, "readinto() returned no count (a non-blocking file?)");
+        if (n > MX_FILE_CHUNK)
+            n = -1;
+    }
+    {
+        PyObject *type, *value, *tb;
+        PyErr_Fetch(&type, &value, &tb);
+        rel = PyObject_CallMethod(view, "release", NULL);
+        if (rel)
+            Py_DECREF(rel);
+        else
+            PyErr_Clear();
+        PyErr_Restore(type, value, tb);
+    }
+    Py_DECREF(view);
+    return n;
+}
+
 /* The next piece of a body: the rest of the buffer, or a chunk read from
  * the file with the GIL taken back for the call.  Returns its length (0 at
  * the end), or -1 with the batch failed. */
 static Py_ssize_t
 body_chunk(batch *b, job *j, size_t done, const unsigned char **p)
 {
-    PyObject *r;
     Py_ssize_t n;
 
     if (!j->file) {
@@ -2145,14 +2312,7 @@ body_chunk(batch *b, job *j, size_t done, const unsigned char **p)
         return j->view.len - (Py_ssize_t)done;
     }
     PyEval_RestoreThread(b->ts);
-    r = PyObject_CallMethod(j->file, "readinto", "O", b->fview);
-    n = r && r != Py_None ? PyLong_AsSsize_t(r) : -1;
-    if (r && (n < 0 || n > MX_FILE_CHUNK)) {
-        PyErr_Clear();
-        PyErr_SetString(PyExc_OSError, "readinto() returned no count (a non-blocking file?)");
-        n = -1;
-    }
-    Py_XDECREF(r);
+    n = readinto_chunk(j->file, b->fobj);
     if (n < 0) {
         /* the reader's exception is kept and becomes this message's outcome */
         j->outcome = take_raised();
@@ -2163,7 +2323,7 @@ body_chunk(batch *b, job *j, size_t done, const unsigned char **p)
                    "reading the message file failed while it was being sent");
         return -1;
     }
-    *p = b->fbuf;
+    *p = b->fbuf.buf;
     return n;
 }
 
@@ -2229,9 +2389,13 @@ stage_body(Session *s, batch *b, size_t jobi)
     }
     if (j->mode != B_DATA && total != j->size)
         goto changed;
+    j->end_off = b->sent + b->wlen;
     if (j->mode == B_DATA) {
         record(s, MX_TR_CLIENT, ".", 1);
         push(b, jobi, K_EOD, 0);
+    } else {
+        /* BDAT n LAST is answered once its n octets are in */
+        b->q[(b->qhead + b->qlen - 1) % (MX_PIPELINE_MAX + 4)].end = j->end_off;
     }
     j->body_done = 1;
     return 0;
@@ -2410,6 +2574,8 @@ read_next(Session *s, batch *b)
     code = s->reply.code;
     cls = code / 100;
     if (code == 421) {
+        /* while draining after a failure, the 421 is what really ended it */
+        b->failed = F_NONE;
         batch_fail(b, F_421, kind_stage[e.kind], e.job, NULL);
         return -1;
     }
@@ -2435,7 +2601,7 @@ read_next(Session *s, batch *b)
         j->rcpt_seen++;
         if (j->mail_ok == 1 && cls == 2)
             j->accepted++;
-        if (j->gated && j->rcpt_seen == j->nrcpt) {
+        if (j->gated && j->rcpt_seen == j->nrcpt && !b->failed) {
             size_t jobi = e.job;
             j->gated = 0;
             b->gate = NONE;
@@ -2445,6 +2611,13 @@ read_next(Session *s, batch *b)
         break;
     case K_DATA:
         b->gate = NONE;
+        if (b->failed) {
+            /* draining: nothing more is written; a refusal ends the job,
+             * a 354 leaves its body unsent */
+            if (code != 354)
+                job_over(b, j, 0);
+            break;
+        }
         if (code == 354) {
             if (j->accepted && j->mail_ok == 1)
                 return stage_body(s, b, e.job);
@@ -2496,6 +2669,47 @@ run_wire(Session *s, batch *b)
     }
 }
 
+/* Whether a job is decided by what the server already said although not
+ * all of its replies came: its sender, or every recipient, was refused. */
+static int
+job_refused(const job *j)
+{
+    return j->mail_ok == 0 || (j->mail_ok == 1 && j->nrcpt && j->rcpt_seen == j->nrcpt &&
+                                !j->accepted);
+}
+
+/* After a failure: reads what the server already answered before deciding
+ * anything, so that a message whose final reply came gets it.  Only after
+ * a write the peer broke (its replies are still readable, then EOF) or a
+ * failure of the caller's file (the server is fine and answers what was
+ * written); never after a timeout or a desync.  Only replies to commands
+ * that may have reached the server are awaited.  A 421 read here becomes
+ * the failure.  Then the failure is pinned on the first message whose fate
+ * the server never told.  GIL released. */
+static void
+drain(Session *s, batch *b)
+{
+    mx_error kept = s->err;
+    size_t i;
+
+    if (b->write_failed || b->failed == F_SOURCE) {
+        while (b->qlen && b->q[b->qhead].end <= b->sent)
+            if (read_next(s, b) < 0)
+                break;
+        if (b->failed != F_421)
+            s->err = kept;
+    }
+    if (b->failed != F_IO)
+        return;
+    for (i = 0; i < b->next && i < b->n; i++) {
+        job *j = &b->jobs[i];
+        if (!j->outcome && !j->finished && !job_refused(j)) {
+            b->fail_job = i;
+            break;
+        }
+    }
+}
+
 /* ---- phase 1: prepare ---------------------------------------------------- */
 
 /* Appends to a PyMem_Raw buffer, growing it; -1 raised. */
@@ -2522,7 +2736,7 @@ grow_put(char **buf, size_t *len, size_t *cap, const char *p, size_t n)
 /* Scans a seekable binary file from where it stands and goes back there.
  * -1 raised. */
 static int
-scan_file(PyObject *file, mx_body_scan_state *scan, unsigned char *fbuf, PyObject *fview)
+scan_file(PyObject *file, mx_body_scan_state *scan, batch *b)
 {
     PyObject *pos = NULL, *r;
     int rc = -1;
@@ -2542,18 +2756,11 @@ scan_file(PyObject *file, mx_body_scan_state *scan, unsigned char *fbuf, PyObjec
         return -1;
     for (;;) {
         Py_ssize_t n;
-        if (!(r = PyObject_CallMethod(file, "readinto", "O", fview)))
+        if ((n = readinto_chunk(file, b->fobj)) < 0)
             goto done;
-        n = r == Py_None ? -1 : PyLong_AsSsize_t(r);
-        Py_DECREF(r);
-        if (n < 0 || n > MX_FILE_CHUNK) {
-            if (!PyErr_Occurred())
-                PyErr_SetString(PyExc_OSError, "readinto() returned no count (a non-blocking file?)");
-            goto done;
-        }
         if (n == 0)
             break;
-        mx_body_scan(scan, fbuf, (size_t)n);
+        mx_body_scan(scan, b->fbuf.buf, (size_t)n);
     }
     if (!(r = PyObject_CallMethod(file, "seek", "O", pos)))
         goto done;
@@ -2615,7 +2822,7 @@ prepare_job(Session *s, batch *b, job *j)
         Py_END_ALLOW_THREADS
     } else if (PyObject_HasAttrString(body, "readinto")) {
         j->file = body;
-        if (scan_file(body, &scan, b->fbuf, b->fview) < 0)
+        if (scan_file(body, &scan, b) < 0)
             goto bad;
     } else {
         PyErr_Format(PyExc_TypeError, "msg must be bytes-like or a binary file object, not %.100s",
@@ -2854,38 +3061,38 @@ batch_outcomes(Session *s, batch *b)
         job *j = &b->jobs[i];
         PyObject *o = NULL;
 
+        /* its body may have reached the server whole: only then can the
+         * server have taken it.  A 421 answers this job's command in turn
+         * and the server closes: nothing of this job or after it was taken */
+        int maybe = j->body_done && j->end_off <= b->sent &&
+                    !(b->failed == F_421 && i >= b->fail_job);
+
         if (j->outcome) {
             o = j->outcome;
             j->outcome = NULL;
-        } else if (j->finished) {
+        } else if (j->finished || (b->failed && job_refused(j))) {
             o = finished_outcome(s, b, i);
         } else if (b->failed && i == b->fail_job) {
-            /* a 421 answers this job's command in turn and the server
-             * closes: nothing of this job or after it was taken */
-            if (b->failed == F_421)
-                j->body_done = 0;
-            if (PyObject_SetAttrString(fatal, "delivered", j->body_done ? Py_None : Py_False) < 0 ||
-                PyObject_SetAttrString(fatal, "retry_safe", j->body_done ? Py_False : Py_True) < 0)
+            if (PyObject_SetAttrString(fatal, "delivered", maybe ? Py_None : Py_False) < 0 ||
+                PyObject_SetAttrString(fatal, "retry_safe", maybe ? Py_False : Py_True) < 0)
                 goto fail;
             Py_INCREF(fatal);
             o = fatal;
         } else if (b->failed) {
-            PyObject *extra;
-            if (b->failed == F_421)
-                j->body_done = 0;
-            extra = Py_BuildValue("{s:O,s:O}", "delivered", j->body_done ? Py_None : Py_False,
-                                            "retry_safe", j->body_done ? Py_False : Py_True);
+            PyObject *extra = Py_BuildValue("{s:O,s:O}", "delivered", maybe ? Py_None : Py_False,
+                                            "retry_safe", maybe ? Py_False : Py_True);
             if (!extra)
                 goto fail;
-            if (j->body_done)
+            if (maybe)
                 o = make_exc_cls(fatal_type, STG_END_OF_DATA, NULL, extra,
                                  "the session failed after this message was sent, before the "
                                  "server's final answer: it may or may not have been delivered "
                                  "(%S)", fatal);
             else
                 o = make_exc_cls(fatal_type, STG_MAIL, NULL, extra,
-                                 "not sent: the session failed before this message went out; "
-                                 "it is safe to send again (%S)", fatal);
+                                 "not sent: the session failed before this message went out "
+                                 "whole, so the server cannot have taken it; it is safe to "
+                                 "send again (%S)", fatal);
             Py_DECREF(extra);
         } else if (!b->stopped) {
             PyErr_SetString(PyExc_SystemError, "mailexpress: a message left without an outcome");
@@ -2929,8 +3136,9 @@ batch_free(batch *b)
     PyMem_RawFree(b->jobs);
     PyMem_RawFree(b->replies);
     PyMem_RawFree(b->text);
-    Py_XDECREF(b->fview);
-    PyMem_RawFree(b->fbuf);
+    if (b->fbuf.obj)
+        PyBuffer_Release(&b->fbuf);
+    Py_XDECREF(b->fobj);
 }
 
 /* Runs the three phases over `items` (a list of message tuples); the lock
@@ -2950,12 +3158,12 @@ send_batch_of(Session *s, PyObject *items, int stop_on_error)
     b.check_desync = 1;
     b.stop_on_error = stop_on_error;
     b.pipelining = (s->caps.ext & MX_EXT_PIPELINING) != 0;
-    if (!(b.jobs = PyMem_RawCalloc(b.n ? b.n : 1, sizeof(job))) ||
-        !(b.fbuf = PyMem_RawMalloc(MX_FILE_CHUNK))) {
+    if (!(b.jobs = PyMem_RawCalloc(b.n ? b.n : 1, sizeof(job)))) {
         PyErr_NoMemory();
         goto done;
     }
-    if (!(b.fview = PyMemoryView_FromMemory((char *)b.fbuf, MX_FILE_CHUNK, PyBUF_WRITE)))
+    if (!(b.fobj = PyByteArray_FromStringAndSize(NULL, MX_FILE_CHUNK)) ||
+        PyObject_GetBuffer(b.fobj, &b.fbuf, PyBUF_WRITABLE) < 0)
         goto done;
     for (i = 0; i < b.n; i++) {
         b.jobs[i].item = Py_NewRef(PyList_GET_ITEM(items, (Py_ssize_t)i));
@@ -2965,6 +3173,8 @@ send_batch_of(Session *s, PyObject *items, int stop_on_error)
     }
     b.ts = PyEval_SaveThread();
     rc = run_wire(s, &b);
+    if (rc < 0)
+        drain(s, &b);
     PyEval_RestoreThread(b.ts);
     if (rc == 0)
         set_state(s, S_READY);
@@ -3212,78 +3422,36 @@ static PyObject *
 Session_get_tls_version(Session *s, void *c)
 {
     (void)c;
-    if (!s->ssl)
-        Py_RETURN_NONE;
-    return PyUnicode_FromString(SSL_get_version(s->ssl));
+    return Py_NewRef(s->ssl && s->tls_version_s ? s->tls_version_s : Py_None);
 }
 
 static PyObject *
 Session_get_tls_cipher(Session *s, void *c)
 {
     (void)c;
-    if (!s->ssl)
-        Py_RETURN_NONE;
-    return PyUnicode_FromString(SSL_get_cipher_name(s->ssl));
+    return Py_NewRef(s->ssl && s->tls_cipher_s ? s->tls_cipher_s : Py_None);
 }
 
 static PyObject *
 Session_get_peer_certificate(Session *s, void *c)
 {
-    unsigned char *der = NULL;
-    int len;
-    PyObject *res;
-
     (void)c;
-    if (!s->ssl || (len = mx_tls_cert_der(s->ssl, &der)) < 0)
-        Py_RETURN_NONE;
-    res = PyBytes_FromStringAndSize((const char *)der, len);
-    OPENSSL_free(der);
-    return res;
+    return Py_NewRef(s->ssl && s->peer_der ? s->peer_der : Py_None);
 }
 
 static PyObject *
 Session_get_peer_cert_info(Session *s, void *c)
 {
-    mx_cert_info *info;
-    PyObject *res = NULL, *san = NULL;
-    int i;
-
     (void)c;
-    if (!s->ssl)
+    if (!s->ssl || !s->peer_info || s->peer_info == Py_None)
         Py_RETURN_NONE;
-    info = PyMem_Malloc(sizeof(*info));
-    if (!info)
-        return PyErr_NoMemory();
-    if (mx_tls_cert_info(s->ssl, info) < 0) {
-        PyMem_Free(info);
-        Py_RETURN_NONE;
-    }
-    san = PyList_New(0);
-    for (i = 0; san && i < info->nsan; i++) {
-        PyObject *v = PyUnicode_DecodeUTF8(info->san[i], (Py_ssize_t)strlen(info->san[i]), "replace");
-        if (!v || PyList_Append(san, v) < 0) {
-            Py_XDECREF(v);
-            Py_CLEAR(san);
-            break;
-        }
-        Py_DECREF(v);
-    }
-    if (san)
-        res = Py_BuildValue("{s:s,s:s,s:L,s:L,s:O,s:l,s:s}",
-                            "subject", info->subject, "issuer", info->issuer,
-                            "not_before", (long long)info->not_before,
-                            "not_after", (long long)info->not_after,
-                            "san", san, "verify_code", info->verify_code,
-                            "verify_message", info->verify_text);
-    Py_XDECREF(san);
-    PyMem_Free(info);
-    return res;
+    return PyDict_Copy(s->peer_info);
 }
 
 static PyObject *
 Session_get_transcript(Session *s, void *c)
 {
-    PyObject *list = PyList_New(0);
+    PyObject *list = PyList_New(0), *t = NULL;
     size_t pos = 0, len;
     uint32_t ms;
     char dir;
@@ -3292,36 +3460,41 @@ Session_get_transcript(Session *s, void *c)
     (void)c;
     if (!list)
         return NULL;
+    /* written with the GIL released by whatever method runs: the lock */
+    if (enter(s, 0) < 0) {
+        Py_DECREF(list);
+        return NULL;
+    }
     while (mx_transcript_next(&s->tr, &pos, &ms, &dir, &text, &len)) {
-        PyObject *t = Py_BuildValue("(kC" "s#)", (unsigned long)ms, (int)dir, text,
-                                    (Py_ssize_t)len);
+        t = Py_BuildValue("(kC" "s#)", (unsigned long)ms, (int)dir, text, (Py_ssize_t)len);
         if (!t) {
             /* undecodable server bytes: replace rather than fail */
             PyErr_Clear();
             PyObject *u = PyUnicode_DecodeUTF8(text, (Py_ssize_t)len, "replace");
             t = u ? Py_BuildValue("(kCN)", (unsigned long)ms, (int)dir, u) : NULL;
         }
-        if (!t || PyList_Append(list, t) < 0) {
-            Py_XDECREF(t);
-            Py_DECREF(list);
-            return NULL;
-        }
+        if (!t || PyList_Append(list, t) < 0)
+            goto fail;
         Py_DECREF(t);
     }
     if (s->tr.dropped) {
-        PyObject *t = Py_BuildValue("(kCN)", (unsigned long)elapsed_ms(s), (int)'*',
-                                    PyUnicode_FromFormat("%zu transcript entries not kept (limit 1 MiB)",
-                                                         s->tr.dropped));
-        if (!t || PyList_Append(list, t) < 0) {
-            Py_XDECREF(t);
-            Py_DECREF(list);
-            return NULL;
-        }
+        t = Py_BuildValue("(kCN)", (unsigned long)elapsed_ms(s), (int)'*',
+                          PyUnicode_FromFormat("%zu transcript entries not kept (limit 1 MiB)",
+                                               s->tr.dropped));
+        if (!t || PyList_Append(list, t) < 0)
+            goto fail;
         Py_DECREF(t);
     }
+    leave(s);
     return list;
+fail:
+    Py_XDECREF(t);
+    Py_DECREF(list);
+    leave(s);
+    return NULL;
 }
 
+/* connect() fills the attempts with the GIL released: the lock. */
 static PyObject *
 Session_get_connect_attempts(Session *s, void *c)
 {
@@ -3329,6 +3502,10 @@ Session_get_connect_attempts(Session *s, void *c)
     int i;
 
     (void)c;
+    if (!list || enter(s, 0) < 0) {
+        Py_XDECREF(list);
+        return NULL;
+    }
     for (i = 0; list && i < s->attempts.n; i++) {
         mx_attempt *a = &s->attempts.a[i];
         PyObject *d = Py_BuildValue("{s:s,s:s,s:N,s:L}", "address", a->addr,
@@ -3343,14 +3520,21 @@ Session_get_connect_attempts(Session *s, void *c)
             Py_DECREF(d);
         }
     }
+    leave(s);
     return list;
 }
 
 static PyObject *
 Session_get_resolve_ms(Session *s, void *c)
 {
+    long long ms;
+
     (void)c;
-    return PyLong_FromLongLong((long long)s->attempts.resolve_ms);
+    if (enter(s, 0) < 0)
+        return NULL;
+    ms = (long long)s->attempts.resolve_ms;
+    leave(s);
+    return PyLong_FromLongLong(ms);
 }
 
 static PyObject *
@@ -3421,6 +3605,8 @@ static PyType_Slot Session_slots[] = {
     {Py_tp_new, Session_new},
     {Py_tp_init, Session_init},
     {Py_tp_dealloc, Session_dealloc},
+    {Py_tp_traverse, Session_traverse},
+    {Py_tp_clear, Session_clear},
     {Py_tp_methods, Session_methods},
     {Py_tp_getset, Session_getset},
     {0, NULL},
@@ -3429,7 +3615,7 @@ static PyType_Slot Session_slots[] = {
 static PyType_Spec Session_spec = {
     .name = "mailexpress._core.Session",
     .basicsize = sizeof(Session),
-    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE,
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
     .slots = Session_slots,
 };
 
