@@ -1,4 +1,4 @@
-/* sasl.c - SASL PLAIN/LOGIN helpers and base64; see sasl.h. */
+/* sasl.c - SASL client messages and base64; see sasl.h. */
 #include "sasl.h"
 
 #include <string.h>
@@ -90,6 +90,33 @@ mx_b64_decode(const char *in, size_t n, unsigned char *out, size_t cap,
 }
 
 mx_sasl_status
+mx_sasl_plain_raw(const char *authzid, size_t authzid_len, const char *user,
+                  size_t user_len, const char *pass, size_t pass_len,
+                  unsigned char *out, size_t cap, size_t *out_len)
+{
+    size_t n = 0;
+
+    if (authzid_len > MX_SASL_FIELD_MAX || user_len > MX_SASL_FIELD_MAX ||
+        pass_len > MX_SASL_FIELD_MAX)
+        return MX_SASL_E_TOO_LONG;
+    if (memchr(authzid, 0, authzid_len) || memchr(user, 0, user_len) ||
+        memchr(pass, 0, pass_len))
+        return MX_SASL_E_NUL;
+    if (authzid_len + user_len + pass_len + 2 > cap)
+        return MX_SASL_E_TOO_LONG;
+    memcpy(out + n, authzid, authzid_len);
+    n += authzid_len;
+    out[n++] = 0;
+    memcpy(out + n, user, user_len);
+    n += user_len;
+    out[n++] = 0;
+    memcpy(out + n, pass, pass_len);
+    n += pass_len;
+    *out_len = n;
+    return MX_SASL_OK;
+}
+
+mx_sasl_status
 mx_sasl_plain(const char *authzid, size_t authzid_len, const char *user,
               size_t user_len, const char *pass, size_t pass_len, char *out,
               size_t cap, size_t *out_len)
@@ -98,23 +125,152 @@ mx_sasl_plain(const char *authzid, size_t authzid_len, const char *user,
     size_t n = 0;
     mx_sasl_status st;
 
-    if (authzid_len > MX_SASL_FIELD_MAX || user_len > MX_SASL_FIELD_MAX ||
-        pass_len > MX_SASL_FIELD_MAX)
-        return MX_SASL_E_TOO_LONG;
-    if (memchr(authzid, 0, authzid_len) || memchr(user, 0, user_len) ||
-        memchr(pass, 0, pass_len))
-        return MX_SASL_E_NUL;
-    memcpy(raw + n, authzid, authzid_len);
-    n += authzid_len;
-    raw[n++] = 0;
-    memcpy(raw + n, user, user_len);
-    n += user_len;
-    raw[n++] = 0;
-    memcpy(raw + n, pass, pass_len);
-    n += pass_len;
-    st = mx_b64_encode(raw, n, out, cap, out_len);
+    st = mx_sasl_plain_raw(authzid, authzid_len, user, user_len, pass, pass_len,
+                           raw, sizeof(raw), &n);
+    if (st == MX_SASL_OK)
+        st = mx_b64_encode(raw, n, out, cap, out_len);
     mx_wipe(raw, sizeof(raw));
     return st;
+}
+
+/* ---- OAuth 2.0 bearer tokens (XOAUTH2, OAUTHBEARER) ----------------------- */
+
+mx_sasl_status
+mx_sasl_check_field(const char *p, size_t n)
+{
+    size_t i;
+
+    if (n > MX_SASL_FIELD_MAX)
+        return MX_SASL_E_TOO_LONG;
+    for (i = 0; i < n; i++)
+        if ((unsigned char)p[i] < 0x20 || p[i] == 0x7f)
+            return p[i] ? MX_SASL_E_CONTROL : MX_SASL_E_NUL;
+    return MX_SASL_OK;
+}
+
+/* RFC 6750 §2.1 b64token is narrower; any visible ASCII is let through so
+ * that the server, not we, judges an odd token. */
+mx_sasl_status
+mx_sasl_check_token(const char *p, size_t n)
+{
+    size_t i;
+
+    if (n == 0)
+        return MX_SASL_E_EMPTY;
+    if (n > MX_SASL_BLOB_MAX)
+        return MX_SASL_E_TOO_LONG;
+    for (i = 0; i < n; i++)
+        if ((unsigned char)p[i] <= 0x20 || (unsigned char)p[i] >= 0x7f)
+            return MX_SASL_E_TOKEN;
+    return MX_SASL_OK;
+}
+
+size_t
+mx_sasl_oauth_size(size_t user_len, size_t host_len, size_t token_len)
+{
+    /* "n,a=" user*3 "," ^Ahost= host ^Aport=65535 ^Aauth=Bearer  token ^A^A;
+     * XOAUTH2's "user=" user "^Aauth=Bearer " token "^A^A" is shorter */
+    return 4 + 3 * user_len + 1 + 6 + host_len + 11 + 13 + token_len + 2;
+}
+
+static int
+put(unsigned char *out, size_t cap, size_t *pos, const char *p, size_t n)
+{
+    if (n > cap - *pos)
+        return -1;
+    memcpy(out + *pos, p, n);
+    *pos += n;
+    return 0;
+}
+
+mx_sasl_status
+mx_sasl_xoauth2(const char *user, size_t user_len, const char *token,
+                size_t token_len, unsigned char *out, size_t cap,
+                size_t *out_len)
+{
+    size_t pos = 0;
+    mx_sasl_status st;
+
+    if ((st = mx_sasl_check_field(user, user_len)) != MX_SASL_OK ||
+        (st = mx_sasl_check_token(token, token_len)) != MX_SASL_OK)
+        return st;
+    if (put(out, cap, &pos, "user=", 5) < 0 ||
+        put(out, cap, &pos, user, user_len) < 0 ||
+        put(out, cap, &pos, "\x01" "auth=Bearer ", 13) < 0 ||
+        put(out, cap, &pos, token, token_len) < 0 ||
+        put(out, cap, &pos, "\x01\x01", 2) < 0) {
+        mx_wipe(out, pos);
+        return MX_SASL_E_TOO_LONG;
+    }
+    *out_len = pos;
+    return MX_SASL_OK;
+}
+
+mx_sasl_status
+mx_sasl_oauthbearer(const char *user, size_t user_len, const char *host,
+                    size_t host_len, unsigned port, const char *token,
+                    size_t token_len, unsigned char *out, size_t cap,
+                    size_t *out_len)
+{
+    size_t pos = 0, i;
+    mx_sasl_status st;
+    int bad;
+
+    if ((st = mx_sasl_check_field(user, user_len)) != MX_SASL_OK ||
+        (st = mx_sasl_check_field(host, host_len)) != MX_SASL_OK ||
+        (st = mx_sasl_check_token(token, token_len)) != MX_SASL_OK)
+        return st;
+    if (port > 65535)
+        return MX_SASL_E_TOO_LONG;
+    bad = put(out, cap, &pos, "n,a=", 4) < 0;
+    for (i = 0; !bad && i < user_len; i++) {
+        /* RFC 5801 saslname: ',' and '=' are escaped */
+        if (user[i] == ',')
+            bad = put(out, cap, &pos, "=2C", 3) < 0;
+        else if (user[i] == '=')
+            bad = put(out, cap, &pos, "=3D", 3) < 0;
+        else
+            bad = put(out, cap, &pos, user + i, 1) < 0;
+    }
+    bad = bad || put(out, cap, &pos, ",", 1) < 0;
+    if (!bad && host_len)
+        bad = put(out, cap, &pos, "\x01host=", 6) < 0 ||
+              put(out, cap, &pos, host, host_len) < 0;
+    if (!bad && port) {
+        char digits[8];
+        size_t nd = 0;
+        unsigned v = port;
+        char rev[8];
+        do {
+            rev[nd++] = (char)('0' + v % 10);
+            v /= 10;
+        } while (v);
+        for (i = 0; i < nd; i++)
+            digits[i] = rev[nd - 1 - i];
+        bad = put(out, cap, &pos, "\x01port=", 6) < 0 ||
+              put(out, cap, &pos, digits, nd) < 0;
+    }
+    bad = bad || put(out, cap, &pos, "\x01" "auth=Bearer ", 13) < 0 ||
+          put(out, cap, &pos, token, token_len) < 0 ||
+          put(out, cap, &pos, "\x01\x01", 2) < 0;
+    if (bad) {
+        mx_wipe(out, pos);
+        return MX_SASL_E_TOO_LONG;
+    }
+    *out_len = pos;
+    return MX_SASL_OK;
+}
+
+mx_sasl_status
+mx_sasl_decode_challenge(const char *b64, size_t n, unsigned char *out,
+                         size_t cap, size_t *out_len)
+{
+    if (n > (MX_SASL_BLOB_MAX / 3) * 4 + 4)
+        return MX_SASL_E_TOO_LONG;
+    if (cap > MX_SASL_BLOB_MAX)
+        cap = MX_SASL_BLOB_MAX;
+    *out_len = 0;
+    return n ? mx_b64_decode(b64, n, out, cap, out_len) : MX_SASL_OK;
 }
 
 mx_sasl_status
@@ -146,6 +302,9 @@ mx_sasl_strerror(mx_sasl_status st)
     case MX_SASL_E_TOO_LONG: return "longer than 255 octets";
     case MX_SASL_E_NUL: return "contains a NUL character";
     case MX_SASL_E_BASE64: return "is not valid base64";
+    case MX_SASL_E_CONTROL: return "contains a control character";
+    case MX_SASL_E_TOKEN: return "is not a bearer token (printable ASCII without spaces)";
+    case MX_SASL_E_EMPTY: return "is empty";
     }
     return "invalid";
 }

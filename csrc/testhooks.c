@@ -208,7 +208,7 @@ th_ehlo_parse(PyObject *m, PyObject *args)
             Py_DECREF(n);
         }
     }
-    for (i = 0; i < 7; i++) {
+    for (i = 0; i < 8; i++) {
         unsigned bit = 1u << i;
         if (caps.auth & bit) {
             const char *name = mx_auth_mech_name(bit);
@@ -306,6 +306,125 @@ th_sasl_plain(PyObject *m, PyObject *args)
     return res;
 }
 
+/* _ehlo_auth_list(reply_bytes, cap=16385) -> str: the union of mechanisms */
+static PyObject *
+th_ehlo_auth_list(PyObject *m, PyObject *args)
+{
+    Py_buffer b;
+    Py_ssize_t cap = MX_REPLY_TEXT_MAX + 1;
+    mx_reply_parser *p = NULL;
+    mx_reply *r = NULL;
+    char *out = NULL;
+    size_t used, n;
+    PyObject *res = NULL;
+
+    (void)m;
+    if (!PyArg_ParseTuple(args, "y*|n", &b, &cap))
+        return NULL;
+    if (cap < 1 || cap > MX_REPLY_TEXT_MAX + 1) {
+        PyBuffer_Release(&b);
+        PyErr_SetString(PyExc_ValueError, "cap out of range");
+        return NULL;
+    }
+    p = PyMem_Malloc(sizeof(*p));
+    r = PyMem_Malloc(sizeof(*r));
+    out = PyMem_Malloc((size_t)cap);
+    if (!p || !r || !out) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    mx_reply_parser_init(p);
+    if (mx_reply_parse(p, b.buf, (size_t)b.len, &used, r) != MX_REPLY_COMPLETE) {
+        PyErr_SetString(PyExc_ValueError, "not one complete reply");
+        goto done;
+    }
+    n = mx_ehlo_auth_list(r, out, (size_t)cap);
+    if (strlen(out) != n) {
+        PyErr_SetString(PyExc_AssertionError, "length and NUL disagree");
+        goto done;
+    }
+    res = PyUnicode_FromStringAndSize(out, (Py_ssize_t)n);
+done:
+    PyMem_Free(p);
+    PyMem_Free(r);
+    PyMem_Free(out);
+    PyBuffer_Release(&b);
+    return res;
+}
+
+/* _sasl_oauth(user, token, host=None, port=0) -> bytes: XOAUTH2's message
+ * when host is None, else OAUTHBEARER's; ValueError naming the problem */
+static PyObject *
+th_sasl_oauth(PyObject *m, PyObject *args)
+{
+    Py_buffer u, t, h = {0};
+    PyObject *host = Py_None, *res = NULL;
+    unsigned port = 0;
+    unsigned char *out;
+    size_t cap, len = 0;
+    mx_sasl_status st;
+
+    (void)m;
+    if (!PyArg_ParseTuple(args, "y*y*|OI", &u, &t, &host, &port))
+        return NULL;
+    if (host != Py_None && PyObject_GetBuffer(host, &h, PyBUF_SIMPLE) < 0) {
+        PyBuffer_Release(&u);
+        PyBuffer_Release(&t);
+        return NULL;
+    }
+    cap = mx_sasl_oauth_size((size_t)u.len, (size_t)h.len, (size_t)t.len);
+    out = PyMem_Malloc(cap);
+    if (!out) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    if (host == Py_None)
+        st = mx_sasl_xoauth2(u.buf, (size_t)u.len, t.buf, (size_t)t.len, out, cap, &len);
+    else
+        st = mx_sasl_oauthbearer(u.buf, (size_t)u.len, h.buf, (size_t)h.len, port,
+                                 t.buf, (size_t)t.len, out, cap, &len);
+    if (st != MX_SASL_OK)
+        PyErr_SetString(PyExc_ValueError, mx_sasl_strerror(st));
+    else
+        res = PyBytes_FromStringAndSize((const char *)out, (Py_ssize_t)len);
+    mx_wipe(out, cap);
+    PyMem_Free(out);
+done:
+    if (host != Py_None)
+        PyBuffer_Release(&h);
+    PyBuffer_Release(&u);
+    PyBuffer_Release(&t);
+    return res;
+}
+
+/* _sasl_challenge(text) -> bytes: a 334 challenge decoded (64 KiB bound) */
+static PyObject *
+th_sasl_challenge(PyObject *m, PyObject *args)
+{
+    Py_buffer b;
+    unsigned char *out;
+    size_t len;
+    mx_sasl_status st;
+    PyObject *res = NULL;
+
+    (void)m;
+    if (!PyArg_ParseTuple(args, "y*", &b))
+        return NULL;
+    out = PyMem_Malloc(MX_SASL_BLOB_MAX);
+    if (!out) {
+        PyBuffer_Release(&b);
+        return PyErr_NoMemory();
+    }
+    st = mx_sasl_decode_challenge(b.buf, (size_t)b.len, out, MX_SASL_BLOB_MAX, &len);
+    if (st != MX_SASL_OK)
+        PyErr_SetString(PyExc_ValueError, mx_sasl_strerror(st));
+    else
+        res = PyBytes_FromStringAndSize((const char *)out, (Py_ssize_t)len);
+    PyMem_Free(out);
+    PyBuffer_Release(&b);
+    return res;
+}
+
 /* The module's functions: the test hooks, and tls_context (session.c). */
 PyMethodDef mx_testhook_methods[] = {
     {"tls_context", (PyCFunction)(void (*)(void))mx_tls_context_new, METH_VARARGS | METH_KEYWORDS,
@@ -320,5 +439,8 @@ PyMethodDef mx_testhook_methods[] = {
     {"_cmd_path", th_cmd_path, METH_VARARGS, "test hook: cmd.c MAIL/RCPT"},
     {"_b64_decode", th_b64_decode, METH_VARARGS, "test hook: sasl.c base64"},
     {"_sasl_plain", th_sasl_plain, METH_VARARGS, "test hook: sasl.c PLAIN"},
+    {"_sasl_oauth", th_sasl_oauth, METH_VARARGS, "test hook: sasl.c XOAUTH2/OAUTHBEARER"},
+    {"_sasl_challenge", th_sasl_challenge, METH_VARARGS, "test hook: sasl.c 334 decoding"},
+    {"_ehlo_auth_list", th_ehlo_auth_list, METH_VARARGS, "test hook: ehlo.c AUTH union"},
     {NULL, NULL, 0, NULL},
 };

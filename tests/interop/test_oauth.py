@@ -1,0 +1,201 @@
+"""XOAUTH2 and OAUTHBEARER against a real Postfix + Dovecot (oauth2 passdb,
+local JWT validation), with tokens from real MSAL and the suite's own HTTPS
+identity provider (see oauth_harness.py).
+
+The first tests prove the peer with an independent client (smtplib and MSAL
+directly, no mailexpress code); the rest drive mailexpress through its config
+(``oauth_*`` keys) and ``token_provider=``.
+"""
+from __future__ import annotations
+
+import base64
+import json
+import re
+import smtplib
+import ssl
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from harness import missing_requirements
+from oauth_harness import (APPS, BAD_KINDS, BASIC_ACCOUNT, EXCHANGE, EXCHANGE_SCOPE, SEND_AS_APP, TENANT, App,
+                           OAuthHarness, bad_tokens, msal_app, raw_auth)
+from scenarios import collect_oauth, markdown
+
+import mailexpress as mx
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "docs"))
+from gen_interop_table import oauth_table_in_doc  # noqa: E402
+
+MAILER = APPS["mailer"]
+SECRET_ENV = "MX_INTEROP_OAUTH_SECRET"
+TIMEOUTS = {"connect": 5, "banner": 10, "ehlo": 10, "tls": 10, "auth": 20, "mail": 10, "rcpt": 10,
+            "data": 10, "end_of_data": 60, "command": 10, "quit": 5}
+
+
+@pytest.fixture(scope="module")
+def oauth() -> Iterator[OAuthHarness]:
+    why = missing_requirements()
+    if why:
+        pytest.skip(f"interop suite cannot run here: {why}")
+    h = OAuthHarness().start()       # raises (the tests fail) if a server cannot start
+    try:
+        yield h
+    finally:
+        h.stop()
+        left = h.leftover_processes()
+        assert not left, f"processes left behind: {left}"
+
+
+@pytest.fixture
+def secret(oauth: OAuthHarness, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The app's client secret in the environment, and the test CA for MSAL's
+    HTTPS (requests reads REQUESTS_CA_BUNDLE) as a user would set them."""
+    monkeypatch.setenv(SECRET_ENV, MAILER.secret)
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", oauth.endpoint.ca_file)
+    return MAILER.secret
+
+
+def oauth_cfg(h: OAuthHarness, service: str = "submission", app: App = MAILER, **kw: Any) -> mx.Config:
+    """A config taking its token from the local endpoint through MSAL."""
+    values: dict[str, Any] = {
+        "host": "127.0.0.1", "port": h.ports[service], "username": app.mailbox, "from_address": app.mailbox,
+        "ca_file": h.ca_file, "security": "starttls", "timeouts": TIMEOUTS,
+        "oauth_tenant": TENANT, "oauth_client_id": app.client_id, "oauth_client_secret_env": SECRET_ENV,
+        "oauth_authority": h.endpoint.authority, "oauth_scope": EXCHANGE_SCOPE,
+    }
+    values.update(kw)
+    return mx.Config(**values)
+
+
+class FixedToken:
+    """A credential in azure-identity's shape (get_token(*scopes) ->
+    AccessToken) handing out one given token, valid for an hour as far as the
+    caller can tell: what the server makes of it is the test."""
+
+    def __init__(self, token: str) -> None:
+        self.token = token
+        self.calls = 0
+
+    def get_token(self, *scopes: str, **kw: Any) -> Any:
+        from azure.core.credentials import AccessToken
+        self.calls += 1
+        return AccessToken(self.token, int(time.time()) + 3600)
+
+
+def provider_cfg(h: OAuthHarness, token: str, service: str = "submission", app: App = MAILER,
+                 **kw: Any) -> tuple[mx.Config, dict[str, Any]]:
+    """A config without oauth_* keys, and the token_provider override."""
+    values: dict[str, Any] = {
+        "host": "127.0.0.1", "port": h.ports[service], "username": app.mailbox, "from_address": app.mailbox,
+        "ca_file": h.ca_file, "security": "starttls", "timeouts": TIMEOUTS, "auth_mechanisms": ["XOAUTH2"],
+    }
+    values.update(kw)
+    return mx.Config(**values), {"token_provider": FixedToken(token)}
+
+
+def message(marker: str, sender: str = MAILER.mailbox) -> bytes:
+    return (f"From: {sender}\r\nTo: bob@partner.example\r\nSubject: {marker}\r\n\r\n"
+            f".leading dot\r\n..two dots\r\n{marker} body\r\nno final newline").encode()
+
+
+def delivered_copy(h: OAuthHarness, marker: str, sent: bytes) -> bytes:
+    got = h.wait_for(marker.encode()).data
+    assert got.endswith(sent.replace(b"\r\n", b"\n")), "the delivered message differs from what was sent"
+    return got
+
+
+def not_delivered(h: OAuthHarness, marker: str) -> None:
+    """marker never arrived: a message sent after it (good token, independent
+    client) is delivered, and marker is still not in the Maildir."""
+    sentinel = f"sentinel-{uuid.uuid4().hex[:8]}"
+    r = raw_auth(h, "submission", "XOAUTH2", MAILER.mailbox, h.issuer.token(MAILER), message=message(sentinel))
+    assert r.final[0] == 235, r.shown()
+    h.wait_for(sentinel.encode())
+    assert not [m for m in h.delivered() if marker.encode() in m.data], f"{marker} was delivered"
+
+
+def refusal_json(h: OAuthHarness, mechanism: str) -> dict[str, str]:
+    """The JSON Dovecot 2.3.19 sends in its 334 for a refused token: Google's
+    XOAUTH2 shape, or RFC 7628's for OAUTHBEARER (status invalid_token)."""
+    url = f"{h.endpoint.base_url}/{TENANT}/v2.0/.well-known/openid-configuration"
+    if mechanism == "XOAUTH2":
+        return {"status": "401", "schemes": "bearer", "scope": "mail", "openid-configuration": url}
+    return {"status": "invalid_token", "openid-configuration": url}
+
+
+# -- the peer itself, with an independent client -------------------------------------------------
+
+
+def test_server_offers_oauth_only_after_tls(oauth):
+    s = smtplib.SMTP("127.0.0.1", oauth.ports["submission"], timeout=30)
+    try:
+        s.ehlo("client.corp.example")
+        assert not s.has_extn("auth")
+        s.starttls(context=ssl.create_default_context(cafile=oauth.ca_file))
+        s.ehlo("client.corp.example")
+        assert s.esmtp_features["auth"].split() == ["LOGIN", "XOAUTH2", "OAUTHBEARER"]
+    finally:
+        s.close()
+
+
+@pytest.mark.parametrize("mechanism", ["XOAUTH2", "OAUTHBEARER"])
+def test_real_msal_token_is_accepted_by_dovecot(oauth, mechanism):
+    """Real MSAL gets the token from the local endpoint (discovery + token
+    request); a second acquire comes from MSAL's cache; smtplib sends it by hand."""
+    before = oauth.endpoint.token_requests[MAILER.client_id]
+    app = msal_app(oauth.endpoint, MAILER)
+    first = app.acquire_token_for_client(scopes=[EXCHANGE_SCOPE])
+    second = app.acquire_token_for_client(scopes=[EXCHANGE_SCOPE])
+    assert "access_token" in first, first.get("error_description")
+    assert first["token_source"] == "identity_provider" and second["token_source"] == "cache"
+    assert second["access_token"] == first["access_token"]
+    assert oauth.endpoint.token_requests[MAILER.client_id] == before + 1
+    marker = f"raw-{mechanism}-{uuid.uuid4().hex[:8]}"
+    r = raw_auth(oauth, "submission", mechanism, MAILER.mailbox, first["access_token"], message=message(marker))
+    assert r.replies == [(235, "2.7.0 Authentication successful")]
+    delivered_copy(oauth, marker, message(marker) + b"\r\n")
+
+
+def test_msal_sees_the_endpoint_errors_like_entra(oauth):
+    """The endpoint answers like Entra, so MSAL hands back Entra's codes."""
+    wrong = msal_app(oauth.endpoint, MAILER, secret="not-the-secret").acquire_token_for_client(scopes=[EXCHANGE_SCOPE])
+    assert wrong["error"] == "invalid_client" and wrong["error_codes"] == [7000215]
+    unknown = App("00000000-0000-0000-0000-00000000dead", "x", "nobody@corp.example")
+    got = msal_app(oauth.endpoint, unknown).acquire_token_for_client(scopes=[EXCHANGE_SCOPE])
+    assert got["error"] == "unauthorized_client" and got["error_codes"] == [700016]
+
+
+@pytest.mark.parametrize("kind", BAD_KINDS)
+@pytest.mark.parametrize("mechanism", ["XOAUTH2", "OAUTHBEARER"])
+def test_dovecot_refuses_each_bad_token_for_its_reason(oauth, kind, mechanism):
+    token, user, reason = bad_tokens(oauth)[kind]
+    r = raw_auth(oauth, "submission", mechanism, user, token)
+    assert r.replies[0][0] == 334 and r.final == (535, "5.7.8 Error: authentication failed: (reason unavailable)")
+    assert r.challenge == refusal_json(oauth, mechanism)
+    assert f"oauth2 failed: Local validation failed: {reason}" in oauth.log()
+
+
+def test_token_size_limits_of_postfix_and_dovecot(oauth):
+    """Postfix refuses a SASL response over smtpd_sasl_response_limit (12288);
+    with it raised, Dovecot's auth protocol (16 KiB lines) is the limit:
+    a 10,000-character token passes after a 334, a 13,000-character one does not."""
+    t10 = oauth.issuer.token_of_size(MAILER, 10_000)
+    assert raw_auth(oauth, "submission", "XOAUTH2", MAILER.mailbox, t10, initial=False).final == (
+        500, "5.5.6 SASL response limit exceeded")
+    assert raw_auth(oauth, "submission_big", "XOAUTH2", MAILER.mailbox, t10, initial=False).replies == [
+        (334, ""), (235, "2.7.0 Authentication successful")]
+    t13 = oauth.issuer.token_of_size(MAILER, 13_000)
+    assert raw_auth(oauth, "submission_big", "XOAUTH2", MAILER.mailbox, t13, initial=False).final == (
+        454, "4.7.0 Temporary authentication failure: Connection lost to authentication server")
+    assert "sent us more than 16384 bytes" in oauth.log()
+
+
+def test_oauth_reply_table_in_docs_matches_the_servers(oauth):
+    ours = markdown(collect_oauth(oauth)).splitlines()[2:]
+    documented = oauth_table_in_doc().splitlines()[2:]
+    assert ours == documented, "Dovecot answers differently now: run python docs/gen_interop_table.py"
