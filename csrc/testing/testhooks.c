@@ -12,6 +12,7 @@
 #include "ehlo.h"
 #include "reply.h"
 #include "sasl.h"
+#include "verdict.h"
 
 static PyObject *
 reply_to_tuple(const mx_reply *r)
@@ -427,6 +428,35 @@ th_sasl_challenge(PyObject *m, PyObject *args)
     return res;
 }
 
+/* _verdict(after, code) -> str: what verdict.c says a reply means */
+static PyObject *
+th_verdict(PyObject *m, PyObject *args)
+{
+    static const char *const afters[MX_AFTER_COUNT] = {
+        "greeting", "ehlo", "starttls", "auth", "mail", "rcpt", "data",
+        "end_of_data", "bdat", "rset", "noop", "quit",
+    };
+    static const char *const names[] = {
+        "accepted", "continue", "refused", "closing", "out_of_step",
+    };
+    const char *after;
+    int code, i;
+    char why[96];
+
+    (void)m;
+    if (!PyArg_ParseTuple(args, "si", &after, &code))
+        return NULL;
+    for (i = 0; i < MX_AFTER_COUNT; i++)
+        if (strcmp(after, afters[i]) == 0)
+            break;
+    if (i == MX_AFTER_COUNT || code < 200 || code > 599) {
+        PyErr_SetString(PyExc_ValueError, "unknown command or code out of 200..599");
+        return NULL;
+    }
+    mx_verdict_why((mx_after)i, code, why, sizeof(why));
+    return Py_BuildValue("(ss)", names[mx_verdict_of((mx_after)i, code)], why);
+}
+
 static PyMethodDef th_methods[] = {
     {"_reply_parse", th_reply_parse, METH_VARARGS, "test hook: reply.c"},
     {"_body_encode", th_body_encode, METH_VARARGS, "test hook: body.c encoder"},
@@ -438,6 +468,7 @@ static PyMethodDef th_methods[] = {
     {"_sasl_oauth", th_sasl_oauth, METH_VARARGS, "test hook: sasl.c XOAUTH2/OAUTHBEARER"},
     {"_sasl_challenge", th_sasl_challenge, METH_VARARGS, "test hook: sasl.c 334 decoding"},
     {"_ehlo_auth_list", th_ehlo_auth_list, METH_VARARGS, "test hook: ehlo.c AUTH union"},
+    {"_verdict", th_verdict, METH_VARARGS, "test hook: verdict.c"},
     {NULL, NULL, 0, NULL},
 };
 
