@@ -306,7 +306,7 @@ def _build(session: Session, config: Config, item: Mapping[str, Any] | EmailMess
 def send_many(config: Config, messages: Iterable[Mapping[str, Any] | EmailMessage], *,
               sender: str | None = None, reply_to: str | None = None,
               stop_on_error: bool = False, progress: ProgressArg = None,
-              batch_size: int = 100, reconnects: int = 2) -> BulkResult:
+              batch_size: int = 100, reconnects: int = 2, token_provider: Any = None) -> BulkResult:
     """The bulk form of `send_as`: many messages through the connector
     over one connection, pipelined.
 
@@ -318,9 +318,14 @@ def send_many(config: Config, messages: Iterable[Mapping[str, Any] | EmailMessag
     server's 421 after its per-connection message limit), up to
     ``reconnects`` new connections resend the messages that certainly did
     not go out; a message whose fate is unknown is never sent twice.
+    ``token_provider`` is `send_as`'s: each new connection takes a token
+    from it (renewed when the last one is about to expire).
     Returns a `BulkResult`.
     """
     from .client import connect
+
+    if token_provider is not None:
+        config = config.replace(token_provider=token_provider)
 
     items = list(messages)
     outcomes: list[Outcome | None] = [None] * len(items)

@@ -40,7 +40,10 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         return 2
     password = secrets.token_urlsafe(12)
     account = User("svc-mailer", password, "svc-mailer@corp.example", rights="authoritative_domain")
-    with ConnectorEmulator(users=[account], authoritative_domains=["corp.example"]) as emulator:
+    # basic authentication only (an Exchange connector also offers GSSAPI NTLM,
+    # which mailexpress would prefer): the demo shows the AUTH LOGIN it says
+    with ConnectorEmulator(users=[account], authoritative_domains=["corp.example"],
+                           other_mechanisms=()) as emulator:
         cfg = emulator.config(reply_to_address="helpdesk@corp.example")
         print("mailexpress demo: an Exchange-like client connector runs on "
               f"{emulator.host}:{emulator.port} (STARTTLS, AUTH LOGIN after TLS).")

@@ -63,6 +63,97 @@ mx_auth_mech_free(mx_auth_mech *m)
     mx_abuf_free(&m->challenge);
 }
 
+int
+mx_auth_prepare_basic(mx_auth_mech *m, int login, const char *user, size_t ulen,
+                      const char *pass, size_t plen, char *why, size_t whycap)
+{
+    mx_sasl_status st = MX_SASL_OK;
+
+    mx_auth_mech_init(m, login ? MX_MECH_LOGIN : MX_MECH_PLAIN, login ? "LOGIN" : "PLAIN");
+    /* LOGIN's challenges are "Username:" / "Password:" */
+    m->challenge_max = MX_SASL_CHALLENGE_MAX;
+    if (login) {
+        if (ulen > MX_SASL_FIELD_MAX || plen > MX_SASL_FIELD_MAX)
+            st = MX_SASL_E_TOO_LONG;
+        else if (mx_abuf_set(&m->first, user, ulen) < 0 ||
+                 mx_abuf_set(&m->second, pass, plen) < 0)
+            return -1;
+    } else {
+        if (mx_abuf_reserve(&m->first, 3 * MX_SASL_FIELD_MAX + 2) < 0)
+            return -1;
+        st = mx_sasl_plain_raw("", 0, user, ulen, pass, plen, m->first.p, m->first.cap,
+                               &m->first.len);
+    }
+    if (st == MX_SASL_OK)
+        return 0;
+    snprintf(why, whycap, "username or password %s", mx_sasl_strerror(st));
+    return 1;
+}
+
+int
+mx_auth_prepare_oauth(mx_auth_mech *m, int bearer, const char *user, size_t ulen,
+                      const char *host, size_t hlen, unsigned port, const char *token,
+                      size_t tlen, char *why, size_t whycap)
+{
+    static const char *const fields[3] = {"user", "host", "token"};
+    mx_sasl_status st[3];
+    int f;
+
+    mx_auth_mech_init(m, MX_MECH_OAUTH, bearer ? "OAUTHBEARER" : "XOAUTH2");
+    m->bearer = bearer;
+    /* each field on its own, so that the error names it */
+    st[0] = mx_sasl_check_field(user, ulen);
+    st[1] = mx_sasl_check_field(host, hlen);
+    st[2] = mx_sasl_check_token(token, tlen);
+    for (f = 0; f < 3; f++) {
+        if (st[f] == MX_SASL_OK)
+            continue;
+        snprintf(why, whycap, "%s %s", fields[f],
+                 st[f] != MX_SASL_E_TOO_LONG ? mx_sasl_strerror(st[f])
+                 : f < 2 ? "is longer than 255 octets" : "is longer than 65536 octets");
+        return 1;
+    }
+    if (mx_abuf_reserve(&m->first, mx_sasl_oauth_size(ulen, hlen, tlen)) < 0)
+        return -1;
+    if (bearer)
+        st[0] = mx_sasl_oauthbearer(user, ulen, host, hlen, port, token, tlen,
+                                    m->first.p, m->first.cap, &m->first.len);
+    else
+        st[0] = mx_sasl_xoauth2(user, ulen, token, tlen, m->first.p, m->first.cap,
+                                &m->first.len);
+    if (st[0] == MX_SASL_OK)
+        return 0;
+    snprintf(why, whycap, "the OAuth message %s", mx_sasl_strerror(st[0]));
+    return 1;
+}
+
+int
+mx_auth_prepare_python(mx_auth_mech *m, const char *name, size_t nlen, PyObject *step,
+                       char *why, size_t whycap)
+{
+    char upper[MX_MECH_NAME_MAX + 1];
+    size_t i;
+
+    mx_auth_mech_init(m, MX_MECH_PYTHON, "");
+    for (i = 0; i < nlen && nlen <= MX_MECH_NAME_MAX; i++) {
+        char c = name[i];
+        if (c >= 'a' && c <= 'z')
+            c = (char)(c - 'a' + 'A');
+        if (!((c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '-' || c == '_'))
+            break;
+        upper[i] = c;
+    }
+    if (nlen == 0 || nlen > MX_MECH_NAME_MAX || i != nlen) {
+        snprintf(why, whycap, "mechanism is not a SASL mechanism name "
+                 "(1-20 of A-Z, 0-9, '-', '_')");
+        return 1;
+    }
+    upper[nlen] = '\0';
+    memcpy(m->name, upper, nlen + 1);
+    m->step = step;
+    return 0;
+}
+
 /* ---- the mechanisms' steps --------------------------------------------------- */
 
 /* The Python step: step(None) first, then step(challenge bytes). */
@@ -213,12 +304,12 @@ mx_auth_run(const mx_auth_conv *c, mx_auth_mech *m, char *why, size_t whycap)
             res = MX_AUTH_RAISED;
             goto out;
         }
-        if (line.len <= MX_CMD_MAX) {
+        if (line.len <= MX_AUTH_IR_LINE_MAX) {
             snprintf(shown_line, sizeof(shown_line), "%s %s", auth, shown ? shown : "");
             res = c->exchange(c->sess, (const char *)line.p, line.len, shown_line) < 0
                   ? MX_AUTH_IO : MX_AUTH_OK;
         } else {
-            /* RFC 4954 §4: too long for the AUTH line; sent after the 334 */
+            /* too long for the AUTH line (see MX_AUTH_IR_LINE_MAX): after the 334 */
             pending_shown = shown ? shown : "";
         }
     }

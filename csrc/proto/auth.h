@@ -19,6 +19,15 @@
 
 /* A SASL mechanism name (RFC 4422 §3.1: 1-20 of A-Z 0-9 - _). */
 #define MX_MECH_NAME_MAX 20
+/* The longest AUTH line (CRLF included) that carries the initial response;
+ * a longer response goes after the server's 334.  RFC 4954 §4 allows 12288
+ * octets, but Postfix's smtpd reads a command line up to line_length_limit
+ * (2048 by default) and drops the rest, which Dovecot then refuses as
+ * "535 5.7.8 Invalid base64 data in initial response" (found by
+ * tests/interop/test_oauth.py); after the 334 Postfix takes 12288
+ * (smtpd_sasl_response_limit).  2048 keeps the one-round-trip form for
+ * the usual PLAIN/NTLM messages and for tokens up to ~1.4 KB. */
+#define MX_AUTH_IR_LINE_MAX 2048
 /* 334 rounds one AUTH may take (GSSAPI needs 3, NTLM 2). */
 #define MX_AUTH_ROUNDS_MAX 16
 
@@ -54,11 +63,23 @@ typedef struct mx_auth_mech {
     PyObject *step;                    /* Python step (borrowed) */
 } mx_auth_mech;
 
-/* Mechanism set-up; each returns 0, or -1 with a Python exception set.
- * The messages are copied into heap buffers owned by m (mx_auth_mech_free
- * wipes them).  The callers check the fields (sasl.c's framing functions). */
 void mx_auth_mech_init(mx_auth_mech *m, int kind, const char *name);
+/* Wipes and frees m's buffers. */
 void mx_auth_mech_free(mx_auth_mech *m);
+
+/* Mechanism set-up: checks the fields and prepares the messages in m's
+ * heap buffers (m is initialised here; free it with mx_auth_mech_free
+ * whatever the result).  0 ready; 1 bad input, why says which field and
+ * nothing may be sent; -1 a Python exception is set (memory). */
+int mx_auth_prepare_basic(mx_auth_mech *m, int login, const char *user, size_t ulen,
+                          const char *pass, size_t plen, char *why, size_t whycap);
+int mx_auth_prepare_oauth(mx_auth_mech *m, int bearer, const char *user, size_t ulen,
+                          const char *host, size_t hlen, unsigned port,
+                          const char *token, size_t tlen, char *why, size_t whycap);
+/* name: a SASL mechanism name (any case; upper-cased); step: a callable,
+ * borrowed for the life of m. */
+int mx_auth_prepare_python(mx_auth_mech *m, const char *name, size_t nlen,
+                           PyObject *step, char *why, size_t whycap);
 
 /* How the session talks for the loop: send a line (recorded as `shown`, or
  * as itself when shown is NULL) and read the reply into *reply, with the
@@ -82,7 +103,7 @@ typedef enum {
 } mx_auth_result;
 
 /* Runs AUTH <name> to its end.  The initial response goes on the AUTH line
- * when that line stays within RFC 4954's 12288 octets, else after the
+ * when that line stays within MX_AUTH_IR_LINE_MAX octets, else after the
  * first 334.  GIL held on entry. */
 mx_auth_result mx_auth_run(const mx_auth_conv *c, mx_auth_mech *m, char *why,
                            size_t whycap);

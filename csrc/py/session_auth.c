@@ -124,8 +124,8 @@ Session_login(Session *s, PyObject *args, PyObject *kw)
     Py_ssize_t ulen, plen;
     unsigned mech = 0, usable;
     mx_auth_mech m;
-    mx_sasl_status st;
-    int bad;
+    char why[160];
+    int rc;
 
     if (!PyArg_ParseTupleAndKeywords(args, kw, "UU|O", kwlist, &user, &pass, &mech_obj))
         return NULL;
@@ -165,23 +165,11 @@ Session_login(Session *s, PyObject *args, PyObject *kw)
     p = PyUnicode_AsUTF8AndSize(pass, &plen);
     if (!p)
         goto done;
-    mx_auth_mech_init(&m, mech == MX_AUTH_PLAIN ? MX_MECH_PLAIN : MX_MECH_LOGIN,
-                      mx_auth_mech_name(mech));
-    m.challenge_max = MX_SASL_CHALLENGE_MAX;
-    if (mech == MX_AUTH_PLAIN) {
-        bad = mx_abuf_reserve(&m.first, 3 * MX_SASL_FIELD_MAX + 2);
-        st = bad ? MX_SASL_OK : mx_sasl_plain_raw("", 0, u, (size_t)ulen, p, (size_t)plen,
-                                                 m.first.p, m.first.cap, &m.first.len);
-    } else {
-        st = (size_t)ulen > MX_SASL_FIELD_MAX || (size_t)plen > MX_SASL_FIELD_MAX
-             ? MX_SASL_E_TOO_LONG : MX_SASL_OK;
-        bad = st == MX_SASL_OK && (mx_abuf_set(&m.first, u, (size_t)ulen) < 0 ||
-                                   mx_abuf_set(&m.second, p, (size_t)plen) < 0);
-    }
-    if (!bad && st != MX_SASL_OK)
-        raise_exc(s, MX_EXC_INPUT, STG_AUTH, NULL, NULL,
-                  "username or password %s; nothing was sent", mx_sasl_strerror(st));
-    else if (!bad)
+    rc = mx_auth_prepare_basic(&m, mech == MX_AUTH_LOGIN, u, (size_t)ulen, p, (size_t)plen,
+                               why, sizeof(why));
+    if (rc > 0)
+        raise_exc(s, MX_EXC_INPUT, STG_AUTH, NULL, NULL, "%s; nothing was sent", why);
+    else if (rc == 0)
         res = run_auth(s, &m);
     mx_auth_mech_free(&m);
 done:
@@ -194,8 +182,8 @@ MX_DOC(auth_oauth_doc,
 "Authenticates with an OAuth 2.0 bearer token: SASL XOAUTH2\n"
 "(user=<user>^Aauth=Bearer <token>^A^A) or OAUTHBEARER (RFC 7628; host and\n"
 "port default to the session's server name and port).  The message goes\n"
-"on the AUTH line when that stays within 12288 octets (RFC 4954), else\n"
-"after the server's 334.  A 334 carrying the server's JSON error is\n"
+"on the AUTH line when that stays within 2048 octets (Postfix's\n"
+"line_length_limit; RFC 4954 would allow 12288), else after the 334.  A 334 carrying the server's JSON error is\n"
 "answered as RFC 7628 says, and the AuthError raised for the final reply\n"
 "has the decoded JSON in oauth_challenge.  Refused without TLS\n"
 "(InsecureAuthError) unless allow_insecure_auth=True.  The token is\n"
@@ -210,9 +198,9 @@ Session_auth_oauth(Session *s, PyObject *args, PyObject *kw)
     const char *u, *t, *h, *mn = "XOAUTH2";
     Py_ssize_t ulen, tlen, hlen = 0;
     long port = 0;
-    int bearer;
+    int bearer, rc;
     mx_auth_mech m;
-    mx_sasl_status st;
+    char why[160];
 
     if (!PyArg_ParseTupleAndKeywords(args, kw, "OO|O$OO", kwlist, &user, &token,
                                      &mech_obj, &host_obj, &port_obj))
@@ -253,39 +241,12 @@ Session_auth_oauth(Session *s, PyObject *args, PyObject *kw)
             goto done;
         }
     }
-    {
-        /* each field checked on its own, so the error names it */
-        static const char *const fields[3] = {"user", "host", "token"};
-        mx_sasl_status fst[3];
-        int f;
-        fst[0] = mx_sasl_check_field(u, (size_t)ulen);
-        fst[1] = mx_sasl_check_field(h, (size_t)hlen);
-        fst[2] = mx_sasl_check_token(t, (size_t)tlen);
-        for (f = 0; f < 3; f++) {
-            if (fst[f] == MX_SASL_OK)
-                continue;
-            raise_exc(s, MX_EXC_INPUT, STG_AUTH, NULL, NULL, "%s %s; nothing was sent",
-                      fields[f], fst[f] != MX_SASL_E_TOO_LONG ? mx_sasl_strerror(fst[f])
-                      : f < 2 ? "is longer than 255 octets" : "is longer than 65536 octets");
-            goto done;
-        }
-    }
-    mx_auth_mech_init(&m, MX_MECH_OAUTH, bearer ? "OAUTHBEARER" : "XOAUTH2");
-    m.bearer = bearer;
-    if (mx_abuf_reserve(&m.first, mx_sasl_oauth_size((size_t)ulen, (size_t)hlen,
-                                                     (size_t)tlen)) == 0) {
-        if (bearer)
-            st = mx_sasl_oauthbearer(u, (size_t)ulen, h, (size_t)hlen, (unsigned)port, t,
-                                     (size_t)tlen, m.first.p, m.first.cap, &m.first.len);
-        else
-            st = mx_sasl_xoauth2(u, (size_t)ulen, t, (size_t)tlen, m.first.p, m.first.cap,
-                                 &m.first.len);
-        if (st == MX_SASL_OK)
-            res = run_auth(s, &m);
-        else    /* the fields were checked: the buffer was too small */
-            raise_exc(s, MX_EXC_ERROR, STG_AUTH, NULL, NULL, "OAuth message framing failed (%s)",
-                      mx_sasl_strerror(st));
-    }
+    rc = mx_auth_prepare_oauth(&m, bearer, u, (size_t)ulen, h, (size_t)hlen, (unsigned)port,
+                               t, (size_t)tlen, why, sizeof(why));
+    if (rc > 0)
+        raise_exc(s, MX_EXC_INPUT, STG_AUTH, NULL, NULL, "%s; nothing was sent", why);
+    else if (rc == 0)
+        res = run_auth(s, &m);
     mx_auth_mech_free(&m);
 done:
     leave(s);
@@ -309,9 +270,9 @@ Session_auth(Session *s, PyObject *args, PyObject *kw)
     static char *kwlist[] = {"mechanism", "step", "secret", NULL};
     PyObject *mech_obj, *step_obj, *res = NULL;
     const char *mn;
-    Py_ssize_t mlen, i;
+    Py_ssize_t mlen = 0;
     int secret = 1;
-    char name[MX_MECH_NAME_MAX + 1];
+    char why[160];
     mx_auth_mech m;
 
     if (!PyArg_ParseTupleAndKeywords(args, kw, "OO|$p", kwlist, &mech_obj, &step_obj, &secret))
@@ -319,35 +280,17 @@ Session_auth(Session *s, PyObject *args, PyObject *kw)
     if (enter(s, 1) < 0)
         return NULL;
     mn = PyUnicode_Check(mech_obj) ? PyUnicode_AsUTF8AndSize(mech_obj, &mlen) : NULL;
-    for (i = 0; mn && i < mlen && mlen <= MX_MECH_NAME_MAX; i++) {
-        char c = mn[i];
-        if (c >= 'a' && c <= 'z')
-            c = (char)(c - 'a' + 'A');
-        if (!((c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '-' || c == '_'))
-            break;
-        name[i] = c;
-    }
-    if (!mn || mlen == 0 || mlen > MX_MECH_NAME_MAX || i != mlen) {
+    if (!mn)
         PyErr_Clear();
-        raise_exc(s, MX_EXC_INPUT, STG_AUTH, NULL, NULL,
-                  "mechanism %R is not a SASL mechanism name (1-20 of A-Z, 0-9, '-', '_')",
-                  mech_obj);
-        goto done;
-    }
-    name[mlen] = '\0';
-    if (!PyCallable_Check(step_obj)) {
+    if (mx_auth_prepare_python(&m, mn ? mn : "", (size_t)mlen, step_obj, why, sizeof(why)) != 0)
+        raise_exc(s, MX_EXC_INPUT, STG_AUTH, NULL, NULL, "%s, not %R", why, mech_obj);
+    else if (!PyCallable_Check(step_obj))
         raise_exc(s, MX_EXC_INPUT, STG_AUTH, NULL, NULL,
                   "step must be a callable taking bytes or None, not %s",
                   Py_TYPE(step_obj)->tp_name);
-        goto done;
-    }
-    if (auth_precheck(s, secret, "credentials") < 0)
-        goto done;
-    mx_auth_mech_init(&m, MX_MECH_PYTHON, name);
-    m.step = step_obj;
-    res = run_auth(s, &m);
+    else if (auth_precheck(s, secret, "credentials") == 0)
+        res = run_auth(s, &m);
     mx_auth_mech_free(&m);
-done:
     leave(s);
     return res;
 }

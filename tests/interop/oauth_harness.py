@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import re
 import ssl
 import threading
@@ -48,7 +47,6 @@ import uuid
 from collections import Counter
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from typing import Any
 
 import jwt

@@ -195,6 +195,10 @@ def collect_oauth(h: object) -> list[Row]:
     rows.append(Row(OAUTH_SERVER, "OAUTHBEARER, token: expired (answered with %x01)", "AUTH",
                     shown(raw_auth(h, "submission", "OAUTHBEARER", user, tok))))  # type: ignore[arg-type]
     issuer = h.issuer  # type: ignore[attr-defined]
+    rows.append(Row(OAUTH_SERVER, "XOAUTH2, 2,500-character token as initial response (AUTH line over "
+                    "line_length_limit=2048)", "AUTH",
+                    shown(raw_auth(h, "submission", "XOAUTH2", mailer.mailbox,  # type: ignore[arg-type]
+                                   issuer.token_of_size(mailer, 2_500)))))
     for size, service, note in ((10_000, "submission", "smtpd_sasl_response_limit=12288 (default)"),
                                 (10_000, "submission_big", "smtpd_sasl_response_limit=65536"),
                                 (13_000, "submission_big", "smtpd_sasl_response_limit=65536")):

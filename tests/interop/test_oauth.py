@@ -22,8 +22,8 @@ from typing import Any
 
 import pytest
 from harness import missing_requirements
-from oauth_harness import (APPS, BAD_KINDS, BASIC_ACCOUNT, EXCHANGE, EXCHANGE_SCOPE, SEND_AS_APP, TENANT, App,
-                           OAuthHarness, bad_tokens, msal_app, raw_auth)
+from oauth_harness import (APPS, BAD_KINDS, BASIC_ACCOUNT, EXCHANGE_SCOPE, TENANT, App,
+                           OAuthHarness, bad_tokens, msal_app, raw_auth, sasl_blob)
 from scenarios import collect_oauth, markdown
 
 import mailexpress as mx
@@ -195,7 +195,146 @@ def test_token_size_limits_of_postfix_and_dovecot(oauth):
     assert "sent us more than 16384 bytes" in oauth.log()
 
 
+def test_postfix_cuts_a_long_auth_line(oauth):
+    """Postfix's line_length_limit (2048): an AUTH line up to it works, a
+    longer one is cut (the rest dropped) and Dovecot sees broken base64; the
+    same token after the 334 passes (smtpd_sasl_response_limit, 12288)."""
+    def line(token: str) -> int:
+        return len(f"AUTH XOAUTH2 {sasl_blob('XOAUTH2', MAILER.mailbox, token, 0)}")
+    fits = oauth.issuer.token_of_size(MAILER, 1_450)
+    cut = oauth.issuer.token_of_size(MAILER, 1_550)
+    assert line(fits) <= 2048 < line(cut)
+    assert raw_auth(oauth, "submission", "XOAUTH2", MAILER.mailbox, fits).final[0] == 235
+    assert raw_auth(oauth, "submission", "XOAUTH2", MAILER.mailbox, cut).replies == [
+        (535, "5.7.8 Error: authentication failed: Invalid base64 data in initial response")]
+    assert raw_auth(oauth, "submission", "XOAUTH2", MAILER.mailbox, cut, initial=False).final[0] == 235
+
+
 def test_oauth_reply_table_in_docs_matches_the_servers(oauth):
     ours = markdown(collect_oauth(oauth)).splitlines()[2:]
     documented = oauth_table_in_doc().splitlines()[2:]
     assert ours == documented, "Dovecot answers differently now: run python docs/gen_interop_table.py"
+
+
+# -- the C core (Session.auth_oauth) against the peer ---------------------------------------------
+
+
+def open_session(h: OAuthHarness, service: str = "submission") -> mx.Session:
+    s = mx.Session(host="127.0.0.1", port=h.ports[service], ca_file=h.ca_file, timeouts=TIMEOUTS)
+    s.connect()
+    s.ehlo()
+    s.starttls()
+    return s
+
+
+@pytest.mark.parametrize("mechanism", ["XOAUTH2", "OAUTHBEARER"])
+def test_session_auth_oauth_with_an_msal_token_delivers_byte_exact(oauth, mechanism):
+    token = msal_app(oauth.endpoint, MAILER).acquire_token_for_client(scopes=[EXCHANGE_SCOPE])["access_token"]
+    marker = f"core-{mechanism}-{uuid.uuid4().hex[:8]}"
+    raw = message(marker)
+    s = open_session(oauth)
+    try:
+        reply = s.auth_oauth(MAILER.mailbox, token, mechanism)
+        assert (reply.code, reply.enhanced) == (235, "2.7.0") and s.authenticated
+        s.send(raw, envelope_from=MAILER.mailbox, recipients=["bob@partner.example"])
+        client = [t for _ms, d, t in s.transcript if d == "C"]
+    finally:
+        s.close()
+    assert f"AUTH {mechanism} <token redacted>" in client       # one round trip: the initial response
+    assert token not in repr(s.transcript) and token[:40] not in repr(s.transcript)
+    delivered_copy(oauth, marker, raw + b"\r\n")
+
+
+@pytest.mark.parametrize("kind", BAD_KINDS)
+@pytest.mark.parametrize("mechanism", ["XOAUTH2", "OAUTHBEARER"])
+def test_session_auth_oauth_refused_token_carries_the_servers_json(oauth, kind, mechanism):
+    token, user, _reason = bad_tokens(oauth)[kind]
+    marker = f"core-refused-{uuid.uuid4().hex[:8]}"
+    s = open_session(oauth)
+    try:
+        with pytest.raises(mx.AuthError) as info:
+            s.auth_oauth(user, token, mechanism)
+        assert not s.authenticated
+        with pytest.raises(mx.Error):       # and nothing goes out on this session
+            s.send(message(marker, user), envelope_from=user, recipients=["bob@partner.example"])
+        transcript = repr(s.transcript)
+    finally:
+        s.close()
+    err = info.value
+    assert (err.code, err.enhanced, err.stage) == (535, "5.7.8", mx.Stage.AUTH)
+    assert json.loads(err.oauth_challenge) == refusal_json(oauth, mechanism)
+    for shown in (str(err), repr(err), transcript):
+        assert token not in shown and token.split(".")[2][:24] not in shown
+    not_delivered(oauth, marker)
+
+
+def test_session_an_entra_sized_token_gets_past_postfixs_line_limit(oauth):
+    """Entra's access tokens for Exchange run to 1,500-3,000 characters.
+    Postfix reads a command line up to line_length_limit (2048) and drops the
+    rest, so an AUTH line longer than that ends in 535 5.7.8 'Invalid base64
+    data in initial response' (test_postfix_cuts_a_long_auth_line): a refusal
+    that says nothing about the token.  Such a token has to go after the 334."""
+    token = oauth.issuer.token_of_size(MAILER, 2_500)
+    marker = f"entra-size-{uuid.uuid4().hex[:8]}"
+    s = open_session(oauth)                 # Postfix's defaults
+    try:
+        reply = s.auth_oauth(MAILER.mailbox, token)
+        assert reply.code == 235, s.transcript
+        s.send(message(marker), envelope_from=MAILER.mailbox, recipients=["bob@partner.example"])
+    finally:
+        s.close()
+    delivered_copy(oauth, marker, message(marker) + b"\r\n")
+
+
+def test_session_sends_no_token_without_tls(oauth):
+    """The insecure service offers XOAUTH2 without TLS: the token stays home."""
+    s = mx.Session(host="127.0.0.1", port=oauth.ports["insecure"], security="none", timeouts=TIMEOUTS)
+    try:
+        s.connect()
+        s.ehlo()
+        assert "XOAUTH2" in s.capabilities["AUTH"].split() and not s.tls_active
+        with pytest.raises(mx.InsecureAuthError):
+            s.auth_oauth(MAILER.mailbox, oauth.issuer.token(MAILER))
+        assert not [t for _ms, d, t in s.transcript if d == "C" and t.startswith("AUTH")]
+    finally:
+        s.close()
+
+
+def test_session_sends_a_large_token_after_the_334(oauth):
+    """A 10,000-character token makes the AUTH line longer than 12,288 octets:
+    AUTH XOAUTH2 alone, the response after the server's 334 (Postfix with its
+    SASL response limit raised; Dovecot takes it)."""
+    token = oauth.issuer.token_of_size(MAILER, 10_000)
+    marker = f"big-token-{uuid.uuid4().hex[:8]}"
+    s = open_session(oauth, "submission_big")
+    try:
+        assert s.auth_oauth(MAILER.mailbox, token).code == 235
+        s.send(message(marker), envelope_from=MAILER.mailbox, recipients=["bob@partner.example"])
+        lines = [(d, t) for _ms, d, t in s.transcript]
+    finally:
+        s.close()
+    i = lines.index(("C", "AUTH XOAUTH2"))
+    assert lines[i + 1][0] == "S" and lines[i + 1][1].startswith("334")
+    assert token not in repr(lines)
+    delivered_copy(oauth, marker, message(marker) + b"\r\n")
+
+
+def test_session_tokens_over_the_servers_limits(oauth):
+    """Over Dovecot's limit (~12 KB): 454 4.7.0, a temporary failure, not a
+    verdict on the token.  Over Postfix's default smtpd_sasl_response_limit
+    (12,288 octets of base64): 500 5.5.6."""
+    s = open_session(oauth, "submission_big")
+    try:
+        with pytest.raises(mx.AuthError) as info:
+            s.auth_oauth(MAILER.mailbox, oauth.issuer.token_of_size(MAILER, 13_000))
+    finally:
+        s.close()
+    assert info.value.code == 454 and info.value.transient
+    assert "refused the credentials" not in str(info.value)
+    s = open_session(oauth, "submission")
+    try:
+        with pytest.raises(mx.Error) as info2:
+            s.auth_oauth(MAILER.mailbox, oauth.issuer.token_of_size(MAILER, 10_000))
+    finally:
+        s.close()
+    assert info2.value.code == 500 and info2.value.enhanced == "5.5.6"
