@@ -74,6 +74,8 @@ class App:
 
 APPS = {
     "mailer": App("6a1d7c54-0e2b-4b8e-a3c1-2f4d9e8b7a10", "mailer-s3cret~Value.1", "svc-oauth@corp.example"),
+    # used by one test only: its token requests are counted from zero
+    "bulk": App("9e4f1a37-2c6b-4d8a-b5e0-3a7c1d2e4f60", "bulk-s3cret~Value.3", "svc-bulk@corp.example"),
     # granted IMAP.AccessAsApp, but not SMTP.SendAsApp
     "noperm": App("0c9b3e21-5d4a-4f7c-8e62-7b1a2c3d4e50", "noperm-s3cret~Value.2", "svc-noperm@corp.example",
                   ("IMAP.AccessAsApp",)),

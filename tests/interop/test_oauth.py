@@ -88,14 +88,16 @@ class FixedToken:
 
 
 def provider_cfg(h: OAuthHarness, token: str, service: str = "submission", app: App = MAILER,
-                 **kw: Any) -> tuple[mx.Config, dict[str, Any]]:
-    """A config without oauth_* keys, and the token_provider override."""
+                 **kw: Any) -> tuple[mx.Config, FixedToken]:
+    """A config with token_provider= instead of oauth_* keys, and the provider."""
+    provider = FixedToken(token)
     values: dict[str, Any] = {
         "host": "127.0.0.1", "port": h.ports[service], "username": app.mailbox, "from_address": app.mailbox,
         "ca_file": h.ca_file, "security": "starttls", "timeouts": TIMEOUTS, "auth_mechanisms": ["XOAUTH2"],
+        "token_provider": provider,
     }
     values.update(kw)
-    return mx.Config(**values), {"token_provider": FixedToken(token)}
+    return mx.Config(**values), provider
 
 
 def message(marker: str, sender: str = MAILER.mailbox) -> bytes:
@@ -338,3 +340,160 @@ def test_session_tokens_over_the_servers_limits(oauth):
     finally:
         s.close()
     assert info2.value.code == 500 and info2.value.enhanced == "5.5.6"
+
+
+# -- mailexpress through its config against the peer -------------------------------------------
+
+
+@pytest.mark.parametrize("mechanism", ["XOAUTH2", "OAUTHBEARER"])
+def test_send_with_an_msal_token_from_the_config_is_delivered_byte_exact(oauth, secret, mechanism):
+    """oauth_tenant, oauth_client_id, oauth_client_secret_env, oauth_authority
+    (the local endpoint), oauth_scope: MSAL gets the token, the core sends it."""
+    marker = f"mx-{mechanism}-{uuid.uuid4().hex[:8]}"
+    raw = message(marker)
+    config = oauth_cfg(oauth, auth_mechanisms=[mechanism])
+    with mx.connect(config) as s:
+        assert s.authenticated
+        auth_lines = [t for _ms, d, t in s.transcript if d == "C" and t.startswith("AUTH")]
+        s.send(raw, envelope_from=MAILER.mailbox, recipients=["bob@partner.example"])
+    assert auth_lines == [f"AUTH {mechanism} <token redacted>"]
+    delivered_copy(oauth, marker, raw + b"\r\n")
+    assert oauth.endpoint.token_requests[MAILER.client_id] >= 1
+
+
+def test_send_as_with_the_config_token(oauth, secret):
+    marker = f"mx-send-as-{uuid.uuid4().hex[:8]}"
+    result = mx.send_as(oauth_cfg(oauth), to="bob@partner.example", subject=marker, body="sent with a token\n")
+    assert result.ok
+    got = oauth.wait_for(marker.encode()).data
+    assert f"From: {MAILER.mailbox}".encode() in got and b"sent with a token" in got
+
+
+def test_the_default_order_picks_the_token_over_login(oauth, secret):
+    """The server offers LOGIN XOAUTH2 OAUTHBEARER (like Exchange Online, plus
+    OAUTHBEARER); with a token source configured the token goes first even
+    though a password is configured too."""
+    with mx.connect(oauth_cfg(oauth, password="unused-password")) as s:
+        assert s.authenticated
+        assert [t for _ms, d, t in s.transcript if d == "C" and t.startswith("AUTH")] == [
+            "AUTH XOAUTH2 <token redacted>"]
+
+
+@pytest.mark.parametrize("kind", BAD_KINDS)
+@pytest.mark.parametrize("mechanism", ["XOAUTH2", "OAUTHBEARER"])
+def test_a_refused_token_is_an_auth_error_with_the_servers_json_and_no_mail(oauth, kind, mechanism):
+    token, user, _reason = bad_tokens(oauth)[kind]
+    config, provider = provider_cfg(oauth, token, username=user, from_address=user, auth_mechanisms=[mechanism])
+    marker = f"refused-{uuid.uuid4().hex[:8]}"
+    with pytest.raises(mx.AuthError) as info:
+        mx.send_as(config, message=message(marker, user), to="bob@partner.example")
+    err = info.value
+    assert (err.code, err.enhanced, err.stage) == (535, "5.7.8", mx.Stage.AUTH)
+    assert err.mechanism == mechanism
+    assert err.oauth_error == refusal_json(oauth, mechanism)
+    assert json.loads(err.oauth_challenge) == err.oauth_error
+    for shown in (str(err), repr(err)):
+        assert token not in shown and token.split(".")[2][:24] not in shown
+    assert provider.calls >= 1
+    not_delivered(oauth, marker)
+
+
+def test_a_token_for_the_wrong_resource_through_msal(oauth, secret):
+    """oauth_scope naming Microsoft Graph instead of Exchange: MSAL gets a token
+    whose aud is Graph, and the server refuses it (aud is checked)."""
+    config = oauth_cfg(oauth, oauth_scope="https://graph.microsoft.com/.default", auth_mechanisms=["XOAUTH2"])
+    with pytest.raises(mx.AuthError) as info:
+        mx.connect(config)
+    assert info.value.code == 535 and info.value.oauth_error == refusal_json(oauth, "XOAUTH2")
+    assert "oauth2 failed: Local validation failed: client_id not found in aud field" in oauth.log()
+
+
+def test_no_fallback_to_login_after_the_token_was_refused(oauth):
+    """svc-basic has a working password, but once the server refused the token
+    (5xx) nothing else is tried."""
+    token, user, _ = bad_tokens(oauth)["another mailbox"]
+    config, _provider = provider_cfg(oauth, token, username=user, from_address=user, password=BASIC_ACCOUNT[1],
+                                     auth_mechanisms=["automatic"])
+    with pytest.raises(mx.AuthError) as info:      # a LOGIN after it would have succeeded
+        mx.connect(config)
+    assert info.value.mechanism == "XOAUTH2" and info.value.code == 535
+    with mx.connect(config, token_provider=None, auth_mechanisms=["LOGIN"]) as s:    # the password itself works
+        assert s.authenticated
+        assert [t for _ms, d, t in s.transcript if d == "C" and t.startswith("AUTH")] == ["AUTH LOGIN"]
+
+
+def test_one_token_request_over_several_connections(oauth, secret, monkeypatch):
+    """One config, five connections and a send_many of twenty: MSAL's cache
+    (one token source per config) asks the endpoint once."""
+    app = APPS["bulk"]           # an application no other test uses: MSAL has nothing cached for it
+    monkeypatch.setenv(SECRET_ENV, app.secret)
+    oauth.endpoint.reset_counts()
+    config = oauth_cfg(oauth, app=app, auth_mechanisms=["XOAUTH2"])
+    markers = [f"count-{i}-{uuid.uuid4().hex[:6]}" for i in range(5)]
+    for m in markers:
+        with mx.connect(config) as s:
+            s.send(message(m, app.mailbox), envelope_from=app.mailbox, recipients=["bob@partner.example"])
+    bulk = [f"bulk-{i}-{uuid.uuid4().hex[:6]}" for i in range(20)]
+    result = mx.send_many(config, [{"to": "bob@partner.example", "subject": m, "body": "bulk\n"} for m in bulk])
+    assert not result.failed
+    for m in markers:
+        delivered_copy(oauth, m, message(m, app.mailbox) + b"\r\n")
+    for m in bulk:
+        oauth.wait_for(m.encode())
+    assert dict(oauth.endpoint.token_requests) == {app.client_id: 1}
+    assert oauth.endpoint.discovery_requests <= 1
+
+
+@pytest.mark.parametrize("case,code", [("wrong secret", "AADSTS7000215"), ("unknown application", "AADSTS700016"),
+                                       ("unknown tenant", "AADSTS90002")])
+def test_token_endpoint_failures_are_auth_errors_with_the_provider_code(oauth, secret, monkeypatch, case, code):
+    kw: dict[str, Any] = {}
+    if case == "wrong secret":
+        monkeypatch.setenv(SECRET_ENV, "not-the-secret")
+    elif case == "unknown application":
+        kw["oauth_client_id"] = "00000000-0000-0000-0000-00000000dead"
+    else:
+        kw["oauth_tenant"] = "00000000-0000-0000-0000-0000000beef0"
+    oauth.endpoint.reset_counts()
+    with pytest.raises(mx.AuthError) as info:
+        mx.connect(oauth_cfg(oauth, **kw))
+    assert info.value.provider_code == code and info.value.stage is mx.Stage.AUTH
+    assert code in oauth.endpoint.refused
+    assert MAILER.secret not in str(info.value) and "not-the-secret" not in str(info.value)
+
+
+def test_connector_passes_with_oauth(oauth, secret):
+    report = mx.test_connector(oauth_cfg(oauth))
+    checks = {c.id: c.status for c in report.checks}
+    assert checks["tls"] == "pass" and checks["auth_requires_tls"] == "pass", str(report)
+    assert checks["auth_mechanisms"] == "pass" and checks["auth"] == "pass", str(report)
+    assert "XOAUTH2" in report.check("auth").summary + " ".join(report.check("auth").evidence or ())
+    assert report.server["family"] == "postfix"
+
+
+def test_connector_with_a_token_for_the_wrong_resource_says_so(oauth, secret):
+    report = mx.test_connector(oauth_cfg(oauth, oauth_scope="https://graph.microsoft.com/.default"))
+    auth = report.check("auth")
+    assert auth.status == "fail" and not report.ok, str(report)
+    advice = (auth.advice or "").lower()
+    assert "token" in advice and ("oauth_scope" in advice or "outlook.office365.com" in advice), auth.advice
+
+
+def test_connector_with_a_wrong_secret_names_the_provider_code(oauth, secret, monkeypatch):
+    monkeypatch.setenv(SECRET_ENV, "not-the-secret")
+    report = mx.test_connector(oauth_cfg(oauth))
+    auth = report.check("auth")
+    assert auth.status == "fail" and "AADSTS7000215" in str(report), str(report)
+    assert "not-the-secret" not in str(report) and MAILER.secret not in str(report)
+
+
+def test_no_token_or_secret_reaches_a_log(oauth, secret):
+    with mx.connect(oauth_cfg(oauth)) as s:      # at least one token of this test's own
+        assert s.authenticated
+    log = oauth.log()
+    assert oauth.issuer.issued
+    for token in oauth.issuer.issued:
+        assert token not in log and token.split(".")[2][:32] not in log
+    for app in APPS.values():
+        assert app.secret not in log and base64.b64encode(app.secret.encode()).decode() not in log
+    assert re.search(r"sasl_method=XOAUTH2, sasl_username=" + re.escape(MAILER.mailbox), log)
