@@ -152,3 +152,31 @@ def test_a_write_the_server_reset_took_nothing(fake_server, chunking):
     with pytest.raises(mx.ConnectionLost) as info:
         s.send_raw("a@x.example", ["b@y.example"], b"Subject: x\r\n\r\nsmall\r\n")
     assert info.value.delivered is False and info.value.retry_safe is True
+
+
+def test_421_after_twenty_accepted_messages_over_tls(fake_server, certs):
+    """The same over TLS (what Exchange offers): after the failed write,
+    OpenSSL still hands over the records that had arrived."""
+    def script(conn):
+        greet(conn, [b"PIPELINING", b"CHUNKING", b"8BITMIME"])
+        replies = b""
+        for i in range(20):
+            conn.expect(b"MAIL FROM")
+            conn.expect(b"RCPT TO")
+            n = bdat_size(conn.expect(b"BDAT"))
+            assert len(conn.read_exact(n)) == n
+            replies += b"250 sender ok\r\n250 recipient ok\r\n250 queued as Q%d\r\n" % i
+        conn.expect(b"MAIL FROM")
+        conn.send(replies + b"421 4.3.2 service shutting down\r\n")
+        conn.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+        conn.close()
+
+    srv = fake_server(script, tls=certs.server_context())
+    s = plain_session(srv.port, security="ssl", ca_file=certs.ca_file)
+    s.connect()
+    s.ehlo()
+    result = s.send_many([("a@x.example", ["b@y.example"], BODY_100K) for _ in range(60)])
+    srv.check()
+    assert [r.reply.text for r in result[:20]] == [f"queued as Q{i}" for i in range(20)]
+    assert isinstance(result[20], mx.ServiceUnavailable) and result[20].delivered is False
+    assert all(r.delivered is False and r.retry_safe for r in result[21:])
