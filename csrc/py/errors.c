@@ -77,18 +77,25 @@ done:
     return obj;
 }
 
+/* make_exc_v with the class of exc in the module state. */
+static PyObject *
+make_exc_va(Session *s, mx_exc exc, stage stg, PyObject *reply, PyObject *extra,
+            const char *fmt, va_list ap)
+{
+    mx_state *st = state_of(s);
+
+    return st ? make_exc_v(st->exc[exc], stg, reply, extra, fmt, ap) : NULL;
+}
+
 PyObject *
 make_exc(Session *s, mx_exc exc, stage stg, PyObject *reply, PyObject *extra,
          const char *fmt, ...)
 {
-    mx_state *st = state_of(s);
     PyObject *obj;
     va_list ap;
 
-    if (!st)
-        return NULL;
     va_start(ap, fmt);
-    obj = make_exc_v(st->exc[exc], stg, reply, extra, fmt, ap);
+    obj = make_exc_va(s, exc, stg, reply, extra, fmt, ap);
     va_end(ap);
     return obj;
 }
@@ -112,14 +119,11 @@ PyObject *
 raise_exc(Session *s, mx_exc exc, stage stg, PyObject *reply, PyObject *extra,
           const char *fmt, ...)
 {
-    mx_state *st = state_of(s);
     PyObject *obj;
     va_list ap;
 
-    if (!st)
-        return NULL;
     va_start(ap, fmt);
-    obj = make_exc_v(st->exc[exc], stg, reply, extra, fmt, ap);
+    obj = make_exc_va(s, exc, stg, reply, extra, fmt, ap);
     va_end(ap);
     if (obj) {
         PyErr_SetObject((PyObject *)Py_TYPE(obj), obj);
