@@ -57,7 +57,9 @@ out_flush(Session *s, batch *b, size_t jobi, stage stg)
     }
     if (mx_conn_write(&s->c, s->c.wbuf, b->wlen, deadline_for(s, TO_DATA_BLOCK), &maybe) < 0) {
         b->sent += maybe;
-        b->write_failed = s->c.err.kind == MX_E_IO || s->c.err.kind == MX_E_EOF;
+        /* the peer broke the stream (not a timeout): what it sent is still readable */
+        b->write_failed = s->c.err.kind == MX_E_IO || s->c.err.kind == MX_E_EOF ||
+                          s->c.err.kind == MX_E_TLS;
         batch_fail(b, F_IO, stg, jobi, NULL);
         return -1;
     }
