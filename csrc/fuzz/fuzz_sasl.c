@@ -6,7 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "../sasl.h"
+#include "sasl.h"
 
 /* Frames the input cut into user | host | token at the first two 0xff
  * bytes and checks the output against sasl.h's promises. */

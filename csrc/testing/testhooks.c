@@ -1,7 +1,9 @@
-/* testhooks.c - tiny entry points into the pure protocol files, for unit and
- * property tests (tests/test_pure_*.py).  Underscored: not public API.  Each
- * hands bytes to one pure function and returns what it produced. */
-#include "module.h"
+/* testhooks.c - the module mailexpress._testhooks: tiny entry points into
+ * the pure protocol files, for unit and property tests (tests/test_pure_*.py).
+ * Built for the test suite only, not part of the shipped _core.  Each hands
+ * bytes to one pure function and returns what it produced. */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
 
 #include <string.h>
 
@@ -10,6 +12,7 @@
 #include "ehlo.h"
 #include "reply.h"
 #include "sasl.h"
+#include "verdict.h"
 
 static PyObject *
 reply_to_tuple(const mx_reply *r)
@@ -425,13 +428,36 @@ th_sasl_challenge(PyObject *m, PyObject *args)
     return res;
 }
 
-/* The module's functions: the test hooks, and tls_context (session.c). */
-PyMethodDef mx_testhook_methods[] = {
-    {"tls_context", (PyCFunction)(void (*)(void))mx_tls_context_new, METH_VARARGS | METH_KEYWORDS,
-     "tls_context(*, verify=True, ca_file=None, client_cert=None, client_key=None,\n"
-     "            min_tls_version='1.2') -> capsule\n\n"
-     "One client TLS context (trust store loaded once) to share between\n"
-     "Sessions through their tls_context= argument."},
+/* _verdict(after, code) -> str: what verdict.c says a reply means */
+static PyObject *
+th_verdict(PyObject *m, PyObject *args)
+{
+    static const char *const afters[MX_AFTER_COUNT] = {
+        "greeting", "ehlo", "starttls", "auth", "mail", "rcpt", "data",
+        "end_of_data", "bdat", "rset", "noop", "quit",
+    };
+    static const char *const names[] = {
+        "accepted", "continue", "refused", "closing", "out_of_step",
+    };
+    const char *after;
+    int code, i;
+    char why[96];
+
+    (void)m;
+    if (!PyArg_ParseTuple(args, "si", &after, &code))
+        return NULL;
+    for (i = 0; i < MX_AFTER_COUNT; i++)
+        if (strcmp(after, afters[i]) == 0)
+            break;
+    if (i == MX_AFTER_COUNT || code < 200 || code > 599) {
+        PyErr_SetString(PyExc_ValueError, "unknown command or code out of 200..599");
+        return NULL;
+    }
+    mx_verdict_why((mx_after)i, code, why, sizeof(why));
+    return Py_BuildValue("(ss)", names[mx_verdict_of((mx_after)i, code)], why);
+}
+
+static PyMethodDef th_methods[] = {
     {"_reply_parse", th_reply_parse, METH_VARARGS, "test hook: reply.c"},
     {"_body_encode", th_body_encode, METH_VARARGS, "test hook: body.c encoder"},
     {"_body_scan", th_body_scan, METH_VARARGS, "test hook: body.c SIZE/8-bit scan"},
@@ -442,5 +468,25 @@ PyMethodDef mx_testhook_methods[] = {
     {"_sasl_oauth", th_sasl_oauth, METH_VARARGS, "test hook: sasl.c XOAUTH2/OAUTHBEARER"},
     {"_sasl_challenge", th_sasl_challenge, METH_VARARGS, "test hook: sasl.c 334 decoding"},
     {"_ehlo_auth_list", th_ehlo_auth_list, METH_VARARGS, "test hook: ehlo.c AUTH union"},
+    {"_verdict", th_verdict, METH_VARARGS, "test hook: verdict.c"},
     {NULL, NULL, 0, NULL},
 };
+
+static PyModuleDef_Slot th_slots[] = {
+    {0, NULL},
+};
+
+static PyModuleDef th_module_def = {
+    PyModuleDef_HEAD_INIT,
+    .m_name = "mailexpress._testhooks",
+    .m_doc = "Test hooks into the pure protocol files (for the test suite only).",
+    .m_size = 0,
+    .m_methods = th_methods,
+    .m_slots = th_slots,
+};
+
+PyMODINIT_FUNC
+PyInit__testhooks(void)
+{
+    return PyModuleDef_Init(&th_module_def);
+}

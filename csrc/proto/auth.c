@@ -6,6 +6,7 @@
 
 #include "cmd.h"
 #include "sasl.h"
+#include "verdict.h"
 
 /* ---- secret buffers -------------------------------------------------------- */
 
@@ -324,15 +325,18 @@ mx_auth_run(const mx_auth_conv *c, mx_auth_mech *m, char *why, size_t whycap)
     for (rounds = 0;; rounds++) {
         size_t clen = 0;
         mx_sasl_status st;
+        mx_verdict v;
 
-        if (r->code == 235) {
+        v = mx_verdict_of(MX_AFTER_AUTH, r->code);
+        if (v == MX_V_ACCEPTED && r->code == 235) {
             res = MX_AUTH_OK;
             break;
         }
-        if (r->code != 334) {
-            res = r->code >= 400 ? MX_AUTH_REFUSED : MX_AUTH_PROTOCOL;
-            if (r->code / 100 == 3)
-                snprintf(why, whycap, "a %d reply cannot answer AUTH", r->code);
+        if (v != MX_V_CONTINUE) {
+            /* a 421 is a refusal here; the caller ends the session on it */
+            res = v == MX_V_REFUSED || v == MX_V_CLOSING ? MX_AUTH_REFUSED : MX_AUTH_PROTOCOL;
+            if (v == MX_V_OUT_OF_STEP)
+                mx_verdict_why(MX_AFTER_AUTH, r->code, why, whycap);
             else
                 snprintf(why, whycap, "unexpected reply to AUTH (%d)", r->code);
             break;
