@@ -46,6 +46,11 @@ T = TypeVar("T")
 #: connector ConnectionInactivityTimeout is 5 minutes).
 DEFAULT_MAX_IDLE = 30.0
 DEFAULT_SIZE = 4
+#: A session is closed after this many messages and a new one opened: its
+#: transcript (kept for diagnostics) grows with every message.  Servers cap
+#: messages per connection too (Exchange's MaxMessagesPerConnection: 20 by
+#: default); a session closed that way is replaced (see Pool).
+DEFAULT_MAX_MESSAGES = 100
 
 
 class _Abandoned(Exception):
@@ -71,7 +76,7 @@ class Pool:
     by at most ``size`` operations at a time (others wait their turn).
 
     An idle session is reused for the next `send_as` when it was idle less
-    than ``max_idle`` seconds; a reused session the server has meanwhile
+    than ``max_idle`` seconds and has sent fewer than ``max_messages``; a reused session the server has meanwhile
     closed (idle timeout, its per-connection message limit: a 421 before
     anything of the message was accepted) is replaced and the message sent
     once more on a new connection.  ``async with Pool(cfg) as pool:``
@@ -79,15 +84,18 @@ class Pool:
     """
 
     def __init__(self, config: Config, *, size: int = DEFAULT_SIZE,
-                 max_idle: float = DEFAULT_MAX_IDLE) -> None:
+                 max_idle: float = DEFAULT_MAX_IDLE, max_messages: int = DEFAULT_MAX_MESSAGES) -> None:
         if not isinstance(config, Config):
             raise InputError(f"config must be a mailexpress.Config, not {type(config).__name__}")
         if size < 1:
             raise InputError(f"size must be at least 1, not {size}")
+        if max_messages < 1:
+            raise InputError(f"max_messages must be at least 1, not {max_messages}")
         self.config = config
         self.size = size
         self.max_idle = max_idle
-        self._idle: list[tuple[Session, float]] = []
+        self.max_messages = max_messages
+        self._idle: list[tuple[Session, float, int]] = []
         self._lock = threading.Lock()
         self._slots: asyncio.Semaphore | None = None
         self._executor = concurrent.futures.ThreadPoolExecutor(
@@ -98,23 +106,24 @@ class Pool:
 
     # -- sessions (worker threads only) ----------------------------------------
 
-    def _checkout(self) -> tuple[Session, bool]:
-        """A session to use: a fresh-enough idle one (reused=True) or a new one."""
+    def _checkout(self) -> tuple[Session, int]:
+        """A session to use and how many messages it sent before: a
+        fresh-enough idle one, or a new one (0)."""
         now = time.monotonic()
         stale: list[Session] = []
-        found: Session | None = None
+        found: tuple[Session, int] | None = None
         with self._lock:
             while self._idle:
-                session, since = self._idle.pop()
+                session, since, uses = self._idle.pop()
                 if now - since < self.max_idle and session.state == "READY":
-                    found = session
+                    found = (session, uses)
                     break
                 stale.append(session)
         for s in stale:
             s.close_quietly()
         if found is not None:
-            return found, True
-        return self._new_session(), False
+            return found
+        return self._new_session(), 0
 
     def _new_session(self) -> Session:
         session = connect(self.config)
@@ -122,33 +131,34 @@ class Pool:
             self.connections += 1
         return session
 
-    def _checkin(self, session: Session, job: _Job) -> None:
-        """Back to the pool when usable and its caller still waits; closed otherwise."""
+    def _checkin(self, session: Session, job: _Job, uses: int) -> None:
+        """Back to the pool when usable, under its message limit and its
+        caller still waits; closed otherwise."""
         with job.lock:
             keep = not job.cancelled
-        if keep and session.state == "READY":
+        if keep and session.state == "READY" and uses < self.max_messages:
             with self._lock:
                 if not self._closed:
-                    self._idle.append((session, time.monotonic()))
+                    self._idle.append((session, time.monotonic(), uses))
                     return
         session.close_quietly()
 
     def _send_as_work(self, job: _Job, args: tuple[Any, ...], kwargs: dict[str, Any]) -> SendResult:
-        session, reused = self._checkout()
+        session, uses = self._checkout()
         try:
             try:
                 return _send_as(self.config, *args, session=session, **kwargs)
             except ConnectionLost as err:
                 # the server closed a pooled session before taking any of the
                 # message (idle timeout, message limit): once more, anew
-                if not (reused and getattr(err, "delivered", None) is False):
+                if not (uses and getattr(err, "delivered", None) is False):
                     raise
                 log.info("a pooled session was closed by the server (%s); sending on a new one", err)
                 session.close()
-                session = self._new_session()
+                session, uses = self._new_session(), 0
                 return _send_as(self.config, *args, session=session, **kwargs)
         finally:
-            self._checkin(session, job)
+            self._checkin(session, job, uses + 1)
 
     # -- running in threads ------------------------------------------------------
 
@@ -213,7 +223,7 @@ class Pool:
         with self._lock:
             self._closed = True
             idle, self._idle = self._idle, []
-        for session, _since in idle:
+        for session, _since, _uses in idle:
             session.close_quietly()
         self._executor.shutdown(wait=False, cancel_futures=True)
 

@@ -230,5 +230,18 @@ def test_cancel_send_many_stops_at_a_batch_boundary(slow: SlowEmulator, caplog: 
 def test_bad_pool_arguments() -> None:
     with pytest.raises(mx.InputError, match="size"):
         aio.Pool(mx.Config(host="127.0.0.1", use_auth=False), size=0)
+    with pytest.raises(mx.InputError, match="max_messages"):
+        aio.Pool(mx.Config(host="127.0.0.1", use_auth=False), max_messages=0)
     with pytest.raises(mx.InputError, match="Config"):
         aio.Pool("mailexpress.toml", size=1)  # type: ignore[arg-type]
+
+
+def test_a_session_is_replaced_after_max_messages(emulator: ConnectorEmulator, cfg: mx.Config) -> None:
+    async def main() -> int:
+        async with aio.Pool(cfg, size=1, max_messages=2) as pool:
+            for i in range(5):
+                await pool.send_as(to="bob@partner.example", subject=f"m{i}", body="b")
+            return pool.connections
+
+    assert asyncio.run(main()) == 3
+    assert [m.message["Subject"] for m in emulator.messages] == [f"m{i}" for i in range(5)]
