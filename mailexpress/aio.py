@@ -168,6 +168,8 @@ class Pool:
         if self._slots is None:
             self._slots = asyncio.Semaphore(self.size)
         async with self._slots:
+            if self._closed:          # closed while this one waited its turn
+                raise InputError("this Pool is closed")
             loop = asyncio.get_running_loop()
             cfut = self._executor.submit(fn, job, *args)
             try:

@@ -245,3 +245,24 @@ def test_a_session_is_replaced_after_max_messages(emulator: ConnectorEmulator, c
 
     assert asyncio.run(main()) == 3
     assert [m.message["Subject"] for m in emulator.messages] == [f"m{i}" for i in range(5)]
+
+
+def test_a_closed_pool_refuses_work(slow: SlowEmulator) -> None:
+    slow.delay = 0.3
+    cfg = _cfg(slow)
+
+    async def main() -> None:
+        pool = aio.Pool(cfg, size=1)
+        first = asyncio.create_task(pool.send_as(to="bob@partner.example", subject="first", body="b"))
+        waiting = asyncio.create_task(pool.send_as(to="bob@partner.example", subject="second", body="b"))
+        await asyncio.sleep(0.1)
+        await pool.aclose()
+        assert (await first).ok               # work under way finishes
+        with pytest.raises(mx.InputError, match="closed"):
+            await waiting
+        with pytest.raises(mx.InputError, match="closed"):
+            await pool.send_as(to="bob@partner.example", body="late")
+
+    asyncio.run(main())
+    _wait(lambda: slow.closed_connections == 1)   # the session was closed, not pooled
+    assert [m.message["Subject"] for m in slow.messages] == ["first"]

@@ -49,7 +49,9 @@ class BackendTests(SimpleTestCase):
 
     def setUp(self) -> None:
         self.em.messages.clear()
-        self.enterContext(override_settings(MAILEXPRESS=self.settings_dict, EMAIL_BACKEND=BACKEND))
+        # (tests/interop/test_django.py may have configured Django first, in the same process)
+        self.enterContext(override_settings(MAILEXPRESS=self.settings_dict, EMAIL_BACKEND=BACKEND,
+                                            DEFAULT_FROM_EMAIL="svc-mailer@corp.example"))
 
     def test_send_mail(self) -> None:
         n = mail.send_mail("Hello", "Body text, grüße", "svc-mailer@corp.example", ["bob@partner.example"])
