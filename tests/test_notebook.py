@@ -32,5 +32,6 @@ def test_the_docs_site_executes_the_notebook() -> None:
     mkdocs = (NOTEBOOK.parent.parent / "mkdocs.yml").read_text()
     plugin = mkdocs[mkdocs.index("- mkdocs-jupyter:"):].split("\n  - ")[0]
     assert "execute: true" in plugin and "allow_errors: false" in plugin
+    assert "include_requirejs: true" in plugin       # the tqdm bar is a widget: it needs RequireJS
     nb = nbformat.read(NOTEBOOK, as_version=4)
     assert all(not cell.get("outputs") for cell in nb.cells if cell.cell_type == "code")
