@@ -9,7 +9,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-__all__ = ["AUTH_CAUSES", "AdviceContext", "advice", "auth_cause", "family_label", "guess_family"]
+__all__ = ["AUTH_CAUSES", "REPLY_CAUSES", "AdviceContext", "advice", "auth_cause", "family_label", "guess_family",
+           "reply_cause"]
 
 EXCHANGE_MODERN = ("exchange2013", "exchange2016", "exchange2019")
 EXCHANGE_CLASSIC = ("exchange2007", "exchange2010")
@@ -34,6 +35,8 @@ class AdviceContext:
     oauth_configured: bool = False
     app_id: str | None = None
     mailbox: str | None = None
+    stage: str | None = None        # where a sender was refused (MAIL, RCPT, END_OF_DATA)
+    refused_by: str | None = None   # "envelope" or "header": which check refused a sender
 
 
 def family_label(family: str | None) -> str:
@@ -108,6 +111,45 @@ def auth_cause(code: int | None, enhanced: str | None, text: str | None, *, mech
     if mech == "GSSAPI":
         return "kerberos_failed"
     return "bad_credentials"
+
+
+# What a reply to MAIL, RCPT or end of data means, from its class, its
+# enhanced code and the known wordings together (EXCHANGE.md).  The class
+# decides whether it is a verdict at all: a 4xx never is.
+REPLY_CAUSES = (
+    "accepted", "temporary", "rate_limited", "not_authenticated", "tls_required", "send_as_denied",
+    "sender_not_owned", "relay_denied", "recipient_unknown", "quota", "refused",
+)
+
+
+def reply_cause(code: int | None, enhanced: str | None, text: str | None) -> str:
+    """The cause of a reply to a sender probe or a message (one of
+    `REPLY_CAUSES`).  Transient replies (4xx) are ``temporary`` or
+    ``rate_limited`` whatever their words: never a verdict on permissions."""
+    words = (text or "").lower()
+    if code is None:
+        return "refused"
+    if 200 <= code < 400:
+        return "accepted"
+    if 400 <= code < 500:
+        if enhanced in ("4.4.2", "4.3.2") or "limit" in words or "rate" in words:
+            return "rate_limited"
+        return "temporary"
+    if enhanced in ("5.7.60", "5.2.252") or "sendasdenied" in words or "permissions to send as" in words:
+        return "send_as_denied"         # Exchange: envelope (MAIL) or header (end of data) Send As
+    if "not owned by user" in words:
+        return "sender_not_owned"       # Postfix reject_authenticated_sender_login_mismatch
+    if enhanced == "5.7.54" or "unable to relay" in words or "relay access denied" in words:
+        return "relay_denied"
+    if enhanced == "5.7.57" or "not authenticated" in words or "authentication required" in words:
+        return "not_authenticated"
+    if "starttls" in words and code == 530:
+        return "tls_required"
+    if enhanced in ("5.1.1", "5.1.10") or "recipientnotfound" in words or "user unknown" in words:
+        return "recipient_unknown"
+    if enhanced in ("5.2.0", "5.7.233") or "quota" in words:
+        return "quota"
+    return "refused"
 
 
 def _kind(family: str | None) -> str:

@@ -17,7 +17,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from .advice import AdviceContext, advice, auth_cause, family_label, guess_family
+from .advice import AdviceContext, advice, auth_cause, family_label, guess_family, reply_cause
 from .client import Session
 from .config import Config
 from .errors import (
@@ -37,8 +37,10 @@ from .reply import Reply
 
 __all__ = ["CHECK_IDS", "Check", "ConnectorReport", "SenderProbe", "test_connector"]
 
-Status = Literal["pass", "warn", "fail", "skip"]
+Status = Literal["pass", "warn", "fail", "skip", "unknown"]
 Verdict = Literal["allowed", "refused_at_mail", "refused_at_rcpt", "refused_at_end_of_data", "inconclusive"]
+# The answer the report gives for one address: what send_as(cfg, address) will do.
+SendAs = Literal["allowed", "refused", "not_known_until_deep", "inconclusive"]
 
 CHECK_IDS = (
     "resolve", "connect", "banner", "ehlo", "tls", "auth_requires_tls", "auth_mechanisms", "auth",
@@ -48,6 +50,14 @@ CHECK_IDS = (
 # Rights a connector may rightly withhold: these fail only when required.
 OPTIONAL_CHECKS = ("accept_authoritative_domain_sender", "accept_any_sender", "header_from")
 EXTERNAL_PROBE = "mailexpress-probe@example.com"
+EXCHANGE_ONPREM = ("exchange2003", "exchange2007", "exchange2010", "exchange2013", "exchange2016", "exchange2019")
+# the settings a report names the source of (config.sources)
+REPORTED_SETTINGS = (
+    "host", "port", "security", "use_auth", "username", "password", "from_address", "verify", "ca_file",
+    "server_name", "auth_mechanisms", "allow_insecure_auth", "oauth_tenant", "oauth_client_id",
+    "oauth_client_secret", "token_provider", "timeouts", "deadline", "server_family", "connector_name",
+    "service_account", "probe_authoritative_sender", "probe_external_sender", "probe_recipient", "require",
+)
 TLS_EXPIRY_WARN_DAYS = 30
 
 
@@ -71,25 +81,43 @@ class SenderProbe:
     verdict: Verdict
     reply: Reply | None
     derived: bool = False          # the address was made up, not configured
-    header_verdict: Verdict | None = None   # deep probe only
+    header_verdict: Verdict | None = None   # deep probe only: own envelope + this From
     header_reply: Reply | None = None
     evidence: list[str] = field(default_factory=list, repr=False)
+    #: what send_as(cfg, address) will do: the report's answer for this address
+    send_as: SendAs = "inconclusive"
+    #: when refused: "envelope" (the MAIL FROM check) or "header" (the From check, Send As);
+    #: None when the server did not let the two be told apart
+    refused_by: Literal["envelope", "header"] | None = None
+    #: why the answer is what it is, in words (the stage, the check, the family)
+    note: str = ""
+
+    @property
+    def stage(self) -> str | None:
+        """Where the address was refused (MAIL, RCPT, END_OF_DATA), else None."""
+        if self.send_as != "refused":
+            return None
+        return self.verdict.replace("refused_at_", "").upper() if self.verdict.startswith("refused_at_") else None
 
     def to_dict(self) -> dict[str, Any]:
         return {"address": self.address, "kind": self.kind, "verdict": self.verdict,
                 "reply": self.reply.to_dict() if self.reply else None, "derived": self.derived,
                 "header_verdict": self.header_verdict,
-                "header_reply": self.header_reply.to_dict() if self.header_reply else None}
+                "header_reply": self.header_reply.to_dict() if self.header_reply else None,
+                "send_as": self.send_as, "refused_by": self.refused_by, "stage": self.stage, "note": self.note}
 
 
-_STATUS_MARK = {"pass": "PASS", "warn": "WARN", "fail": "FAIL", "skip": "SKIP"}
-_ANSI = {"pass": "32", "warn": "33", "fail": "1;31", "skip": "2"}
-_STATUS_COLOUR = {"pass": "#1a7f37", "warn": "#9a6700", "fail": "#cf222e", "skip": "#57606a"}
+_STATUS_MARK = {"pass": "PASS", "warn": "WARN", "fail": "FAIL", "skip": "SKIP", "unknown": "UNKNOWN"}
+_ANSI = {"pass": "32", "warn": "33", "fail": "1;31", "skip": "2", "unknown": "35"}
+_STATUS_COLOUR = {"pass": "#1a7f37", "warn": "#9a6700", "fail": "#cf222e", "skip": "#57606a", "unknown": "#8250df"}
 
 
 @dataclass
 class ConnectorReport:
-    """The diagnosis.  ``ok`` is true when no check failed (warnings allowed)."""
+    """The diagnosis.  ``ok`` is true when no check failed and every
+    required check was decided (no required check ``unknown``): warnings
+    allowed.  A clean report means ``send_as(cfg, from_address,
+    to=probe_recipient)`` works."""
 
     checks: list[Check]
     senders: list[SenderProbe]
@@ -98,10 +126,18 @@ class ConnectorReport:
     duration_ms: int
     required: list[str]
     deep: bool
+    #: where each setting the diagnosis used came from: ``default``,
+    #: ``file:PATH``, ``env:NAME`` or ``argument`` (config.sources)
+    sources: dict[str, str] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
-        return not any(c.status == "fail" for c in self.checks)
+        return not self.problems()
+
+    def problems(self) -> list[Check]:
+        """The checks that make ``ok`` false: failed, or required and undecided."""
+        return [c for c in self.checks
+                if c.status == "fail" or (c.status == "unknown" and c.id in self.required)]
 
     def check(self, check_id: str) -> Check:
         for c in self.checks:
@@ -116,30 +152,36 @@ class ConnectorReport:
         raise KeyError(address)
 
     def assert_ok(self) -> None:
-        """Raises AssertionError listing every failed check with its fix."""
-        failed = [c for c in self.checks if c.status == "fail"]
+        """Raises AssertionError listing every failed (or required but
+        undecided) check with its fix."""
+        failed = self.problems()
         if failed:
             raise AssertionError("connector checks failed:\n" + "\n".join(
                 f"  {c.id}: {c.summary}" + (f"\n    fix: {c.advice}" if c.advice else "") for c in failed))
 
     def assert_can_send_as(self, address: str) -> None:
         """Raises AssertionError, with the server's reply and the fix, unless
-        the account may send as ``address`` (at the envelope, and at end of
-        data when the report is deep)."""
+        the report says ``send_as(cfg, address)`` works (``send_as ==
+        "allowed"``: at the envelope, and at end of data when deep or when the
+        server family does not decide there)."""
         probe = self._probe_for(address)
-        ok = probe.verdict == "allowed" and probe.header_verdict in (None, "allowed")
-        if not ok:
-            where = probe.header_verdict if probe.verdict == "allowed" else probe.verdict
-            reply = probe.header_reply if probe.verdict == "allowed" else probe.reply
+        if probe.send_as != "allowed":
+            where = probe.send_as if probe.send_as != "refused" else probe.verdict
+            reply = probe.reply
             fix = self._advice_for(probe)
-            raise AssertionError(f"the account may not send as {address}: {where}; server said: {reply}"
+            by = f" (by the {probe.refused_by} check)" if probe.refused_by else ""
+            raise AssertionError(f"the account may not send as {address}: {where}; server said: {reply}{by}"
+                                 + (f"\n  {probe.note}" if probe.note else "")
                                  + (f"\n  fix: {fix}" if fix else ""))
 
     def assert_cannot_send_as(self, address: str) -> None:
         """Raises AssertionError unless the server refused ``address``."""
         probe = self._probe_for(address)
-        if probe.verdict == "allowed" and probe.header_verdict in (None, "allowed"):
+        if probe.send_as == "allowed":
             raise AssertionError(f"the account may send as {address}, which it should not")
+        if probe.send_as != "refused":
+            raise AssertionError(f"not known whether the account may send as {address} "
+                                 f"({probe.send_as}): {probe.note}")
 
     def _probe_for(self, address: str) -> SenderProbe:
         try:
@@ -152,7 +194,7 @@ class ConnectorReport:
     def _advice_for(self, probe: SenderProbe) -> str | None:
         cid = {"self": "send_as_self", "authoritative_domain": "accept_authoritative_domain_sender",
                "external": "accept_any_sender"}[probe.kind]
-        if probe.verdict == "allowed" and probe.header_verdict not in (None, "allowed"):
+        if probe.refused_by == "header":
             cid = "header_from"
         for c in self.checks:
             if c.id == cid and c.advice:
@@ -170,6 +212,7 @@ class ConnectorReport:
             "duration_ms": self.duration_ms,
             "required": list(self.required),
             "deep": self.deep,
+            "sources": dict(self.sources),
         }
 
     def __str__(self) -> str:
@@ -195,13 +238,16 @@ class ConnectorReport:
             if c.status in ("fail", "warn") and c.advice:
                 lines.append(f"        fix: {c.advice}")
         if self.senders:
-            lines.append("senders:")
+            lines.append("senders (send_as, envelope verdict):")
             for s in self.senders:
                 reply = f"  {s.reply}" if s.reply and s.verdict != "allowed" else ""
                 header = f", header From: {s.header_verdict}" if s.header_verdict else ""
-                lines.append(f"  {s.verdict:<24} {s.kind:<21} {s.address}{header}{reply}")
-        failed = [c.id for c in self.checks if c.status == "fail"]
-        verdict = "OK" if not failed else f"{len(failed)} check(s) failed: {', '.join(failed)}"
+                by = f" by the {s.refused_by} check" if s.refused_by else ""
+                lines.append(f"  {s.send_as:<20} {s.verdict:<24} {s.kind:<21} {s.address}{by}{header}{reply}")
+        if self.sources:
+            lines.append("settings from: " + _sources_text(self.sources))
+        failed = [c.id for c in self.problems()]
+        verdict = "OK" if not failed else f"{len(failed)} check(s) failed or undecided: {', '.join(failed)}"
         if colour:
             verdict = f"\033[{_ANSI['pass' if not failed else 'fail']}m{verdict}\033[0m"
         lines.append(f"result: {verdict} ({self.duration_ms} ms)")
@@ -219,13 +265,26 @@ class ConnectorReport:
                 f"<details><summary>evidence</summary><pre>{evidence}</pre></details></td></tr>")
         senders = "".join(
             f"<tr><td>{html.escape(s.kind)}</td><td><code>{html.escape(s.address)}</code></td>"
+            f"<td>{html.escape(s.send_as)}{html.escape(f' ({s.refused_by} check)' if s.refused_by else '')}</td>"
             f"<td>{html.escape(s.verdict)}</td><td>{html.escape(str(s.reply) if s.reply else '')}</td></tr>"
             for s in self.senders)
+        sources = "".join(f"<tr><td><code>{html.escape(k)}</code></td><td>{html.escape(v)}</td></tr>"
+                          for k, v in self.sources.items())
         head = "OK" if self.ok else "problems found"
         return (f"<div><b>Connector {html.escape(str(self.server['host']))}:{self.server['port']}: {head}</b> "
                 f"({self.duration_ms} ms)<table><tr><th>status</th><th>check</th><th>finding</th></tr>"
-                f"{''.join(rows)}</table><table><tr><th>kind</th><th>sender</th><th>verdict</th>"
-                f"<th>reply</th></tr>{senders}</table></div>")
+                f"{''.join(rows)}</table><table><tr><th>kind</th><th>sender</th><th>send_as</th><th>envelope</th>"
+                f"<th>reply</th></tr>{senders}</table>"
+                f"<details><summary>settings from</summary><table><tr><th>setting</th><th>from</th></tr>"
+                f"{sources}</table></details></div>")
+
+
+def _sources_text(sources: dict[str, str]) -> str:
+    """``host, port: file:x.toml; username: env:MAILEXPRESS_USERNAME; ...`` (grouped by source)."""
+    groups: dict[str, list[str]] = {}
+    for key, src in sources.items():
+        groups.setdefault(src, []).append(key)
+    return "; ".join(f"{', '.join(keys)}: {src}" for src, keys in groups.items())
 
 
 def _evidence(transcript: Sequence[tuple[int, str, str]], start: int, end: int | None = None) -> list[str]:
@@ -319,6 +378,7 @@ class _Diagnosis:
         self.extra_senders = list(extra_senders)
         self.required = required
         self.checks: dict[str, Check] = {}
+        self.running = "resolve"            # the check whose step is under way
         self.senders: list[SenderProbe] = []
         self.server: dict[str, Any] = {
             "host": config.host, "port": config.port, "security": config.security,
@@ -329,6 +389,7 @@ class _Diagnosis:
             "oauth_token": None,
         }
         self.auth_lines_before: list[str] = []
+        self.broken: str | None = None      # why the authenticated session ended early, if it did
         self.tls: dict[str, Any] | None = None
         self.cert_failed = False
         self.self_addr = config.from_address or (
@@ -355,13 +416,29 @@ class _Diagnosis:
                              mailbox=cfg.username, **more)
 
     def add(self, check_id: str, status: Status, summary: str, evidence: Iterable[str] = (),
-            *, sender: str | None = None, reply: Reply | None = None, **more: Any) -> Check:
+            *, sender: str | None = None, reply: Reply | None = None, advice_for: str | None = None,
+            **more: Any) -> Check:
         if status == "fail" and check_id not in self.required:
             status = "warn"
-        adv = advice(check_id, self.ctx(sender, reply, **more)) if status in ("fail", "warn") else None
+        adv: str | None = None
+        if status in ("fail", "warn"):
+            adv = advice(advice_for or check_id, self.ctx(sender, reply, **more))
+        elif status == "unknown":
+            # AUTH has its own text for a temporary failure; everything else: what to do when undecided
+            adv = (advice(check_id, self.ctx(sender, reply, **more)) if check_id == "auth"
+                   else self.undecided_advice(summary))
         c = Check(check_id, status, summary, list(evidence), adv or None)
         self.checks[check_id] = c
         return c
+
+    def undecided_advice(self, summary: str) -> str:
+        if summary.startswith("not known until deep"):
+            return ("Run test_connector(cfg, deep=True): it sends what send_as sends (this address as MAIL FROM "
+                    "and From) to the probe recipient, one message per address, and reports which check refuses "
+                    "it, if any.")
+        return ("Nothing was decided: a temporary (4xx) reply, a timeout or a broken session says nothing about "
+                "the account's rights. Run the diagnosis again; if it persists, look at the evidence and the "
+                "server's limits (rate limits, connections per client).")
 
     def skip_rest(self, why: str) -> None:
         """Marks the checks not done yet as skipped, saying why.  The
@@ -384,9 +461,12 @@ class _Diagnosis:
             if self.connect_and_greet(s) and self.secure(s) and self.authenticate(s):
                 self.probe_senders(s)
         except Error as exc:
-            # a broken session mid-way is a finding on the step it broke
-            step = next(cid for cid in CHECK_IDS if cid not in self.checks)
-            self.add(step, "fail", f"the session broke: {exc}", _evidence(s.transcript, 0)[-12:],
+            # a broken session mid-way is a finding on the step it broke, not on one that did not run
+            step = self.running if self.running not in self.checks else next(
+                cid for cid in CHECK_IDS if cid not in self.checks and cid != "anonymous_refused")
+            undecided = isinstance(exc, TimeoutError) or (exc.reply is not None and exc.reply.transient)
+            self.broken = f"the session broke during {step}: {exc}"
+            self.add(step, "unknown" if undecided else "fail", self.broken, _evidence(s.transcript, 0)[-12:],
                      reply=exc.reply)
         finally:
             s.close_quietly()
@@ -399,6 +479,7 @@ class _Diagnosis:
 
     def connect_and_greet(self, s: Session) -> bool:
         cfg = self.cfg
+        self.running = "connect"
         try:
             s.connect()
         except Error as exc:
@@ -416,7 +497,9 @@ class _Diagnosis:
                 self.add("connect", "fail", f"no address of {cfg.host} accepted port {cfg.port}: {exc}", ev)
                 self.skip_rest("no connection")
                 return False
-            self.add("connect", "pass", f"connected to {s.peer_address or attempts[-1]['address']}", ev)
+            peer = s.peer_address
+            where = f"{peer[0]}:{peer[1]}" if peer else f"{attempts[-1]['address']}:{cfg.port}"
+            self.add("connect", "pass", f"connected to {where}", ev)
             if isinstance(exc, TLSError):
                 self.fail_tls(exc, s)
                 self.skip_rest("not tried: TLS failed, and credentials are never sent without it")
@@ -430,14 +513,15 @@ class _Diagnosis:
                  f"{', '.join(a['address'] for a in attempts)} ({s.resolve_ms} ms)")
         peer = s.peer_address
         ok = [a for a in attempts if a["error"] is None]
-        self.add("connect", "pass", f"port {cfg.port} answers on {peer[0] if peer else '?'} "
-                 f"({ok[-1]['ms'] if ok else '?'} ms)",
+        where = f"{peer[0]}:{peer[1]}" if peer else f"{cfg.host}:{cfg.port}"
+        self.add("connect", "pass", f"connected to {where} ({ok[-1]['ms'] if ok else '?'} ms)",
                  [f"{a['address']} ({a['family']}): {a['error'] or 'connected'} in {a['ms']} ms"
                   for a in attempts])
         banner = s.banner
         assert banner is not None
         self.server["banner"] = banner.text
         mark = len(s.transcript)
+        self.running = "ehlo"
         try:
             ehlo = s.ehlo()
         except Error as exc:
@@ -471,6 +555,7 @@ class _Diagnosis:
     def secure(self, s: Session) -> bool:
         """tls and auth_requires_tls; False when the diagnosis cannot go on."""
         cfg = self.cfg
+        self.running = "tls"
         caps = s.capabilities
         if cfg.security == "none":
             basic = _clear_mechs(caps)
@@ -575,6 +660,7 @@ class _Diagnosis:
         diagnosed as they are used."""
         from .auth import authenticate, plan
         cfg = self.cfg
+        self.running = "auth"
         caps = s.capabilities
         offered = caps.get("AUTH", "").upper().split()
         self.server["auth_mechanisms"] = offered
@@ -665,7 +751,7 @@ class _Diagnosis:
             summary += f"; {detail}"
         if exc.reply is None and cause == "token_endpoint":
             ev.append(f"   {exc.message}")
-        self.add("auth", "warn" if cause == "temporary" else "fail", summary, ev, reply=exc.reply,
+        self.add("auth", "unknown" if cause == "temporary" else "fail", summary, ev, reply=exc.reply,
                  mechanism=mech, cause=cause, provider_code=exc.provider_code, detail=detail)
 
     # -- sender probes ----------------------------------------------------------
@@ -692,6 +778,7 @@ class _Diagnosis:
         return out
 
     def probe_senders(self, s: Session) -> None:
+        self.running = "send_as_self"
         recipient = self.cfg.probe_recipient or self.self_addr
         if not recipient:
             for cid in ("send_as_self", "accept_authoritative_domain_sender", "accept_any_sender", "header_from"):
@@ -699,8 +786,19 @@ class _Diagnosis:
             return
         control_rcpt_ok: bool | None = None
         for address, kind, derived in self.candidates():
+            if self.broken is not None:
+                self.senders.append(SenderProbe(address, kind, "inconclusive", None, derived,
+                                                note=f"not probed: {self.broken}"))
+                continue
             mark = len(s.transcript)
-            mail_r, rcpt_r, _pipelined = s.try_sender(address, recipient)
+            try:
+                mail_r, rcpt_r, _pipelined = s.try_sender(address, recipient)
+            except Error as exc:
+                # the session broke during this probe: a finding on this address, not a verdict
+                self.broken = f"the session broke while probing {address}: {exc}"
+                self.senders.append(SenderProbe(address, kind, "inconclusive", exc.reply, derived,
+                                                evidence=_evidence(s.transcript, mark), note=self.broken))
+                continue
             verdict, reply = self.classify(mail_r, rcpt_r, control_rcpt_ok)
             if kind == "self":
                 control_rcpt_ok = bool(mail_r.ok and rcpt_r is not None and rcpt_r.ok)
@@ -708,15 +806,18 @@ class _Diagnosis:
                     verdict = "inconclusive"   # no control: the recipient itself may be the problem
             self.senders.append(SenderProbe(address, kind, verdict, reply, derived,
                                             evidence=_evidence(s.transcript, mark)))
+        for probe in self.senders:
+            self.envelope_answer(probe)
         if self.deep:
             self.deep_probe(s, recipient)
         self.sender_checks(recipient)
 
     @staticmethod
     def classify(mail_r: Reply, rcpt_r: Reply | None, control_rcpt_ok: bool | None) -> tuple[Verdict, Reply]:
-        """Stage + reply class, never the text.  A RCPT refusal counts against
-        the sender only when the control probe's RCPT to the same recipient
-        was accepted."""
+        """Stage + reply class decide; the wording only keeps a relay refusal
+        at RCPT from counting against the sender.  A RCPT refusal counts
+        against the sender only when the control probe's RCPT to the same
+        recipient was accepted."""
         if not mail_r.ok:
             return ("inconclusive" if mail_r.transient else "refused_at_mail"), mail_r
         assert rcpt_r is not None
@@ -724,79 +825,182 @@ class _Diagnosis:
             return "allowed", rcpt_r
         if rcpt_r.transient or control_rcpt_ok is False:
             return "inconclusive", rcpt_r
+        if reply_cause(rcpt_r.code, rcpt_r.enhanced, rcpt_r.text) in ("relay_denied", "recipient_unknown"):
+            return "inconclusive", rcpt_r      # about the recipient, not the sender
         return "refused_at_rcpt", rcpt_r
 
+    # -- what send_as will do ------------------------------------------------------
+
+    def owns_self(self) -> bool:
+        """from_address is the account's own: the same address as the user
+        name, or its local part is the user name (DOMAIN\\user too)."""
+        addr, user = (self.self_addr or "").lower(), (self.cfg.username or "").lower()
+        if not addr or not user:
+            return False
+        return addr == user or addr.partition("@")[0] == user.rpartition("\\")[2].partition("@")[0]
+
+    def decided_at_end_of_data(self, probe: SenderProbe) -> str | None:
+        """Why an address accepted at the envelope may still be refused at
+        end of data by this server family (None when it cannot be)."""
+        fam = self.server["family"]
+        if probe.kind == "self" and self.owns_self():
+            return None
+        if fam == "exchange_online":
+            return "Exchange Online accepts any MAIL FROM and decides Send As at end of data"
+        if fam in EXCHANGE_ONPREM:
+            any_sender = any(p.kind == "external" and p.verdict == "allowed" for p in self.senders)
+            if any_sender:
+                return None         # ms-Exch-SMTP-Accept-Any-Sender: no anti-spoofing check at end of data
+            return "Exchange checks the From header (Send As) at end of data unless the account has Accept-Any-Sender"
+        at_envelope = any(p.verdict in ("refused_at_mail", "refused_at_rcpt") for p in self.senders)
+        if at_envelope:
+            return None             # this server checks senders at MAIL/RCPT: it refused one there
+        return (f"{family_label(fam)} refused no sender at MAIL or RCPT, so its sender check may sit at end of "
+                "data (Postfix smtpd_end_of_data_restrictions, an Exim DATA ACL, a milter)")
+
+    def envelope_answer(self, probe: SenderProbe) -> None:
+        """send_as from the envelope probe alone (before or without deep)."""
+        if probe.note and probe.verdict == "inconclusive" and probe.reply is None:
+            probe.send_as = "inconclusive"
+            return
+        if probe.verdict == "allowed":
+            why = self.decided_at_end_of_data(probe)
+            if why is None:
+                probe.send_as = "allowed"
+            else:
+                probe.send_as = "not_known_until_deep"
+                probe.note = f"accepted at MAIL and RCPT; {why}: run with deep=True"
+        elif probe.verdict == "inconclusive":
+            probe.send_as = "inconclusive"
+            probe.note = probe.note or "no definite answer (a temporary reply, or the recipient was refused)"
+        else:
+            probe.send_as, probe.refused_by = "refused", "envelope"
+            probe.note = f"refused at {probe.verdict[11:].upper()} by the envelope sender check"
+
     def deep_probe(self, s: Session, recipient: str) -> None:
-        from .message import build_message, message_bytes
-        envelope = self.self_addr
+        """Sends what send_as sends: the candidate as MAIL FROM and in From.
+        When that is refused at end of data, a second message with the
+        account's own MAIL FROM and the candidate in From tells the header
+        check (Send As) from an envelope check that runs at end of data."""
         for probe in self.senders:
-            if probe.verdict != "allowed" or not envelope:
+            if probe.verdict != "allowed":
                 continue
-            msg = build_message(sender=probe.address, to=[recipient], cc=[],
-                                subject=f"mailexpress connector probe: From {probe.address}",
-                                body="This message was sent by mailexpress test_connector(deep=True) to check "
-                                     "that the server accepts this From header. It can be deleted.\n")
+            if self.broken is not None:
+                probe.send_as, probe.note = "inconclusive", f"deep probe not reached: {self.broken}"
+                continue
+            mark = len(s.transcript)
             try:
-                refused, reply = s.send_raw(envelope, [recipient], message_bytes(msg))
-                probe.header_verdict, probe.header_reply = "allowed", reply
-            except DataRefused as exc:
-                verdict: Verdict = "inconclusive" if exc.transient else "refused_at_end_of_data"
-                probe.header_verdict, probe.header_reply = verdict, exc.reply
-            except (SenderRefused, RecipientsRefused) as exc:
-                probe.header_verdict, probe.header_reply = "inconclusive", exc.reply
+                outcome, reply = self.send_probe(s, probe.address, probe.address, recipient)
+                if outcome == "allowed":
+                    probe.send_as, probe.note = "allowed", "a message from this address was accepted at end of data"
+                    probe.header_verdict, probe.header_reply = "allowed", reply
+                elif outcome == "inconclusive":
+                    probe.send_as, probe.verdict, probe.reply = "inconclusive", "inconclusive", reply
+                    probe.note = "a temporary reply to the deep probe: not a verdict"
+                elif outcome != "refused_at_end_of_data":
+                    probe.send_as, probe.verdict, probe.reply, probe.refused_by = "refused", outcome, reply, "envelope"
+                    probe.note = f"refused at {outcome[11:].upper()} by the envelope sender check"
+                else:
+                    probe.send_as, probe.verdict, probe.reply = "refused", outcome, reply
+                    self.tell_envelope_from_header(s, probe, recipient)
+            except Error as exc:
+                self.broken = f"the session broke during the deep probe of {probe.address}: {exc}"
+                probe.send_as, probe.note = "inconclusive", self.broken
+            probe.evidence = probe.evidence + _evidence(s.transcript, mark)
+
+    def tell_envelope_from_header(self, s: Session, probe: SenderProbe, recipient: str) -> None:
+        own = self.self_addr
+        if not own or own.lower() == probe.address.lower():
+            probe.note = "refused at END_OF_DATA (its own address: envelope and header cannot be told apart)"
+            return
+        outcome, reply = self.send_probe(s, own, probe.address, recipient)
+        probe.header_reply = reply
+        if outcome == "allowed":
+            probe.header_verdict, probe.refused_by = "allowed", "envelope"
+            probe.note = ("refused at END_OF_DATA by the envelope sender check: the same From with the account's "
+                          "own MAIL FROM was accepted")
+        elif outcome == "refused_at_end_of_data":
+            probe.header_verdict, probe.refused_by = outcome, "header"
+            probe.note = ("refused at END_OF_DATA by the header From check (Send As): the same From with the "
+                          "account's own MAIL FROM was refused too")
+        else:
+            probe.header_verdict = "inconclusive" if outcome == "inconclusive" else outcome
+            probe.note = "refused at END_OF_DATA; the second probe could not tell envelope from header"
+
+    def send_probe(self, s: Session, envelope: str, from_header: str, recipient: str) -> tuple[Verdict, Reply | None]:
+        """One real message (deep only).  Session failures propagate."""
+        from .message import build_message, message_bytes
+        msg = build_message(sender=from_header, to=[recipient], cc=[],
+                            subject=f"mailexpress connector probe: MAIL FROM {envelope}, From {from_header}",
+                            body="This message was sent by mailexpress test_connector(deep=True) to check "
+                                 "that the server accepts this sender. It can be deleted.\n")
+        try:
+            _refused, reply = s.send_raw(envelope, [recipient], message_bytes(msg))
+            return "allowed", reply
+        except DataRefused as exc:
+            return ("inconclusive" if exc.transient else "refused_at_end_of_data"), exc.reply
+        except SenderRefused as exc:
+            return ("inconclusive" if exc.transient else "refused_at_mail"), exc.reply
+        except RecipientsRefused as exc:
+            return "inconclusive", exc.reply
 
     def sender_checks(self, recipient: str) -> None:
-        online = self.server["family"] == "exchange_online"
         names = {"self": "send_as_self", "authoritative_domain": "accept_authoritative_domain_sender",
                  "external": "accept_any_sender"}
         decided: set[str] = set()
         # a real (configured or given) address decides its kind before a made-up one
         for probe in sorted(self.senders, key=lambda p: p.derived):
             cid = names[probe.kind]
-            ev = probe.evidence
-            made_up = " (a made-up address; set probe_{} for a real one)".format(
-                "authoritative_sender" if probe.kind == "authoritative_domain" else "external_sender") \
-                if probe.derived else ""
-            if self.deep and online and probe.verdict == "allowed" and probe.header_verdict not in (None, "allowed"):
-                # Exchange Online accepts any MAIL FROM and decides at end of data
-                probe.verdict, probe.reply = probe.header_verdict, probe.header_reply
-            verdict = probe.verdict
-            if verdict == "allowed":
-                status: Status = "pass"
-                summary = f"may send as {probe.address}{made_up}"
-                if online and not self.deep and probe.kind != "self":
-                    status = "warn"
-                    summary += ("; Exchange Online checks the sender only at end of data: "
-                                "run with deep=True for a definite answer")
-            elif verdict == "inconclusive":
-                status = "warn"
-                summary = f"no definite answer for {probe.address}{made_up}: {probe.reply}"
-            else:
-                status = "fail"
-                stage = verdict.replace("refused_at_", "").replace("_", " ").upper()
-                summary = f"may not send as {probe.address}{made_up}: refused at {stage}"
             if cid in decided:
                 continue        # further addresses of a kind: in report.senders, not a check of their own
             decided.add(cid)
-            self.add(cid, status, summary, ev, sender=probe.address, reply=probe.reply)
+            made_up = " (a made-up address; set probe_{} for a real one)".format(
+                "authoritative_sender" if probe.kind == "authoritative_domain" else "external_sender") \
+                if probe.derived else ""
+            status: Status
+            if probe.send_as == "allowed":
+                status, summary = "pass", f"may send as {probe.address}{made_up}"
+                if self.deep:
+                    summary += " (a message with it as MAIL FROM and From was accepted)"
+            elif probe.send_as == "not_known_until_deep":
+                status = "unknown"
+                summary = f"not known until deep: {probe.address}{made_up} {probe.note}"
+            elif probe.send_as == "inconclusive":
+                status = "unknown"
+                summary = f"no definite answer for {probe.address}{made_up}: {probe.note}" + (
+                    f" ({probe.reply})" if probe.reply and probe.reply.code else "")
+            else:
+                status = "fail"
+                summary = f"may not send as {probe.address}{made_up}: {probe.note}"
+            if probe.reply is None and probe.send_as == "inconclusive" and "not probed" in probe.note:
+                status, summary = "skip", f"not reached: {self.broken}"
+            advice_id = "header_from" if probe.refused_by == "header" else cid
+            self.add(cid, status, summary, probe.evidence, sender=probe.address, reply=probe.reply,
+                     stage=probe.stage, refused_by=probe.refused_by, advice_for=advice_id)
+        for cid in names.values():
+            if cid not in self.checks:
+                self.add(cid, "skip", "no address of this kind to probe")
         if not self.deep:
             self.add("header_from", "skip", "not probed: run with deep=True (sends one message per "
-                     f"allowed sender to {recipient})")
+                     f"sender accepted at the envelope to {recipient})")
             return
         tried = [p for p in self.senders if p.header_verdict]
-        refused = [p for p in tried if p.header_verdict == "refused_at_end_of_data"]
-        unsure = [p for p in tried if p.header_verdict == "inconclusive"]
+        refused = [p for p in self.senders if p.refused_by == "header"]
+        unsure = [p for p in self.senders if p.verdict == "refused_at_end_of_data" and p.refused_by is None
+                  and p.kind != "self"]
         ev = [f"From: {p.address} -> {p.header_verdict}: {p.header_reply}" for p in tried]
         if refused:
-            self.add("header_from", "fail", "the server refuses these From headers at end of data: "
+            self.add("header_from", "fail", "the server refuses these From headers at end of data (Send As): "
                      + ", ".join(p.address for p in refused), ev, sender=refused[0].address,
                      reply=refused[0].header_reply)
         elif unsure:
-            self.add("header_from", "warn", "no definite answer at end of data for "
+            self.add("header_from", "unknown", "no definite answer at end of data for "
                      + ", ".join(p.address for p in unsure), ev)
         elif tried:
             self.add("header_from", "pass", f"{len(tried)} message(s) with those From headers accepted "
                      f"for {recipient}", ev)
+        elif self.broken:
+            self.add("header_from", "skip", f"not reached: {self.broken}")
         else:
             self.add("header_from", "skip", "no sender was allowed at the envelope, so none was tried")
 
@@ -848,7 +1052,29 @@ class _Diagnosis:
         ordered = [self.checks[cid] for cid in CHECK_IDS if cid in self.checks]
         return ConnectorReport(checks=ordered, senders=self.senders, server=self.server, tls=self.tls,
                                duration_ms=int((time.monotonic() - started) * 1000),
-                               required=list(self.required), deep=self.deep)
+                               required=list(self.required), deep=self.deep, sources=used_sources(self.cfg))
+
+
+def used_sources(cfg: Config) -> dict[str, str]:
+    """Where each setting the diagnosis used came from (file, environment,
+    argument); settings left at their default are named only for host, port
+    and security.  Values are never included."""
+    import dataclasses
+    defaults = {f.name: (f.default if f.default is not dataclasses.MISSING else
+                         f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
+                for f in dataclasses.fields(cfg)}
+    out: dict[str, str] = {}
+    for key in REPORTED_SETTINGS:
+        src = cfg.sources.get(key)
+        if src is None:
+            value = getattr(cfg, key)
+            if key not in ("host", "port", "security") and (value is None or value == defaults.get(key)):
+                continue
+            src = "argument"
+        elif src == "default" and key not in ("host", "port", "security"):
+            continue
+        out[key] = src
+    return out
 
 
 def test_connector(config: Config, *, deep: bool = False, require: Iterable[str] | None = None,

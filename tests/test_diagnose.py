@@ -41,13 +41,14 @@ EXPECT = {
                             "anonymous_refused": "pass"}, True),
     "auth_before_tls": ({}, {"auth_requires_tls": "fail", "tls": "pass", "auth": "pass"}, False),
     "no_tls": ({"security": "starttls"}, {"tls": "fail", "auth_requires_tls": "fail", "auth": "skip"}, False),
-    "authoritative_only": ({}, {"send_as_self": "pass", "accept_authoritative_domain_sender": "pass",
+    # accepted at MAIL, but on-premises Exchange checks Send As at end of data: not known until deep
+    "authoritative_only": ({}, {"send_as_self": "pass", "accept_authoritative_domain_sender": "unknown",
                                 "accept_any_sender": "warn"}, True),
     "no_impersonation": ({}, {"send_as_self": "pass", "accept_authoritative_domain_sender": "warn",
                               "accept_any_sender": "warn"}, True),
-    "refuse_at_rcpt": ({}, {"accept_authoritative_domain_sender": "pass", "accept_any_sender": "warn"}, True),
-    "send_as_missing": ({}, {"accept_authoritative_domain_sender": "pass", "header_from": "skip"}, True),
-    "exchange_online": ({}, {"auth": "pass", "send_as_self": "pass", "accept_any_sender": "warn",
+    "refuse_at_rcpt": ({}, {"accept_authoritative_domain_sender": "unknown", "accept_any_sender": "warn"}, True),
+    "send_as_missing": ({}, {"accept_authoritative_domain_sender": "unknown", "header_from": "skip"}, True),
+    "exchange_online": ({}, {"auth": "pass", "send_as_self": "pass", "accept_any_sender": "unknown",
                              "anonymous_refused": "pass"}, True),
     "exchange_online_smtp_auth_disabled": ({}, {"auth_mechanisms": "pass", "auth": "fail",
                                                 "send_as_self": "skip"}, False),
@@ -131,8 +132,13 @@ def test_deep_probe_finds_missing_send_as(preset):
     report = mx.test_connector(em.config(), deep=True, require=["header_from"])
     assert report.check("header_from").status == "fail"
     probe = report.sender("mailexpress-probe@corp.example")
-    assert probe.verdict == "allowed" and probe.header_verdict == "refused_at_end_of_data"
+    # the deep probe sends what send_as sends (MAIL FROM and From = the candidate): refused at end of
+    # data; the second one (own MAIL FROM, the candidate's From) is refused too: the header check
+    assert probe.verdict == "refused_at_end_of_data" and probe.header_verdict == "refused_at_end_of_data"
+    assert probe.send_as == "refused" and probe.refused_by == "header" and probe.stage == "END_OF_DATA"
     assert probe.header_reply.stage is mx.Stage.END_OF_DATA and probe.header_reply.enhanced == "5.7.1"
+    check = report.check("accept_authoritative_domain_sender")
+    assert "header From check (Send As)" in check.summary and '"Send As"' in check.advice
     # only the accepted probe (the account's own From) was delivered
     assert [m.message["From"] for m in em.messages] == ["svc-mailer@corp.example"]
 
@@ -171,9 +177,10 @@ def test_json_contract(preset):
     assert set(data) >= {"ok", "checks", "senders", "server", "tls", "duration_ms"}
     for c in data["checks"]:
         assert set(c) == {"id", "status", "summary", "evidence", "advice"}
-        assert c["status"] in ("pass", "warn", "fail", "skip")
+        assert c["status"] in ("pass", "warn", "fail", "skip", "unknown")
     for s in data["senders"]:
-        assert {"address", "kind", "verdict", "reply"} <= set(s)
+        assert {"address", "kind", "verdict", "reply", "send_as", "refused_by", "stage", "note"} <= set(s)
+        assert s["send_as"] in ("allowed", "refused", "not_known_until_deep", "inconclusive")
         assert s["kind"] in ("self", "authoritative_domain", "external")
         assert s["reply"] is None or set(s["reply"]) == {"code", "enhanced", "text"}
     assert data["tls"]["version"].startswith("TLSv1.") and data["tls"]["verified"]
@@ -287,7 +294,7 @@ def test_cli_exit_codes_and_json(preset, tmp_path):
 
 def test_given_senders_are_probed_and_decide_their_check(preset):
     em = preset("authoritative_only")
-    report = mx.test_connector(em.config(), senders=["alice@corp.example", "ceo@partner.example"])
+    report = mx.test_connector(em.config(), senders=["alice@corp.example", "ceo@partner.example"], deep=True)
     kinds = {s.address: (s.kind, s.verdict, s.derived) for s in report.senders}
     assert kinds["alice@corp.example"] == ("authoritative_domain", "allowed", False)
     assert kinds["ceo@partner.example"] == ("external", "refused_at_mail", False)
