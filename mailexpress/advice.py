@@ -441,8 +441,10 @@ def _sender_right(right: str, what: str) -> Callable[[str, AdviceContext], str]:
                 line = f"\"/.*/ {c.account}\" last in a regexp: map"
             else:
                 line = f"\"{_map_key(c.sender, right)} {c.account}\""
+            where = ("smtpd_end_of_data_restrictions (where this server checks it: the refusal came at end "
+                     "of data)" if c.stage == "END_OF_DATA" else "smtpd_sender_restrictions")
             return (f"Map the sender to the login in smtpd_sender_login_maps, e.g. a line {line}, with "
-                    "reject_authenticated_sender_login_mismatch in smtpd_sender_restrictions; then postmap "
+                    f"reject_authenticated_sender_login_mismatch in {where}; then postmap "
                     "the map (for hash:/lmdb:) and postfix reload.")
         if kind == "exim":
             return (f"Allow {c.account!r} to use {c.sender or 'this sender'} in the MAIL ACL "

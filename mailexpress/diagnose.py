@@ -878,22 +878,22 @@ class _Diagnosis:
             probe.note = f"refused at {probe.verdict[11:].upper()} by the envelope sender check"
 
     def deep_probe(self, s: Session, recipient: str) -> None:
-        """Sends what send_as sends: the candidate as MAIL FROM and in From.
-        When that is refused at end of data, a second message with the
-        account's own MAIL FROM and the candidate in From tells the header
-        check (Send As) from an envelope check that runs at end of data."""
+        """Sends what send_as sends, the way send_as sends it: on a
+        connection of its own (connect, TLS, AUTH as the config says), the
+        candidate as MAIL FROM and in From.  When that is refused at end of
+        data, a second message with the account's own MAIL FROM and the
+        candidate in From tells the header check (Send As) from an envelope
+        check that runs at end of data.  A connection per message also keeps
+        one refusal from spoiling the next probe (real Postfix 3.7's smtpd
+        dies on the MAIL after a BDAT refused by smtpd_end_of_data_restrictions)."""
         for probe in self.senders:
             if probe.verdict != "allowed":
                 continue
-            if self.broken is not None:
-                probe.send_as, probe.note = "inconclusive", f"deep probe not reached: {self.broken}"
-                continue
-            mark = len(s.transcript)
             try:
-                outcome, reply = self.send_probe(s, probe.address, probe.address, recipient)
+                outcome, reply, ev = self.send_probe(probe.address, probe.address, recipient)
+                probe.evidence = probe.evidence + ev
                 if outcome == "allowed":
                     probe.send_as, probe.note = "allowed", "a message from this address was accepted at end of data"
-                    probe.header_verdict, probe.header_reply = "allowed", reply
                 elif outcome == "inconclusive":
                     probe.send_as, probe.verdict, probe.reply = "inconclusive", "inconclusive", reply
                     probe.note = "a temporary reply to the deep probe: not a verdict"
@@ -902,18 +902,18 @@ class _Diagnosis:
                     probe.note = f"refused at {outcome[11:].upper()} by the envelope sender check"
                 else:
                     probe.send_as, probe.verdict, probe.reply = "refused", outcome, reply
-                    self.tell_envelope_from_header(s, probe, recipient)
+                    self.tell_envelope_from_header(probe, recipient)
             except Error as exc:
-                self.broken = f"the session broke during the deep probe of {probe.address}: {exc}"
-                probe.send_as, probe.note = "inconclusive", self.broken
-            probe.evidence = probe.evidence + _evidence(s.transcript, mark)
+                probe.send_as, probe.reply = "inconclusive", exc.reply or probe.reply
+                probe.note = f"the deep probe's connection failed: {exc}"
 
-    def tell_envelope_from_header(self, s: Session, probe: SenderProbe, recipient: str) -> None:
+    def tell_envelope_from_header(self, probe: SenderProbe, recipient: str) -> None:
         own = self.self_addr
         if not own or own.lower() == probe.address.lower():
             probe.note = "refused at END_OF_DATA (its own address: envelope and header cannot be told apart)"
             return
-        outcome, reply = self.send_probe(s, own, probe.address, recipient)
+        outcome, reply, ev = self.send_probe(own, probe.address, recipient)
+        probe.evidence = probe.evidence + ev
         probe.header_reply = reply
         if outcome == "allowed":
             probe.header_verdict, probe.refused_by = "allowed", "envelope"
@@ -927,22 +927,38 @@ class _Diagnosis:
             probe.header_verdict = "inconclusive" if outcome == "inconclusive" else outcome
             probe.note = "refused at END_OF_DATA; the second probe could not tell envelope from header"
 
-    def send_probe(self, s: Session, envelope: str, from_header: str, recipient: str) -> tuple[Verdict, Reply | None]:
-        """One real message (deep only).  Session failures propagate."""
+    def send_probe(self, envelope: str, from_header: str, recipient: str) -> tuple[Verdict, Reply | None, list[str]]:
+        """One real message (deep only) on a connection of its own, as
+        send_as does it.  Connection, TLS and AUTH failures propagate."""
+        from .auth import authenticate
         from .message import build_message, message_bytes
-        msg = build_message(sender=from_header, to=[recipient], cc=[],
-                            subject=f"mailexpress connector probe: MAIL FROM {envelope}, From {from_header}",
-                            body="This message was sent by mailexpress test_connector(deep=True) to check "
-                                 "that the server accepts this sender. It can be deleted.\n")
+        s = self.new_session()
         try:
-            _refused, reply = s.send_raw(envelope, [recipient], message_bytes(msg))
-            return "allowed", reply
-        except DataRefused as exc:
-            return ("inconclusive" if exc.transient else "refused_at_end_of_data"), exc.reply
-        except SenderRefused as exc:
-            return ("inconclusive" if exc.transient else "refused_at_mail"), exc.reply
-        except RecipientsRefused as exc:
-            return "inconclusive", exc.reply
+            s.connect()
+            s.ehlo()
+            if self.cfg.security == "starttls":
+                s.starttls()
+            if self.cfg.use_auth:
+                authenticate(s, self.cfg)
+            mark = len(s.transcript)
+            msg = build_message(sender=from_header, to=[recipient], cc=[],
+                                subject=f"mailexpress connector probe: MAIL FROM {envelope}, From {from_header}",
+                                body="This message was sent by mailexpress test_connector(deep=True) to check "
+                                     "that the server accepts this sender. It can be deleted.\n",
+                                eight_bit=s.has_extn("8BITMIME"), utf8=s.has_extn("SMTPUTF8"))
+            reply: Reply | None
+            try:
+                _refused, reply = s.send_raw(envelope, [recipient], message_bytes(msg, utf8=s.has_extn("SMTPUTF8")))
+                outcome: Verdict = "allowed"
+            except DataRefused as exc:
+                outcome, reply = ("inconclusive" if exc.transient else "refused_at_end_of_data"), exc.reply
+            except SenderRefused as exc:
+                outcome, reply = ("inconclusive" if exc.transient else "refused_at_mail"), exc.reply
+            except RecipientsRefused as exc:
+                outcome, reply = "inconclusive", exc.reply
+            return outcome, reply, _evidence(s.transcript, mark)
+        finally:
+            s.close_quietly()
 
     def sender_checks(self, recipient: str) -> None:
         names = {"self": "send_as_self", "authoritative_domain": "accept_authoritative_domain_sender",

@@ -18,3 +18,39 @@ def plain_session(port: int, host: str = "127.0.0.1", **kw: object) -> mx.Sessio
                                "auth": 5, "starttls": 5, "tls": 5})
     kw.setdefault("ehlo_name", "client.example")
     return mx.Session(host, port, **kw)  # type: ignore[arg-type]
+
+
+# -- the rule: what test_connector says of an address is what send_as does -----------
+
+STAGE_OF_ERROR = {"SenderRefused": "MAIL", "RecipientsRefused": "RCPT", "DataRefused": "END_OF_DATA"}
+
+
+def send_as_outcome(cfg: mx.Config, address: str, recipient: str) -> tuple[str, str | None]:
+    """("allowed", None) or ("refused", stage) or ("error", text): what
+    send_as(cfg, address, to=recipient) did."""
+    try:
+        mx.send_as(cfg, address, to=recipient, subject="verdict matrix", body="checking the report\n")
+        return "allowed", None
+    except (mx.SenderRefused, mx.RecipientsRefused, mx.DataRefused) as exc:
+        if exc.transient:
+            return "error", f"transient: {exc}"
+        return "refused", STAGE_OF_ERROR[type(exc).__name__]
+    except mx.Error as exc:
+        return "error", str(exc)
+
+
+def agreement(cfg: mx.Config, report: mx.ConnectorReport) -> list[tuple[str, str, str, bool]]:
+    """For every probed address with a decided answer (allowed or refused):
+    (address, the report's answer, what send_as did, agree?).  A refusal
+    agrees only at the stage the report names."""
+    recipient = cfg.probe_recipient or cfg.from_address
+    assert recipient
+    rows = []
+    for probe in report.senders:
+        if probe.send_as not in ("allowed", "refused"):
+            continue
+        did, stage = send_as_outcome(cfg, probe.address, recipient)
+        said = probe.send_as if probe.send_as == "allowed" else f"refused at {probe.stage}"
+        got = did if did != "refused" else f"refused at {stage}"
+        rows.append((probe.address, said, got, said == got))
+    return rows

@@ -94,6 +94,17 @@ def collect(h: PostfixHarness) -> list[Row]:
     add("sender owned by the login", _shown(rcpt_r))
     add("message accepted", _outcome(lambda: mx.send_as(cfg(h, "submission", login="svc-any"),
                                                         to="x@partner.example", subject="t", body="t\n").reply))
+    with mx.connect(cfg(h, "submission_eod", login="svc-self")) as s:
+        mail_r, rcpt_r, _ = s.try_sender("svc-any@corp.example", "svc-self@corp.example")
+    add("sender not owned by the login, check in smtpd_end_of_data_restrictions: MAIL", _shown(mail_r))
+    add("the same: RCPT", _shown(rcpt_r))
+    add("the same: end of data (send_as)",
+        _outcome(lambda: mx.send_as(cfg(h, "submission_eod", login="svc-self"), "svc-any@corp.example",
+                                    to="svc-self@corp.example", subject="t", body="t\n").reply))
+    add("the same sender in From only, own MAIL FROM (no header check)",
+        _outcome(lambda: mx.send_as(cfg(h, "submission_eod", login="svc-self"), "svc-any@corp.example",
+                                    envelope_from="svc-self@corp.example", to="svc-self@corp.example",
+                                    subject="t", body="t\n").reply))
     add("a service offering AUTH without TLS (we refuse to send)",
         _outcome(lambda: mx.connect(cfg(h, "insecure", allow_insecure_auth=False))))
     s = _open(h, "open", use_auth=False, username=None, password=None)
