@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-__all__ = ["AUTH_CAUSES", "REPLY_CAUSES", "AdviceContext", "advice", "auth_cause", "family_label", "guess_family",
+__all__ = ["AUTH_CAUSES", "ONPREM_465", "onprem_465", "REPLY_CAUSES", "AdviceContext", "advice", "auth_cause", "family_label", "guess_family",
            "reply_cause"]
 
 EXCHANGE_MODERN = ("exchange2013", "exchange2016", "exchange2019")
@@ -181,6 +181,24 @@ def advice(check: str, c: AdviceContext) -> str:
     kind = _kind(c.family)
     fn = _ADVICE.get(check)
     return fn(kind, c) if fn else ""
+
+
+def onprem_465(family: str | None, port: int | None) -> bool:
+    """On-premises Exchange (2013 and later; 2007/2010 too) on port 465."""
+    return port == 465 and _kind(family) in ("ex2013", "ex2007")
+
+
+ONPREM_465 = ("On on-premises Exchange, port 465 is the \"Client Proxy <server>\" receive connector: a back-end "
+              "(hub transport) connector the frontend proxies to, not client SMTPS. Clients submit to the "
+              "\"Client Frontend <server>\" connector on port 587 with STARTTLS: set port = 587 and "
+              "security = \"starttls\".")
+
+
+def _with_465(fn: Callable[[str, AdviceContext], str]) -> Callable[[str, AdviceContext], str]:
+    def wrapped(kind: str, c: AdviceContext) -> str:
+        text = fn(kind, c)
+        return f"{ONPREM_465} {text}" if onprem_465(c.family, c.port) else text
+    return wrapped
 
 
 def _resolve(kind: str, c: AdviceContext) -> str:
@@ -487,10 +505,10 @@ def _header_from(kind: str, c: AdviceContext) -> str:
 
 _ADVICE = {
     "resolve": _resolve,
-    "connect": _connect,
-    "banner": _banner,
-    "ehlo": _ehlo,
-    "tls": _tls,
+    "connect": _with_465(_connect),
+    "banner": lambda kind, c: ONPREM_465 if onprem_465(c.family, c.port) else _banner(kind, c),
+    "ehlo": _with_465(_ehlo),
+    "tls": _with_465(_tls),
     "auth_requires_tls": _auth_requires_tls,
     "auth_mechanisms": _auth_mechanisms,
     "auth": _auth,

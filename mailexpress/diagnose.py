@@ -17,7 +17,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from .advice import AdviceContext, advice, auth_cause, family_label, guess_family, reply_cause
+from .advice import ONPREM_465, AdviceContext, advice, auth_cause, family_label, guess_family, onprem_465, reply_cause
 from .client import Session
 from .config import Config
 from .errors import (
@@ -550,6 +550,10 @@ class _Diagnosis:
             self.server["family"] = guessed
             self.server["family_guessed"] = True
         said = f"; says it is {software}" if software else ""
+        if onprem_465(self.server["family"], self.cfg.port):
+            self.add("banner", "warn", f"{banner.code} greeting{said}, on port 465: {ONPREM_465}",
+                     _evidence(s.transcript, 0, 3))
+            return
         self.add("banner", "pass", f"{banner.code} greeting{said}", _evidence(s.transcript, 0, 3))
 
     def secure(self, s: Session) -> bool:
@@ -894,6 +898,7 @@ class _Diagnosis:
                 probe.evidence = probe.evidence + ev
                 if outcome == "allowed":
                     probe.send_as, probe.note = "allowed", "a message from this address was accepted at end of data"
+                    probe.header_verdict, probe.header_reply = "allowed", reply
                 elif outcome == "inconclusive":
                     probe.send_as, probe.verdict, probe.reply = "inconclusive", "inconclusive", reply
                     probe.note = "a temporary reply to the deep probe: not a verdict"
