@@ -390,6 +390,7 @@ class _Diagnosis:
         }
         self.auth_lines_before: list[str] = []
         self.broken: str | None = None      # why the authenticated session ended early, if it did
+        self.recipient: str | None = None   # the probe recipient, once the senders were probed
         self.tls: dict[str, Any] | None = None
         self.cert_failed = False
         self.self_addr = config.from_address or (
@@ -470,6 +471,7 @@ class _Diagnosis:
                      reply=exc.reply)
         finally:
             s.close_quietly()
+        self.finish_senders()
         connected = "connect" in self.checks and self.checks["connect"].status == "pass"
         if connected and "anonymous_refused" not in self.checks:
             self.probe_anonymous()
@@ -503,6 +505,13 @@ class _Diagnosis:
             if isinstance(exc, TLSError):
                 self.fail_tls(exc, s)
                 self.skip_rest("not tried: TLS failed, and credentials are never sent without it")
+                return False
+            if exc.reply is not None and exc.reply.transient:
+                # 421 at the greeting: a limit (connections per client, maintenance), not a verdict
+                self.add("banner", "unknown", f"the server turned the session away for now: {exc.reply} "
+                         "(a temporary refusal, e.g. too many connections from this client; nothing was decided)",
+                         _evidence(s.transcript, 0), reply=exc.reply)
+                self.skip_rest(f"not tried: the server turned the session away ({exc.reply.code})")
                 return False
             self.add("banner", "fail", f"the server did not greet: {exc}", _evidence(s.transcript, 0),
                      reply=exc.reply)
@@ -812,9 +821,16 @@ class _Diagnosis:
                                             evidence=_evidence(s.transcript, mark)))
         for probe in self.senders:
             self.envelope_answer(probe)
+        self.recipient = recipient      # deep probes and the checks follow once this session is closed
+
+    def finish_senders(self) -> None:
+        """After the probing session is closed (a server that allows one
+        connection per client then still takes the deep probes' own)."""
+        if self.recipient is None:
+            return
         if self.deep:
-            self.deep_probe(s, recipient)
-        self.sender_checks(recipient)
+            self.deep_probe(self.recipient)
+        self.sender_checks(self.recipient)
 
     @staticmethod
     def classify(mail_r: Reply, rcpt_r: Reply | None, control_rcpt_ok: bool | None) -> tuple[Verdict, Reply]:
@@ -881,7 +897,7 @@ class _Diagnosis:
             probe.send_as, probe.refused_by = "refused", "envelope"
             probe.note = f"refused at {probe.verdict[11:].upper()} by the envelope sender check"
 
-    def deep_probe(self, s: Session, recipient: str) -> None:
+    def deep_probe(self, recipient: str) -> None:
         """Sends what send_as sends, the way send_as sends it: on a
         connection of its own (connect, TLS, AUTH as the config says), the
         candidate as MAIL FROM and in From.  When that is refused at end of

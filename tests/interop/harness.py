@@ -12,6 +12,9 @@ Services (each on its own port):
   submission_eod   the same, but the sender check sits in
                    smtpd_end_of_data_restrictions: every MAIL FROM is accepted and
                    a sender not owned by the login is refused at end of data
+  submission_one   like submission, but one connection at a time per client
+                   (smtpd_client_connection_count_limit = 1, loopback not exempt):
+                   a second connection is greeted with 421
   smtps            implicit TLS (wrapper mode)
   insecure         a bad set-up: AUTH offered without any TLS
   open             a bad set-up: anonymous submission accepted (for the
@@ -46,7 +49,7 @@ ACCOUNTS = {
     "svc-domain": ("domain-Passw0rd!", "svc-domain@corp.example"),
     "svc-self": ("self-Passw0rd!", "svc-self@corp.example"),
 }
-SERVICES = ("submission", "submission_rcpt", "submission_eod", "smtps", "insecure", "open")
+SERVICES = ("submission", "submission_rcpt", "submission_eod", "submission_one", "smtps", "insecure", "open")
 
 
 def missing_requirements() -> str | None:
@@ -214,6 +217,7 @@ smtpd_client_restrictions =
 127.0.0.1:{p['submission']} inet n - n - - smtpd -o syslog_name=submission {auth} -o smtpd_delay_reject=no
 127.0.0.1:{p['submission_rcpt']} inet n - n - - smtpd -o syslog_name=submission_rcpt {auth} -o smtpd_delay_reject=yes
 127.0.0.1:{p['submission_eod']} inet n - n - - smtpd -o syslog_name=submission_eod -o smtpd_sasl_auth_enable=yes -o smtpd_tls_security_level=encrypt -o smtpd_sender_restrictions=permit_sasl_authenticated,reject -o smtpd_end_of_data_restrictions=reject_authenticated_sender_login_mismatch,permit_sasl_authenticated,reject -o smtpd_delay_reject=no
+127.0.0.1:{p['submission_one']} inet n - n - - smtpd -o syslog_name=submission_one {auth} -o smtpd_delay_reject=no -o smtpd_client_connection_count_limit=1 -o smtpd_client_event_limit_exceptions=
 127.0.0.1:{p['smtps']} inet n - n - - smtpd -o syslog_name=smtps -o smtpd_tls_wrappermode=yes -o smtpd_sasl_auth_enable=yes {senders} -o smtpd_delay_reject=no
 127.0.0.1:{p['insecure']} inet n - n - - smtpd -o syslog_name=insecure -o smtpd_tls_security_level=none -o smtpd_tls_auth_only=no -o smtpd_sasl_auth_enable=yes {senders} -o smtpd_delay_reject=no
 127.0.0.1:{p['open']} inet n - n - - smtpd -o syslog_name=open -o smtpd_relay_restrictions=permit_sasl_authenticated,reject_unauth_destination -o smtpd_recipient_restrictions=permit -o smtpd_sender_restrictions=

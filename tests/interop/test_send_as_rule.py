@@ -61,3 +61,21 @@ def test_verdict_matrix_on_real_postfix(postfix, login, service, deep):
     assert rows and all(r[3] for r in rows), f"{rows}\n{report}"
     if deep:
         assert all(p.send_as in ("allowed", "refused") for p in report.senders), str(report)
+
+
+def test_one_connection_per_client(postfix):
+    """A server that takes one connection per client: the diagnosis never
+    holds two at once (the deep probes follow the closed probing session),
+    and a connection turned away with 421 is undecided, not a blocked client."""
+    config = cfg(postfix, "submission_one", login="svc-domain")
+    report = mx.test_connector(config, deep=True)
+    assert all(p.send_as in ("allowed", "refused") for p in report.senders), str(report)
+    assert report.ok, str(report)
+    rows = agreement(config, report)
+    assert rows and all(r[3] for r in rows), rows
+    with mx.connect(config):            # hold the one connection the server allows
+        busy = mx.test_connector(config)
+    banner = busy.check("banner")
+    assert banner.status == "unknown" and "421" in banner.summary and "blocked" not in (banner.advice or ""), \
+        str(busy)
+    assert not busy.ok and busy.check("auth").status == "skip"
