@@ -1071,7 +1071,7 @@ class _Diagnosis:
             ev += _evidence(s.transcript, mark)
         except Error as exc:
             ev += _evidence(s.transcript, 0)
-            self.add("anonymous_refused", "warn", f"could not complete the anonymous probe: {exc}", ev)
+            self.add("anonymous_refused", "unknown", f"could not complete the anonymous probe: {exc}", ev)
             return
         finally:
             s.close_quietly()
@@ -1079,7 +1079,8 @@ class _Diagnosis:
             self.add("anonymous_refused", "fail", "an unauthenticated client may submit mail: "
                      f"MAIL FROM:<{sender}> and RCPT TO:<{recipient}> were accepted", ev)
         elif (not mail_r.ok and mail_r.transient) or (mail_r.ok and rcpt_r is not None and rcpt_r.transient):
-            self.add("anonymous_refused", "warn", "the anonymous probe got a temporary refusal", ev)
+            self.add("anonymous_refused", "unknown", "the anonymous probe got a temporary refusal: "
+                     f"{mail_r if not mail_r.ok else rcpt_r} (nothing was decided)", ev)
         else:
             where = "MAIL" if not mail_r.ok else "RCPT"
             refusal = mail_r if not mail_r.ok else rcpt_r

@@ -200,3 +200,43 @@ def test_onprem_exchange_on_465_points_at_587(fake_server):
     for other in (AdviceContext(family="postfix", connector="c", account="a", host="h", port=465),
                   AdviceContext(family="exchange2019", connector="c", account="a", host="h", port=587)):
         assert "Client Proxy" not in advice("tls", other)
+
+
+def _anonymous_421(conn):
+    """Authenticated sessions work; an unauthenticated MAIL gets a 421 and the close."""
+    conn.send(b"220 mx.example.org ESMTP ready\r\n")
+    conn.ehlo([b"AUTH PLAIN", b"ENHANCEDSTATUSCODES"], greeting=b"mx.example.org")
+    authed = False
+    while True:
+        line = conn.readline()
+        if not line or line.startswith(b"QUIT"):
+            conn.send(b"221 2.0.0 bye\r\n")
+            return
+        if line.startswith(b"AUTH PLAIN"):
+            authed = True
+            conn.send(b"235 2.7.0 ok\r\n")
+        elif line.startswith(b"MAIL") and not authed:
+            conn.send(b"421 4.7.0 Too many errors, closing\r\n")
+            return
+        elif line.startswith(b"MAIL"):
+            conn.send(b"250 2.1.0 ok\r\n" if b"app@example.org" in line else b"550 5.7.1 not yours\r\n")
+        elif line.startswith(b"RCPT"):
+            conn.send(b"250 2.1.5 ok\r\n")
+        elif line.startswith(b"RSET"):
+            conn.send(b"250 2.0.0 ok\r\n")
+        else:
+            conn.send(b"500 5.5.1 what\r\n")
+
+
+def test_an_anonymous_probe_turned_away_for_now_is_undecided(fake_server):
+    srv = fake_server(_anonymous_421)
+    cfg = mx.Config(host="127.0.0.1", port=srv.port, security="none", allow_insecure_auth=True,
+                    username="app", password="pw", from_address="app@example.org", auth_mechanisms=["PLAIN"],
+                    timeouts=TIMEOUTS)
+    report = mx.test_connector(cfg)
+    anon = report.check("anonymous_refused")
+    assert anon.status == "unknown" and "421" in anon.summary + "\n".join(anon.evidence), str(report)
+    assert "anonymous_refused" in {c.id for c in report.problems()}      # required and undecided: not ok
+    assert report.check("send_as_self").status == "pass"
+    assert {s.kind: s.send_as for s in report.senders} == {"self": "allowed", "authoritative_domain": "refused",
+                                                           "external": "refused"}
