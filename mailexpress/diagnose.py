@@ -929,7 +929,9 @@ class _Diagnosis:
                 probe.note = f"the deep probe's connection failed: {exc}"
 
     def tell_envelope_from_header(self, probe: SenderProbe, recipient: str) -> None:
-        own = self.self_addr
+        # the account's own address: the user name when it is one (a mailbox, a UPN), else from_address
+        user = self.cfg.username or ""
+        own = user if "@" in user and "\\" not in user else self.self_addr
         if not own or own.lower() == probe.address.lower():
             probe.note = "refused at END_OF_DATA (its own address: envelope and header cannot be told apart)"
             return

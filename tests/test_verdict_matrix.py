@@ -55,3 +55,24 @@ def test_a_clean_report_means_send_as_works():
             if report.ok:
                 own = [r for r in rows if r[0] == "svc-mailer@corp.example"]
                 assert own and own[0][2] == "allowed", (setup, rights, str(report))
+
+
+def test_from_address_that_is_not_the_mailbox_on_exchange_online():
+    """from_address an alias of nothing the mailbox owns: Exchange Online
+    accepts it at MAIL and refuses at end of data.  Without deep the report
+    cannot be clean (send_as_self is required and not known); with deep it
+    names the stage and the header check, and send_as agrees."""
+    em = ConnectorEmulator.preset("exchange_online", basic_auth="enabled").start()
+    try:
+        user = next(iter(em.users.values()))
+        cfg = em.config(username=user.address, password=user.password, from_address="noreply@corp.example")
+        shallow = mx.test_connector(cfg)
+        assert shallow.check("send_as_self").status == "unknown" and not shallow.ok, str(shallow)
+        deep = mx.test_connector(cfg, deep=True)
+        probe = deep.sender("noreply@corp.example")
+        assert (probe.send_as, probe.stage, probe.refused_by) == ("refused", "END_OF_DATA", "header"), str(deep)
+        assert probe.reply.enhanced == "5.7.60" and deep.check("send_as_self").status == "fail"
+        assert "Add-RecipientPermission" in deep.check("send_as_self").advice
+        assert all(r[3] for r in agreement(cfg, deep))
+    finally:
+        em.stop()
