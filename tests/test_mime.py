@@ -9,7 +9,7 @@ from __future__ import annotations
 import email.policy
 import re
 from email.message import EmailMessage
-from email.parser import BytesParser
+from email.parser import BytesParser, Parser
 
 import pytest
 from hypothesis import HealthCheck, example, given, settings
@@ -27,6 +27,8 @@ header_text = st.text(st.characters(blacklist_categories=("Cc", "Cs", "Zl", "Zp"
 body_text = st.text(st.characters(blacklist_categories=("Cs",),
                                   blacklist_characters="\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029\0"),
                     max_size=600)
+# long enough to fold many times (EmailMessage's folder is slow beyond this)
+long_header = st.integers(min_value=100, max_value=400).map(lambda n: "Grüße " * (n // 12) + "x" * (n // 2))
 long_line = st.integers(min_value=990, max_value=1500).map(lambda n: "ü" * (n // 3) + "a" * n)
 local = st.from_regex(r"[a-z0-9][a-z0-9._+-]{0,20}", fullmatch=True).filter(
     lambda s: ".." not in s and not s.endswith("."))
@@ -103,7 +105,7 @@ def summary(msg) -> dict[str, object]:
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(sender=address, to=st.lists(address, min_size=1, max_size=4),
        cc=st.lists(address, max_size=3), reply_to=st.none() | address,
-       subject=header_text | long_line, note=st.none() | header_text.filter(str.strip),
+       subject=header_text | long_header, note=st.none() | header_text.filter(str.strip),
        body=st.none() | body_text | long_line, html=st.none() | body_text,
        attachments=st.lists(attachment, max_size=2), eight_bit=st.booleans())
 @example(sender=("Jörg Müller", "j@corp.example"), to=[("Doe, John", "jd@x.example")], cc=[],
@@ -135,6 +137,13 @@ def test_means_what_email_message_means(sender, to, cc, reply_to, subject, note,
     # the same for a custom header: EmailMessage drops a leading space
     assert mine.pop("x-note") == note
     ref.pop("x-note")
+    # addresses: the caller's, every one; EmailMessage's own output loses some
+    # when it folds a non-ASCII display name with no-break spaces
+    # (an address list of two comes back as one), so they are compared with the input
+    for key, given in (("from", [sender]), ("to", to), ("cc", cc),
+                       ("reply-to", [reply_to] if reply_to else [])):
+        assert mine.pop(key) == [(re.sub(r"\s+", "", n), a) for n, a in given], key
+        ref.pop(key)
     assert mine == ref
     assert got["Message-ID"] == message_id and got["Date"] is not None
     # the wire rules: CRLF only, no line over 998 octets, 7-bit unless allowed
@@ -182,13 +191,15 @@ def test_cr_lf_nul_anywhere_in_a_header_are_refused_naming_the_field(field, bad,
 def test_smtputf8_headers_and_8bit_bodies_go_as_utf8(subject, body):
     ours, _ = mime.build(sender="Jörg <jörg@corp.example>", to=["ß@x.example"], subject=subject,
                          body=body, utf8=True, eight_bit=True)
-    got = PARSER.parsebytes(ours)
-    assert str(got["Subject"]) == " ".join(subject.split(" ")).strip() or \
-        str(got["Subject"]) == subject
+    # UTF-8 headers (RFC 6532): the standard library reads them from text
+    got = Parser(policy=email.policy.default).parsestr(ours.decode("utf-8"))
+    assert str(got["Subject"]) == subject
     assert addresses(got["From"]) == [("Jörg", "jörg@corp.example")]
     if not body or max(map(len, body.encode().split(b"\n"))) <= 998:
         assert got["Content-Transfer-Encoding"] in ("7bit", "8bit")
-    assert got.get_content().replace("\r\n", "\n") == (body if body.endswith("\n") else body + "\n")
+    # the 8-bit body: from the bytes (the text parser cannot decode it)
+    assert PARSER.parsebytes(ours).get_content().replace("\r\n", "\n") == \
+        (body if body.endswith("\n") else body + "\n")
 
 
 def test_attachments_from_paths_and_bytes(tmp_path):
