@@ -30,7 +30,7 @@ import os
 import re
 import secrets
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from email.utils import formatdate
 from pathlib import Path
 from typing import Union

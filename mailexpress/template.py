@@ -16,7 +16,7 @@ from __future__ import annotations
 import html as html_mod
 import string
 from collections.abc import Mapping, Sequence
-from typing import Any, Callable, Union
+from typing import Any, Union
 
 from . import mime
 from .compose import Prepared
