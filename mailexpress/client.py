@@ -9,7 +9,7 @@ import logging
 import time
 from collections.abc import Iterable, Sequence
 from email.message import EmailMessage
-from typing import IO, Any, Callable, Union
+from typing import IO, TYPE_CHECKING, Any, Callable, Union
 
 from . import _core
 from .batches import run_bulk
@@ -20,6 +20,9 @@ from .errors import Error, InputError
 from .mime import Attachment
 from .results import BulkResult, Progress, SendResult
 from .results import make_result as _result
+
+if TYPE_CHECKING:
+    from .auth import AuthResult
 
 __all__ = ["Session", "SendResult", "connect", "send_as"]
 
@@ -50,10 +53,13 @@ class Session(_core.Session):
     """
 
     config: Config | None
+    #: how `connect` authenticated (mechanism, final reply, mechanisms offered)
+    auth_result: AuthResult | None
 
     def __init__(self, *args: Any, config: Config | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.config = config
+        self.auth_result = None
 
     def __enter__(self) -> Session:
         return self
@@ -150,8 +156,11 @@ def _log_transcript(session: Session) -> None:
 
 def connect(config: Config, **overrides: Any) -> Session:
     """Opens a `Session` as the config says: connect, EHLO, STARTTLS
-    (security='starttls'), AUTH (use_auth).  Keyword arguments override
-    config fields.  On failure the connection is closed before raising."""
+    (security='starttls'), AUTH (use_auth) with the mechanism
+    `mailexpress.auth.authenticate` picks: a token (XOAUTH2) when OAuth is
+    configured, Kerberos, NTLM, LOGIN or PLAIN.  Keyword arguments override
+    config fields (``token_provider=`` among them).  On failure the
+    connection is closed before raising."""
     if overrides:
         config = config.replace(**overrides)
     session = Session(**config.session_kwargs(), config=config)
@@ -163,8 +172,8 @@ def connect(config: Config, **overrides: Any) -> Session:
         if config.security == "starttls":
             session.starttls()      # raises unless TLS is up; EHLO is repeated
         if config.use_auth:
-            assert config.password is not None and config.username is not None
-            session.login(config.username, config.password.reveal())
+            from .auth import authenticate
+            session.auth_result = authenticate(session, config)
     except BaseException:
         _log_transcript(session)
         session.close()
@@ -177,7 +186,7 @@ def send_as(config: Config, sender: str | None = None, to: str | Iterable[str] |
             cc: str | Iterable[str] | None = None, bcc: str | Iterable[str] | None = None,
             html: str | None = None, message: EmailMessage | bytes | None = None,
             envelope_from: str | None = None, headers: dict[str, str] | None = None,
-            session: Session | None = None,
+            session: Session | None = None, token_provider: Any = None,
             attachments: Sequence[Attachment] | None = None) -> SendResult:
     """Sends one message as ``sender`` through the configured connector.
 
@@ -190,6 +199,10 @@ def send_as(config: Config, sender: str | None = None, to: str | Iterable[str] |
     reuses an open `Session`; otherwise one is opened and closed.
     ``attachments``: paths, ``(filename, data)`` or ``(filename, data,
     content_type)``.
+    ``token_provider`` (an object with ``get_token(scope)``, such as an
+    ``azure.identity`` credential, or a callable returning a token or
+    ``(token, expires_at)``) authenticates with XOAUTH2 instead of the
+    password (docs/oauth.md).
 
     Returns a `SendResult`.  Raises `SenderRefused` when the
     account may not send as ``sender``, `RecipientsRefused` when no
@@ -208,6 +221,8 @@ def send_as(config: Config, sender: str | None = None, to: str | Iterable[str] |
     elif message is None and not to_list + cc_list + bcc_list:
         raise InputError("no recipients: pass to=... (or cc/bcc); nothing was sent")
 
+    if token_provider is not None:
+        config = config.replace(token_provider=token_provider)
     started = time.monotonic()
     own = session is None
     sess = connect(config) if session is None else session
