@@ -954,7 +954,7 @@ class _Diagnosis:
         """One real message (deep only) on a connection of its own, as
         send_as does it.  Connection, TLS and AUTH failures propagate."""
         from .auth import authenticate
-        from .message import build_message, message_bytes
+        from .compose import prepare
         s = self.new_session()
         try:
             s.connect()
@@ -964,14 +964,16 @@ class _Diagnosis:
             if self.cfg.use_auth:
                 authenticate(s, self.cfg)
             mark = len(s.transcript)
-            msg = build_message(sender=from_header, to=[recipient], cc=[],
-                                subject=f"mailexpress connector probe: MAIL FROM {envelope}, From {from_header}",
-                                body="This message was sent by mailexpress test_connector(deep=True) to check "
-                                     "that the server accepts this sender. It can be deleted.\n",
-                                eight_bit=s.has_extn("8BITMIME"), utf8=s.has_extn("SMTPUTF8"))
+            # the message send_as would build for this sender (compose.prepare is send_as's own path)
+            p = prepare(sender=from_header, to=[recipient], envelope_from=envelope,
+                        reply_to=self.cfg.reply_to_address,
+                        subject=f"mailexpress connector probe: MAIL FROM {envelope}, From {from_header}",
+                        body="This message was sent by mailexpress test_connector(deep=True) to check "
+                             "that the server accepts this sender. It can be deleted.\n",
+                        eight_bit=s.has_extn("8BITMIME"), utf8=s.has_extn("SMTPUTF8"))
             reply: Reply | None
             try:
-                _refused, reply = s.send_raw(envelope, [recipient], message_bytes(msg, utf8=s.has_extn("SMTPUTF8")))
+                _refused, reply = s.send_raw(p.envelope_from, p.recipients, p.data)
                 outcome: Verdict = "allowed"
             except DataRefused as exc:
                 outcome, reply = ("inconclusive" if exc.transient else "refused_at_end_of_data"), exc.reply
