@@ -240,3 +240,36 @@ def test_an_anonymous_probe_turned_away_for_now_is_undecided(fake_server):
     assert report.check("send_as_self").status == "pass"
     assert {s.kind: s.send_as for s in report.senders} == {"self": "allowed", "authoritative_domain": "refused",
                                                            "external": "refused"}
+
+
+@pytest.mark.parametrize("answer, status", [(b"421 4.3.2 Service shutting down\r\n", "unknown"), (b"", "fail")])
+def test_a_session_broken_during_auth_is_an_auth_finding(fake_server, answer, status):
+    """A 421 (or a plain close) in answer to AUTH: the auth check says so, the
+    sender checks are skipped with the reason, the anonymous probe still runs."""
+    def script(conn):
+        conn.send(b"220 mx.example.org ESMTP ready\r\n")
+        conn.ehlo([b"AUTH PLAIN", b"ENHANCEDSTATUSCODES"], greeting=b"mx.example.org")
+        while True:
+            line = conn.readline()
+            if not line or line.startswith(b"QUIT"):
+                conn.send(b"221 2.0.0 bye\r\n")
+                return
+            if line.startswith(b"AUTH"):
+                conn.send(answer)
+                return
+            if line.startswith(b"MAIL"):
+                conn.send(b"530 5.7.0 Authentication required\r\n")
+            elif line.startswith(b"RSET"):
+                conn.send(b"250 2.0.0 ok\r\n")
+            else:
+                conn.send(b"500 5.5.1 what\r\n")
+    srv = fake_server(script)
+    cfg = mx.Config(host="127.0.0.1", port=srv.port, security="none", allow_insecure_auth=True,
+                    username="app", password="pw", from_address="app@example.org", auth_mechanisms=["PLAIN"],
+                    timeouts=TIMEOUTS)
+    report = mx.test_connector(cfg)
+    auth = report.check("auth")
+    assert auth.status == status, str(report)
+    assert report.check("send_as_self").status == "skip"
+    assert report.check("anonymous_refused").status == "pass", str(report)
+    assert "auth" in {c.id for c in report.problems()}
