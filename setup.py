@@ -1,4 +1,12 @@
-"""Build of mailexpress._core against the system OpenSSL.
+"""Build of mailexpress._core against the system OpenSSL, and of the test
+hooks module mailexpress._testhooks (pure protocol files only; for the test
+suite, not part of the shipped core: MAILEXPRESS_BUILD_TESTHOOKS=0 leaves
+it out of a release build).
+
+csrc/proto/  pure protocol code: no Python, no sockets
+csrc/io/     sockets and TLS
+csrc/py/     the Python binding (module, Session, the send engine's wrapper)
+csrc/testing/ the test hooks module
 
 Environment switches (for development and CI, off by default):
   MAILEXPRESS_BUILD_STRICT=1    -Werror on top of -Wall -Wextra
@@ -16,7 +24,10 @@ def flag(name):
     return os.environ.get(name, "") not in ("", "0")
 
 
-sources = sorted(glob("csrc/*.c"))
+proto = sorted(glob("csrc/proto/*.c"))
+sources = proto + sorted(glob("csrc/io/*.c")) + sorted(glob("csrc/py/*.c"))
+include_dirs = ["csrc/proto", "csrc/io", "csrc/py"]
+headers = sorted(glob("csrc/*/*.h"))
 compile_args = [
     "-std=c11",
     "-Wall",
@@ -50,17 +61,20 @@ if flag("MAILEXPRESS_BUILD_SANITIZE"):
 if sys.platform == "win32":  # pragma: no cover - not supported
     raise SystemExit("mailexpress builds on POSIX systems only")
 
-setup(
-    ext_modules=[
-        Extension(
-            "mailexpress._core",
-            sources=sources,
-            depends=sorted(glob("csrc/*.h")),
-            libraries=["ssl", "crypto"],
-            define_macros=macros,
-            undef_macros=undef,
-            extra_compile_args=compile_args,
-            extra_link_args=link_args,
-        )
-    ],
+common = dict(
+    include_dirs=include_dirs,
+    define_macros=macros,
+    undef_macros=undef,
+    extra_compile_args=compile_args,
+    extra_link_args=link_args,
 )
+extensions = [
+    Extension("mailexpress._core", sources=sources, depends=headers,
+              libraries=["ssl", "crypto"], **common),
+]
+if os.environ.get("MAILEXPRESS_BUILD_TESTHOOKS", "1") not in ("", "0"):
+    extensions.append(
+        Extension("mailexpress._testhooks", sources=["csrc/testing/testhooks.c"] + proto,
+                  depends=headers, **common))
+
+setup(ext_modules=extensions)

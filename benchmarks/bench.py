@@ -14,6 +14,8 @@ Everything is measured in the same run on the same machine, on loopback:
   (STARTTLS + AUTH, delivery to a Maildir);
 - one 50 MB message: seconds and peak RSS above the caller's own buffer,
   mailexpress vs smtplib (each in a child process of its own);
+- asyncio: mailexpress.aio (an `await send_as` per message over a pool of
+  sessions; `await send_many`) against aiosmtplib, 1 KB, 1 and 4 connections;
 - test_connector's wall time against the connector emulator, next to one
   send_as.
 
@@ -42,6 +44,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -219,6 +222,46 @@ def c_smtp_source(srv: Servers, port: int, tls: bool, n: int, msg: bytes, conns:
     return n / (time.perf_counter() - t0)
 
 
+def _aio_config(srv: Servers, port: int, tls: bool) -> Any:
+    import mailexpress as mx
+    return mx.Config(host="127.0.0.1", port=port, security="ssl" if tls else "none", use_auth=False,
+                     ca_file=srv.ca_file, ehlo_name="bench.example")
+
+
+def c_aio_send_as(srv: Servers, port: int, tls: bool, n: int, msg: bytes, conns: int) -> float:
+    """mailexpress.aio: one `await send_as` per message, ``conns`` pooled sessions."""
+    from mailexpress import aio
+    cfg = _aio_config(srv, port, tls)
+
+    async def run() -> float:
+        t0 = time.perf_counter()
+        async with aio.Pool(cfg, size=conns) as pool:
+            out = await asyncio.gather(*(pool.send_as(FROM, to=[TO], message=msg) for _ in range(n)))
+        assert len(out) == n
+        return n / (time.perf_counter() - t0)
+    return asyncio.run(run())
+
+
+def c_aio_send_many(srv: Servers, port: int, tls: bool, n: int, msg: bytes, conns: int) -> float:
+    """mailexpress.aio: ``conns`` concurrent `await send_many`, one connection each."""
+    from mailexpress import aio
+    cfg = _aio_config(srv, port, tls)
+
+    async def run() -> float:
+        t0 = time.perf_counter()
+        async with aio.Pool(cfg, size=conns) as pool:
+            out = await asyncio.gather(*(pool.send_many([{"sender": FROM, "to": TO, "message": msg}] * c)
+                                         for c in split(n, conns)))
+        assert all(r.ok for r in out)
+        return n / (time.perf_counter() - t0)
+    return asyncio.run(run())
+
+
+ASYNC_CLIENTS: dict[str, Callable[[Servers, int, bool, int, bytes, int], float]] = {
+    "aio.send_as": c_aio_send_as, "aio.send_many": c_aio_send_many, "aiosmtplib": c_aiosmtplib,
+}
+
+
 CLIENTS: dict[str, Callable[[Servers, int, bool, int, bytes, int], float]] = {
     "mailexpress": c_mailexpress, "smtplib": c_smtplib, "aiosmtplib": c_aiosmtplib,
     "smtp-source": c_smtp_source,
@@ -246,6 +289,29 @@ def sink_cases(srv: Servers, rounds: int, scale: float) -> list[dict[str, object
                        "msg_per_s": {k: statistics.median(v) for k, v in got.items()}}
                 rows.append(row)
                 print_row(row)
+    return rows
+
+
+def asyncio_cases(srv: Servers, rounds: int, scale: float) -> list[dict[str, object]]:
+    """The asyncio rows: the same messages through mailexpress.aio and aiosmtplib (each
+    client opens its connections inside the timing)."""
+    rows = []
+    for tls in (False, True):
+        for conns in (1, 4):
+            n_here = max(int(2000 * scale) // conns * conns, 4 * conns)
+            msg = body(1024)
+            got: dict[str, list[float]] = {}
+            for _ in range(rounds):
+                for name, fn in ASYNC_CLIENTS.items():
+                    got.setdefault(name, []).append(fn(srv, srv.tls if tls else srv.plain, tls, n_here, msg, conns))
+            rates = {k: statistics.median(v) for k, v in got.items()}
+            row = {"target": "smtp-sink" + (" via stunnel (TLS)" if tls else ""), "size": 1024,
+                   "conns": conns, "messages": n_here, "msg_per_s": rates}
+            rows.append(row)
+            base = rates["aiosmtplib"]
+            print(f"asyncio: {row['target']:<35} 1 KB x{conns}  aiosmtplib {base:7.0f}  "
+                  + "  ".join(f"mailexpress.{k} {v:7.0f} ({v / base:4.2f}x)"
+                              for k, v in rates.items() if k != "aiosmtplib"), flush=True)
     return rows
 
 
@@ -489,6 +555,7 @@ def main() -> int:
     srv = Servers()
     try:
         rows = sink_cases(srv, rounds, scale)
+        aio_rows = asyncio_cases(srv, rounds, scale)
         big = big_case(srv, rounds, args.big)
     finally:
         srv.stop()
@@ -501,7 +568,7 @@ def main() -> int:
         chart(rows, args.chart)
     if args.json:
         Path(args.json).write_text(json.dumps({"machine": machine(), "rows": rows, "big": big,
-                                               "test_connector": conn}, indent=1))
+                                               "test_connector": conn, "asyncio": aio_rows}, indent=1))
     return 0
 
 

@@ -26,7 +26,8 @@ def render() -> str:
         "arguments to `load_config()`.  `MAILEXPRESS_CONFIG` names the TOML file when no path is",
         "given.  The settings may stand at the top of the file or under a `[mailexpress]` table.",
         "A later source that sets any of `password`, `password_env`, `password_file` replaces",
-        "what earlier sources said about the password.  Unknown keys are errors, and so are",
+        "what earlier sources said about the password (and likewise for the three",
+        "`oauth_client_secret*` keys).  Unknown keys are errors, and so are",
         "unknown `MAILEXPRESS_*` variables (a typo must not pass silently); `MAILEXPRESS_BUILD_*`",
         "is reserved for build switches (see architecture.md).",
         "",
@@ -34,7 +35,8 @@ def render() -> str:
         "|---|---|---|---|---|",
     ]
     for f in FIELDS:
-        env = f"`{ENV_PREFIX}{f.name.upper()}`" if f.kind != "timeouts" else f"`{ENV_PREFIX}TIMEOUT_<STAGE>`"
+        env = (f"`{ENV_PREFIX}TIMEOUT_<STAGE>`" if f.kind == "timeouts" else
+               "— (keyword only)" if f.kind == "object" else f"`{ENV_PREFIX}{f.name.upper()}`")
         default = "—" if f.default in (None, [], {}) else f"`{f.default!r}`"
         out.append(f"| `{f.name}` | {env} | {f.kind} | {default} | {f.doc} |")
     out += [
@@ -70,6 +72,25 @@ def render() -> str:
         "[timeouts]",
         "connect = 10",
         "```",
+        "",
+        "Exchange Online with OAuth instead of a password (the whole set-up: [oauth.md](oauth.md)):",
+        "",
+        "```toml",
+        'host = "smtp.office365.com"',
+        "port = 587",
+        'username = "sender@corp.example"      # the mailbox (XOAUTH2 user=)',
+        'oauth_tenant = "00000000-0000-0000-0000-000000000000"',
+        'oauth_client_id = "00000000-0000-0000-0000-000000000000"',
+        'oauth_client_secret_env = "MAILER_CLIENT_SECRET"',
+        'from_address = "sender@corp.example"',
+        "```",
+        "",
+        "`auth_mechanisms = \"automatic\"` (the default) tries, of what the server offers:",
+        "XOAUTH2/OAUTHBEARER when a token source is configured, GSSAPI when a Kerberos ticket is",
+        "in the cache, NTLM (with the password; extra `mailexpress[windows-auth]`), LOGIN, PLAIN.",
+        "A mechanism the server answers with `504` gives way to the next; after the server has",
+        "refused the credentials nothing else is tried.  A list pins the allowed set and order,",
+        "e.g. `auth_mechanisms = [\"GSSAPI\"]` (a ticket from `kinit`, or username and password).",
         "",
     ]
     return "\n".join(out)

@@ -3,7 +3,8 @@ interop suite answer (tests/interop/scenarios.py).  Needs root, postfix and
 dovecot-core, like the suite.
 
     python docs/gen_interop_table.py            # start the servers, rewrite the table
-tests/interop/test_postfix.py checks the committed table against the servers.
+tests/interop/test_postfix.py and test_oauth.py check the committed tables
+against the servers.
 """
 from __future__ import annotations
 
@@ -15,15 +16,27 @@ sys.path.insert(0, str(ROOT / "tests" / "interop"))
 
 import exim_harness  # noqa: E402
 from harness import PostfixHarness, missing_requirements  # noqa: E402
-from scenarios import collect, collect_exim, markdown  # noqa: E402
+from oauth_harness import OAuthHarness  # noqa: E402
+from scenarios import collect, collect_exim, collect_oauth, markdown  # noqa: E402
 
 DOC = ROOT / "docs" / "interop.md"
 BEGIN, END = "<!-- replies:begin -->", "<!-- replies:end -->"
+OAUTH_BEGIN, OAUTH_END = "<!-- oauth-replies:begin -->", "<!-- oauth-replies:end -->"
 
 
-def table_in_doc() -> str:
+def table_in_doc(begin: str = BEGIN, end: str = END) -> str:
     text = DOC.read_text()
-    return text[text.index(BEGIN) + len(BEGIN):text.index(END)].strip()
+    return text[text.index(begin) + len(begin):text.index(end)].strip()
+
+
+def oauth_table_in_doc() -> str:
+    return table_in_doc(OAUTH_BEGIN, OAUTH_END)
+
+
+def _replace(text: str, begin: str, end: str, table: str) -> str:
+    head, rest = text.split(begin, 1)
+    _old, tail = rest.split(end, 1)
+    return f"{head}{begin}\n{table}\n{end}{tail}"
 
 
 def main() -> int:
@@ -41,12 +54,15 @@ def main() -> int:
         rows += collect_exim(e)
     finally:
         e.stop()
-    table = markdown(rows)
-    text = DOC.read_text()
-    head, rest = text.split(BEGIN, 1)
-    _old, tail = rest.split(END, 1)
-    DOC.write_text(f"{head}{BEGIN}\n{table}\n{END}{tail}")
+    o = OAuthHarness().start()
+    try:
+        oauth_rows = collect_oauth(o)
+    finally:
+        o.stop()
+    table, oauth_table = markdown(rows), markdown(oauth_rows)
+    DOC.write_text(_replace(_replace(DOC.read_text(), BEGIN, END, table), OAUTH_BEGIN, OAUTH_END, oauth_table))
     print(table)
+    print(oauth_table)
     return 0
 
 

@@ -5,6 +5,8 @@
     result = mx.send_as(cfg, "alice@corp.example", to=["bob@partner.example"],
                         subject="Your package is ready", body="...")
 """
+from typing import TYPE_CHECKING, Any
+
 from . import _core
 from .bulk import BulkResult, Progress, send_many
 from .client import Session, SendResult, connect, send_as
@@ -34,6 +36,9 @@ from .errors import (
 )
 from .reply import Reply, Stage
 
+if TYPE_CHECKING:
+    from .auth import AuthResult
+
 __version__ = "0.1.0"
 OPENSSL_VERSION: str = _core.OPENSSL_VERSION
 
@@ -44,5 +49,13 @@ __all__ = [
     "RefusedError", "Reply", "Secret", "SendResult", "SenderRefused", "ServiceUnavailable",
     "Session", "Stage", "StateError", "TLSError", "TimeoutError", "connect", "load_config",
     "send_as", "OPENSSL_VERSION", "__version__", "Check", "ConnectorReport", "SenderProbe",
-    "test_connector", "BulkResult", "Progress", "send_many", "Template",
+    "test_connector", "BulkResult", "Progress", "send_many", "Template", "AuthResult",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # mailexpress.auth is imported when first used (connect), not with the package
+    if name == "AuthResult":
+        from .auth import AuthResult
+        return AuthResult
+    raise AttributeError(f"module 'mailexpress' has no attribute {name!r}")

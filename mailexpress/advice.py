@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-__all__ = ["AdviceContext", "advice", "family_label", "guess_family"]
+__all__ = ["AUTH_CAUSES", "AdviceContext", "advice", "auth_cause", "family_label", "guess_family"]
 
 EXCHANGE_MODERN = ("exchange2013", "exchange2016", "exchange2019")
 EXCHANGE_CLASSIC = ("exchange2007", "exchange2010")
@@ -25,6 +25,15 @@ class AdviceContext:
     sender: str | None = None   # the address a finding is about
     reply_code: int | None = None
     enhanced: str | None = None
+    reply_text: str | None = None
+    mechanism: str | None = None    # the SASL mechanism a finding is about
+    cause: str | None = None        # one of AUTH_CAUSES (auth findings)
+    provider_code: str | None = None    # AADSTS... from the token endpoint
+    detail: str | None = None       # what the diagnosis found out (token claims, ...)
+    offered: tuple[str, ...] = ()   # mechanisms the server offers (after TLS)
+    oauth_configured: bool = False
+    app_id: str | None = None
+    mailbox: str | None = None
 
 
 def family_label(family: str | None) -> str:
@@ -54,6 +63,51 @@ def guess_family(banner: str, ehlo_lines: list[str]) -> str | None:
     if "X-EXPS" in caps or "XEXCH50" in caps:
         return "exchange2013"
     return None
+
+
+# Why AUTH failed, from the reply class, the enhanced code and the known
+# wordings (EXCHANGE.md): one enhanced code (5.7.139) covers three causes.
+AUTH_CAUSES = (
+    "temporary", "token_endpoint", "token_rejected", "oauth_permission", "basic_auth_disabled",
+    "smtp_auth_disabled_tenant", "smtp_auth_disabled_mailbox", "bad_credentials", "basic_auth_retired",
+    "mechanism_refused", "integrated_failed", "kerberos_failed", "refused",
+)
+_OAUTH = ("XOAUTH2", "OAUTHBEARER")
+
+
+def auth_cause(code: int | None, enhanced: str | None, text: str | None, *, mechanism: str | None = None,
+               oauth_challenge: str | None = None, provider_code: str | None = None) -> str:
+    """The cause of a failed AUTH (one of `AUTH_CAUSES`).  A 4xx is
+    ``temporary`` whatever it says: never a verdict on the credentials."""
+    words = (text or "").lower()
+    mech = (mechanism or "").upper()
+    if code is None:        # nothing came from the mail server: the client side failed
+        if provider_code or mech in _OAUTH:
+            return "token_endpoint"
+        return {"GSSAPI": "kerberos_failed", "NTLM": "integrated_failed"}.get(mech, "refused")
+    if 400 <= code < 500:
+        return "temporary"
+    if code == 504 or enhanced == "5.7.4":
+        return "mechanism_refused"
+    if enhanced == "5.7.30" or "basic authentication is not supported" in words:
+        return "basic_auth_retired"
+    if enhanced == "5.7.139" or "smtpclientauthentication" in words:
+        if "smtpclientauthentication is disabled for the tenant" in words:
+            return "smtp_auth_disabled_tenant"
+        if "smtpclientauthentication is disabled for the mailbox" in words:
+            return "smtp_auth_disabled_mailbox"
+        if "basic authentication is disabled" in words:
+            return "basic_auth_disabled"
+        if "credentials were incorrect" in words:
+            return "bad_credentials"
+        return "refused"
+    if mech in _OAUTH:
+        return "token_rejected" if oauth_challenge else "oauth_permission"
+    if mech == "NTLM":
+        return "integrated_failed"
+    if mech == "GSSAPI":
+        return "kerberos_failed"
+    return "bad_credentials"
 
 
 def _kind(family: str | None) -> str:
@@ -154,6 +208,17 @@ def _auth_requires_tls(kind: str, c: AdviceContext) -> str:
 
 
 def _auth_mechanisms(kind: str, c: AdviceContext) -> str:
+    if kind == "exchange_online" or any(m in _OAUTH for m in c.offered):
+        if not c.oauth_configured and any(m in _OAUTH for m in c.offered):
+            return ("The server takes OAuth (XOAUTH2) and this config has no token source: " + _OAUTH_SETUP +
+                    "; " + _oauth_steps(c))
+        return ("Exchange Online offers AUTH LOGIN XOAUTH2 after STARTTLS; OAuth is the way: " + _OAUTH_SETUP
+                + ".")
+    if kind in ("ex2013", "ex2007", "generic") and {"NTLM", "GSSAPI"} & set(c.offered) and not c.oauth_configured:
+        return ("The connector offers only Integrated Windows authentication (" + " ".join(c.offered) + "): "
+                "install mailexpress[windows-auth] (pyspnego) so NTLM or Kerberos can be used, with the user "
+                "name as DOMAIN\\user, or turn Basic back on: Set-ReceiveConnector \"" + c.connector +
+                "\" -AuthMechanism Tls,Integrated,BasicAuth,BasicAuthRequireTLS.")
     if kind in ("ex2013", "ex2007"):
         ui = _connector_ui(kind, c, "tick \"Basic authentication\" and \"Offer basic authentication only after "
                            "starting TLS\"" if kind == "ex2013" else
@@ -161,10 +226,6 @@ def _auth_mechanisms(kind: str, c: AdviceContext) -> str:
                            "only after starting TLS\"")
         return (f"{ui}. Or: Set-ReceiveConnector \"{c.connector}\" -AuthMechanism "
                 "Tls,Integrated,BasicAuth,BasicAuthRequireTLS. (Exchange offers LOGIN, never PLAIN.)")
-    if kind == "exchange_online":
-        return ("Exchange Online is retiring basic authentication for client submission; while the "
-                "tenant still allows it: Set-CASMailbox -Identity <mailbox> -SmtpClientAuthenticationDisabled "
-                "$false. The way forward is OAuth (XOAUTH2).")
     if kind == "exchange2003":
         return ("Exchange System Manager → the SMTP virtual server → Properties → Access → "
                 "Authentication: tick 'Basic authentication' (with 'Requires TLS encryption').")
@@ -176,16 +237,95 @@ def _auth_mechanisms(kind: str, c: AdviceContext) -> str:
     return "Enable AUTH PLAIN or LOGIN on the submission service."
 
 
+_APP_REGISTRATION = (
+    "In Microsoft Entra ID → App registrations → {app} → API permissions: add the application "
+    "permission SMTP.SendAsApp of \"Office 365 Exchange Online\" (APIs my organization uses) and "
+    "grant admin consent")
+_SERVICE_PRINCIPAL = (
+    "in Exchange Online PowerShell register the app and give it the mailbox: "
+    "New-ServicePrincipal -AppId {app} -ObjectId <enterprise app object id>, then "
+    "Add-MailboxPermission -Identity \"{mailbox}\" -User <service principal> -AccessRights FullAccess")
+_OAUTH_SETUP = ("configure OAuth: oauth_tenant, oauth_client_id and oauth_client_secret_env (or "
+                "oauth_certificate_file), or pass token_provider=... (docs/exchange.md, \"Exchange Online "
+                "with OAuth\")")
+
+
+def _names(c: AdviceContext) -> tuple[str, str]:
+    return c.app_id or "<app id>", c.mailbox or c.account or "<mailbox>"
+
+
+def _oauth_steps(c: AdviceContext) -> str:
+    app, mailbox = _names(c)
+    return (_APP_REGISTRATION.format(app=app) + "; " + _SERVICE_PRINCIPAL.format(app=app, mailbox=mailbox)
+            + ".")
+
+
 def _auth(kind: str, c: AdviceContext) -> str:
-    if c.enhanced == "5.7.139" or (kind == "exchange_online" and c.enhanced and c.enhanced.startswith("5.7.1")):
-        return ("SMTP AUTH is disabled for the tenant or the mailbox: Set-TransportConfig "
-                "-SmtpClientAuthenticationDisabled $false (tenant) or Set-CASMailbox -Identity <mailbox> "
-                "-SmtpClientAuthenticationDisabled $false; basic authentication is being retired, plan OAuth.")
-    if c.enhanced == "5.7.30":
-        return "Basic authentication is retired for client submission on this tenant: use OAuth (XOAUTH2)."
-    if c.reply_code == 504:
-        return ("The server does not recognise the mechanism used; Exchange offers only LOGIN for basic "
-                "authentication (set auth_mechanisms = [\"LOGIN\"] or leave the default).")
+    cause = c.cause or auth_cause(c.reply_code, c.enhanced, c.reply_text, mechanism=c.mechanism,
+                                  provider_code=c.provider_code)
+    app, mailbox = _names(c)
+    detail = f" ({c.detail})" if c.detail else ""
+    if cause == "temporary":
+        return ("The server had a temporary failure (a 4xx reply, e.g. Exchange Online's 451 4.7.0 PRX4): "
+                "this says nothing about the credentials. Run the diagnosis again in a few minutes; if it "
+                "persists, check the Microsoft 365 service health.")
+    if cause == "token_endpoint":
+        return _token_endpoint(c)
+    if cause == "token_rejected":
+        return ("The server refused the access token itself (its 334 error challenge)" + detail + ": the token "
+                "must be issued by your tenant for the scope https://outlook.office365.com/.default (claim "
+                "aud = https://outlook.office365.com), not for Microsoft Graph, and not be expired (check this "
+                "machine's clock). Set oauth_scope to https://outlook.office365.com/.default or leave it unset.")
+    if cause == "oauth_permission":
+        first = ("The token is valid but the application may not use SMTP for this mailbox" + detail + ". ")
+        if c.detail and "roles lack SMTP.SendAsApp" in c.detail:
+            return first + _APP_REGISTRATION.format(app=app) + "; then request a new token."
+        return first + _oauth_steps(c) + f" The user name must be the mailbox address ({mailbox})."
+    if cause == "basic_auth_disabled":
+        return ("Basic authentication (LOGIN/PLAIN) for SMTP AUTH is disabled for this tenant — Exchange "
+                "Online's default from the end of December 2026. Use OAuth: " + _OAUTH_SETUP + "; " +
+                _oauth_steps(c))
+    if cause == "smtp_auth_disabled_tenant":
+        return ("SMTP AUTH is disabled for the whole tenant: Set-TransportConfig -SmtpClientAuthenticationDisabled "
+                f"$false (or only for this mailbox: Set-CASMailbox -Identity \"{mailbox}\" "
+                "-SmtpClientAuthenticationDisabled $false). This applies to OAuth (XOAUTH2) too.")
+    if cause == "smtp_auth_disabled_mailbox":
+        return (f"SMTP AUTH is disabled for the mailbox {mailbox}: Set-CASMailbox -Identity \"{mailbox}\" "
+                "-SmtpClientAuthenticationDisabled $false (check with Get-CASMailbox -Identity "
+                f"\"{mailbox}\" | Format-List SmtpClientAuthenticationDisabled; $null follows the tenant's "
+                "Set-TransportConfig -SmtpClientAuthenticationDisabled). This applies to OAuth (XOAUTH2) too.")
+    if cause == "basic_auth_retired":
+        return ("Basic authentication is retired for client submission on this tenant (550 5.7.30) and cannot be "
+                "turned back on: " + _OAUTH_SETUP + "; " + _oauth_steps(c))
+    if cause == "mechanism_refused":
+        mech = c.mechanism or "the mechanism"
+        if kind in ("ex2013", "ex2007"):
+            return (f"The connector does not accept {mech}: Set-ReceiveConnector \"{c.connector}\" -AuthMechanism "
+                    "Tls,Integrated,BasicAuth,BasicAuthRequireTLS (Integrated = NTLM and Kerberos; Exchange "
+                    "offers LOGIN, never PLAIN), or set auth_mechanisms to one the server offers"
+                    + (f" ({' '.join(c.offered)})" if c.offered else "") + ".")
+        return (f"The server does not accept {mech}; set auth_mechanisms to one it offers"
+                + (f" ({' '.join(c.offered)})" if c.offered else "") + ".")
+    if cause == "integrated_failed":
+        submit = (f" The connector must also grant Exchange users the right to submit: "
+                  f"{_add_ad_permission(c, 'ms-Exch-SMTP-Submit')}" if kind in ("ex2013", "ex2007") else "")
+        return (f"NTLM was refused for {c.account!r}: give the user name as DOMAIN\\user (or user@domain) and "
+                "check the password and that the account is enabled and not locked. On the server, Integrated "
+                f"Windows authentication must be on for the connector (Set-ReceiveConnector \"{c.connector}\" "
+                "-AuthMechanism Tls,Integrated,BasicAuth,BasicAuthRequireTLS) and NTLM must not be blocked by "
+                "the domain's \"Network security: Restrict NTLM\" policy or an LmCompatibilityLevel this client "
+                "cannot meet (mailexpress speaks NTLMv2)." + submit)
+    if cause == "kerberos_failed":
+        return (f"Kerberos (GSSAPI) failed: the server needs a service principal SMTP/{c.host} registered to the "
+                f"account that runs it (setspn -L <account> lists it; setspn -S SMTP/{c.host} <account> adds "
+                "it) and, for Exchange behind a load balancer, the Alternate Service Account credential. This "
+                "client needs a ticket (klist; kinit user@REALM, or a keytab: KRB5_CLIENT_KTNAME) and must ask "
+                "for the name in the SPN (kerberos_service, default smtp, and the host it connects to); "
+                "clocks must agree within 5 minutes.")
+    if cause == "bad_credentials" and kind == "exchange_online":
+        return (f"Exchange Online says the credentials of {c.account!r} were incorrect: the user name must be the "
+                "full address (UPN) and the password current; Security Defaults or Conditional Access can block "
+                "basic authentication. The lasting fix is OAuth: " + _OAUTH_SETUP + ".")
     base = (f"The server refused the credentials of {c.account!r}: check the user name (as the server "
             "expects it: DOMAIN\\user or user@domain), the password, and that the account is enabled "
             "and not locked.")
@@ -193,6 +333,35 @@ def _auth(kind: str, c: AdviceContext) -> str:
         base += (f" The connector must also grant Exchange users the right to submit: "
                  f"{_add_ad_permission(c, 'ms-Exch-SMTP-Submit')}")
     return base
+
+
+# Microsoft Entra ID token endpoint errors (AADSTS codes) and their fixes
+_AADSTS = {
+    "AADSTS7000215": "the client secret is wrong: create a new one under App registrations → {app} → "
+                     "Certificates & secrets and store its Value (not its Secret ID) where "
+                     "oauth_client_secret_env/oauth_client_secret_file points",
+    "AADSTS7000222": "the client secret has expired: create a new one under App registrations → {app} → "
+                     "Certificates & secrets",
+    "AADSTS700016": "no application {app} in that tenant: check oauth_client_id (the Application (client) ID "
+                    "of the app registration) and oauth_tenant (the tenant it is registered in)",
+    "AADSTS90002": "the tenant was not found: oauth_tenant must be your tenant ID (a GUID) or a verified "
+                   "domain such as contoso.onmicrosoft.com",
+    "AADSTS700027": "the certificate does not match one uploaded to the app registration: upload its public "
+                    "part under Certificates & secrets, or point oauth_certificate_file at the right PEM",
+    "AADSTS7000112": "the application is disabled in the tenant: enable the enterprise application",
+    "AADSTS65001": "admin consent is missing: grant admin consent for SMTP.SendAsApp under API permissions",
+    "AADSTS70011": "the scope is not valid for client credentials: use https://outlook.office365.com/.default",
+}
+
+
+def _token_endpoint(c: AdviceContext) -> str:
+    app = c.app_id or "<app id>"
+    fix = _AADSTS.get(c.provider_code or "")
+    if fix:
+        return f"The token endpoint refused the request ({c.provider_code}): " + fix.format(app=app) + "."
+    return ("No token could be had from the identity provider" + (f" ({c.provider_code})" if c.provider_code else "")
+            + ": check oauth_tenant, oauth_client_id and the client secret or certificate, that this machine can "
+            "reach login.microsoftonline.com (or oauth_authority), and the provider's error above.")
 
 
 def _anonymous(kind: str, c: AdviceContext) -> str:

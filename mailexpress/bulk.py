@@ -46,7 +46,7 @@ def send_many(config: Config, messages: Iterable[Mapping[str, Any] | EmailMessag
               *, template: Template | None = None, rows: Iterable[Mapping[str, Any]] | None = None,
               sender: str | None = None, reply_to: str | None = None,
               stop_on_error: bool = False, progress: ProgressArg = None,
-              batch_size: int = 100, reconnects: int = 2) -> BulkResult:
+              batch_size: int = 100, reconnects: int = 2, token_provider: Any = None) -> BulkResult:
     """The bulk form of `send_as`: many messages through the connector
     over one connection, pipelined, the input read as it is sent.
 
@@ -63,8 +63,12 @@ def send_many(config: Config, messages: Iterable[Mapping[str, Any] | EmailMessag
     When the session fails (connection lost, the server's 421 after its
     per-connection message limit), up to ``reconnects`` new connections
     resend the messages that certainly did not go out; a message whose fate
-    is unknown is never sent twice.  Returns a `BulkResult`.
+    is unknown is never sent twice.  ``token_provider`` is `send_as`'s:
+    each new connection takes a token from it (renewed when the last one is
+    about to expire).  Returns a `BulkResult`.
     """
+    if token_provider is not None:
+        config = config.replace(token_provider=token_provider)
     if batch_size < 1:
         raise InputError(f"batch_size must be at least 1, not {batch_size}")
     if template is not None or rows is not None:

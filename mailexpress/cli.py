@@ -40,7 +40,10 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         return 2
     password = secrets.token_urlsafe(12)
     account = User("svc-mailer", password, "svc-mailer@corp.example", rights="authoritative_domain")
-    with ConnectorEmulator(users=[account], authoritative_domains=["corp.example"]) as emulator:
+    # basic authentication only (an Exchange connector also offers GSSAPI NTLM,
+    # which mailexpress would prefer): the demo shows the AUTH LOGIN it says
+    with ConnectorEmulator(users=[account], authoritative_domains=["corp.example"],
+                           other_mechanisms=()) as emulator:
         cfg = emulator.config(reply_to_address="helpdesk@corp.example")
         print("mailexpress demo: an Exchange-like client connector runs on "
               f"{emulator.host}:{emulator.port} (STARTTLS, AUTH LOGIN after TLS).")
@@ -113,7 +116,9 @@ def _cmd_config_init(args: argparse.Namespace) -> int:
         return 2
     with open(path, "w", encoding="utf-8") as fh:
         fh.write(template())
-    print(f"wrote {path}: set host, username and password_env, then: mailexpress test-connector --config {path}")
+    print(f"wrote {path}: set host, username and password_env (for Exchange Online: oauth_tenant, "
+          f"oauth_client_id and oauth_client_secret_env instead, docs/oauth.md), then: "
+          f"mailexpress test-connector --config {path}")
     return 0
 
 

@@ -27,6 +27,9 @@ from .message import message_bytes
 from .results import BulkResult, Progress, SendResult
 from .results import make_result as _result
 
+if TYPE_CHECKING:
+    from .auth import AuthResult
+
 __all__ = ["Session", "SendResult", "connect", "send_as"]
 
 #: What a message body may be on the wire: bytes-like or a binary file.
@@ -56,10 +59,13 @@ class Session(_core.Session):
     """
 
     config: Config | None
+    #: how `connect` authenticated (mechanism, final reply, mechanisms offered)
+    auth_result: AuthResult | None
 
     def __init__(self, *args: Any, config: Config | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.config = config
+        self.auth_result = None
 
     def __enter__(self) -> Session:
         return self
@@ -156,8 +162,11 @@ def _log_transcript(session: Session) -> None:
 
 def connect(config: Config, **overrides: Any) -> Session:
     """Opens a `Session` as the config says: connect, EHLO, STARTTLS
-    (security='starttls'), AUTH (use_auth).  Keyword arguments override
-    config fields.  On failure the connection is closed before raising."""
+    (security='starttls'), AUTH (use_auth) with the mechanism
+    `mailexpress.auth.authenticate` picks: a token (XOAUTH2) when OAuth is
+    configured, Kerberos, NTLM, LOGIN or PLAIN.  Keyword arguments override
+    config fields (``token_provider=`` among them).  On failure the
+    connection is closed before raising."""
     if overrides:
         config = config.replace(**overrides)
     session = Session(**config.session_kwargs(), config=config)
@@ -169,8 +178,8 @@ def connect(config: Config, **overrides: Any) -> Session:
         if config.security == "starttls":
             session.starttls()      # raises unless TLS is up; EHLO is repeated
         if config.use_auth:
-            assert config.password is not None and config.username is not None
-            session.login(config.username, config.password.reveal())
+            from .auth import authenticate
+            session.auth_result = authenticate(session, config)
     except BaseException:
         _log_transcript(session)
         session.close()
@@ -184,7 +193,8 @@ def send_as(config: Config, sender: str | None = None, to: str | Iterable[str] |
             html: str | None = None, message: EmailMessage | bytes | None = None,
             envelope_from: str | None = None, headers: dict[str, str] | None = None,
             session: Session | None = None,
-            attachments: Sequence[Attachment] | None = None) -> SendResult:
+            attachments: Sequence[Attachment] | None = None,
+            token_provider: Any = None) -> SendResult:
     """Sends one message as ``sender`` through the configured connector.
 
     ``sender`` (default ``config.from_address``) becomes the From header and,
@@ -196,6 +206,10 @@ def send_as(config: Config, sender: str | None = None, to: str | Iterable[str] |
     reuses an open `Session`; otherwise one is opened and closed.
     ``attachments``: paths, ``(filename, data)`` or ``(filename, data,
     content_type)``.
+    ``token_provider`` (an object with ``get_token(scope)``, such as an
+    ``azure.identity`` credential, or a callable returning a token or
+    ``(token, expires_at)``) authenticates with XOAUTH2 instead of the
+    password (docs/oauth.md).
 
     Returns a `SendResult`.  Raises `SenderRefused` when the
     account may not send as ``sender``, `RecipientsRefused` when no
@@ -214,6 +228,8 @@ def send_as(config: Config, sender: str | None = None, to: str | Iterable[str] |
     elif message is None and not to_list + cc_list + bcc_list:
         raise InputError("no recipients: pass to=... (or cc/bcc); nothing was sent")
 
+    if token_provider is not None:
+        config = config.replace(token_provider=token_provider)
     started = time.monotonic()
     own = session is None
     sess = connect(config) if session is None else session

@@ -17,7 +17,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from .advice import AdviceContext, advice, family_label, guess_family
+from .advice import AdviceContext, advice, auth_cause, family_label, guess_family
 from .client import Session
 from .config import Config
 from .errors import (
@@ -239,8 +239,77 @@ def _domain(address: str | None) -> str | None:
     return address.rpartition("@")[2]
 
 
-def _basic_mechs(caps: dict[str, str]) -> list[str]:
-    return [m for m in caps.get("AUTH", "").upper().split() if m in ("PLAIN", "LOGIN")]
+# mechanisms that hand the server a reusable secret: a password or a bearer token
+_CLEAR_MECHS = ("PLAIN", "LOGIN", "XOAUTH2", "OAUTHBEARER")
+_OAUTH_MECHS = ("XOAUTH2", "OAUTHBEARER")
+
+
+def _clear_mechs(caps: dict[str, str]) -> list[str]:
+    return [m for m in caps.get("AUTH", "").upper().split() if m in _CLEAR_MECHS]
+
+
+def _auth_lines(reply: Reply | None) -> list[str]:
+    """The EHLO lines that announce mechanisms (AUTH, AUTH=, X-EXPS, X-EXPS=)."""
+    if reply is None:
+        return []
+    lines = list(reply.lines)
+    out = []
+    for i, line in enumerate(lines):
+        word = line.split(" ", 1)[0].split("=", 1)[0].upper()
+        if word in ("AUTH", "X-EXPS"):
+            out.append(f"S: {reply.code}{'-' if i < len(lines) - 1 else ' '}{line}")
+    return out
+
+
+def _b64url_json(part: str) -> Any:
+    import base64
+    import json
+    return json.loads(base64.urlsafe_b64decode(part + "=" * (-len(part) % 4)))
+
+
+def token_findings(token: str, now: float | None = None) -> dict[str, Any] | None:
+    """What an access token says about itself (a JWT's claims, read without
+    verifying the signature: the server does that): audience, roles or
+    scopes, app, tenant, seconds to expiry.  None when it is not a JWT.
+    Never the token."""
+    parts = token.split(".")
+    if len(parts) != 3:
+        return None
+    try:
+        claims = _b64url_json(parts[1])
+    except (ValueError, UnicodeDecodeError):
+        return None
+    if not isinstance(claims, dict):
+        return None
+    exp = claims.get("exp")
+    t = time.time() if now is None else now
+    roles = claims.get("roles")
+    return {
+        "aud": claims.get("aud"), "roles": list(roles) if isinstance(roles, list) else None,
+        "scp": claims.get("scp"), "appid": claims.get("appid") or claims.get("azp"),
+        "tid": claims.get("tid"), "upn": claims.get("upn"),
+        "expires_in_s": int(exp - t) if isinstance(exp, (int, float)) else None,
+    }
+
+
+def _token_detail(found: dict[str, Any] | None, cause: str) -> str | None:
+    """A sentence on what in the token explains the refusal."""
+    if found is None:
+        return None
+    bits = []
+    if found["aud"] not in ("https://outlook.office365.com", "00000002-0000-0ff1-ce00-000000000000"):
+        bits.append(f"the token's aud is {found['aud']!r}, not https://outlook.office365.com")
+    if found["expires_in_s"] is not None and found["expires_in_s"] <= 0:
+        bits.append(f"the token expired {-found['expires_in_s']} s ago")
+    if cause == "oauth_permission" and found["scp"] is None:
+        if "SMTP.SendAsApp" not in (found["roles"] or []):
+            bits.append(f"the token's roles lack SMTP.SendAsApp (roles: {', '.join(found['roles'] or []) or 'none'})")
+        else:
+            bits.append("the token carries SMTP.SendAsApp, so the service principal probably lacks FullAccess "
+                        "on the mailbox")
+    elif cause == "oauth_permission" and "SMTP.Send" not in str(found["scp"]).split():
+        bits.append(f"the delegated token's scopes lack SMTP.Send (scp: {found['scp']})")
+    return "; ".join(bits) or None
 
 
 class _Diagnosis:
@@ -256,7 +325,10 @@ class _Diagnosis:
             "account": config.username if config.use_auth else None,
             "banner": None, "software": None, "family": config.server_family,
             "family_guessed": False, "capabilities_before_tls": None, "capabilities": None,
+            "auth_mechanisms_before_tls": None, "auth_mechanisms": None, "auth_mechanism": None,
+            "oauth_token": None,
         }
+        self.auth_lines_before: list[str] = []
         self.tls: dict[str, Any] | None = None
         self.cert_failed = False
         self.self_addr = config.from_address or (
@@ -267,20 +339,26 @@ class _Diagnosis:
 
     # -- bookkeeping -------------------------------------------------------------
 
-    def ctx(self, sender: str | None = None, reply: Reply | None = None) -> AdviceContext:
+    def ctx(self, sender: str | None = None, reply: Reply | None = None, **more: Any) -> AdviceContext:
         cfg = self.cfg
         account = cfg.service_account or cfg.username or "<service account>"
         connector = cfg.connector_name or "<connector name>"
+        token = self.server.get("oauth_token") or {}
         return AdviceContext(family=self.server["family"], connector=connector, account=account,
                              host=cfg.server_name or cfg.host, port=cfg.port or 0, sender=sender,
                              reply_code=reply.code if reply else None,
-                             enhanced=reply.enhanced if reply else None)
+                             enhanced=reply.enhanced if reply else None,
+                             reply_text=reply.text if reply else None,
+                             offered=tuple(self.server.get("auth_mechanisms") or ()),
+                             oauth_configured=bool(cfg.has_token_source),
+                             app_id=cfg.oauth_client_id or token.get("appid"),
+                             mailbox=cfg.username, **more)
 
     def add(self, check_id: str, status: Status, summary: str, evidence: Iterable[str] = (),
-            *, sender: str | None = None, reply: Reply | None = None) -> Check:
+            *, sender: str | None = None, reply: Reply | None = None, **more: Any) -> Check:
         if status == "fail" and check_id not in self.required:
             status = "warn"
-        adv = advice(check_id, self.ctx(sender, reply)) if status in ("fail", "warn") else None
+        adv = advice(check_id, self.ctx(sender, reply, **more)) if status in ("fail", "warn") else None
         c = Check(check_id, status, summary, list(evidence), adv or None)
         self.checks[check_id] = c
         return c
@@ -369,6 +447,9 @@ class _Diagnosis:
         self.banner_check(s, list(ehlo.lines))
         caps = s.capabilities
         self.server["capabilities_before_tls" if cfg.security == "starttls" else "capabilities"] = caps
+        if cfg.security == "starttls":
+            self.server["auth_mechanisms_before_tls"] = caps.get("AUTH", "").upper().split()
+            self.auth_lines_before = _auth_lines(s.ehlo_reply)
         self.add("ehlo", "pass", f"{len(caps)} capabilities: {', '.join(sorted(caps)) or 'none'}",
                  _evidence(s.transcript, mark))
         return True
@@ -392,23 +473,23 @@ class _Diagnosis:
         cfg = self.cfg
         caps = s.capabilities
         if cfg.security == "none":
-            basic = _basic_mechs(caps)
+            basic = _clear_mechs(caps)
             offered = "STARTTLS" in caps
             hint = " (the server offers STARTTLS: set security = 'starttls')" if offered else ""
             self.add("tls", "fail" if cfg.use_auth else "warn",
                      f"security = 'none': nothing is encrypted{hint}", [])
             self.add("auth_requires_tls", "fail" if basic else "pass",
-                     f"AUTH {' '.join(basic)} offered without TLS: passwords can travel in the clear"
-                     if basic else "no PLAIN/LOGIN offered without TLS")
+                     f"AUTH {' '.join(basic)} offered without TLS: passwords or tokens can travel in the clear"
+                     if basic else "no PLAIN/LOGIN/XOAUTH2 offered without TLS")
             self.server["capabilities"] = caps
             return True
         if cfg.security == "starttls":
-            basic = _basic_mechs(caps)
-            mark_ev = [f"S: 250-AUTH {caps['AUTH']}"] if "AUTH" in caps else ["(no AUTH offered before TLS)"]
+            basic = _clear_mechs(caps)
+            mark_ev = self.auth_lines_before or ["(no AUTH offered before TLS)"]
             self.add("auth_requires_tls", "fail" if basic else "pass",
                      f"AUTH {' '.join(basic)} is offered before STARTTLS: a client could send the password "
-                     "in the clear" if basic else
-                     "basic authentication is not offered before STARTTLS" +
+                     "or token in the clear" if basic else
+                     "no password or token mechanism is offered before STARTTLS" +
                      (f" (before TLS only: {caps['AUTH']}, no password in the clear)" if "AUTH" in caps else ""),
                      mark_ev)
             mark = len(s.transcript)
@@ -489,36 +570,103 @@ class _Diagnosis:
         self.add("tls", "fail", f"TLS failed: {reason}; credentials were not sent", ev, reply=exc.reply)
 
     def authenticate(self, s: Session) -> bool:
+        """auth_mechanisms and auth, through mailexpress.auth.authenticate
+        (the path connect() takes), so OAuth, NTLM and Kerberos are
+        diagnosed as they are used."""
+        from .auth import authenticate, plan
         cfg = self.cfg
         caps = s.capabilities
-        basic = _basic_mechs(caps)
-        auth_line = [f"S: 250-AUTH {caps['AUTH']}"] if "AUTH" in caps else ["(no AUTH offered)"]
-        if basic:
-            self.add("auth_mechanisms", "pass", f"basic authentication offered: AUTH {' '.join(basic)}", auth_line)
-        else:
-            self.add("auth_mechanisms", "fail" if cfg.use_auth else "warn",
-                     "basic authentication (PLAIN/LOGIN) is not offered" +
-                     (f"; only {caps['AUTH']}" if "AUTH" in caps else ""), auth_line)
+        offered = caps.get("AUTH", "").upper().split()
+        self.server["auth_mechanisms"] = offered
+        before = self.server["auth_mechanisms_before_tls"]
+        after_lines = _auth_lines(s.ehlo_reply)
+        tls = s.tls_active
+        ev = ([f"   before TLS: {' '.join(before) or 'no AUTH'}", *self.auth_lines_before] if before is not None
+              else []) + [f"   {'after TLS' if tls else 'offered'}: {' '.join(offered) or 'no AUTH'}", *after_lines]
+        usable = plan(cfg, offered) if cfg.use_auth else []
+        where = "after TLS" if tls else "without TLS"
+        summary = (f"offered {where}: {' '.join(offered) or 'none'}"
+                   + (f"; before TLS: {' '.join(before) or 'none'}" if before is not None else ""))
         if not cfg.use_auth:
+            self.add("auth_mechanisms", "pass" if offered else "warn", summary, ev)
             self.add("auth", "skip", "use_auth is false: the config submits without authenticating")
             return True
-        if not basic:
-            self.add("auth", "skip", "not tried: no PLAIN or LOGIN offered")
+        if usable:
+            self.add("auth_mechanisms", "pass", f"{summary}; this config can use {', '.join(usable)}", ev)
+        else:
+            need = ("a token (XOAUTH2/OAUTHBEARER)" if cfg.has_token_source else
+                    ", ".join(cfg.auth_mechanisms) if cfg.auth_pinned else "PLAIN or LOGIN (or NTLM with pyspnego)")
+            self.add("auth_mechanisms", "fail", f"{summary}; none this config can use (it has {need})", ev)
+            self.add("auth", "skip", "not tried: no mechanism this config can use is offered")
             self.skip_rest("not tried: the account could not authenticate")
             return False
         mark = len(s.transcript)
-        assert cfg.username is not None and cfg.password is not None
         try:
-            s.login(cfg.username, cfg.password.reveal())
-        except (AuthError, NotSupportedError) as exc:
-            what = "refused by the server" if exc.reply else exc.message
-            insecure = isinstance(exc, InsecureAuthError)
-            self.add("auth", "fail", f"credentials of {cfg.username!r} {what}" if not insecure else exc.message,
-                     _evidence(s.transcript, mark), reply=exc.reply)
+            if usable[0] in _OAUTH_MECHS:
+                self.read_token()
+            result = authenticate(s, cfg)
+        except NotSupportedError as exc:        # every candidate drew 504
+            mech = getattr(exc, "mechanism", None) or usable[0]
+            self.add("auth", "fail", f"{mech}: {exc.message}", _evidence(s.transcript, mark), reply=exc.reply,
+                     cause="mechanism_refused", mechanism=mech)
             self.skip_rest("not tried: the account could not authenticate")
             return False
-        self.add("auth", "pass", f"{cfg.username!r} authenticated", _evidence(s.transcript, mark))
+        except AuthError as exc:
+            self.auth_failed(s, exc, mark, usable)
+            self.skip_rest("not tried: the account could not authenticate")
+            return False
+        self.server["auth_mechanism"] = result.mechanism
+        self.add("auth", "pass", f"{self.account_name()} authenticated with {result.mechanism}",
+                 _evidence(s.transcript, mark))
         return True
+
+    def account_name(self) -> str:
+        """Who authenticates: the user name, or (GSSAPI without one) the ticket's principal."""
+        name = self.cfg.username
+        return repr(name) if name else "the principal of the Kerberos ticket"
+
+    def read_token(self) -> None:
+        """The token the session will use (cached by its source, so this
+        asks the identity provider no extra time): its claims go into the
+        report, to explain a refusal.  A failure raises AuthError."""
+        from .auth.tokens import source_for
+        source = source_for(self.cfg)
+        if source is not None:
+            self.server["oauth_token"] = token_findings(source.get().token)
+
+    def auth_failed(self, s: Session, exc: AuthError, mark: int, usable: list[str]) -> None:
+        cfg = self.cfg
+        mech = exc.mechanism or usable[0]
+        ev = _evidence(s.transcript, mark)
+        if exc.oauth_challenge:
+            ev.append(f"   error challenge: {exc.oauth_challenge}")
+        if isinstance(exc, InsecureAuthError):
+            self.add("auth", "fail", exc.message, ev, reply=exc.reply, mechanism=mech, cause="refused")
+            return
+        cause = auth_cause(exc.code, exc.enhanced, exc.text, mechanism=mech, oauth_challenge=exc.oauth_challenge,
+                           provider_code=exc.provider_code)
+        detail = _token_detail(self.server["oauth_token"], cause) if mech in _OAUTH_MECHS else None
+        who = f"{self.account_name()} with {mech}"
+        summaries = {
+            "temporary": f"temporary failure for {who}: {exc.reply} (not a verdict on the credentials; try again)",
+            "token_endpoint": (f"no token for {who}: the identity provider refused ({exc.provider_code}); "
+                               "nothing was sent" if exc.provider_code else f"no token for {who}: {exc.message}"),
+            "token_rejected": f"the server refused the token of {who} (error challenge, then {exc.reply})",
+            "oauth_permission": f"the token of {who} is not allowed to send for this mailbox: {exc.reply}",
+            "basic_auth_disabled": f"basic authentication is disabled for the tenant: {exc.reply}",
+            "smtp_auth_disabled_tenant": f"SMTP AUTH is disabled for the tenant: {exc.reply}",
+            "smtp_auth_disabled_mailbox": f"SMTP AUTH is disabled for the mailbox {cfg.username}: {exc.reply}",
+            "basic_auth_retired": f"basic authentication is retired for client submission: {exc.reply}",
+            "mechanism_refused": f"the server does not accept {mech}: {exc.reply}",
+        }
+        summary = summaries.get(cause, f"credentials of {who} refused by the server: {exc.reply}"
+                                if exc.reply else f"{who}: {exc.message}")
+        if detail:
+            summary += f"; {detail}"
+        if exc.reply is None and cause == "token_endpoint":
+            ev.append(f"   {exc.message}")
+        self.add("auth", "warn" if cause == "temporary" else "fail", summary, ev, reply=exc.reply,
+                 mechanism=mech, cause=cause, provider_code=exc.provider_code, detail=detail)
 
     # -- sender probes ----------------------------------------------------------
 

@@ -150,7 +150,33 @@ class RefusedError(Error):
 
 
 class AuthError(RefusedError, smtplib.SMTPAuthenticationError):
-    """Authentication failed (wrong credentials, mechanism refused, ...)."""
+    """Authentication failed (wrong credentials, mechanism refused, no token, ...).
+
+    ``mechanism``       the SASL mechanism tried (``"XOAUTH2"``, ``"NTLM"``, ...)
+    ``oauth_challenge`` the JSON text of an OAuth server's ``334`` error
+                        challenge (RFC 7628), or None; `oauth_error` parses it
+    ``provider_code``   the token provider's error code when the token could
+                        not be had (``"AADSTS7000215"``: invalid client secret)
+    ``provider``        which token source failed (never a secret)
+    """
+
+    mechanism: str | None = None
+    oauth_challenge: str | None = None
+    provider_code: str | None = None
+    provider: str | None = None
+
+    @property
+    def oauth_error(self) -> dict[str, Any] | None:
+        """The server's RFC 7628 error (``status``, ``scope``, ``schemes``) as
+        a dict, or None when there was none (or it was not a JSON object)."""
+        if not self.oauth_challenge:
+            return None
+        import json     # here: importing mailexpress stays as quick as before
+        try:
+            value = json.loads(self.oauth_challenge)
+        except ValueError:
+            return None
+        return value if isinstance(value, dict) else None
 
 
 class InsecureAuthError(AuthError):

@@ -6,6 +6,11 @@ Fixtures:
                               up by the ``mailexpress_connector`` marker:
                               ``@pytest.mark.mailexpress_connector(preset="authoritative_only")``
   exchange_connector_factory  make several: ``factory(preset=..., users=[...], **knobs)``
+  exchange_online             an emulated Exchange Online tenant after December
+                              2026 (LOGIN refused, XOAUTH2 with the tenant's tokens)
+  exchange_online_token       a valid access token (str) for its service mailbox
+  exchange_online_token_provider  a ``token_provider`` giving such tokens
+                              (``get_token(scope)``; counts ``requests``)
   mailexpress_config          the Config of ``--mailexpress-config PATH``, for live
                               checks against a real connector (tests using it
                               are skipped, with the reason, when no path is given)
@@ -38,6 +43,32 @@ class Connector:
         """A Config pointing at the emulator, trusting its certificate, as its
         first user (the service account)."""
         return self.emulator.config()  # type: ignore[no-any-return]
+
+    @property
+    def mailbox(self) -> str:
+        """The service account's address (the mailbox its tokens are for)."""
+        return str(next(iter(self.emulator.users.values())).address)
+
+    def issue_token(self, user: str | None = None, **options: Any) -> str:
+        """A token from the emulator's tenant for ``user`` (default: the
+        service mailbox); ``expires_in=-60``, ``audience=...``, ``roles=[]``
+        make the bad ones."""
+        return str(self.emulator.issue_token(user, **options))
+
+    def token_provider(self, user: str | None = None, **options: Any) -> Any:
+        """A ``token_provider`` for mailexpress getting tokens from the
+        emulator's tenant (an ``EmulatorTokenProvider``)."""
+        return self.emulator.token_provider(user, **options)
+
+    def oauth_config(self, user: str | None = None, **overrides: Any) -> Config:
+        """A Config authenticating with a token (XOAUTH2) as ``user``."""
+        return self.emulator.oauth_config(user, **overrides)  # type: ignore[no-any-return]
+
+    def msal_config(self, user: str | None = None, **overrides: Any) -> Config:
+        """A Config with ``oauth_*`` settings: real MSAL gets the token from the
+        emulator's Entra-shaped token endpoint (set ``REQUESTS_CA_BUNDLE`` to
+        ``emulator.ca_file``, e.g. with ``monkeypatch.setenv``)."""
+        return self.emulator.msal_config(user, **overrides)  # type: ignore[no-any-return]
 
     def config_for(self, username: str, **overrides: Any) -> Config:
         user = self.emulator.users[username.lower()]
@@ -112,6 +143,21 @@ def exchange_connector(request: pytest.FixtureRequest,
     if marker and marker.args:
         kwargs.setdefault("preset", marker.args[0])
     return exchange_connector_factory(**kwargs)
+
+
+@pytest.fixture
+def exchange_online(exchange_connector_factory: Callable[..., Connector]) -> Connector:
+    return exchange_connector_factory("exchange_online")
+
+
+@pytest.fixture
+def exchange_online_token(exchange_online: Connector) -> str:
+    return exchange_online.issue_token()
+
+
+@pytest.fixture
+def exchange_online_token_provider(exchange_online: Connector) -> Any:
+    return exchange_online.token_provider()
 
 
 @pytest.fixture(scope="session")

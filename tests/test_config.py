@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import pickle
 
 import pytest
@@ -89,7 +90,7 @@ def test_implicit_tls_defaults_to_465():
     ({"from_address": "not an address"}, "from_address", "e-mail address"),
     ({"from_address": "a@b\r\nBcc: x"}, "from_address", "control characters"),
     ({"ca_file": "/nonexistent/ca.pem"}, "ca_file", "no such file"),
-    ({"auth_mechanisms": ["CRAM-MD5"]}, "auth_mechanisms", "'PLAIN', 'LOGIN'"),
+    ({"auth_mechanisms": ["CRAM-MD5"]}, "auth_mechanisms", "'XOAUTH2', 'OAUTHBEARER', 'GSSAPI', 'NTLM', 'LOGIN', 'PLAIN'"),
     ({"server_family": "exchange2099"}, "server_family", "allowed"),
     ({"host": "bad host"}, "host", "no spaces"),
 ])
@@ -187,3 +188,146 @@ def test_every_field_has_documentation():
 def test_session_kwargs_allow_helo_only_without_tls_and_auth():
     assert mx.load_config(env={}, host="h", security="none", use_auth=False).session_kwargs()["helo_fallback"]
     assert not mx.load_config(env={}, host="h", use_auth=False).session_kwargs()["helo_fallback"]
+
+
+# -- OAuth and the other mechanisms (issue 11) -------------------------------------
+
+OAUTH = {"oauth_tenant": "11111111-2222-3333-4444-555555555555",
+         "oauth_client_id": "aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee"}
+
+
+def test_oauth_needs_no_password_and_reads_the_secret_from_the_environment():
+    cfg = mx.load_config(env={"APP_SECRET": "s3cr3t-value"}, host="smtp.office365.com",
+                         username="sender@corp.example", oauth_client_secret_env="APP_SECRET", **OAUTH)
+    assert cfg.password is None and cfg.oauth_client_secret is not None
+    assert cfg.oauth_client_secret.reveal() == "s3cr3t-value" and cfg.has_token_source
+    assert cfg.sources["oauth_client_secret"] == "env:APP_SECRET"
+    assert cfg.oauth_scope == "https://outlook.office365.com/.default" and cfg.auth_mechanisms == ["automatic"]
+    for text in (repr(cfg), str(cfg.to_dict()), cfg._repr_html_()):
+        assert "s3cr3t-value" not in text
+    assert cfg.to_dict()["oauth_client_secret"] == "********"
+
+
+@pytest.mark.parametrize("kwargs, key, words", [
+    ({"oauth_client_id": OAUTH["oauth_client_id"], "oauth_client_secret": "x"}, "oauth_tenant",
+     "oauth_client_id is set, so the tenant is needed"),
+    ({"oauth_tenant": OAUTH["oauth_tenant"]}, "oauth_client_id", "Application (client) ID"),
+    ({**OAUTH}, "oauth_client_secret_env", "needs a credential"),
+    ({"oauth_client_secret": "x"}, "oauth_client_secret", "set oauth_tenant and oauth_client_id too"),
+    ({**OAUTH, "oauth_tenant": "a/b"}, "oauth_tenant", "a GUID"),
+    ({**OAUTH, "oauth_client_secret": "x", "oauth_authority": "http://login.example"}, "oauth_authority", "https://"),
+    ({"password": "pw", "auth_mechanisms": ["XOAUTH2"]}, "auth_mechanisms", "need a token"),
+    ({"token_provider": lambda: "t", "auth_mechanisms": ["LOGIN"], "password": "pw"}, "auth_mechanisms",
+     "neither XOAUTH2 nor OAUTHBEARER"),
+    ({"token_provider": "not-callable"}, "token_provider", "get_token(scope)"),
+    ({"auth_mechanisms": ["automatic", "LOGIN"], "password": "pw"}, "auth_mechanisms", "stands alone"),
+    ({"auth_mechanisms": [], "password": "pw"}, "auth_mechanisms", "allows nothing"),
+    ({"auth_mechanisms": ["NTLMv2"], "password": "pw"}, "auth_mechanisms", "did you mean 'NTLM'"),
+])
+def test_oauth_and_mechanism_partners(kwargs, key, words):
+    with pytest.raises(mx.ConfigError) as info:
+        mx.load_config(env={}, host="h", username="sender@corp.example", **kwargs)
+    assert info.value.key == key and words in str(info.value), str(info.value)
+
+
+def test_secret_and_certificate_both_given(tmp_path):
+    cert = tmp_path / "app.pem"
+    cert.write_text("-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
+                    "-----BEGIN PRIVATE KEY-----\nMIIE\n-----END PRIVATE KEY-----\n")
+    with pytest.raises(mx.ConfigError) as info:
+        mx.load_config(env={"S": "x"}, host="h", username="u@corp.example", oauth_client_secret_env="S",
+                       oauth_certificate_file=str(cert), **OAUTH)
+    assert info.value.key == "oauth_certificate_file" and "not both" in str(info.value)
+    assert "x" != info.value.value
+
+
+def test_certificate_without_its_key_names_where_it_was_looked_for(tmp_path):
+    cert = tmp_path / "app.pem"
+    cert.write_text("-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n")
+    with pytest.raises(mx.ConfigError, match=r"neither inside the file nor beside it \(.*app\.key\)"):
+        mx.load_config(env={}, host="h", username="u@corp.example", oauth_certificate_file=str(cert), **OAUTH)
+    (tmp_path / "app.key").write_text("-----BEGIN PRIVATE KEY-----\nMIIE\n-----END PRIVATE KEY-----\n")
+    cfg = mx.load_config(env={}, host="h", username="u@corp.example", oauth_certificate_file=str(cert), **OAUTH)
+    assert cfg.oauth_certificate_file == str(cert)
+
+
+def test_inline_secret_in_a_world_readable_file_is_refused(tmp_path):
+    path = tmp_path / "mx.toml"
+    path.write_text('host = "smtp.office365.com"\nusername = "sender@corp.example"\n'
+                    f'oauth_tenant = "{OAUTH["oauth_tenant"]}"\noauth_client_id = "{OAUTH["oauth_client_id"]}"\n'
+                    'oauth_client_secret = "inline-secret-42"\n')
+    os.chmod(path, 0o644)
+    with pytest.raises(mx.ConfigError) as info:
+        mx.load_config(path, env={})
+    text = str(info.value)
+    assert info.value.key == "oauth_client_secret" and f"chmod 600 {path}" in text
+    assert "inline-secret-42" not in text and "oauth_client_secret_env" in text
+    os.chmod(path, 0o600)
+    cfg = mx.load_config(path, env={})
+    assert cfg.oauth_client_secret is not None and cfg.oauth_client_secret.reveal() == "inline-secret-42"
+
+
+def test_token_provider_is_keyword_only(tmp_path):
+    path = tmp_path / "mx.toml"
+    path.write_text('host = "h"\ntoken_provider = "mymodule.get"\n')
+    with pytest.raises(mx.ConfigError, match="token_provider is a Python object"):
+        mx.load_config(path, env={})
+    with pytest.raises(mx.ConfigError, match="token_provider is a Python object"):
+        mx.load_config(env={"MAILEXPRESS_TOKEN_PROVIDER": "x"}, host="h", use_auth=False)
+
+
+def test_token_provider_config_shows_no_token():
+    def provider() -> str:
+        return "the-token-itself"
+    cfg = mx.load_config(env={}, host="h", username="sender@corp.example", token_provider=provider)
+    assert cfg.password is None and "provider" in repr(cfg) and "the-token-itself" not in repr(cfg)
+    assert "provider" in str(cfg.to_dict()["token_provider"])
+    # the session's allowed set: every mechanism; mailexpress.auth picks the order
+    assert cfg.session_kwargs()["auth_mechanisms"] is None
+    pinned = cfg.replace(auth_mechanisms=["xoauth2"])
+    assert pinned.auth_mechanisms == ["XOAUTH2"] and pinned.session_kwargs()["auth_mechanisms"] == ("XOAUTH2",)
+
+
+def test_a_later_client_secret_source_replaces_earlier_ones(tmp_path):
+    secret_file = tmp_path / "secret"
+    secret_file.write_text("from-file\n")
+    cfg = mx.load_config(env={"S": "from-env"}, host="h", username="u@corp.example",
+                         oauth_client_secret_env="S", **OAUTH)
+    again = cfg.replace(oauth_client_secret_file=str(secret_file))
+    assert again.oauth_client_secret is not None and again.oauth_client_secret.reveal() == "from-file"
+    assert again.oauth_client_secret_env is None
+
+
+def test_config_show_masks_the_client_secret(tmp_path, capsys, monkeypatch):
+    from mailexpress.cli import main
+    for k in list(os.environ):
+        if k.startswith("MAILEXPRESS_"):
+            monkeypatch.delenv(k)
+    path = tmp_path / "mx.toml"
+    path.write_text('host = "smtp.office365.com"\nusername = "sender@corp.example"\n'
+                    f'oauth_tenant = "{OAUTH["oauth_tenant"]}"\noauth_client_id = "{OAUTH["oauth_client_id"]}"\n'
+                    'oauth_client_secret = "inline-secret-77"\n')
+    os.chmod(path, 0o600)
+    assert main(["config", "show", "--config", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "inline-secret-77" not in out and "oauth_client_secret" in out and "'********'" in out
+    assert main(["config", "show", "--config", str(path), "--json"]) == 0
+    data = __import__("json").loads(capsys.readouterr().out)
+    assert data["settings"]["oauth_client_secret"] == "********"
+    assert data["settings"]["oauth_tenant"] == OAUTH["oauth_tenant"]
+
+
+def test_config_init_template_has_the_oauth_keys(tmp_path):
+    from mailexpress.config import template
+    text = template()
+    for key in ("oauth_tenant", "oauth_client_id", "oauth_client_secret_env", "oauth_certificate_file",
+                "oauth_scope", "oauth_authority", "kerberos_service", "token_provider"):
+        assert key in text
+    # the template, written and filled in as its comments say, loads
+    path = tmp_path / "mx.toml"
+    path.write_text(text.replace('# oauth_tenant = ', 'oauth_tenant = ')
+                    .replace('# oauth_client_id = ', 'oauth_client_id = ')
+                    .replace('# oauth_client_secret_env = ', 'oauth_client_secret_env = ')
+                    .replace('password_env = "SVC_MAILER_PASSWORD"', '# password_env'))
+    cfg = mx.load_config(path, env={"MAILER_CLIENT_SECRET": "from-env"})
+    assert cfg.has_token_source and cfg.password is None

@@ -1,6 +1,7 @@
 """test_connector against every emulator preset and against other servers' wording."""
 from __future__ import annotations
 
+import base64
 import json
 import subprocess
 import sys
@@ -35,8 +36,9 @@ def statuses(report):
 EXPECT = {
     "exchange_client": ({}, {cid: "pass" for cid in CHECK_IDS if cid != "header_from"} | {"header_from": "skip"}, True),
     "anonymous_allowed": ({}, {"anonymous_refused": "fail", "auth": "pass"}, False),
-    "basic_auth_off": ({}, {"auth_mechanisms": "fail", "auth": "skip", "send_as_self": "skip",
-                            "anonymous_refused": "pass"}, False),
+    # Basic off on premises: NTLM (Integrated Windows authentication) still works
+    "basic_auth_off": ({}, {"auth_mechanisms": "pass", "auth": "pass", "send_as_self": "pass",
+                            "anonymous_refused": "pass"}, True),
     "auth_before_tls": ({}, {"auth_requires_tls": "fail", "tls": "pass", "auth": "pass"}, False),
     "no_tls": ({"security": "starttls"}, {"tls": "fail", "auth_requires_tls": "fail", "auth": "skip"}, False),
     "authoritative_only": ({}, {"send_as_self": "pass", "accept_authoritative_domain_sender": "pass",
@@ -47,6 +49,10 @@ EXPECT = {
     "send_as_missing": ({}, {"accept_authoritative_domain_sender": "pass", "header_from": "skip"}, True),
     "exchange_online": ({}, {"auth": "pass", "send_as_self": "pass", "accept_any_sender": "warn",
                              "anonymous_refused": "pass"}, True),
+    "exchange_online_smtp_auth_disabled": ({}, {"auth_mechanisms": "pass", "auth": "fail",
+                                                "send_as_self": "skip"}, False),
+    "exchange_online_no_sendasapp": ({}, {"auth_mechanisms": "pass", "auth": "fail", "send_as_self": "skip"},
+                                     False),
     "expired_certificate": ({}, {"tls": "fail", "auth": "skip", "anonymous_refused": "pass"}, False),
     "wrong_host_certificate": ({}, {"tls": "fail", "auth": "skip"}, False),
 }
@@ -178,7 +184,8 @@ def test_password_is_never_in_any_output(preset):
     user = next(iter(em.users.values()))
     report = mx.test_connector(em.config(), deep=True)
     text = json.dumps(report.to_dict()) + str(report) + report._repr_html_()
-    assert user.password not in text and "<password redacted>" in text
+    assert user.password not in text and base64.b64encode(user.password.encode()).decode() not in text
+    assert "<password redacted>" in text or "<response redacted>" in text       # LOGIN or NTLM
 
 
 def test_html_has_status_words_not_only_colour(preset):
@@ -212,6 +219,12 @@ def test_exim_like_server_without_enhanced_codes(fake_server):
                 conn.send(b"221 mx.example.org closing connection\r\n")
                 return
             if line.startswith(b"AUTH PLAIN"):
+                authed = True
+                conn.send(b"235 Authentication succeeded\r\n")
+            elif line.startswith(b"AUTH LOGIN"):      # Exim's plaintext authenticator, two prompts
+                for prompt in (b"VXNlcm5hbWU6", b"UGFzc3dvcmQ6"):
+                    conn.send(b"334 " + prompt + b"\r\n")
+                    conn.readline()
                 authed = True
                 conn.send(b"235 Authentication succeeded\r\n")
             elif line.startswith(b"MAIL FROM:<app@example.org>") and authed:

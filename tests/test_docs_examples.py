@@ -5,12 +5,19 @@ the plugin, --mailexpress-config included.  (Their types: docs/examples.py
 --mypy, in .ci/run.)"""
 from __future__ import annotations
 
+import os
 import re
+import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+# msal and requests are loaded once, here: pytester's in-process runs unload the
+# modules they import, and a later MSAL call would then mix two copies of requests
+# ("You can only merge into CookieJar")
+import msal  # noqa: F401
 import pytest
+import requests  # noqa: F401
 
 import mailexpress as mx
 from mailexpress.testing import ConnectorEmulator, User
@@ -46,6 +53,13 @@ def test_examples_run(page: Path, docs_connector: Path, pytester: pytest.Pyteste
     code = examples.script(page)
     assert code is not None
     tests = re.findall(r"^def (test_\w+)\(", code, re.M)
+    if "settings.configure(" in code:
+        # Django is configured once per process: such a page runs as a program of its own
+        proc = subprocess.run([sys.executable, "-c", code], cwd=docs_connector.parent, capture_output=True,
+                              text=True, timeout=120,
+                              env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+        assert proc.returncode == 0, proc.stderr
+        return
     if not tests:
         monkeypatch.chdir(docs_connector.parent)      # pytester moved to a directory of its own
         namespace: dict[str, object] = {"__name__": examples.module_name(page)}
@@ -63,7 +77,8 @@ def test_every_page_with_python_has_examples_that_run() -> None:
     skipped = sum(p.read_text().count("<!-- no-run -->") for p in examples.pages())
     assert skipped <= 2
     assert {p.name for p in PAGES} >= {"README.md", "quickstart.md", "bulk.md", "testing.md",
-                                       "ci-checks.md", "diagnosis.md"}
+                                       "ci-checks.md", "diagnosis.md", "asyncio.md", "logging.md",
+                                       "django.md"}
 
 
 def test_the_docs_connector_refuses_what_the_examples_expect(docs_connector: Path) -> None:

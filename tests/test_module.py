@@ -80,3 +80,11 @@ def test_import_in_a_clean_interpreter_has_no_side_effects():
     code = "import mailexpress, sys; print(sorted(m for m in sys.modules if m.startswith('mailexpress')))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert "mailexpress.testing" not in out   # the emulator is not loaded by default
+
+
+def test_the_test_hooks_are_their_own_module_not_in_the_core():
+    from mailexpress import _testhooks
+    hooks = sorted(name for name in dir(_testhooks) if name.startswith("_") and not name.startswith("__"))
+    assert "_reply_parse" in hooks and "_verdict" in hooks
+    assert not [name for name in hooks if hasattr(_core, name)]
+    assert callable(_core.tls_context)

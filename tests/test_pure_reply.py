@@ -3,9 +3,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mailexpress import _core
+from mailexpress import _testhooks
 
-parse = _core._reply_parse
+parse = _testhooks._reply_parse
 
 
 def test_single_line_reply_with_enhanced_code():

@@ -3,6 +3,13 @@ from __future__ import annotations
 
 import textwrap
 
+# Imported here, before any in-process pytester run: pytester restores
+# sys.modules after each run, and a library first imported inside one
+# (pyspnego for NTLM, with cryptography's bindings) would be imported
+# a second time by later tests.
+import msal  # noqa: F401,E402
+import spnego  # noqa: F401,E402
+
 
 def test_fixture_gives_config_and_messages(pytester):
     pytester.makepyfile(textwrap.dedent("""
@@ -103,3 +110,45 @@ def test_live_tests_run_against_a_configured_connector(pytester, emulator):
 def test_plugin_is_registered_by_the_entry_point(pytester):
     result = pytester.runpytest("-p", "no:cacheprovider", "--help")
     result.stdout.fnmatch_lines(["*--mailexpress-config=PATH*"])
+
+
+def test_oauth_fixtures_run_the_token_path_offline(pytester):
+    pytester.makepyfile(textwrap.dedent("""
+        import pytest
+        import mailexpress as mx
+
+        def test_provider(exchange_online, exchange_online_token_provider):
+            cfg = exchange_online.config.replace(token_provider=exchange_online_token_provider)
+            for n in range(2):
+                mx.send_as(cfg, exchange_online.mailbox, to="bob@partner.example", subject=f"m{n}", body="b")
+            assert [m["Subject"] for m in exchange_online.email_messages] == ["m0", "m1"]
+            assert exchange_online_token_provider.requests == 1          # cached between connections
+            assert [a.mechanism for a in exchange_online.emulator.auth_log] == ["XOAUTH2", "XOAUTH2"]
+
+        def test_plain_token(exchange_online, exchange_online_token):
+            cfg = exchange_online.config.replace(token_provider=lambda: exchange_online_token)
+            assert mx.send_as(cfg, exchange_online.mailbox, to="b@partner.example", subject="s", body="b").ok
+
+        def test_login_is_refused_there(exchange_online):
+            user = exchange_online.users[0]
+            with pytest.raises(mx.AuthError, match="5.7.139"):
+                mx.send_as(exchange_online.config.replace(token_provider=None, password=user.password),
+                           exchange_online.mailbox, to="b@partner.example", subject="s", body="b")
+
+        def test_wrong_audience(exchange_online):
+            bad = exchange_online.issue_token(audience="https://graph.microsoft.com")
+            with pytest.raises(mx.AuthError) as info:
+                mx.send_as(exchange_online.config.replace(token_provider=lambda: bad), exchange_online.mailbox,
+                           to="b@partner.example", subject="s", body="b")
+            assert info.value.oauth_error == {"status": "401", "schemes": "bearer",
+                                              "scope": "https://outlook.office365.com/.default"}
+            assert exchange_online.messages == []
+
+        def test_msal(exchange_online, monkeypatch):
+            monkeypatch.setenv("REQUESTS_CA_BUNDLE", exchange_online.emulator.ca_file)
+            mx.test_connector(exchange_online.msal_config()).assert_ok()
+    """))
+    # a subprocess: an in-process run would drop msal, requests and cryptography from
+    # sys.modules afterwards (pytester's snapshot) and break later tests that use them
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    result.assert_outcomes(passed=5)

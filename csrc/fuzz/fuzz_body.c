@@ -8,7 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "../body.h"
+#include "body.h"
 
 /* Encodes data in pieces of `chunk` bytes into windows of `cap` bytes, then
  * finishes; returns the wire length.  wire holds wcap bytes. */

@@ -5,7 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "../reply.h"
+#include "reply.h"
 
 static void
 check(const mx_reply *r)

@@ -9,12 +9,12 @@ secs="${1:-60}"; shift || true
 harnesses=("${@:-reply ehlo body sasl}")
 out="$(mktemp -d)"
 trap 'rm -rf "$out"' EXIT
-declare -A deps=([reply]="reply.c" [ehlo]="reply.c ehlo.c" [body]="body.c" [sasl]="sasl.c")
+declare -A deps=([reply]="proto/reply.c" [ehlo]="proto/reply.c proto/ehlo.c" [body]="proto/body.c" [sasl]="proto/sasl.c")
 for h in ${harnesses[@]}; do
   srcs=""
   for f in ${deps[$h]}; do srcs="$srcs $here/../$f"; done
   clang -g -O1 -std=c11 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all \
-        -I"$here/.." "$here/fuzz_$h.c" $srcs -o "$out/fuzz_$h"
+        -I"$here/../proto" "$here/fuzz_$h.c" $srcs -o "$out/fuzz_$h"
   mkdir -p "$out/corpus_$h"
   echo "== fuzz_$h for ${secs}s"
   # new inputs go to the scratch corpus; the committed seeds stay as they are

@@ -7,32 +7,34 @@ the protocol, generous with diagnostics, small enough to read.
 """
 from __future__ import annotations
 
-import base64
-import binascii
 import email
 import email.policy
 import secrets
 import socket
 import ssl
 import threading
-import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from email.message import EmailMessage
 from email.utils import formatdate, getaddresses
 from typing import TYPE_CHECKING, Any, Literal
 
+from .auth_server import AuthAttempt, AuthServer
 from .certs import TestCertificates, test_certificates
+from .sasl import NtlmAcceptor
+from .token_endpoint import EntraTokenEndpoint
+from .tokens import EmulatorTokenProvider, TestIssuer
 
 if TYPE_CHECKING:
     from ..config import Config
 
-__all__ = ["ConnectorEmulator", "User", "ReceivedMessage", "PRESETS"]
+__all__ = ["AuthAttempt", "ConnectorEmulator", "User", "ReceivedMessage", "PRESETS"]
 
 Rights = Literal["self", "authoritative_domain", "any"]
 
-# Largest line the emulator reads (RFC 5321 allows 1000 in data; commands 512).
-_MAX_LINE = 4096
+# Largest command line the emulator reads (RFC 5321 allows 512, but AUTH
+# lines carry OAuth tokens of tens of KB: up to 64 KiB of token, base64'd).
+_MAX_LINE = 96 * 1024
 _MAX_DATA_LINE = 1024 * 1024
 _MAX_MESSAGE = 64 * 1024 * 1024
 
@@ -80,11 +82,22 @@ class ReceivedMessage:
 
 # Named connector set-ups: what an admin gets right, and each way to get it
 # wrong.  "rights" is the service account's (when the preset makes it).
+_ONLINE: dict[str, Any] = {
+    "rights": "self", "flavour": "online", "sender_check_stage": "END_OF_DATA",
+    # after STARTTLS only: AUTH LOGIN XOAUTH2; Basic off (the default for
+    # every tenant from the end of December 2026)
+    "auth_mechanisms": ("LOGIN", "XOAUTH2"), "other_mechanisms": (), "basic_auth": "disabled",
+    "chunking": True, "hostname": "BN0PR01CA0001.outlook.office365.com",
+    "authoritative_domains": ("corp.example",),
+}
+
 PRESETS: dict[str, dict[str, Any]] = {
     # port 587 "Client" connector done right: TLS required, AUTH LOGIN only
     # after STARTTLS, Exchange users only, the account may send as anyone
     "exchange_client": {"rights": "any"},
     "anonymous_allowed": {"rights": "any", "allow_anonymous": True},
+    # on-premises connector with Basic off: AUTH GSSAPI NTLM only (Integrated
+    # Windows authentication); LOGIN draws 504 5.7.4; NTLM is answered
     "basic_auth_off": {"rights": "any", "auth_mechanisms": ()},
     "auth_before_tls": {"rights": "any", "auth_before_tls": True},
     "no_tls": {"rights": "any", "security": "none"},
@@ -92,10 +105,14 @@ PRESETS: dict[str, dict[str, Any]] = {
     "no_impersonation": {"rights": "self"},
     "refuse_at_rcpt": {"rights": "authoritative_domain", "sender_check_stage": "RCPT"},
     "send_as_missing": {"rights": "authoritative_domain", "check_header_from": True},
-    "exchange_online": {"rights": "self", "flavour": "online", "sender_check_stage": "END_OF_DATA",
-                        "other_mechanisms": ("XOAUTH2",), "chunking": True,
-                        "hostname": "BN0PR01CA0001.outlook.office365.com",
-                        "authoritative_domains": ("corp.example",)},
+    # a tenant after December 2026: LOGIN -> 535 5.7.139 basic authentication
+    # is disabled; XOAUTH2 with the emulator's tokens (basic_auth="enabled"
+    # turns Basic back on, as an admin still can)
+    "exchange_online": dict(_ONLINE),
+    # Set-CASMailbox <mailbox> -SmtpClientAuthenticationDisabled $true
+    "exchange_online_smtp_auth_disabled": {**_ONLINE, "smtp_client_auth_disabled": "mailbox"},
+    # the app registration lacks SMTP.SendAsApp (or its admin consent)
+    "exchange_online_no_sendasapp": {**_ONLINE, "app_roles": ()},
     "expired_certificate": {"rights": "any", "certificate": "expired"},
     "wrong_host_certificate": {"rights": "any", "certificate": "wrong_host"},
 }
@@ -154,7 +171,7 @@ class _Conn:
             self.buf += chunk
 
 
-class ConnectorEmulator:
+class ConnectorEmulator(AuthServer):
     """An Exchange-like client receive connector on 127.0.0.1.
 
     Typical use::
@@ -167,10 +184,29 @@ class ConnectorEmulator:
     Knobs (all keyword-only):
       security            "starttls" (default), "ssl" (implicit TLS) or "none"
       require_tls         MAIL before STARTTLS draws 530 5.7.0 (default True)
-      auth_mechanisms     basic mechanisms offered, default ("LOGIN",) like
-                          on-premises Exchange; () turns basic auth off
-      other_mechanisms    advertised but not implemented, default
-                          ("GSSAPI", "NTLM") as Exchange does
+      auth_mechanisms     mechanisms offered after STARTTLS, default ("LOGIN",)
+                          like on-premises Exchange; () turns basic auth off;
+                          PLAIN, LOGIN, XOAUTH2 and OAUTHBEARER are answered
+      other_mechanisms    Integrated Windows authentication, offered before
+                          and after TLS, default ("GSSAPI", "NTLM") as
+                          Exchange does
+      integrated_auth     answer NTLM with pyspnego's acceptor (454 when
+                          pyspnego is missing); default: when no PLAIN or
+                          LOGIN is offered (Basic off, as on premises);
+                          otherwise NTLM is only advertised and draws 504,
+                          so clients go on to LOGIN; GSSAPI always draws 504
+      basic_auth          "enabled", "disabled" (535 5.7.139 basic
+                          authentication is disabled) or "retired" (550
+                          5.7.30): what PLAIN/LOGIN get, whatever the password
+      smtp_client_auth_disabled  None, "tenant" or "mailbox": every mechanism
+                          draws 535 5.7.139 SmtpClientAuthentication is
+                          disabled for the Tenant/Mailbox
+      auth_temporary_failures  the first N AUTH exchanges draw 451 4.7.0
+                          Temporary server error ... PRX4
+      app_roles           the application permissions consented for the
+                          tenant's app: tokens from `issue_token` carry them
+                          (default SMTP.SendAsApp)
+      ntlm_domain         the NetBIOS domain of NTLM accounts ("CORP")
       auth_before_tls     offer AUTH before STARTTLS (a misconfiguration)
       allow_anonymous     the "Anonymous users" permission group
       check_header_from   refuse at end of data when the From header is not
@@ -206,7 +242,11 @@ class ConnectorEmulator:
                  sender_check_stage: Literal["MAIL", "RCPT", "END_OF_DATA"] = "MAIL",
                  chunking: bool = True, flavour: Literal["onprem", "online"] = "onprem",
                  max_messages_per_connection: int | None = None,
-                 unknown_recipients: Iterable[str] = ()) -> None:
+                 unknown_recipients: Iterable[str] = (),
+                 basic_auth: Literal["enabled", "disabled", "retired"] = "enabled",
+                 smtp_client_auth_disabled: Literal["tenant", "mailbox"] | None = None,
+                 auth_temporary_failures: int = 0, app_roles: Iterable[str] = ("SMTP.SendAsApp",),
+                 ntlm_domain: str = "CORP", integrated_auth: bool | None = None) -> None:
         self.users = {u.username.lower(): u for u in users}
         self.authoritative_domains = tuple(d.lower() for d in authoritative_domains)
         self.security = security
@@ -228,6 +268,19 @@ class ConnectorEmulator:
         self.flavour = flavour
         self.max_messages_per_connection = max_messages_per_connection
         self.unknown_recipients = {a.lower() for a in unknown_recipients}
+        self.basic_auth = basic_auth
+        self.smtp_client_auth_disabled = smtp_client_auth_disabled
+        self.auth_temporary_failures = auth_temporary_failures
+        self.ntlm_domain = ntlm_domain
+        self.integrated_auth = (integrated_auth if integrated_auth is not None
+                                else not {"PLAIN", "LOGIN"} & set(self.auth_mechanisms))
+        self.issuer = TestIssuer(app_roles=app_roles)
+        # Add-MailboxPermission ... -AccessRights FullAccess: service principal -> mailboxes
+        self.mailbox_grants: dict[str, set[str]] = {}
+        self.auth_log: list[AuthAttempt] = []
+        self._ntlm: NtlmAcceptor | None = None
+        self._endpoint: EntraTokenEndpoint | None = None
+        self._ntlm_error: str | None = None
         self.messages: list[ReceivedMessage] = []
         self.connections = 0
         self._certs: TestCertificates | None = None
@@ -264,6 +317,12 @@ class ConnectorEmulator:
         if self.security != "none":
             self._certs = test_certificates()
             self._ctx = self._certs.server_context(self.certificate)
+        if self.integrated_auth and "NTLM" in self.other_mechanisms + self.auth_mechanisms:
+            accounts = [(n, u.password) for u in self.users.values() for n in (u.username, u.address)]
+            try:
+                self._ntlm = NtlmAcceptor(accounts, self.ntlm_domain)
+            except ImportError as exc:
+                self._ntlm_error = f"pyspnego is not installed ({exc})"
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(("127.0.0.1", 0))
@@ -292,6 +351,12 @@ class ConnectorEmulator:
                 pass
         for t in self._threads:
             t.join(timeout=5)
+        if self._ntlm is not None:
+            self._ntlm.close()
+            self._ntlm = None
+        if self._endpoint is not None:
+            self._endpoint.stop()
+            self._endpoint = None
 
     def __enter__(self) -> ConnectorEmulator:
         return self.start()
@@ -304,9 +369,85 @@ class ConnectorEmulator:
         """PEM file of the CA that signed the emulator's certificate."""
         return self._certs.ca_file if self._certs else None
 
+    # -- OAuth: the tenant's token issuer ----------------------------------------
+
+    @property
+    def oauth_only(self) -> bool:
+        """XOAUTH2/OAUTHBEARER offered and PLAIN/LOGIN not usable."""
+        basic = self.basic_auth == "enabled" and any(m in ("PLAIN", "LOGIN") for m in self.auth_mechanisms)
+        return not basic and any(m in ("XOAUTH2", "OAUTHBEARER") for m in self.auth_mechanisms)
+
+    def issue_token(self, user: str | None = None, *, grant_mailbox: bool = True, **options: Any) -> str:
+        """A token from this emulator's tenant (see `TestIssuer.issue` for
+        ``audience``, ``expires_in``, ``roles``, ``scope``, ``key``, ...).
+        ``user`` is the mailbox it is meant for (default: the first
+        user's address); for an app-only token the app's service principal
+        is given FullAccess to it, as ``Add-MailboxPermission`` does
+        (``grant_mailbox=False`` leaves that out)."""
+        mailbox = user or self._first_address()
+        if grant_mailbox and options.get("scope") is None:
+            self.grant_mailbox(mailbox)
+        return self.issuer.issue(mailbox, **options)
+
+    def grant_mailbox(self, mailbox: str, service_principal: str | None = None) -> None:
+        """``Add-MailboxPermission -Identity <mailbox> -User <service principal> -AccessRights FullAccess``."""
+        sp = service_principal or self.issuer.service_principal_id
+        with self._lock:
+            self.mailbox_grants.setdefault(sp, set()).add(mailbox.lower())
+
+    def token_provider(self, user: str | None = None, *, expires_in: int = 3600,
+                       **options: Any) -> EmulatorTokenProvider:
+        """A ``token_provider`` for mailexpress that gets tokens from this
+        emulator's tenant (``get_token(scope)`` and callable)."""
+        return EmulatorTokenProvider(self.issue_token, user or self._first_address(), expires_in=expires_in,
+                                     **options)
+
+    def _first_address(self) -> str:
+        if not self.users:
+            raise ValueError("the emulator has no users: pass user=...")
+        return next(iter(self.users.values())).address
+
+    def oauth_config(self, user: str | None = None, **overrides: Any) -> Config:
+        """A Config that authenticates with a token from this emulator's
+        tenant (``token_provider``) as the mailbox ``user`` (default: the
+        first user's address)."""
+        mailbox = user or self._first_address()
+        values: dict[str, Any] = {"username": mailbox, "password": None, "from_address": mailbox,
+                                  "token_provider": self.token_provider(mailbox)}
+        values.update(overrides)
+        return self.config(**values)
+
+    def token_endpoint(self) -> EntraTokenEndpoint:
+        """The tenant's token endpoint (started on first use, stopped with
+        the emulator): real MSAL gets this emulator's tokens from it.  Its
+        app is given FullAccess to the first user's mailbox."""
+        if self._endpoint is None:
+            self.grant_mailbox(self._first_address())
+            self._endpoint = EntraTokenEndpoint(self.issuer, lambda **kw: self.issuer.issue(None, **kw)).start()
+        return self._endpoint
+
+    def msal_config(self, user: str | None = None, **overrides: Any) -> Config:
+        """A Config with the ``oauth_*`` settings of this tenant's app
+        (client-credentials flow through MSAL against `token_endpoint`).
+        MSAL verifies HTTPS through requests: point ``REQUESTS_CA_BUNDLE``
+        at ``ca_file``."""
+        endpoint = self.token_endpoint()
+        mailbox = user or self._first_address()
+        values: dict[str, Any] = {
+            "username": mailbox, "password": None, "from_address": mailbox,
+            "oauth_tenant": self.issuer.tenant_id, "oauth_client_id": self.issuer.app_id,
+            "oauth_client_secret": endpoint.client_secret, "oauth_authority": endpoint.authority,
+        }
+        values.update(overrides)
+        return self.config(**values)
+
     def config(self, **overrides: Any) -> Config:
         """A `mailexpress.Config` pointing at this emulator, trusting
-        its CA.  Without username/password, the first user's are used."""
+        its CA.  Without username/password, the first user's are used
+        (with a ``token_provider`` instead when the emulator only takes
+        OAuth, like ``exchange_online``)."""
+        if self.oauth_only and self.users and not {"username", "token_provider", "password"} & set(overrides):
+            return self.oauth_config(**overrides)
         from ..config import Config as _Config
         values: dict[str, Any] = {
             "host": self.host, "port": self.port, "security": self.security,
@@ -390,9 +531,7 @@ class ConnectorEmulator:
         lines += ["DSN", "ENHANCEDSTATUSCODES"]
         if not s.tls and self.security == "starttls":
             lines.append("STARTTLS")
-        mechs = list(self.other_mechanisms)
-        if s.tls or self.auth_before_tls:
-            mechs += list(self.auth_mechanisms)
+        mechs = self._offered(s)
         if mechs:
             lines.append("AUTH " + " ".join(mechs))
         if self.eight_bit_mime:
@@ -408,11 +547,13 @@ class ConnectorEmulator:
             conn.send("501 5.5.4 Invalid domain name")
             return
         s.reset_transaction()
+        s.user = None       # Exchange: EHLO again after AUTH resets authentication
         s.helo = arg.strip()
         conn.send_lines(250, self._ehlo_lines(s))
 
     def _cmd_helo(self, conn: _Conn, s: _SessionState, arg: str) -> None:
         s.reset_transaction()
+        s.user = None
         s.helo = arg.strip()
         conn.send(f"250 {self.hostname} Hello [127.0.0.1]")
 
@@ -427,64 +568,6 @@ class ConnectorEmulator:
         s.user = None
         s.helo = None
         s.reset_transaction()
-
-    def _cmd_auth(self, conn: _Conn, s: _SessionState, arg: str) -> bool | None:
-        parts = arg.split()
-        mech = parts[0].upper() if parts else ""
-        if s.user is not None:
-            conn.send("503 5.5.2 Already authenticated")
-            return None
-        if s.mail_from is not None:
-            conn.send("503 5.5.1 Bad sequence of commands")
-            return None
-        offered = s.tls or self.auth_before_tls
-        if not offered or mech not in self.auth_mechanisms:
-            conn.send("504 5.7.4 Unrecognized authentication type")
-            return None
-        if mech == "PLAIN":
-            if len(parts) > 1:
-                payload = parts[1]
-            else:
-                conn.send("334 ")
-                raw = conn.readline()
-                if raw is None:
-                    return False
-                payload = raw.strip().decode("ascii", "replace")
-            try:
-                fields = base64.b64decode(payload, validate=True).split(b"\0")
-            except (binascii.Error, ValueError):
-                conn.send("501 5.5.2 Cannot decode argument")
-                return None
-            if len(fields) != 3:
-                conn.send("501 5.5.2 Cannot decode argument")
-                return None
-            username, password = fields[1].decode("utf-8", "replace"), fields[2].decode("utf-8", "replace")
-        else:  # LOGIN
-            creds = []
-            for prompt in ("VXNlcm5hbWU6", "UGFzc3dvcmQ6"):   # "Username:", "Password:"
-                conn.send(f"334 {prompt}")
-                raw = conn.readline()
-                if raw is None:
-                    return False
-                text = raw.strip()
-                if text == b"*":
-                    conn.send("501 5.0.0 Authentication cancelled")
-                    return None
-                try:
-                    creds.append(base64.b64decode(text, validate=True).decode("utf-8", "replace"))
-                except (binascii.Error, ValueError):
-                    conn.send("501 5.5.2 Cannot decode argument")
-                    return None
-            username, password = creds
-        if self.auth_delay:
-            time.sleep(self.auth_delay)
-        user = self.users.get(username.lower())
-        if user is None or not secrets.compare_digest(user.password.encode(), password.encode()):
-            conn.send("535 5.7.3 Authentication unsuccessful")
-            return None
-        s.user = user
-        conn.send("235 2.7.0 Authentication successful")
-        return None
 
     def _domain(self, address: str) -> str:
         return address.rpartition("@")[2].lower()

@@ -3,6 +3,7 @@
 (which writes docs/interop.md from it)."""
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -148,3 +149,59 @@ def markdown(rows: list[Row]) -> str:
         reply = reply.replace("|", "\\|").replace("\n", " / ")
         out.append(f"| {r.server} | {r.case} | {r.stage} | `{reply}` |")
     return "\n".join(out)
+
+
+OAUTH_SERVER = "Postfix 3.7 + Dovecot 2.3 oauth2"
+
+
+def collect_oauth(h: object) -> list[Row]:
+    """What Postfix + Dovecot's oauth2 passdb (oauth_harness.py) answer, seen
+    by an independent client (smtplib, MSAL): no mailexpress code involved."""
+    import smtplib
+    import ssl
+
+    from oauth_harness import APPS, BAD_KINDS, EXCHANGE_SCOPE, bad_tokens, msal_app, raw_auth
+
+    rows: list[Row] = []
+    mailer = APPS["mailer"]
+    s = smtplib.SMTP("127.0.0.1", h.ports["submission"], timeout=30)  # type: ignore[attr-defined]
+    s.ehlo("client.corp.example")
+    before = s.esmtp_features.get("auth", "").strip()
+    s.starttls(context=ssl.create_default_context(cafile=h.ca_file))  # type: ignore[attr-defined]
+    s.ehlo("client.corp.example")
+    rows.append(Row(OAUTH_SERVER, "EHLO: AUTH before / after STARTTLS", "EHLO",
+                    f"{'AUTH ' + before if before else 'no AUTH'} / AUTH {s.esmtp_features['auth'].strip()}"))
+    s.quit()
+
+    def shown(r: object) -> str:
+        text = r.shown()  # type: ignore[attr-defined]
+        if r.challenge is not None:  # type: ignore[attr-defined]
+            first, rest = text.split(" / ", 1)
+            challenge = json.dumps(r.challenge, separators=(",", ":"))  # type: ignore[attr-defined]
+            challenge = challenge.replace(h.endpoint.base_url, "https://127.0.0.1:<port>")  # type: ignore[attr-defined]
+            text = f"334 base64({challenge}) / {rest}"
+        return text
+
+    token = msal_app(h.endpoint, mailer).acquire_token_for_client(scopes=[EXCHANGE_SCOPE])["access_token"]  # type: ignore[attr-defined]
+    for mech in ("XOAUTH2", "OAUTHBEARER"):
+        rows.append(Row(OAUTH_SERVER, f"{mech}, token from MSAL (initial response)", "AUTH",
+                        shown(raw_auth(h, "submission", mech, mailer.mailbox, token))))  # type: ignore[arg-type]
+    bad = bad_tokens(h)  # type: ignore[arg-type]
+    for kind in BAD_KINDS:
+        tok, user, _reason = bad[kind]
+        rows.append(Row(OAUTH_SERVER, f"XOAUTH2, token: {kind}", "AUTH",
+                        shown(raw_auth(h, "submission", "XOAUTH2", user, tok))))  # type: ignore[arg-type]
+    tok, user, _reason = bad["expired"]
+    rows.append(Row(OAUTH_SERVER, "OAUTHBEARER, token: expired (answered with %x01)", "AUTH",
+                    shown(raw_auth(h, "submission", "OAUTHBEARER", user, tok))))  # type: ignore[arg-type]
+    issuer = h.issuer  # type: ignore[attr-defined]
+    rows.append(Row(OAUTH_SERVER, "XOAUTH2, 2,500-character token as initial response (AUTH line over "
+                    "line_length_limit=2048)", "AUTH",
+                    shown(raw_auth(h, "submission", "XOAUTH2", mailer.mailbox,  # type: ignore[arg-type]
+                                   issuer.token_of_size(mailer, 2_500)))))
+    for size, service, note in ((10_000, "submission", "smtpd_sasl_response_limit=12288 (default)"),
+                                (10_000, "submission_big", "smtpd_sasl_response_limit=65536"),
+                                (13_000, "submission_big", "smtpd_sasl_response_limit=65536")):
+        r = raw_auth(h, service, "XOAUTH2", mailer.mailbox, issuer.token_of_size(mailer, size), initial=False)  # type: ignore[arg-type]
+        rows.append(Row(OAUTH_SERVER, f"XOAUTH2, {size:,}-character token after 334, {note}", "AUTH", shown(r)))
+    return rows

@@ -42,6 +42,7 @@ static const struct {
     {"PLAIN", MX_AUTH_PLAIN},     {"LOGIN", MX_AUTH_LOGIN},
     {"CRAM-MD5", MX_AUTH_CRAM_MD5}, {"XOAUTH2", MX_AUTH_XOAUTH2},
     {"GSSAPI", MX_AUTH_GSSAPI},   {"NTLM", MX_AUTH_NTLM},
+    {"OAUTHBEARER", MX_AUTH_OAUTHBEARER},
 };
 
 unsigned
@@ -107,6 +108,13 @@ parse_auth(const char *p, size_t n, mx_caps *caps)
     }
 }
 
+/* Does this capability line list SASL mechanisms? */
+static int
+is_auth_line(const char *line, size_t kw_len)
+{
+    return eq_nocase(line, kw_len, "AUTH") || eq_nocase(line, kw_len, "X-EXPS");
+}
+
 static const struct {
     const char *name;
     unsigned bit;
@@ -130,15 +138,77 @@ mx_ehlo_parse(const mx_reply *r, mx_caps *caps)
         size_t kw_len, params_len;
 
         mx_ehlo_split(line, r->line_len[li], &kw_len, &params, &params_len);
+        if (is_auth_line(line, kw_len)) {
+            caps->ext |= MX_EXT_AUTH;
+            parse_auth(params, params_len, caps);
+            continue;
+        }
         for (i = 0; i < sizeof(exts) / sizeof(exts[0]); i++) {
             if (!eq_nocase(line, kw_len, exts[i].name))
                 continue;
             caps->ext |= exts[i].bit;
             if (exts[i].bit == MX_EXT_SIZE)
                 caps->size = parse_size(params, params_len);
-            else if (exts[i].bit == MX_EXT_AUTH)
-                parse_auth(params, params_len, caps);
             break;
         }
     }
+}
+
+size_t
+mx_ehlo_auth_list(const mx_reply *r, char *out, size_t cap)
+{
+    size_t off[MX_EHLO_MECHS_MAX], len[MX_EHLO_MECHS_MAX];
+    size_t nm = 0, pos = 0, li;
+
+    if (cap == 0)
+        return 0;
+    out[0] = '\0';
+    for (li = 1; li < r->nlines; li++) {
+        const char *line = r->text + r->line_off[li], *p;
+        size_t kw_len, n, i = 0;
+
+        mx_ehlo_split(line, r->line_len[li], &kw_len, &p, &n);
+        if (!is_auth_line(line, kw_len))
+            continue;
+        while (i < n && nm < MX_EHLO_MECHS_MAX) {
+            size_t start, wl, k, j;
+            int dup = 0;
+
+            while (i < n && p[i] == ' ')
+                i++;
+            start = i;
+            while (i < n && p[i] != ' ')
+                i++;
+            wl = i - start;
+            if (wl == 0)
+                break;
+            for (k = 0; k < nm && !dup; k++) {
+                if (len[k] != wl)
+                    continue;
+                dup = 1;
+                for (j = 0; j < wl; j++) {
+                    char c = p[start + j];
+                    if (c >= 'a' && c <= 'z')
+                        c = (char)(c - 'a' + 'A');
+                    if (out[off[k] + j] != c) {
+                        dup = 0;
+                        break;
+                    }
+                }
+            }
+            /* the name, a separating space before it, and the NUL */
+            if (dup || wl + (pos ? 1 : 0) + 1 > cap - pos)
+                continue;
+            if (pos)
+                out[pos++] = ' ';
+            off[nm] = pos;
+            len[nm++] = wl;
+            for (j = 0; j < wl; j++) {
+                char c = p[start + j];
+                out[pos++] = (char)((c >= 'a' && c <= 'z') ? c - 'a' + 'A' : c);
+            }
+            out[pos] = '\0';
+        }
+    }
+    return pos;
 }

@@ -73,9 +73,11 @@ int mx_net_wait(int fd, short events, int64_t deadline, mx_error *err);
 /* One read: >0 bytes, or -1 with *err set (EOF is MX_E_EOF). */
 ssize_t mx_net_read(int fd, void *buf, size_t cap, int64_t deadline, int ack_now, mx_error *err);
 
-/* Writes everything; 0, or -1 with *err set. */
+/* Writes everything; 0, or -1 with *err set.  *done (when not NULL) is the
+ * number of bytes the kernel took: on failure, none after them can have
+ * reached the peer. */
 int mx_net_write_all(int fd, const void *buf, size_t len, int64_t deadline,
-                     mx_error *err);
+                     size_t *done, mx_error *err);
 
 /* The numeric address and port of the peer, into out (cap >= 64). */
 void mx_net_peer(int fd, char *out, size_t cap, int *port);

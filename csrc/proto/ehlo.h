@@ -27,6 +27,10 @@
 #define MX_AUTH_GSSAPI   0x10u
 #define MX_AUTH_NTLM     0x20u
 #define MX_AUTH_OTHER    0x40u
+#define MX_AUTH_OAUTHBEARER 0x80u
+
+/* Distinct mechanisms kept by mx_ehlo_auth_list; more are left out. */
+#define MX_EHLO_MECHS_MAX 64
 
 typedef struct {
     unsigned ext;       /* MX_EXT_* */
@@ -39,8 +43,17 @@ typedef struct {
 void mx_ehlo_split(const char *line, size_t len, size_t *kw_len,
                    const char **params, size_t *params_len);
 
-/* Fills caps from an EHLO reply; the first line (the greeting) is skipped. */
+/* Fills caps from an EHLO reply; the first line (the greeting) is skipped.
+ * Mechanisms are read from every "AUTH x y", "AUTH=x y" (pre-RFC 2554
+ * clients' form, Exchange 2003 sends both) and "X-EXPS x y" / "X-EXPS=x"
+ * (Exchange's own) line; any of them sets MX_EXT_AUTH. */
 void mx_ehlo_parse(const mx_reply *r, mx_caps *caps);
+
+/* The union of the mechanisms of those lines, upper case, space separated,
+ * in first-seen order without duplicates, into out (NUL-terminated, also
+ * when cap is too small: names that do not fit are left out, as are more
+ * than MX_EHLO_MECHS_MAX).  Returns the length, 0 when none. */
+size_t mx_ehlo_auth_list(const mx_reply *r, char *out, size_t cap);
 
 /* Mechanism bit for a name ("PLAIN" -> MX_AUTH_PLAIN), case-insensitive;
  * 0 when unknown. */

@@ -195,15 +195,19 @@ mx_net_read(int fd, void *buf, size_t cap, int64_t deadline, int ack_now, mx_err
 
 int
 mx_net_write_all(int fd, const void *buf, size_t len, int64_t deadline,
-                 mx_error *err)
+                 size_t *done, mx_error *err)
 {
     const char *p = buf;
 
+    if (done)
+        *done = 0;
     while (len) {
         ssize_t n = send(fd, p, len, MSG_NOSIGNAL);
         if (n > 0) {
             p += n;
             len -= (size_t)n;
+            if (done)
+                *done += (size_t)n;
             continue;
         }
         if (n < 0 && errno == EINTR)

@@ -1,7 +1,9 @@
-/* testhooks.c - tiny entry points into the pure protocol files, for unit and
- * property tests (tests/test_pure_*.py).  Underscored: not public API.  Each
- * hands bytes to one pure function and returns what it produced. */
-#include "module.h"
+/* testhooks.c - the module mailexpress._testhooks: tiny entry points into
+ * the pure protocol files, for unit and property tests (tests/test_pure_*.py).
+ * Built for the test suite only, not part of the shipped _core.  Each hands
+ * bytes to one pure function and returns what it produced. */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
 
 #include <string.h>
 
@@ -10,6 +12,7 @@
 #include "ehlo.h"
 #include "reply.h"
 #include "sasl.h"
+#include "verdict.h"
 
 static PyObject *
 reply_to_tuple(const mx_reply *r)
@@ -208,7 +211,7 @@ th_ehlo_parse(PyObject *m, PyObject *args)
             Py_DECREF(n);
         }
     }
-    for (i = 0; i < 7; i++) {
+    for (i = 0; i < 8; i++) {
         unsigned bit = 1u << i;
         if (caps.auth & bit) {
             const char *name = mx_auth_mech_name(bit);
@@ -306,13 +309,155 @@ th_sasl_plain(PyObject *m, PyObject *args)
     return res;
 }
 
-/* The module's functions: the test hooks, and tls_context (session.c). */
-PyMethodDef mx_testhook_methods[] = {
-    {"tls_context", (PyCFunction)(void (*)(void))mx_tls_context_new, METH_VARARGS | METH_KEYWORDS,
-     "tls_context(*, verify=True, ca_file=None, client_cert=None, client_key=None,\n"
-     "            min_tls_version='1.2') -> capsule\n\n"
-     "One client TLS context (trust store loaded once) to share between\n"
-     "Sessions through their tls_context= argument."},
+/* _ehlo_auth_list(reply_bytes, cap=16385) -> str: the union of mechanisms */
+static PyObject *
+th_ehlo_auth_list(PyObject *m, PyObject *args)
+{
+    Py_buffer b;
+    Py_ssize_t cap = MX_REPLY_TEXT_MAX + 1;
+    mx_reply_parser *p = NULL;
+    mx_reply *r = NULL;
+    char *out = NULL;
+    size_t used, n;
+    PyObject *res = NULL;
+
+    (void)m;
+    if (!PyArg_ParseTuple(args, "y*|n", &b, &cap))
+        return NULL;
+    if (cap < 1 || cap > MX_REPLY_TEXT_MAX + 1) {
+        PyBuffer_Release(&b);
+        PyErr_SetString(PyExc_ValueError, "cap out of range");
+        return NULL;
+    }
+    p = PyMem_Malloc(sizeof(*p));
+    r = PyMem_Malloc(sizeof(*r));
+    out = PyMem_Malloc((size_t)cap);
+    if (!p || !r || !out) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    mx_reply_parser_init(p);
+    if (mx_reply_parse(p, b.buf, (size_t)b.len, &used, r) != MX_REPLY_COMPLETE) {
+        PyErr_SetString(PyExc_ValueError, "not one complete reply");
+        goto done;
+    }
+    n = mx_ehlo_auth_list(r, out, (size_t)cap);
+    if (strlen(out) != n) {
+        PyErr_SetString(PyExc_AssertionError, "length and NUL disagree");
+        goto done;
+    }
+    res = PyUnicode_FromStringAndSize(out, (Py_ssize_t)n);
+done:
+    PyMem_Free(p);
+    PyMem_Free(r);
+    PyMem_Free(out);
+    PyBuffer_Release(&b);
+    return res;
+}
+
+/* _sasl_oauth(user, token, host=None, port=0) -> bytes: XOAUTH2's message
+ * when host is None, else OAUTHBEARER's; ValueError naming the problem */
+static PyObject *
+th_sasl_oauth(PyObject *m, PyObject *args)
+{
+    Py_buffer u, t, h = {0};
+    PyObject *host = Py_None, *res = NULL;
+    unsigned port = 0;
+    unsigned char *out;
+    size_t cap, len = 0;
+    mx_sasl_status st;
+
+    (void)m;
+    if (!PyArg_ParseTuple(args, "y*y*|OI", &u, &t, &host, &port))
+        return NULL;
+    if (host != Py_None && PyObject_GetBuffer(host, &h, PyBUF_SIMPLE) < 0) {
+        PyBuffer_Release(&u);
+        PyBuffer_Release(&t);
+        return NULL;
+    }
+    cap = mx_sasl_oauth_size((size_t)u.len, (size_t)h.len, (size_t)t.len);
+    out = PyMem_Malloc(cap);
+    if (!out) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    if (host == Py_None)
+        st = mx_sasl_xoauth2(u.buf, (size_t)u.len, t.buf, (size_t)t.len, out, cap, &len);
+    else
+        st = mx_sasl_oauthbearer(u.buf, (size_t)u.len, h.buf, (size_t)h.len, port,
+                                 t.buf, (size_t)t.len, out, cap, &len);
+    if (st != MX_SASL_OK)
+        PyErr_SetString(PyExc_ValueError, mx_sasl_strerror(st));
+    else
+        res = PyBytes_FromStringAndSize((const char *)out, (Py_ssize_t)len);
+    mx_wipe(out, cap);
+    PyMem_Free(out);
+done:
+    if (host != Py_None)
+        PyBuffer_Release(&h);
+    PyBuffer_Release(&u);
+    PyBuffer_Release(&t);
+    return res;
+}
+
+/* _sasl_challenge(text) -> bytes: a 334 challenge decoded (64 KiB bound) */
+static PyObject *
+th_sasl_challenge(PyObject *m, PyObject *args)
+{
+    Py_buffer b;
+    unsigned char *out;
+    size_t len;
+    mx_sasl_status st;
+    PyObject *res = NULL;
+
+    (void)m;
+    if (!PyArg_ParseTuple(args, "y*", &b))
+        return NULL;
+    out = PyMem_Malloc(MX_SASL_BLOB_MAX);
+    if (!out) {
+        PyBuffer_Release(&b);
+        return PyErr_NoMemory();
+    }
+    st = mx_sasl_decode_challenge(b.buf, (size_t)b.len, out, MX_SASL_BLOB_MAX, &len);
+    if (st != MX_SASL_OK)
+        PyErr_SetString(PyExc_ValueError, mx_sasl_strerror(st));
+    else
+        res = PyBytes_FromStringAndSize((const char *)out, (Py_ssize_t)len);
+    PyMem_Free(out);
+    PyBuffer_Release(&b);
+    return res;
+}
+
+/* _verdict(after, code) -> str: what verdict.c says a reply means */
+static PyObject *
+th_verdict(PyObject *m, PyObject *args)
+{
+    static const char *const afters[MX_AFTER_COUNT] = {
+        "greeting", "ehlo", "starttls", "auth", "mail", "rcpt", "data",
+        "end_of_data", "bdat", "rset", "noop", "quit",
+    };
+    static const char *const names[] = {
+        "accepted", "continue", "refused", "closing", "out_of_step",
+    };
+    const char *after;
+    int code, i;
+    char why[96];
+
+    (void)m;
+    if (!PyArg_ParseTuple(args, "si", &after, &code))
+        return NULL;
+    for (i = 0; i < MX_AFTER_COUNT; i++)
+        if (strcmp(after, afters[i]) == 0)
+            break;
+    if (i == MX_AFTER_COUNT || code < 200 || code > 599) {
+        PyErr_SetString(PyExc_ValueError, "unknown command or code out of 200..599");
+        return NULL;
+    }
+    mx_verdict_why((mx_after)i, code, why, sizeof(why));
+    return Py_BuildValue("(ss)", names[mx_verdict_of((mx_after)i, code)], why);
+}
+
+static PyMethodDef th_methods[] = {
     {"_reply_parse", th_reply_parse, METH_VARARGS, "test hook: reply.c"},
     {"_body_encode", th_body_encode, METH_VARARGS, "test hook: body.c encoder"},
     {"_body_scan", th_body_scan, METH_VARARGS, "test hook: body.c SIZE/8-bit scan"},
@@ -320,5 +465,28 @@ PyMethodDef mx_testhook_methods[] = {
     {"_cmd_path", th_cmd_path, METH_VARARGS, "test hook: cmd.c MAIL/RCPT"},
     {"_b64_decode", th_b64_decode, METH_VARARGS, "test hook: sasl.c base64"},
     {"_sasl_plain", th_sasl_plain, METH_VARARGS, "test hook: sasl.c PLAIN"},
+    {"_sasl_oauth", th_sasl_oauth, METH_VARARGS, "test hook: sasl.c XOAUTH2/OAUTHBEARER"},
+    {"_sasl_challenge", th_sasl_challenge, METH_VARARGS, "test hook: sasl.c 334 decoding"},
+    {"_ehlo_auth_list", th_ehlo_auth_list, METH_VARARGS, "test hook: ehlo.c AUTH union"},
+    {"_verdict", th_verdict, METH_VARARGS, "test hook: verdict.c"},
     {NULL, NULL, 0, NULL},
 };
+
+static PyModuleDef_Slot th_slots[] = {
+    {0, NULL},
+};
+
+static PyModuleDef th_module_def = {
+    PyModuleDef_HEAD_INIT,
+    .m_name = "mailexpress._testhooks",
+    .m_doc = "Test hooks into the pure protocol files (for the test suite only).",
+    .m_size = 0,
+    .m_methods = th_methods,
+    .m_slots = th_slots,
+};
+
+PyMODINIT_FUNC
+PyInit__testhooks(void)
+{
+    return PyModuleDef_Init(&th_module_def);
+}

@@ -138,12 +138,21 @@ static PyModuleDef_Slot mx_slots[] = {
     {0, NULL},
 };
 
+static PyMethodDef mx_methods[] = {
+    {"tls_context", (PyCFunction)(void (*)(void))mx_tls_context_new, METH_VARARGS | METH_KEYWORDS,
+     "tls_context(*, verify=True, ca_file=None, client_cert=None, client_key=None,\n"
+     "            min_tls_version='1.2') -> capsule\n\n"
+     "One client TLS context (trust store loaded once) to share between\n"
+     "Sessions through their tls_context= argument."},
+    {NULL, NULL, 0, NULL},
+};
+
 PyModuleDef mx_module_def = {
     PyModuleDef_HEAD_INIT,
     .m_name = "mailexpress._core",
     .m_doc = "The C core of mailexpress: SMTP submission over OpenSSL.",
     .m_size = sizeof(mx_state),
-    .m_methods = mx_testhook_methods,
+    .m_methods = mx_methods,
     .m_slots = mx_slots,
     .m_traverse = mx_traverse,
     .m_clear = mx_clear,

@@ -41,9 +41,6 @@ extern PyModuleDef mx_module_def;
 /* The state of the module that defined type tp (or a base of it). */
 mx_state *mx_get_state(PyTypeObject *tp);
 
-/* testhooks.c */
-extern PyMethodDef mx_testhook_methods[];
-
 /* session.c */
 int mx_session_add_type(PyObject *module, mx_state *st);
 /* _core.tls_context(): a capsule named MX_TLS_CTX_CAPSULE around an SSL_CTX */

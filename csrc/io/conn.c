@@ -1,0 +1,189 @@
+/* conn.c - the I/O loop of one connection: see conn.h. */
+#include "conn.h"
+
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "tls.h"
+
+int
+mx_conn_init(mx_conn *c)
+{
+    c->fd = -1;
+    c->ssl = NULL;
+    mx_transcript_init(&c->tr);
+    mx_reply_parser_init(&c->parser);
+    c->rstart = c->rend = 0;
+    c->wbuf = malloc(MX_WBUF);
+    return c->wbuf ? 0 : -1;
+}
+
+void
+mx_conn_free(mx_conn *c)
+{
+    mx_conn_drop(c);
+    free(c->wbuf);
+    c->wbuf = NULL;
+    mx_transcript_free(&c->tr);
+}
+
+void
+mx_conn_drop(mx_conn *c)
+{
+    if (c->ssl) {
+        mx_tls_close(c->ssl);
+        c->ssl = NULL;
+    }
+    if (c->fd >= 0) {
+        close(c->fd);
+        c->fd = -1;
+    }
+    c->rstart = c->rend = 0;
+}
+
+uint32_t
+mx_conn_elapsed(const mx_conn *c)
+{
+    int64_t d = mx_now_ms() - c->t0;
+    return d < 0 ? 0 : (uint32_t)d;
+}
+
+void
+mx_conn_record(mx_conn *c, mx_tr_dir dir, const char *text, size_t len)
+{
+    if (c->record)
+        (void)mx_transcript_add(&c->tr, mx_conn_elapsed(c), dir, text, len);
+}
+
+void
+mx_conn_recordf(mx_conn *c, mx_tr_dir dir, const char *fmt, ...)
+{
+    char buf[512];
+    va_list ap;
+    int n;
+
+    if (!c->record)
+        return;
+    va_start(ap, fmt);
+    n = vsnprintf(buf, sizeof(buf), fmt, ap);
+    va_end(ap);
+    if (n > 0)
+        mx_conn_record(c, dir, buf, (size_t)n < sizeof(buf) ? (size_t)n : sizeof(buf) - 1);
+}
+
+int
+mx_conn_in_step(mx_conn *c)
+{
+    size_t extra;
+    char ch;
+    ssize_t n;
+
+    /* over TLS the socket itself is not peeked: TLS 1.3 session tickets
+     * arrive there unasked, and they are not SMTP */
+    if (c->rstart < c->rend) {
+        extra = c->rend - c->rstart;
+    } else if (c->ssl) {
+        extra = (size_t)SSL_pending(c->ssl);
+    } else {
+        n = recv(c->fd, &ch, 1, MSG_PEEK | MSG_DONTWAIT);
+        extra = n > 0 ? (size_t)n : 0;
+    }
+    if (!extra)
+        return 0;
+    mx_error_set(&c->err, MX_E_PROTOCOL, 0,
+                 "the server sent %zu byte%s nobody asked for (desynchronised)",
+                 extra, extra == 1 ? "" : "s");
+    return -1;
+}
+
+int
+mx_conn_write(mx_conn *c, const void *buf, size_t len, int64_t deadline, size_t *maybe)
+{
+    size_t done = len;
+    int rc;
+
+    c->replies_since_write = 0;
+    if (c->ssl)
+        rc = mx_tls_write_all(c->ssl, c->fd, buf, len, deadline, &c->err);
+    else
+        rc = mx_net_write_all(c->fd, buf, len, deadline, &done, &c->err);
+    if (maybe)
+        *maybe = done;
+    return rc;
+}
+
+int
+mx_conn_send(mx_conn *c, const char *buf, size_t len, const char *shown, int64_t deadline)
+{
+    if (mx_conn_in_step(c) < 0)
+        return -1;
+    if (shown) {
+        mx_conn_record(c, MX_TR_CLIENT, shown, strlen(shown));
+    } else {
+        size_t start = 0, i;
+        for (i = 0; i + 1 < len; i++) {
+            if (buf[i] == '\r' && buf[i + 1] == '\n') {
+                mx_conn_record(c, MX_TR_CLIENT, buf + start, i - start);
+                start = i + 2;
+            }
+        }
+    }
+    return mx_conn_write(c, buf, len, deadline, NULL);
+}
+
+static void
+record_reply(mx_conn *c)
+{
+    size_t i;
+
+    for (i = 0; i < c->reply.nlines; i++) {
+        char line[MX_REPLY_LINE_MAX + 8];
+        size_t n = c->reply.line_len[i];
+        int hdr = snprintf(line, sizeof(line), "%03d%c", c->reply.code,
+                           i + 1 == c->reply.nlines ? ' ' : '-');
+        memcpy(line + hdr, c->reply.text + c->reply.line_off[i], n);
+        mx_conn_record(c, MX_TR_SERVER, line, (size_t)hdr + n);
+    }
+}
+
+int
+mx_conn_recv_reply(mx_conn *c, int64_t deadline)
+{
+    for (;;) {
+        size_t used = 0;
+        ssize_t n;
+        int ack_now;
+
+        if (c->rstart < c->rend) {
+            mx_reply_status st = mx_reply_parse(&c->parser, c->rbuf + c->rstart,
+                                                c->rend - c->rstart, &used, &c->reply);
+            c->rstart += used;
+            if (st == MX_REPLY_COMPLETE) {
+                c->replies_since_write++;
+                record_reply(c);
+                return 0;
+            }
+            if (st != MX_REPLY_INCOMPLETE) {
+                mx_error_set(&c->err, MX_E_PROTOCOL, 0, "malformed reply: %s",
+                             mx_reply_strerror(st));
+                return -1;
+            }
+        }
+        c->rstart = c->rend = 0;
+        /* part of a pipelined group has come and the rest is awaited: see
+         * MX_WAIT_ACK_NOW */
+        ack_now = c->replies_since_write > 0;
+        if (c->ssl)
+            n = mx_tls_read(c->ssl, c->fd, c->rbuf, sizeof(c->rbuf), deadline, ack_now, &c->err);
+        else
+            n = mx_net_read(c->fd, c->rbuf, sizeof(c->rbuf), deadline, ack_now, &c->err);
+        if (n < 0)
+            return -1;
+        c->rend = (size_t)n;
+    }
+}

@@ -1,0 +1,700 @@
+/* commands.c - the Session's step methods: connect, ehlo, starttls, mail,
+ * rcpt, data, rset, noop, quit, close, set_deadline.  What each reply means
+ * is judged by judge() (errors.c) on mx_verdict_of (proto/verdict.c). */
+#include "session.h"
+
+#include <stdio.h>
+#include <string.h>
+
+#include "body.h"
+#include "tls.h"
+
+
+MX_DOC(connect_doc,
+"connect() -> Reply\n\n"
+"Resolves the host, tries each address in order, runs the TLS handshake\n"
+"for security='ssl', and reads the greeting.  Raises ConnectError,\n"
+"TimeoutError, TLSError or CertificateError.");
+
+PyObject *
+Session_connect(Session *s, PyObject *unused)
+{
+    PyObject *res = NULL;
+    int fd;
+    int64_t dl;
+
+    (void)unused;
+    if (enter(s, 0) < 0)
+        return NULL;
+    if (s->state != S_NEW) {
+        raise_exc(s, MX_EXC_STATE, STG_CONNECT, NULL, NULL,
+                  "connect() was already called on this Session; make a new one");
+        goto done;
+    }
+    if (s->security == SEC_SSL && ensure_ctx(s, STG_TLS) < 0)
+        goto done;
+    s->c.t0 = mx_now_ms();
+    mx_conn_recordf(&s->c, MX_TR_INFO, "connecting to %s port %s", s->host, s->port);
+    dl = deadline_for(s, TO_CONNECT);
+    Py_BEGIN_ALLOW_THREADS
+    fd = mx_net_connect(s->host, s->port, dl, &s->attempts, &s->c.err);
+    Py_END_ALLOW_THREADS
+    if (fd < 0) {
+        fail_io(s, STG_CONNECT);
+        goto done;
+    }
+    s->c.fd = fd;
+    mx_net_peer(fd, s->peer_addr, sizeof(s->peer_addr), &s->peer_port);
+    mx_conn_recordf(&s->c, MX_TR_INFO, "connected to %s port %d", s->peer_addr, s->peer_port);
+    if (s->security == SEC_SSL && handshake(s) < 0) {
+        fail_io(s, STG_TLS);
+        goto done;
+    }
+    if (recv_only(s, TO_BANNER) < 0) {
+        fail_io(s, STG_CONNECT);
+        goto done;
+    }
+    if (s->c.reply.code != 220) {
+        PyObject *r = make_reply(s, STG_CONNECT);
+        if (!r)
+            goto done;
+        poison(s, "the server refused the connection");
+        raise_exc(s, mx_verdict_of(MX_AFTER_GREETING, s->c.reply.code) == MX_V_CLOSING
+                         ? MX_EXC_SERVICE_UNAVAILABLE : MX_EXC_CONNECT,
+                  STG_CONNECT, r, NULL, "the server refused the connection in its greeting");
+        Py_DECREF(r);
+        goto done;
+    }
+    Py_XSETREF(s->banner, make_reply(s, STG_CONNECT));
+    if (!s->banner)
+        goto done;
+    set_state(s, S_CONNECTED);
+    res = Py_NewRef(s->banner);
+done:
+    leave(s);
+    return res;
+}
+
+/* Builds the capability dict of the EHLO reply in s->c.reply. */
+static int
+take_capabilities(Session *s)
+{
+    PyObject *d = PyDict_New();
+    size_t i;
+
+    if (!d)
+        return -1;
+    mx_ehlo_parse(&s->c.reply, &s->caps);
+    for (i = 1; i < s->c.reply.nlines; i++) {
+        const char *line = s->c.reply.text + s->c.reply.line_off[i], *params;
+        size_t kwlen, plen, j;
+        char kwbuf[128];
+        PyObject *v;
+
+        mx_ehlo_split(line, s->c.reply.line_len[i], &kwlen, &params, &plen);
+        if (kwlen == 0 || kwlen >= sizeof(kwbuf))
+            continue;
+        for (j = 0; j < kwlen; j++) {
+            char c = line[j];
+            kwbuf[j] = (char)((c >= 'a' && c <= 'z') ? c - 'a' + 'A' : c);
+        }
+        PyObject *k = PyUnicode_FromStringAndSize(kwbuf, (Py_ssize_t)kwlen);
+        v = PyUnicode_DecodeUTF8(params, (Py_ssize_t)plen, "replace");
+        if (!k || !v || PyDict_SetItem(d, k, v) < 0) {
+            Py_XDECREF(k);
+            Py_XDECREF(v);
+            Py_DECREF(d);
+            return -1;
+        }
+        Py_DECREF(k);
+        Py_DECREF(v);
+    }
+    /* AUTH: every mechanism of the AUTH, AUTH= and X-EXPS lines */
+    {
+        char *mechs = PyMem_Malloc(MX_REPLY_TEXT_MAX + 1);
+        size_t n;
+        PyObject *v;
+        if (!mechs) {
+            Py_DECREF(d);
+            PyErr_NoMemory();
+            return -1;
+        }
+        n = mx_ehlo_auth_list(&s->c.reply, mechs, MX_REPLY_TEXT_MAX + 1);
+        v = n ? PyUnicode_DecodeUTF8(mechs, (Py_ssize_t)n, "replace") : NULL;
+        PyMem_Free(mechs);
+        if (n && (!v || PyDict_SetItemString(d, "AUTH", v) < 0)) {
+            Py_XDECREF(v);
+            Py_DECREF(d);
+            return -1;
+        }
+        Py_XDECREF(v);
+    }
+    Py_XSETREF(s->caps_dict, d);
+    return 0;
+}
+
+/* EHLO (or HELO where allowed); the body of ehlo() and of the re-EHLO after
+ * STARTTLS.  Returns a new Reply or NULL. */
+static PyObject *
+do_ehlo(Session *s, const char *name)
+{
+    char cmd[MX_DOMAIN_MAX + 16];
+    size_t len;
+    PyObject *r;
+    mx_verdict v;
+
+    if (mx_cmd_hello(cmd, sizeof(cmd), &len, "EHLO", name, strlen(name)) != MX_CMD_OK)
+        return raise_exc(s, MX_EXC_INPUT, STG_EHLO, NULL, NULL,
+                         "ehlo name %s is not a valid domain", name);
+    if (exchange(s, cmd, len, NULL, TO_EHLO) < 0)
+        return fail_io(s, STG_EHLO);
+    if (judge(s, MX_AFTER_EHLO, STG_EHLO, &v) < 0)
+        return NULL;
+    if (s->c.reply.code == 250) {
+        r = make_reply(s, STG_EHLO);
+        if (!r || take_capabilities(s) < 0) {
+            Py_XDECREF(r);
+            return NULL;
+        }
+        s->esmtp = 1;
+        Py_XSETREF(s->ehlo_reply, Py_NewRef(r));
+        set_state(s, S_READY);
+        return r;
+    }
+    if (s->c.reply.code >= 500 && s->helo_fallback) {
+        (void)mx_cmd_hello(cmd, sizeof(cmd), &len, "HELO", name, strlen(name));
+        if (exchange(s, cmd, len, NULL, TO_EHLO) < 0)
+            return fail_io(s, STG_EHLO);
+        if (judge(s, MX_AFTER_EHLO, STG_EHLO, &v) < 0)
+            return NULL;
+        if (s->c.reply.code == 250) {
+            memset(&s->caps, 0, sizeof(s->caps));
+            Py_XSETREF(s->caps_dict, PyDict_New());
+            if (!s->caps_dict)
+                return NULL;
+            s->esmtp = 0;
+            r = make_reply(s, STG_EHLO);
+            Py_XSETREF(s->ehlo_reply, r ? Py_NewRef(r) : NULL);
+            if (r)
+                set_state(s, S_READY);
+            return r;
+        }
+    }
+    return fail_reply(s, MX_EXC_REFUSED, STG_EHLO,
+                      s->helo_fallback ? "the server refused EHLO and HELO"
+                                       : "the server refused EHLO (HELO fallback "
+                                         "is off: TLS or authentication is required)");
+}
+
+MX_DOC(ehlo_doc,
+"ehlo(name=None) -> Reply\n\n"
+"Sends EHLO and reads the capabilities.  Falls back to HELO only when the\n"
+"session was made with helo_fallback=True.");
+
+PyObject *
+Session_ehlo(Session *s, PyObject *args, PyObject *kw)
+{
+    static char *kwlist[] = {"name", NULL};
+    PyObject *name = Py_None, *res = NULL;
+    const char *n;
+    Py_ssize_t len;
+
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "|O", kwlist, &name))
+        return NULL;
+    if (enter(s, 1) < 0)
+        return NULL;
+    if (name == Py_None)
+        n = s->ehlo_name;
+    else if (!(n = arg_utf8(s, name, "ehlo name", mx_cmd_check_domain, &len, STG_EHLO)))
+        goto done;
+    if (s->state == S_MAIL || s->state == S_RCPT) {
+        raise_exc(s, MX_EXC_STATE, STG_EHLO, NULL, NULL,
+                  "EHLO in the middle of a mail transaction; call rset() first");
+        goto done;
+    }
+    res = do_ehlo(s, n);
+done:
+    leave(s);
+    return res;
+}
+
+/* EHLO with the configured name if none was done yet; 0 or -1 raised. */
+int
+ensure_ehlo(Session *s)
+{
+    PyObject *r;
+
+    if (s->state != S_CONNECTED)
+        return 0;
+    r = do_ehlo(s, s->ehlo_name);
+    if (!r)
+        return -1;
+    Py_DECREF(r);
+    return 0;
+}
+
+/* EHLO if none was done, then requires that no mail transaction is open.
+ * `what` names the operation for the error.  0, or -1 raised. */
+int
+need_ready(Session *s, const char *what)
+{
+    if (ensure_ehlo(s) < 0)
+        return -1;
+    if (s->state != S_READY) {
+        raise_exc(s, MX_EXC_STATE, STG_MAIL, NULL, NULL,
+                  "%s needs a session with no transaction open (state %s); call rset()",
+                  what, state_names[s->state]);
+        return -1;
+    }
+    return 0;
+}
+
+MX_DOC(starttls_doc,
+"starttls() -> Reply\n\n"
+"Upgrades the connection with STARTTLS (RFC 3207), verifies the server,\n"
+"forgets everything learnt before TLS and sends EHLO again.  Returns the\n"
+"220 reply.  Raises TLSError when the server does not offer or refuses\n"
+"STARTTLS, ProtocolError when bytes arrive between the 220 and the\n"
+"handshake (response injection), CertificateError when verification fails.");
+
+PyObject *
+Session_starttls(Session *s, PyObject *unused)
+{
+    PyObject *res = NULL, *r = NULL;
+    char cmd[16];
+    size_t len;
+    mx_verdict v;
+
+    (void)unused;
+    if (enter(s, 1) < 0)
+        return NULL;
+    if (s->c.ssl) {
+        raise_exc(s, MX_EXC_STATE, STG_STARTTLS, NULL, NULL, "TLS is already active");
+        goto done;
+    }
+    if (s->state == S_MAIL || s->state == S_RCPT) {
+        raise_exc(s, MX_EXC_STATE, STG_STARTTLS, NULL, NULL,
+                  "STARTTLS in the middle of a mail transaction");
+        goto done;
+    }
+    if (ensure_ctx(s, STG_STARTTLS) < 0 || ensure_ehlo(s) < 0)
+        goto done;
+    if (!(s->caps.ext & MX_EXT_STARTTLS)) {
+        raise_exc(s, MX_EXC_TLS, STG_STARTTLS, s->ehlo_reply, NULL,
+                  "the server does not offer STARTTLS; nothing was sent in the "
+                  "clear.  Enable TLS on the connector or use security='ssl'");
+        goto done;
+    }
+    (void)mx_cmd_simple(cmd, sizeof(cmd), &len, "STARTTLS");
+    if (exchange(s, cmd, len, NULL, TO_STARTTLS) < 0) {
+        fail_io(s, STG_STARTTLS);
+        goto done;
+    }
+    if (judge(s, MX_AFTER_STARTTLS, STG_STARTTLS, &v) < 0)
+        goto done;
+    if (s->c.reply.code != 220) {
+        fail_reply(s, MX_EXC_TLS, STG_STARTTLS,
+                   "the server refused STARTTLS; nothing was sent in the clear");
+        goto done;
+    }
+    r = make_reply(s, STG_STARTTLS);
+    if (!r)
+        goto done;
+    if (s->c.rstart < s->c.rend) {   /* not mx_conn_in_step: OpenSSL holds nothing yet */
+        char why[200];
+        snprintf(why, sizeof(why),
+                 "%zu bytes arrived after the 220 to STARTTLS, before the TLS "
+                 "handshake (response injection?); they were discarded",
+                 s->c.rend - s->c.rstart);
+        poison(s, why);
+        raise_exc(s, MX_EXC_PROTOCOL, STG_STARTTLS, r, NULL, "STARTTLS: %s", why);
+        goto done;
+    }
+    if (handshake(s) < 0) {
+        fail_io(s, STG_STARTTLS);
+        goto done;
+    }
+    /* RFC 3207 §4.2: forget all knowledge obtained before TLS */
+    memset(&s->caps, 0, sizeof(s->caps));
+    Py_CLEAR(s->caps_dict);
+    Py_CLEAR(s->ehlo_reply);
+    s->esmtp = 0;
+    s->authenticated = 0;
+    mx_reply_parser_init(&s->c.parser);
+    s->c.rstart = s->c.rend = 0;
+    set_state(s, S_CONNECTED);
+    if (ensure_ehlo(s) < 0)
+        goto done;
+    res = Py_NewRef(r);
+done:
+    Py_XDECREF(r);
+    leave(s);
+    return res;
+}
+
+/* Formats MAIL/RCPT with the address and params from Python; -1 raised. */
+int
+format_path(Session *s, const char *verb, PyObject *addr, PyObject *params,
+            const char *extra, stage stg, char *out, size_t cap, size_t *len,
+            int *non_ascii)
+{
+    const char *a;
+    Py_ssize_t alen;
+    char pbuf[1024];
+    size_t plen = 0;
+    mx_cmd_status cs;
+
+    if (!(a = arg_utf8(s, addr, stg == STG_MAIL ? "sender address" : "recipient address",
+                       mx_cmd_check_address, &alen, stg)))
+        return -1;
+    if (non_ascii && !is_ascii(a, alen))
+        *non_ascii = 1;
+    pbuf[0] = '\0';
+    if (extra && extra[0]) {
+        plen = strlen(extra);
+        memcpy(pbuf, extra, plen + 1);
+    }
+    if (params && params != Py_None) {
+        PyObject *fast = PySequence_Fast(params, "options must be a sequence of str");
+        Py_ssize_t i, n;
+        if (!fast)
+            return -1;
+        n = PySequence_Fast_GET_SIZE(fast);
+        for (i = 0; i < n; i++) {
+            PyObject *it = PySequence_Fast_GET_ITEM(fast, i);
+            Py_ssize_t ilen;
+            const char *ip = arg_utf8(s, it, "ESMTP option", mx_cmd_check_params, &ilen, stg);
+            if (!ip || (size_t)ilen + plen + 2 > sizeof(pbuf)) {
+                if (ip)
+                    raise_exc(s, MX_EXC_INPUT, stg, NULL, NULL,
+                              "ESMTP options are longer than 1000 octets");
+                Py_DECREF(fast);
+                return -1;
+            }
+            if (plen)
+                pbuf[plen++] = ' ';
+            memcpy(pbuf + plen, ip, (size_t)ilen);
+            plen += (size_t)ilen;
+            pbuf[plen] = '\0';
+        }
+        Py_DECREF(fast);
+    }
+    cs = mx_cmd_path(out, cap, len, verb, a, (size_t)alen, pbuf, plen);
+    if (cs != MX_CMD_OK) {
+        raise_exc(s, MX_EXC_INPUT, stg, NULL, NULL, "%s command %s", verb, mx_cmd_strerror(cs));
+        return -1;
+    }
+    return 0;
+}
+
+/* MAIL or RCPT: formats the command, sends it, reads the reply; a 2xx moves
+ * the state to `accepted`.  Returns 0 with s->c.reply holding the answer
+ * (accepted or refused), or -1 raised (bad input, I/O failure, 421). */
+static int
+path_command(Session *s, const char *verb, PyObject *addr, PyObject *opts,
+             const char *extra, stage stg, timeout_key k, sstate accepted)
+{
+    char cmd[MX_PATH_MAX + 1100];
+    size_t len;
+    mx_verdict v;
+
+    if (format_path(s, verb, addr, opts, extra, stg, cmd, sizeof(cmd), &len, NULL) < 0)
+        return -1;
+    if (exchange(s, cmd, len, NULL, k) < 0) {
+        fail_io(s, stg);
+        return -1;
+    }
+    if (judge(s, stg == STG_MAIL ? MX_AFTER_MAIL : MX_AFTER_RCPT, stg, &v) < 0)
+        return -1;
+    if (v == MX_V_ACCEPTED)
+        set_state(s, accepted);
+    return 0;
+}
+
+MX_DOC(mail_doc,
+"mail(sender, options=()) -> Reply\n\n"
+"Sends MAIL FROM and returns the reply, accepted or not (like smtplib's\n"
+"mail()); raises only when the exchange itself fails.");
+
+PyObject *
+Session_mail(Session *s, PyObject *args, PyObject *kw)
+{
+    static char *kwlist[] = {"sender", "options", NULL};
+    PyObject *sender, *opts = Py_None, *res = NULL;
+
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O|O", kwlist, &sender, &opts))
+        return NULL;
+    if (enter(s, 1) < 0)
+        return NULL;
+    if (need_ready(s, "MAIL") < 0)
+        goto done;
+    if (path_command(s, "MAIL FROM", sender, opts, NULL, STG_MAIL, TO_MAIL, S_MAIL) == 0)
+        res = make_reply(s, STG_MAIL);
+done:
+    leave(s);
+    return res;
+}
+
+MX_DOC(rcpt_doc,
+"rcpt(recipient, options=()) -> Reply\n\n"
+"Sends RCPT TO and returns the reply, accepted or not.");
+
+PyObject *
+Session_rcpt(Session *s, PyObject *args, PyObject *kw)
+{
+    static char *kwlist[] = {"recipient", "options", NULL};
+    PyObject *rcpt, *opts = Py_None, *res = NULL;
+
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O|O", kwlist, &rcpt, &opts))
+        return NULL;
+    if (enter(s, 1) < 0)
+        return NULL;
+    if (s->state != S_MAIL && s->state != S_RCPT) {
+        raise_exc(s, MX_EXC_STATE, STG_RCPT, NULL, NULL,
+                  "RCPT needs an accepted MAIL first (state %s)", state_names[s->state]);
+        goto done;
+    }
+    if (path_command(s, "RCPT TO", rcpt, opts, NULL, STG_RCPT, TO_RCPT, S_RCPT) == 0)
+        res = make_reply(s, STG_RCPT);
+done:
+    leave(s);
+    return res;
+}
+
+/* Sends RSET to close a transaction the server may still hold open (after
+ * a refusal) and returns to READY.  0, or -1 raised (the session is then
+ * unusable). */
+static int
+end_transaction(Session *s)
+{
+    char cmd[8];
+    size_t len;
+
+    (void)mx_cmd_simple(cmd, sizeof(cmd), &len, "RSET");
+    if (exchange(s, cmd, len, NULL, TO_COMMAND) < 0) {
+        fail_io(s, STG_RSET);
+        return -1;
+    }
+    set_state(s, S_READY);
+    return 0;
+}
+
+static PyObject *send_body(Session *s, const unsigned char *p, size_t n);
+
+/* DATA, the body and the final reply.  buf is held by the caller.  Returns
+ * a new Reply (2xx) or NULL raised.  The transaction is over either way. */
+static PyObject *
+do_data(Session *s, const unsigned char *p, size_t n)
+{
+    char cmd[8];
+    size_t len;
+    mx_verdict v;
+
+    (void)mx_cmd_simple(cmd, sizeof(cmd), &len, "DATA");
+    if (exchange(s, cmd, len, NULL, TO_DATA) < 0)
+        return fail_io(s, STG_DATA);
+    if (judge(s, MX_AFTER_DATA, STG_DATA, &v) < 0)
+        return NULL;
+    if (v != MX_V_CONTINUE) {
+        PyObject *r = make_reply(s, STG_DATA);
+        if (!r)
+            return NULL;
+        /* close the transaction so the session can go on */
+        if (end_transaction(s) < 0) {
+            Py_DECREF(r);
+            return NULL;
+        }
+        raise_exc(s, MX_EXC_DATA, STG_DATA, r, NULL,
+                  "the server refused DATA; the message was not sent");
+        Py_DECREF(r);
+        return NULL;
+    }
+    return send_body(s, p, n);
+}
+
+/* After a 354: the encoded body, the end marker and the final reply.
+ * Returns a new Reply (2xx) or NULL raised; the transaction is over. */
+static PyObject *
+send_body(Session *s, const unsigned char *p, size_t n)
+{
+    size_t used, out;
+    mx_body_enc enc;
+    mx_verdict v;
+    int rc = 0;
+
+    mx_conn_recordf(&s->c, MX_TR_INFO, "sending body: %zu bytes before encoding", n);
+    mx_body_init(&enc);
+    Py_BEGIN_ALLOW_THREADS
+    while (n) {
+        out = mx_body_encode(&enc, p, n, &used, s->c.wbuf, MX_WBUF);
+        p += used;
+        n -= used;
+        if ((rc = mx_conn_write(&s->c, s->c.wbuf, out, deadline_for(s, TO_DATA_BLOCK), NULL)) < 0)
+            break;
+    }
+    if (rc == 0) {
+        out = mx_body_finish(&enc, s->c.wbuf, MX_WBUF);
+        mx_conn_record(&s->c, MX_TR_CLIENT, ".", 1);
+        rc = mx_conn_write(&s->c, s->c.wbuf, out, deadline_for(s, TO_DATA_BLOCK), NULL);
+    }
+    if (rc == 0)
+        rc = mx_conn_recv_reply(&s->c, deadline_for(s, TO_END_OF_DATA));
+    Py_END_ALLOW_THREADS
+    if (rc < 0)
+        return fail_io(s, STG_END_OF_DATA);
+    set_state(s, S_READY);
+    if (judge(s, MX_AFTER_END_OF_DATA, STG_END_OF_DATA, &v) < 0)
+        return NULL;
+    if (v != MX_V_ACCEPTED)
+        return fail_reply(s, MX_EXC_DATA, STG_END_OF_DATA,
+                          "the server refused the message at end of data");
+    return make_reply(s, STG_END_OF_DATA);
+}
+
+MX_DOC(data_doc,
+"data(body) -> Reply\n\n"
+"Sends DATA, then the body (any bytes-like object) with bare CR and LF\n"
+"turned into CRLF and leading dots doubled, then the end-of-data marker.\n"
+"Returns the final 2xx reply; raises DataRefused (stage DATA or\n"
+"END_OF_DATA) otherwise.  The message is sent only if this returns.");
+
+PyObject *
+Session_data(Session *s, PyObject *arg)
+{
+    Py_buffer view;
+    PyObject *res = NULL;
+
+    if (PyUnicode_Check(arg)) {
+        PyErr_SetString(PyExc_TypeError,
+                        "data() takes bytes; encode the message first (or use send_message)");
+        return NULL;
+    }
+    if (PyObject_GetBuffer(arg, &view, PyBUF_SIMPLE) < 0)
+        return NULL;
+    if (enter(s, 1) < 0)
+        goto release;
+    if (s->state != S_RCPT)
+        raise_exc(s, MX_EXC_STATE, STG_DATA, NULL, NULL,
+                  "DATA needs at least one accepted recipient (state %s)",
+                  state_names[s->state]);
+    else
+        res = do_data(s, view.buf, (size_t)view.len);
+    leave(s);
+release:
+    PyBuffer_Release(&view);
+    return res;
+}
+
+/* A simple command whose reply is returned as is. */
+static PyObject *
+simple_command(Session *s, const char *verb, stage stg, timeout_key k)
+{
+    char cmd[16];
+    size_t len;
+    PyObject *res = NULL;
+    mx_verdict v;
+
+    if (enter(s, 1) < 0)
+        return NULL;
+    (void)mx_cmd_simple(cmd, sizeof(cmd), &len, verb);
+    if (exchange(s, cmd, len, NULL, k) < 0) {
+        fail_io(s, stg);
+        goto done;
+    }
+    if (judge(s, stg == STG_RSET ? MX_AFTER_RSET : MX_AFTER_NOOP, stg, &v) < 0)
+        goto done;
+    if (stg == STG_RSET && v == MX_V_ACCEPTED && s->state != S_CONNECTED)
+        set_state(s, S_READY);
+    res = make_reply(s, stg);
+done:
+    leave(s);
+    return res;
+}
+
+PyObject *
+Session_rset(Session *s, PyObject *unused)
+{
+    (void)unused;
+    return simple_command(s, "RSET", STG_RSET, TO_COMMAND);
+}
+
+PyObject *
+Session_noop(Session *s, PyObject *unused)
+{
+    (void)unused;
+    return simple_command(s, "NOOP", STG_NOOP, TO_COMMAND);
+}
+
+MX_DOC(quit_doc,
+"quit() -> Reply or None\n\n"
+"Sends QUIT and closes the connection.  Returns the server's reply, or None\n"
+"when the session was not open; a failure while quitting still closes.");
+
+PyObject *
+Session_quit(Session *s, PyObject *unused)
+{
+    char cmd[8];
+    size_t len;
+    PyObject *res = NULL;
+
+    (void)unused;
+    if (enter(s, 0) < 0)
+        return NULL;
+    if (s->c.fd < 0 || s->state == S_ERROR || s->state == S_CLOSED || s->state == S_NEW) {
+        mx_conn_drop(&s->c);
+        if (s->state != S_ERROR)
+            set_state(s, S_CLOSED);
+        res = Py_NewRef(Py_None);
+        goto done;
+    }
+    (void)mx_cmd_simple(cmd, sizeof(cmd), &len, "QUIT");
+    if (exchange(s, cmd, len, NULL, TO_QUIT) < 0) {
+        fail_io(s, STG_QUIT);
+        goto done;
+    }
+    res = make_reply(s, STG_QUIT);
+    mx_conn_drop(&s->c);
+    set_state(s, S_CLOSED);
+done:
+    leave(s);
+    return res;
+}
+
+PyObject *
+Session_close(Session *s, PyObject *unused)
+{
+    (void)unused;
+    if (enter(s, 0) < 0)
+        return NULL;
+    mx_conn_drop(&s->c);
+    if (s->state != S_ERROR)
+        set_state(s, S_CLOSED);
+    leave(s);
+    Py_RETURN_NONE;
+}
+
+MX_DOC(set_deadline_doc,
+"set_deadline(seconds) -> None\n\n"
+"Bounds everything that follows: no step may end later than `seconds` from\n"
+"now (None removes the bound).  Stage timeouts still apply within it.");
+
+PyObject *
+Session_set_deadline(Session *s, PyObject *arg)
+{
+    double secs;
+
+    if (arg == Py_None) {
+        s->deadline = 0;
+        Py_RETURN_NONE;
+    }
+    secs = PyFloat_AsDouble(arg);
+    if (secs == -1.0 && PyErr_Occurred())
+        return NULL;
+    if (!(secs > 0) || secs > 86400.0 * 7) {
+        PyErr_SetString(PyExc_ValueError, "deadline must be between 0 and 604800 seconds");
+        return NULL;
+    }
+    s->deadline = mx_now_ms() + (int64_t)(secs * 1000.0 + 0.5);
+    Py_RETURN_NONE;
+}
+

@@ -1,0 +1,2 @@
+"""Glue for the places Python already sends mail: Django (`mailexpress.contrib.django`)
+and the logging module (`mailexpress.contrib.logging`)."""
