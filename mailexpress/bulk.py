@@ -33,7 +33,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sized
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from email.message import EmailMessage
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from .batches import Kept, ProgressArg, Reporter, Shared, maybe_resent, not_sent, send_prepared
 from .client import connect
@@ -170,6 +170,7 @@ class _Run:
         self.recipients = 0                    # recipients handed to the server in this run
         self.on_connection = 0                 # messages handed to this connection
         self.accepted_here = 0                 # messages it accepted
+        self.accepted_total = 0
         self.closed_after: list[int] = []      # the server's per-connection limit, as seen
         self.throttled: list[str] = []         # rate / concurrency replies seen
         self.quota: str | None = None
@@ -214,7 +215,8 @@ class _Run:
                     self.resend_unknown and row.state in ("wire", "unknown")):
                 go.append(e)
             else:
-                done.append((e, row.outcome()))
+                # a SendResult stands for its record: BulkResult and the reporter take either
+                done.append((e, cast(Kept, row.outcome())))
         self._final(done)
         return go
 
@@ -283,6 +285,10 @@ class _Run:
         if self.journal is not None and keys:
             self.journal.mark_wire(keys)
         got = send_prepared(session, [e[2] for e in batch], self.stop_on_error, self.shared)
+        for k in got:
+            if isinstance(k, Error) and k.reply is not None and classify(k.reply, k.stage) is Pushback.QUOTA:
+                # not delivered for the day's quota, not for what it is: it may go another day
+                k.retry_safe = True     # type: ignore[attr-defined]
         if self.journal is not None and keys:
             self.journal.record((e[4], expand(k)) for e, k in zip(batch, got) if e[4] is not None)
         return got
@@ -352,8 +358,8 @@ class _Run:
                        f"({self.throttled[-1]}); set limits messages_per_minute (and connections) "
                        "below its limit")
         if self.quota:
-            out.append(f"the server's quota was reached after {self.recipients} recipient(s) in this "
-                       f"run ({self.quota}); set limits recipients_per_day")
+            out.append(f"the server's quota was reached after {self.accepted_total} accepted message(s) "
+                       f"in this run ({self.quota}); set limits recipients_per_day")
         return tuple(out)
 
     def _summary(self, result: BulkResult) -> None:
@@ -502,6 +508,7 @@ class _Run:
                     continue
             else:
                 self.accepted_here += 1
+                self.accepted_total += 1
             final.append((entry, kept))
         self._final(final)
         built, self.built = self.built, []
@@ -521,11 +528,12 @@ class _Run:
             self.carry.extendleft(reversed(pending))
             return False
         if push in (Pushback.RATE, Pushback.CONCURRENCY):
-            reply = again[0][1].reply if isinstance(again[0][1], Error) else None
+            first = again[0][1]
+            reply = first.reply if isinstance(first, Error) else None
             self.throttled.append(str(reply))
             delay = self.backoff.next_delay()
             if delay is None:
-                self._end(type(again[0][1]), f"the server kept throttling after {self.backoff.tries} "
+                self._end(type(first) if isinstance(first, Error) else StateError, f"the server kept throttling after {self.backoff.tries} "
                           f"waits ({reply})", pending + list(self.carry))
                 return False
             log.info("the server throttled the run (%s); waiting %.1f s", reply, delay)
