@@ -30,8 +30,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sized
-from concurrent.futures import Future, ThreadPoolExecutor
-from concurrent.futures import TimeoutError as FutureTimeout
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from email.message import EmailMessage
 from typing import TYPE_CHECKING, Any, cast
 
@@ -69,7 +68,8 @@ def send_many(config: Config, messages: Iterable[Mapping[str, Any] | EmailMessag
               batch_size: int = 100, reconnects: int = 2, token_provider: Any = None,
               limits: Limits | str | Mapping[str, Any] | None = None,
               retries: int = 8, max_wait: float = 300.0,
-              journal: str | Journal | None = None, resend_unknown: bool = False) -> BulkResult:
+              journal: str | Journal | None = None, resend_unknown: bool = False,
+              connections: int = 1) -> BulkResult:
     """The bulk form of `send_as`: many messages through the connector
     over one connection, pipelined, the input read as it is sent.
 
@@ -94,8 +94,10 @@ def send_many(config: Config, messages: Iterable[Mapping[str, Any] | EmailMessag
     default the config's ``limits``) paces and bounds the run (docs/bulk.md).
     ``journal`` (a path or a `Journal`) records every message so that the
     same call again sends only what is not yet sent; messages whose fate is
-    unknown are not resent unless ``resend_unknown``.  ``token_provider``
-    is `send_as`'s: each new connection takes a token from it.
+    unknown are not resent unless ``resend_unknown``.  ``connections``
+    sessions send in parallel (at most the limits' ``connections``); the
+    outcomes keep the input's order.  ``token_provider`` is `send_as`'s:
+    the sessions share the token it gives.
 
     Returns a `BulkResult`.  An exception (Ctrl-C, a progress callback's,
     a connection that cannot be opened at all) carries the outcomes of every
@@ -121,6 +123,10 @@ def send_many(config: Config, messages: Iterable[Mapping[str, Any] | EmailMessag
     else:
         source = messages
     chosen = Limits.coerce(limits if limits is not None else getattr(config, "limits", None))
+    if isinstance(connections, bool) or not isinstance(connections, int) or connections < 1:
+        raise InputError(f"connections must be a whole number of at least 1, not {connections!r}")
+    if chosen is not None and chosen.connections is not None:
+        connections = min(connections, chosen.connections)
     default_sender = sender or config.from_address
     default_reply_to = reply_to if reply_to is not None else config.reply_to_address
     own_journal = journal is not None and not isinstance(journal, Journal)
@@ -128,7 +134,8 @@ def send_many(config: Config, messages: Iterable[Mapping[str, Any] | EmailMessag
     assert jr is None or isinstance(jr, Journal)
     run = _Run(config, source, template, default_sender, default_reply_to,
                stop_on_error, progress, batch_size, reconnects, chosen,
-               Backoff(base=min(2.0, max_wait), cap=max_wait, tries=retries), jr, resend_unknown)
+               Backoff(base=min(2.0, max_wait), cap=max_wait, tries=retries), jr, resend_unknown,
+               connections)
     try:
         return run.go()
     finally:
@@ -143,7 +150,7 @@ class _Run:
                  sender: str | None, reply_to: str | None, stop_on_error: bool,
                  progress: ProgressArg, batch_size: int, reconnects: int,
                  limits: Limits | None, backoff: Backoff, journal: Journal | None,
-                 resend_unknown: bool) -> None:
+                 resend_unknown: bool, connections: int) -> None:
         self.config = config
         self.total = len(source) if isinstance(source, Sized) else None
         self.source: Iterator[Any] = iter(source)
@@ -168,16 +175,15 @@ class _Run:
         self.finished = False                  # the run ends: the rest is not sent
         self.stop: tuple[type[Error], str] | None = None   # end after what is in flight
         self.recipients = 0                    # recipients handed to the server in this run
-        self.on_connection = 0                 # messages handed to this connection
-        self.accepted_here = 0                 # messages it accepted
         self.accepted_total = 0
         self.closed_after: list[int] = []      # the server's per-connection limit, as seen
         self.throttled: list[str] = []         # rate / concurrency replies seen
         self.quota: str | None = None
-        self.inflight: tuple[Future[list[Kept]], list[Entry]] | None = None
-        self.built: list[Entry] = []           # read and built, not yet on the wire
-        self.pool: ThreadPoolExecutor | None = None
-        self.abandoned = False                 # the wire thread still runs after an exception
+        self.lanes: list[_Lane] = []           # the open sessions
+        self.target = connections              # how many to keep open
+        self.concurrency: int | None = None    # the server's limit, as seen
+        self.ended: tuple[type[Error], str] | None = None
+        self.abandoned = False                 # a wire thread still runs after an exception
 
     # -- input and building ---------------------------------------------------------
 
@@ -263,9 +269,16 @@ class _Run:
         self.reporter.update(done)
 
     def _end(self, cls: type[Error], why: str, pending: Iterable[Entry]) -> None:
-        """The run stops: everything not sent yet is final, not sent."""
+        """The run stops: everything not sent yet (``pending``, what waits to be
+        sent again, what the other sessions have built) is final, not sent."""
+        if self.ended is None:
+            self.ended = (cls, why)
+        waiting = list(pending) + list(self.carry)
+        for lane in self.lanes:
+            waiting += lane.built
+            lane.built = []
         rest: list[tuple[Entry, Kept]] = [(e, e[2] if isinstance(e[2], InputError) else not_sent(cls, why))
-                                          for e in pending]
+                                          for e in waiting]
         self._final(rest)
         self.finished = True
         self.carry.clear()
@@ -293,13 +306,6 @@ class _Run:
             self.journal.record((e[4], expand(k)) for e, k in zip(batch, got) if e[4] is not None)
         return got
 
-    def _wait(self, fut: Future[list[Kept]]) -> list[Kept]:
-        while True:
-            try:
-                return fut.result(timeout=TICK)
-            except FutureTimeout:
-                continue
-
     @staticmethod
     def _sleep(seconds: float) -> None:
         end = time.monotonic() + seconds
@@ -310,15 +316,8 @@ class _Run:
 
     def go(self) -> BulkResult:
         started = time.monotonic()
-        self.pool = ThreadPoolExecutor(1, thread_name_prefix="mailexpress-send")
         try:
-            self.built = self._take(self._room())
-            while self.built:        # nothing to send: no connection
-                session = self._connect()
-                if session is not None:
-                    self._one_connection(session)
-                if not self.finished:
-                    self.built = self._take(self._room())
+            self._loop()
         except BaseException as exc:
             self._rescue(exc)
             result = self._result(started)
@@ -330,7 +329,9 @@ class _Run:
             raise
         finally:
             self.reporter.close()
-            self.pool.shutdown(wait=not self.abandoned)
+            for lane in self.lanes:
+                self.abandoned |= not lane.close()
+            self.lanes = []
         result = self._result(started)
         self._summary(result)
         return result
@@ -357,6 +358,9 @@ class _Run:
             out.append(f"the server throttled the run {len(self.throttled)} time(s) "
                        f"({self.throttled[-1]}); set limits messages_per_minute (and connections) "
                        "below its limit")
+        if self.concurrency is not None:
+            out.append(f"the server refused more than {self.concurrency} concurrent connection(s); "
+                       f"set limits connections={self.concurrency}")
         if self.quota:
             out.append(f"the server's quota was reached after {self.accepted_total} accepted message(s) "
                        f"in this run ({self.quota}); set limits recipients_per_day")
@@ -374,31 +378,37 @@ class _Run:
         if self.pacer is not None:
             self.pacer.cancel()
         why = f"the run was stopped ({type(exc).__name__}) before this message went out"
-        if self.inflight is not None:
-            fut, batch = self.inflight
-            self.inflight = None
-            try:
-                got = fut.result(timeout=TICK)
-            except FutureTimeout:
-                unknown: list[tuple[Entry, Kept]] = []
-                for e in batch:
-                    err = StateError(f"outcome unknown: the run was stopped ({type(exc).__name__}) "
-                                     "while this message's batch was on the wire; it may have been "
-                                     "delivered")
-                    err.delivered = None    # type: ignore[attr-defined]
-                    err.retry_safe = False  # type: ignore[attr-defined]
-                    unknown.append((e, err))
-                self._fill(unknown)
-                self.abandoned = True       # the batch finishes on its own; then the session closes
-            except BaseException as wire_exc:   # noqa: BLE001 - the first exception is the one raised
-                self._fill([(e, not_sent(StateError, f"{why}: {wire_exc}")) for e in batch])
-            else:
-                for _ in batch[len(got):]:
-                    got.append(not_sent(StateError, why))
-                self._fill(list(zip(batch, got)))
+        busy = [lane.inflight[0] for lane in self.lanes if lane.inflight is not None]
+        if busy:
+            wait(busy, timeout=TICK)
+        for lane in self.lanes:
+            if lane.inflight is not None:
+                fut, batch = lane.inflight
+                if not fut.done():
+                    unknown: list[tuple[Entry, Kept]] = []
+                    for e in batch:
+                        err = StateError(f"outcome unknown: the run was stopped ({type(exc).__name__}) "
+                                         "while this message's batch was on the wire; it may have been "
+                                         "delivered")
+                        err.delivered = None    # type: ignore[attr-defined]
+                        err.retry_safe = False  # type: ignore[attr-defined]
+                        unknown.append((e, err))
+                    self._fill(unknown)         # the batch finishes on its own; then the session closes
+                else:
+                    lane.inflight = None
+                    try:
+                        got = fut.result()
+                    except BaseException as wire_exc:   # noqa: BLE001 - the first exception is the one raised
+                        self._fill([(e, not_sent(StateError, f"{why}: {wire_exc}")) for e in batch])
+                    else:
+                        for _ in batch[len(got):]:
+                            got.append(not_sent(StateError, why))
+                        self._fill(list(zip(batch, got)))
+            self._fill([(e, e[2] if isinstance(e[2], InputError) else not_sent(StateError, why))
+                        for e in lane.built])
+            lane.built = []
         self._fill([(e, e[2] if isinstance(e[2], InputError) else not_sent(StateError, why))
-                    for e in self.built + list(self.carry)])
-        self.built = []
+                    for e in self.carry])
         self.carry.clear()
         # anything else read but without an outcome (a callback that raised mid-update)
         for i, o in enumerate(self.outcomes):
@@ -411,9 +421,62 @@ class _Run:
             if self.outcomes[entry[0]] is None:
                 self.outcomes[entry[0]] = kept
 
-    def _connect(self) -> Session | None:
-        """A new session; waits out the server's rate and concurrency
-        replies.  None when the run ends instead (the batch has outcomes)."""
+    def _loop(self) -> None:
+        """Opens sessions (up to ``target``) while there is input, feeds each a
+        batch at a time, and takes their outcomes as they land."""
+        while True:
+            while not self.finished and len(self.lanes) < self.target:
+                batch = self._take(self._room())
+                if not batch:
+                    break
+                lane = self._open(batch)
+                if lane is None:
+                    break
+                self.lanes.append(lane)
+            if not self.lanes:
+                if self.finished or not (self.carry or not self.exhausted):
+                    return
+                continue            # a connection was refused while others closed: try again
+            for lane in self.lanes:
+                if lane.inflight is None and not lane.done:
+                    self._feed(lane)
+            busy = [lane.inflight[0] for lane in self.lanes if lane.inflight is not None]
+            if busy:
+                wait(busy, timeout=TICK, return_when=FIRST_COMPLETED)
+            for lane in list(self.lanes):
+                if lane.inflight is not None and lane.inflight[0].done():
+                    fut, sent = lane.inflight
+                    lane.inflight = None
+                    if not self._after(lane, fut.result(), sent):
+                        lane.done = True
+                if lane.inflight is None and (lane.done or not lane.built):
+                    self.carry.extendleft(reversed(lane.built))
+                    lane.built = []
+                    lane.close()
+                    self.lanes.remove(lane)
+
+    def _feed(self, lane: _Lane) -> None:
+        """Puts the lane's next batch on the wire and builds the one after."""
+        if not lane.built:
+            room = self.limits.messages_per_connection
+            lane.built = [] if self.stop is not None else self._take(
+                None if room is None else room - lane.on_connection)
+            self._build(lane.built, lane.caps)
+        if not lane.built:
+            return
+        batch = self._within_day(lane.built)
+        lane.on_connection += len(batch)
+        lane.built = []
+        lane.inflight = (lane.pool.submit(self._wire, lane.session, batch), batch)
+        room = self.limits.messages_per_connection
+        if self.stop is None:       # built while the batch is on the wire
+            lane.built = self._take(None if room is None else room - lane.on_connection)
+            self._build(lane.built, lane.caps)
+
+    def _open(self, batch: list[Entry]) -> _Lane | None:
+        """A new session for ``batch``; waits out the server's rate and
+        concurrency replies when no other session is open.  None when no
+        session was opened (the batch is put back, or has outcomes)."""
         while True:
             try:
                 session = connect(self.config)
@@ -421,46 +484,33 @@ class _Run:
                 kind = classify(exc.reply, exc.stage or Stage.CONNECT)
                 if kind in (Pushback.RATE, Pushback.CONCURRENCY):
                     self.throttled.append(str(exc.reply))
+                    if self.lanes:          # enough sessions for this server: go on with these
+                        self.target = len(self.lanes)
+                        self.concurrency = len(self.lanes)
+                        self.carry.extendleft(reversed(batch))
+                        return None
                     delay = self.backoff.next_delay()
                     if delay is not None:
                         log.info("the server refused a connection (%s); waiting %.1f s", exc.reply, delay)
                         self._sleep(delay)
                         continue
                 if self.connections == 0 and kind is None:
+                    self.carry.extendleft(reversed(batch))
                     raise
-                pending, self.built = self.built, []
-                self._end(type(exc), f"no connection: {exc}", pending + list(self.carry))
+                if self.lanes:
+                    self.target = len(self.lanes)
+                    self.carry.extendleft(reversed(batch))
+                    return None
+                self._end(type(exc), f"no connection: {exc}", batch)
                 return None
+            except BaseException:
+                self.carry.extendleft(reversed(batch))
+                raise
             self.connections += 1
-            self.on_connection = self.accepted_here = 0
-            return session
-
-    def _one_connection(self, session: Session) -> None:
-        assert self.pool is not None
-        try:
-            caps = (session.has_extn("8BITMIME"), session.has_extn("SMTPUTF8"))
-            while True:
-                self._build(self.built, caps)            # while the previous batch is on the wire
-                if self.inflight is not None:
-                    fut, sent = self.inflight
-                    got = self._wait(fut)
-                    self.inflight = None
-                    if not self._after(session, got, sent):
-                        return
-                if not self.built:
-                    return
-                batch = self._within_day(self.built)
-                self.on_connection += len(batch)
-                self.built = []
-                self.inflight = (self.pool.submit(self._wire, session, batch), batch)
-                room = self.limits.messages_per_connection
-                if self.stop is None:
-                    self.built = self._take(None if room is None else room - self.on_connection)
-        finally:
-            if self.inflight is not None:       # an exception: _rescue decides on the wire
-                self.pool.submit(session.close_quietly)
-            else:
-                session.close_quietly()
+            lane = _Lane(session, len(self.lanes))
+            lane.built = batch
+            self._build(batch, lane.caps)
+            return lane
 
     def _within_day(self, batch: list[Entry]) -> list[Entry]:
         """The head of the batch that keeps the run within recipients_per_day;
@@ -481,8 +531,9 @@ class _Run:
             self.recipients += n
         return batch
 
-    def _after(self, session: Session, got: list[Kept], sent: list[Entry]) -> bool:
-        """Takes a finished batch's outcomes; False when this connection is done."""
+    def _after(self, lane: _Lane, got: list[Kept], sent: list[Entry]) -> bool:
+        """Takes a finished batch's outcomes; False when this session is done."""
+        session = lane.session
         for _ in sent[len(got):]:
             got.append(not_sent(StateError, "an earlier message failed and stop_on_error is set"))
         failed = session.state == "ERROR"
@@ -492,7 +543,7 @@ class _Run:
         final: list[tuple[Entry, Kept]] = []
         for entry, kept in zip(sent, got):
             if isinstance(kept, Error):
-                kind = classify(kept.reply, kept.stage, accepted_on_connection=self.accepted_here) \
+                kind = classify(kept.reply, kept.stage, accepted_on_connection=lane.accepted_here) \
                     if kept.reply is not None else None
                 if kind is Pushback.QUOTA:
                     quota = quota or kept
@@ -507,34 +558,42 @@ class _Run:
                     again.append((entry, kept))
                     continue
             else:
-                self.accepted_here += 1
+                lane.accepted_here += 1
                 self.accepted_total += 1
             final.append((entry, kept))
         self._final(final)
-        built, self.built = self.built, []
+        built, lane.built = lane.built, []
         pending = [e for e, _k in again] + built
-        if push is Pushback.CONNECTION and not self.accepted_here:
+        if self.finished:
+            assert self.ended is not None
+            self._end(self.ended[0], self.ended[1], pending)
+            return False
+        if push is Pushback.CONNECTION and not lane.accepted_here:
             push = Pushback.RATE        # refused at once on a fresh connection: wait, then retry
         if quota is not None:
             self.quota = str(quota.reply)
-            self._end(type(quota), f"the server's quota was reached ({quota.reply})",
-                      pending + list(self.carry))
+            self._end(type(quota), f"the server's quota was reached ({quota.reply})", pending)
             return False
         if push is Pushback.CONNECTION:
-            if self.accepted_here:
-                self.closed_after.append(self.accepted_here)
+            if lane.accepted_here:
+                self.closed_after.append(lane.accepted_here)
             log.info("the server ended the connection's messages after %d (%s); reconnecting",
-                     self.accepted_here, again[0][1])
+                     lane.accepted_here, again[0][1])
             self.carry.extendleft(reversed(pending))
             return False
         if push in (Pushback.RATE, Pushback.CONCURRENCY):
             first = again[0][1]
             reply = first.reply if isinstance(first, Error) else None
             self.throttled.append(str(reply))
+            if push is Pushback.CONCURRENCY and len(self.lanes) > 1:
+                self.target = len(self.lanes) - 1       # one session fewer, no wait
+                self.concurrency = self.target
+                self.carry.extendleft(reversed(pending))
+                return False
             delay = self.backoff.next_delay()
             if delay is None:
-                self._end(type(first) if isinstance(first, Error) else StateError, f"the server kept throttling after {self.backoff.tries} "
-                          f"waits ({reply})", pending + list(self.carry))
+                self._end(type(first) if isinstance(first, Error) else StateError,
+                          f"the server kept throttling after {self.backoff.tries} waits ({reply})", pending)
                 return False
             log.info("the server throttled the run (%s); waiting %.1f s", reply, delay)
             self.carry.extendleft(reversed(pending))
@@ -552,17 +611,36 @@ class _Run:
                 self.carry.extendleft(reversed(pending))
             else:
                 self._final(again)
-                self._end(cls, "the session failed before this message went out",
-                          built + list(self.carry))
+                self._end(cls, "the session failed before this message went out", built)
             return False
-        if self.accepted_here:
+        if lane.accepted_here:
             self.backoff.reset()
         if self.stop_on_error and any(isinstance(self.outcomes[e[0]], Error) for e in sent):
-            self._end(StateError, "an earlier message failed and stop_on_error is set",
-                      pending + list(self.carry))
+            self._end(StateError, "an earlier message failed and stop_on_error is set", pending)
             return False
         if self.stop is not None:
-            self._end(self.stop[0], self.stop[1], pending + list(self.carry))
+            self._end(self.stop[0], self.stop[1], pending)
             return False
-        self.built = pending
+        lane.built = pending
         return True
+
+
+class _Lane:
+    """One session of a run, with the thread that has its wire."""
+
+    def __init__(self, session: Session, number: int) -> None:
+        self.session = session
+        self.pool = ThreadPoolExecutor(1, thread_name_prefix=f"mailexpress-send-{number}")
+        self.inflight: tuple[Future[list[Kept]], list[Entry]] | None = None
+        self.built: list[Entry] = []            # read and built, not yet on the wire
+        self.on_connection = 0                  # messages handed to this session
+        self.accepted_here = 0                  # messages it accepted
+        self.caps = (session.has_extn("8BITMIME"), session.has_extn("SMTPUTF8"))
+        self.done = False
+
+    def close(self) -> bool:
+        """Closes the session after what is on its wire; True when nothing was."""
+        idle = self.inflight is None or self.inflight[0].done()
+        self.pool.submit(self.session.close_quietly)
+        self.pool.shutdown(wait=idle)
+        return idle

@@ -146,13 +146,15 @@ def test_a_progress_callback_that_raises_gets_the_outcomes(emulator_factory):
     assert len(result) + len(list(source)) == 10
 
 
-def test_ctrl_c_mid_run_is_honoured_within_a_second(emulator_factory):
+@pytest.mark.parametrize("connections", [1, 3])
+def test_ctrl_c_mid_run_is_honoured_within_a_second(emulator_factory, connections):
     em = emulator_factory()
     timer = threading.Timer(1.2, _thread.interrupt_main)
     timer.start()
     started = time.monotonic()
     with pytest.raises(KeyboardInterrupt) as info:
-        mx.send_many(config(em), notices(100), limits={"messages_per_minute": 120})
+        mx.send_many(config(em), notices(100), limits={"messages_per_minute": 120},
+                     connections=connections)
     waited = time.monotonic() - started - 1.2
     assert waited < 1.0
     result = info.value.result
@@ -198,3 +200,48 @@ def test_unknown_ones_are_listed_not_resent_unless_asked(emulator_factory, tmp_p
     assert [i for i, _e in result.unknown] == [1] and result[1].delivered is None
     result = mx.send_many(config(em), msgs, journal=path, resend_unknown=True)
     assert subjects(em) == ["notice 0", "notice 2", "notice 1"] and result.ok
+
+
+# -- parallel sessions -------------------------------------------------------------------
+
+def test_parallel_sessions_keep_the_input_order(emulator_factory):
+    em = emulator_factory()
+    result = mx.send_many(config(em), notices(300), connections=4, batch_size=10)
+    assert result.ok and result.connections == 4 and em.peak_connections == 4
+    assert sorted(subjects(em)) == sorted(f"notice {i}" for i in range(300))   # each once
+    by_id = {m.message["Message-ID"]: m.message["Subject"] for m in em.messages}
+    assert [by_id[r.message_id] for r in result] == [f"notice {i}" for i in range(300)]
+
+
+def test_parallel_sessions_capped_by_the_limits_and_by_the_server(emulator_factory):
+    em = emulator_factory()
+    mx.send_many(config(em), notices(40), connections=4, batch_size=5, limits={"connections": 2})
+    assert em.peak_connections == 2
+    em = emulator_factory(connections_per_client=2)
+    result = mx.send_many(config(em), notices(40), connections=4, batch_size=5)
+    assert result.ok and len(em.messages) == 40 and em.peak_connections == 2
+    assert any("connections=2" in x for x in result.learned), result.learned
+
+
+def test_parallel_sessions_share_one_token(emulator_factory):
+    from mailexpress.testing.emulator import User
+    mailbox = "sender@corp.example"
+    em = emulator_factory(users=[User("sender", "pw", mailbox, rights="self")],
+                          auth_mechanisms=("XOAUTH2",))
+    issued = []
+
+    def provider():
+        issued.append(em.issue_token(mailbox))
+        return issued[-1], time.time() + 3600
+
+    cfg = em.config(username=mailbox, password=None, from_address=mailbox, token_provider=provider)
+    result = mx.send_many(cfg, notices(60), connections=3, batch_size=5)
+    assert result.ok and result.connections == 3 and em.peak_connections == 3
+    assert len(issued) == 1
+
+
+def test_a_failing_session_among_several_loses_nothing(emulator_factory):
+    em = emulator_factory(max_messages_per_connection=7)
+    result = mx.send_many(config(em), notices(100), connections=3, batch_size=4, reconnects=0)
+    assert result.ok and len(em.messages) == 100
+    assert sorted(subjects(em)) == sorted(f"notice {i}" for i in range(100))
