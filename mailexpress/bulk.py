@@ -41,7 +41,7 @@ from .errors import Error, InputError, StateError
 from .journal import Journal, message_key
 from .limits import Limits, Pacer
 from .reply import Stage
-from .results import BulkResult, Progress, expand
+from .results import BulkResult, Progress
 from .template import Template
 from .throttle import Backoff, Pushback, classify
 
@@ -303,7 +303,7 @@ class _Run:
                 # not delivered for the day's quota, not for what it is: it may go another day
                 k.retry_safe = True     # type: ignore[attr-defined]
         if self.journal is not None and keys:
-            self.journal.record((e[4], expand(k)) for e, k in zip(batch, got) if e[4] is not None)
+            self.journal.record_kept([(e[4], k) for e, k in zip(batch, got) if e[4] is not None])
         return got
 
     @staticmethod
