@@ -13,16 +13,13 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence, Sized
 from email.message import EmailMessage
 from itertools import islice
-from typing import TYPE_CHECKING, Any, Union
+from typing import Any, Union
 
 from . import _core
 from .compose import Prepared, envelope
 from .errors import Error, InputError, StateError
 from .reply import Reply
 from .results import BulkResult, Progress, Record, record
-
-if TYPE_CHECKING:
-    from .results import Outcome
 
 __all__ = ["Reporter", "run_bulk", "send_prepared", "not_sent", "maybe_resent"]
 

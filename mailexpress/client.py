@@ -1,29 +1,23 @@
-"""The public client API: connect(), send_as(), Session and SendResult.
+"""The public client API: connect(), send_as() and Session.
 
-Thin on purpose: the C core speaks SMTP; this module builds messages, reads
-the config and gives results a Python shape.
+Thin on purpose: the C core speaks SMTP; `compose` builds messages;
+`results` gives them a Python shape (SendResult is re-exported here).
 """
 from __future__ import annotations
 
-import html
 import logging
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
 from email.message import EmailMessage
-from email.utils import parseaddr
 from typing import IO, TYPE_CHECKING, Any, Callable, Union
 
 from . import _core
-from .mime import Attachment
 from .batches import run_bulk
-from .compose import addr_spec as _addr_spec
-from .compose import header_addresses as _header_addresses
 from .compose import envelope, prepare
 from .compose import recipients as _recipients
 from .config import Config
 from .errors import Error, InputError
-from .message import message_bytes
+from .mime import Attachment
 from .results import BulkResult, Progress, SendResult
 from .results import make_result as _result
 
@@ -192,9 +186,8 @@ def send_as(config: Config, sender: str | None = None, to: str | Iterable[str] |
             cc: str | Iterable[str] | None = None, bcc: str | Iterable[str] | None = None,
             html: str | None = None, message: EmailMessage | bytes | None = None,
             envelope_from: str | None = None, headers: dict[str, str] | None = None,
-            session: Session | None = None,
-            attachments: Sequence[Attachment] | None = None,
-            token_provider: Any = None) -> SendResult:
+            session: Session | None = None, token_provider: Any = None,
+            attachments: Sequence[Attachment] | None = None) -> SendResult:
     """Sends one message as ``sender`` through the configured connector.
 
     ``sender`` (default ``config.from_address``) becomes the From header and,

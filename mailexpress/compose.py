@@ -106,7 +106,8 @@ def prepare(*, sender: str, to: str | Iterable[str] | None = None,
     (naming the field; nothing was sent) for anything that cannot be sent.
     """
     to_list, cc_list, bcc_list = recipients(to), recipients(cc), recipients(bcc)
-    rcpts = to_list + cc_list + bcc_list
+    # "Name <addr>" in to/cc/bcc: the header keeps the name, the envelope the address
+    rcpts = [mime.split_address(a)[1] if "<" in a else a for a in to_list + cc_list + bcc_list]
     mail_from = envelope_from or addr_spec(sender)
     if isinstance(message, (bytes, bytearray, memoryview)):
         if not rcpts:
@@ -130,6 +131,9 @@ def prepare(*, sender: str, to: str | Iterable[str] | None = None,
         return Prepared(mail_from, rcpts, message_bytes(msg, utf8=utf8), msg.get("Message-ID"))
     if not rcpts:
         raise InputError("no recipients: give to=... (or cc/bcc); nothing was sent")
+    # UTF-8 headers (RFC 6532) only in an SMTPUTF8 transaction, which the engine
+    # declares when an envelope address is not ASCII; encoded words otherwise
+    utf8 = utf8 and not (mail_from.isascii() and all(a.isascii() for a in rcpts))
     data, message_id = mime.build(sender=sender, to=to_list, cc=cc_list, subject=subject,
                                   body=body, html=html, reply_to=reply_to, headers=headers,
                                   attachments=attachments, eight_bit=eight_bit, utf8=utf8)

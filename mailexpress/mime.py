@@ -30,7 +30,7 @@ import os
 import re
 import secrets
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from email.utils import formatdate
 from pathlib import Path
 from typing import Union
@@ -38,7 +38,8 @@ from typing import Union
 from .errors import InputError
 
 __all__ = ["Attachment", "build", "check_header", "encode_header", "text_part",
-           "make_message_id", "date_header", "split_address"]
+           "make_message_id", "date_header", "split_address", "address_header",
+           "attachment_part", "body_bytes", "multipart"]
 
 #: An attachment: a path, ``(filename, data)`` or ``(filename, data, content_type)``.
 Attachment = Union[str, "os.PathLike[str]", tuple[str, bytes], tuple[str, bytes, str]]
@@ -51,7 +52,10 @@ _MIME_HEADERS = frozenset({"mime-version", "content-type", "content-transfer-enc
 _BAD = re.compile(r"[\r\n\0]")
 _BAD_NAME = re.compile(r"[^!-9;-~]")          # printable ASCII except ':'
 _ATOM_PHRASE = re.compile(r"[A-Za-z0-9!#$%&'*+\-/=?^_`{|}~ ]*")
-_NAME_ADDR = re.compile(r"\s*(.*?)\s*<([^<>]*)>\s*")
+_NAME_ADDR = re.compile(r"\s*(.*?)\s*<([^<>]*)>\s*", re.S)
+#: a plain ASCII addr-spec (nothing to quote, encode or refuse)
+_PLAIN_ADDR = re.compile(r"[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9.-]+")
+_ADDR_BAD = re.compile(r'[ "<>(),;\\]')
 _EW_LIKE = re.compile(r"=\?.*\?=", re.S)
 _HIGH = bytes(range(128, 256))
 
@@ -140,7 +144,7 @@ def split_address(value: str) -> tuple[str, str]:
 def _address(field: str, value: str, utf8: bool) -> list[bytes]:
     """One address as folding tokens (the display name may be several)."""
     display, addr = split_address(value)
-    if not addr or any(c in addr for c in ' "<>(),;'):
+    if not addr or _ADDR_BAD.search(addr):
         raise InputError(f"{field}: {value!r} is not an address; nothing was sent")
     if not addr.isascii():
         if not utf8:
@@ -156,18 +160,22 @@ def _address(field: str, value: str, utf8: bool) -> list[bytes]:
     spec = b"<" + addr.encode("utf-8") + b">"
     if not display:
         return [addr.encode("utf-8")]
-    if (display.isascii() or utf8) and len(display) <= 70 and not _EW_LIKE.search(display):
+    if (display.isascii() or utf8) and len(display) <= 60 and not _EW_LIKE.search(display):
         if display.isascii() and _ATOM_PHRASE.fullmatch(display) and display.strip() == display \
                 and "  " not in display:
-            return [display.encode("ascii") + b" " + spec]
+            return [display.encode("ascii"), spec]
         quoted = display.replace("\\", "\\\\").replace('"', '\\"')
-        return [b'"' + quoted.encode("utf-8") + b'" ' + spec]
-    words = _encoded_words(display)
-    words[-1] += b" " + spec
-    return words
+        return [b'"' + quoted.encode("utf-8") + b'"', spec]
+    return _encoded_words(display) + [spec]
 
 
-def _address_header(name: bytes, field: str, values: Iterable[str], utf8: bool) -> bytes:
+def address_header(name: bytes, field: str, values: Sequence[str], utf8: bool) -> bytes:
+    """``Name: addr, "Display" <addr>, ...`` folded; InputError naming
+    ``field`` for CR/LF/NUL or what is not an address."""
+    if len(values) == 1:
+        v = values[0]
+        if len(v) + len(name) < 76 and _PLAIN_ADDR.fullmatch(v):
+            return name + b": " + v.encode("ascii") + CRLF
     tokens: list[bytes] = []
     for v in values:
         check_header(field, v)
@@ -186,7 +194,7 @@ def encode_header(name: str, value: str | Sequence[str], *, utf8: bool = False) 
         values = [value] if isinstance(value, str) else list(value)
         if len(values) == 1 and "," in values[0] and '"' not in values[0]:
             values = [v for v in values[0].split(",") if v.strip()]
-        return _address_header(name.encode("ascii"), name, values, utf8)
+        return address_header(name.encode("ascii"), name, values, utf8)
     if not isinstance(value, str):
         raise InputError(f"header {name}: the value must be a string, not "
                          f"{type(value).__name__}; nothing was sent")
@@ -225,8 +233,11 @@ def _normalise(text: str) -> str:
     return text
 
 
+_LONG_LINE = re.compile(rb"^[^\n]{999}", re.M)     # tried at line starts only: linear
+
+
 def _long_lines(data: bytes) -> bool:
-    return len(data) > 998 and max(map(len, data.split(b"\n"))) > 998
+    return len(data) > 998 and _LONG_LINE.search(data) is not None
 
 
 def text_part(text: str, subtype: str, eight_bit: bool) -> tuple[bytes, bytes]:
@@ -369,13 +380,13 @@ def build(*, sender: str, to: Sequence[str] = (), cc: Sequence[str] = (), subjec
                              "to send your own MIME structure pass message=EmailMessage; "
                              "nothing was sent")
         extra[lower] = (name, value)
-    out = [_address_header(b"From", "sender", [sender], utf8) if "from" not in extra else b""]
+    out = [address_header(b"From", "sender", [sender], utf8) if "from" not in extra else b""]
     if to and "to" not in extra:
-        out.append(_address_header(b"To", "to", to, utf8))
+        out.append(address_header(b"To", "to", to, utf8))
     if cc and "cc" not in extra:
-        out.append(_address_header(b"Cc", "cc", cc, utf8))
+        out.append(address_header(b"Cc", "cc", cc, utf8))
     if reply_to and "reply-to" not in extra:
-        out.append(_address_header(b"Reply-To", "reply_to", [reply_to], utf8))
+        out.append(address_header(b"Reply-To", "reply_to", [reply_to], utf8))
     if "subject" not in extra:
         out.append(_unstructured(b"Subject", subject, utf8))
     for lower, (name, value) in extra.items():

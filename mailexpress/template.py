@@ -16,10 +16,10 @@ from __future__ import annotations
 import html as html_mod
 import string
 from collections.abc import Mapping, Sequence
-from typing import Any, Callable, Union
+from typing import Any, Union
 
 from . import mime
-from .compose import Prepared, addr_spec
+from .compose import Prepared
 from .errors import InputError
 
 __all__ = ["Template"]
@@ -97,6 +97,8 @@ class _Compiled:
         self.text_b = self._part(t._body, "plain", eight_bit) if static(t._body) and t._body else None
         self.html_b = self._part(t._html, "html", eight_bit) if static(t._html) and t._html else None
         self.attachments_b = [mime.attachment_part(a) for a in t.attachments]
+        #: per sender or reply-to address seen: its header line, envelope address and domain
+        self.seen: dict[tuple[str, str], tuple[bytes, str, str | None]] = {}
         self.mime_b: bytes | None = None
         if static(t._body) and static(t._html):
             self.mime_b = mime.body_bytes(t._body.text if t._body else None,
@@ -199,9 +201,6 @@ class Template:
         if not isinstance(row, Mapping):
             raise InputError(f"each row must be a mapping of field names to values, not "
                              f"{type(row).__name__}; it was not sent")
-        c = self._compiled.get((eight_bit, utf8))
-        if c is None:
-            c = self._compiled[(eight_bit, utf8)] = _Compiled(self, eight_bit, utf8)
         to = self._addresses(self._to, row)
         cc = self._addresses(self._cc, row)
         rcpts = to + cc + self._addresses(self._bcc, row)
@@ -212,26 +211,45 @@ class Template:
         if not who:
             raise InputError("no sender: give the template a sender, sender=... or from_address "
                              "in the config; nothing was sent")
-        out = [c.from_b or mime.encode_header("From", who, utf8=utf8),
-               mime.encode_header("To", to, utf8=utf8)]
+        envelope = [mime.split_address(a)[1] for a in rcpts]
+        # UTF-8 headers only in an SMTPUTF8 transaction (a non-ASCII envelope address)
+        utf8 = utf8 and not (who.isascii() and all(a.isascii() for a in envelope))
+        c = self._compiled.get((eight_bit, utf8))
+        if c is None:
+            c = self._compiled[(eight_bit, utf8)] = _Compiled(self, eight_bit, utf8)
+        from_b, mail_from, domain = self._address(c, "From", who, utf8)
+        out = [from_b, mime.address_header(b"To", "to", to, utf8)]
         if cc:
-            out.append(mime.encode_header("Cc", cc, utf8=utf8))
+            out.append(mime.address_header(b"Cc", "cc", cc, utf8))
         if c.reply_to_b is not None:
             out.append(c.reply_to_b)
         else:
             rt = self._reply_to.render(row) if self._reply_to is not None else reply_to
             if rt:
-                out.append(mime.encode_header("Reply-To", rt, utf8=utf8))
+                out.append(self._address(c, "Reply-To", rt, utf8)[0])
         out.append(c.subject_b or mime.encode_header("Subject", self._subject.render(row), utf8=utf8))
         out.append(c.headers_b)
         for name, f in self._headers:
             if f.names:
                 out.append(mime.encode_header(name, f.render(row), utf8=utf8))
         out.append(mime.date_header())
-        message_id = mime.make_message_id(mime.split_address(who)[1].rpartition("@")[2] or None)
+        message_id = mime.make_message_id(domain)
         out.append(b"Message-ID: " + message_id.encode("utf-8") + CRLF)
         out.append(c.mime_b or self._mime(c, row, eight_bit))
-        return Prepared(addr_spec(who), [addr_spec(a) for a in rcpts], b"".join(out), message_id)
+        return Prepared(mail_from, envelope, b"".join(out), message_id)
+
+    @staticmethod
+    def _address(c: _Compiled, name: str, value: str,
+                 utf8: bool) -> tuple[bytes, str, str | None]:
+        got = c.seen.get((name, value))
+        if got is None:
+            field = "sender" if name == "From" else "reply_to"
+            addr = mime.split_address(value)[1]
+            got = (mime.address_header(name.encode("ascii"), field, [value], utf8),
+                   addr, addr.rpartition("@")[2] or None)
+            if len(c.seen) < 64:
+                c.seen[(name, value)] = got
+        return got
 
     def _mime(self, c: _Compiled, row: Mapping[str, Any], eight_bit: bool) -> bytes:
         def part(f: _Field | None, static: bytes | None, subtype: str) -> bytes | None:
