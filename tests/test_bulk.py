@@ -502,10 +502,12 @@ def test_streaming_reconnects_and_keeps_order_and_nothing_twice(emulator_factory
 
 
 def test_streaming_gives_up_with_every_message_accounted_for(emulator_factory):
-    em = emulator_factory(max_messages_per_connection=3)
+    # a rate limit (a burst of 6, then 6 a second) with no retries allowed: the run ends
+    # (a per-connection limit would not end it: see test_bulk_limits.py)
+    em = emulator_factory(messages_per_minute=360)
     cfg = em.config(username=SVC.username, password=SVC.password, from_address=SVC.address)
     gen = ({"to": "bob@partner.example", "body": str(i)} for i in range(25))
-    result = mx.send_many(cfg, gen, batch_size=4, reconnects=1)
+    result = mx.send_many(cfg, gen, batch_size=4, reconnects=1, retries=0)
     assert len(result) == 25 and len(result.sent) == 6 and len(em.messages) == 6
     assert all(e.retry_safe and e.delivered is False for _, e in result.failed)
     assert [i for i, _ in result.failed] == list(range(6, 25))
