@@ -30,7 +30,7 @@ import json
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from email.message import EmailMessage
 from typing import TYPE_CHECKING, Any
@@ -77,6 +77,14 @@ def _reply_json(reply: Reply | None) -> str | None:
     if reply is None:
         return None
     return _reply_json_of(reply)
+
+
+_quote: Callable[[str], str] = json.encoder.encode_basestring_ascii
+
+
+@functools.lru_cache(maxsize=256)
+def _quoted_reply_json(reply: Reply) -> str:
+    return _quote(_reply_json_of(reply))
 
 
 @functools.lru_cache(maxsize=256)
@@ -175,6 +183,11 @@ def record_state_json(kept: Any) -> tuple[str, str]:
     if type(kept) is not tuple:
         return outcome_state(kept), outcome_json(kept)
     envelope_from, who, message_id, reply, refused, elapsed_ms = kept
+    if not refused and isinstance(who, str):
+        # the common case, written directly (a third of json.dumps's time)
+        return "sent", (f'{{"kind": "sent", "message_id": {_quote(message_id) if message_id is not None else "null"}, '
+                        f'"envelope_from": {_quote(envelope_from)}, "accepted": [{_quote(who)}], '
+                        f'"refused": {{}}, "reply": {_quoted_reply_json(reply)}, "elapsed_ms": {int(elapsed_ms)}}}')
     rcpts = (who,) if isinstance(who, str) else who
     accepted = [a for a in rcpts if a not in refused] if refused else list(rcpts)
     return "sent", json.dumps({
