@@ -1,7 +1,7 @@
 """``mailexpress send-many``: a bulk run from a CSV or JSONL file.
 
     mailexpress send-many --config cfg.toml --from noreply@corp.example messages.csv \\
-        [--journal run.sqlite] [--limits exchange_online] [--json]
+        [--journal run.sqlite] [--limits exchange_online] [--connections N] [--json]
 
 The CSV columns (header row) and the JSONL fields are `send_as`'s keywords:
 ``to``, ``cc``, ``bcc`` (several addresses separated by ``,`` or ``;`` in CSV,
@@ -153,6 +153,8 @@ def _cmd_send_many(args: argparse.Namespace,
     kwargs: dict[str, Any] = {}
     if args.limits is not None:
         kwargs["limits"] = args.limits
+    if args.connections is not None:
+        kwargs["connections"] = args.connections
     try:
         result = send_many(cfg, read_messages(args.messages), sender=args.sender,
                            progress=bar, journal=args.journal, **kwargs)
@@ -187,5 +189,6 @@ def register(sub: Any, add_config_flags: Callable[[argparse.ArgumentParser], Non
     p.add_argument("--from", dest="sender", help="From address (default: from_address)")
     p.add_argument("--journal", help="SQLite journal: a rerun sends only what is not yet sent")
     p.add_argument("--limits", help="a limits preset, e.g. exchange_online (default: the config's)")
+    p.add_argument("--connections", type=int, help="parallel sessions (at most the limits' connections)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=lambda args: _cmd_send_many(args, config_from_args))

@@ -48,8 +48,16 @@ def test_jsonl_with_a_journal_runs_once(emulator_factory, tmp_path, capsys, monk
     journal = str(tmp_path / "run.sqlite")
     assert main(args(em, str(path), "--journal", journal, "--limits", "opensmtpd")) == 0
     assert "4 messages" in capsys.readouterr().out
-    assert main(args(em, str(path), "--journal", journal)) == 0
+    assert main(args(em, str(path), "--journal", journal, "--connections", "2")) == 0
     assert len(em.messages) == 4
+    capsys.readouterr()
+    many = tmp_path / "many.jsonl"
+    many.write_text("".join(json.dumps({"to": "bob@partner.example", "subject": f"m{i}"}) + "\n"
+                            for i in range(250)))
+    assert main(args(em, str(many), "--connections", "2", "--json")) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["sent"] == 250 and doc["connections"] == 2 and len(em.messages) == 254
+    assert em.peak_connections == 2
 
 
 def test_bad_files_exit_2_naming_the_field(emulator_factory, tmp_path, capsys, monkeypatch):
