@@ -5,6 +5,7 @@
     result = mx.send_as(cfg, "alice@corp.example", to=["bob@partner.example"],
                         subject="Your package is ready", body="...")
 """
+import logging
 from typing import TYPE_CHECKING, Any
 
 from . import _core
@@ -34,10 +35,14 @@ from .errors import (
     TimeoutError,
     TLSError,
 )
+from .limits import Limits
 from .reply import Reply, Stage
 
 if TYPE_CHECKING:
     from .auth import AuthResult
+
+# a library logs, the application decides where to: nothing reaches stderr by default
+logging.getLogger("mailexpress").addHandler(logging.NullHandler())
 
 __version__ = "0.1.0"
 OPENSSL_VERSION: str = _core.OPENSSL_VERSION
@@ -50,6 +55,7 @@ __all__ = [
     "Session", "Stage", "StateError", "TLSError", "TimeoutError", "connect", "load_config",
     "send_as", "OPENSSL_VERSION", "__version__", "Check", "ConnectorReport", "SenderProbe",
     "test_connector", "BulkResult", "Progress", "send_many", "Template", "AuthResult",
+    "Limits",
 ]
 
 

@@ -17,7 +17,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any, TextIO
 
-from . import __version__
+from . import __version__, cli_send_many
 from .client import SendResult, send_as
 from .config import Config, load_config, template
 from .diagnose import CHECK_IDS, test_connector
@@ -237,6 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
     send.add_argument("--verbose", "-v", action="store_true", help="print the SMTP exchange")
     send.add_argument("--json", action="store_true", help="print the result as JSON")
     send.set_defaults(func=_cmd_send)
+    cli_send_many.register(sub, _add_config_flags, _config_from_args)
     return parser
 
 

@@ -24,6 +24,7 @@ from typing import Any
 
 from . import _core
 from .errors import ConfigError
+from .limits import Limits
 
 __all__ = ["Config", "Secret", "load_config", "FIELDS", "ENV_PREFIX"]
 
@@ -79,7 +80,7 @@ class Secret:
 @dataclass(frozen=True)
 class FieldInfo:
     name: str
-    kind: str          # str, int, bool, float, path, list, timeouts, secret
+    kind: str          # str, int, bool, float, path, list, timeouts, secret, object, limits
     default: Any
     doc: str
     choices: tuple[str, ...] = ()
@@ -140,6 +141,11 @@ FIELDS: tuple[FieldInfo, ...] = (
               "Keyword argument only: an object with get_token(scope) (an azure.identity "
               "credential) or a callable returning a token str or (token, expires_at)."),
     FieldInfo("timeouts", "timeouts", {}, "Per-stage timeouts in seconds: " + ", ".join(TIMEOUT_STAGES) + "."),
+    FieldInfo("limits", "limits", None,
+              "Sending limits for mx.send_many (docs/bulk.md): a preset name ('exchange_online', "
+              "'exchange_client_frontend', 'exchange_default_frontend', 'opensmtpd') or a table of "
+              "messages_per_minute, recipients_per_message, recipients_per_day, connections, "
+              "messages_per_connection (with preset = '...' to start from one)."),
     FieldInfo("deadline", "float", None, "Overall limit in seconds for one send_as or test_connector call."),
     FieldInfo("server_family", "str", None, "For advice: " + ", ".join(SERVER_FAMILIES) + ".", SERVER_FAMILIES),
     FieldInfo("connector_name", "str", None, "For advice: the receive connector's name (e.g. 'EX01\\Client Frontend EX01')."),
@@ -182,6 +188,12 @@ def _coerce(key: str, value: Any, source: str, from_text: bool) -> Any:
     kind = info.kind
     if value is None:
         return None
+    if kind == "limits":
+        try:
+            return Limits.coerce(value.strip() if isinstance(value, str) else value)
+        except ConfigError as exc:
+            raise _bad(getattr(exc, "key", None) or key, value, source,
+                       exc.message.partition(": ")[2] or exc.message) from None
     if kind == "object":
         if not (callable(value) or callable(getattr(value, "get_token", None))):
             raise _bad(key, value, source, "expected an object with get_token(scope) (an "
@@ -474,6 +486,7 @@ class Config:
     kerberos_service: str = "smtp"
     token_provider: Any = field(default=None, compare=False)
     timeouts: dict[str, float | None] = field(default_factory=dict)
+    limits: Limits | None = None
     deadline: float | None = None
     server_family: str | None = None
     connector_name: str | None = None
@@ -599,6 +612,8 @@ class Config:
                 value = value.reveal() if show_password else "********"
             elif info.name == "token_provider" and value is not None:
                 value = describe_provider(value)
+            elif isinstance(value, Limits):
+                value = value.to_dict()
             out[info.name] = value
         return out
 
@@ -671,6 +686,7 @@ def template() -> str:
         "oauth_client_secret_env": '"MAILER_CLIENT_SECRET"',
         "oauth_client_secret_file": '"/etc/mailexpress/client-secret"',
         "oauth_certificate_file": '"/etc/mailexpress/app.pem"',
+        "limits": '"exchange_online"',
     }
     active = {"host", "port", "security", "use_auth", "username", "password_env", "from_address"}
     for f in FIELDS:

@@ -24,12 +24,13 @@ batch keep the cost per message small.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from email.message import EmailMessage
 from typing import TYPE_CHECKING, Any
@@ -75,6 +76,20 @@ def _canonical(value: Any) -> Any:
 def _reply_json(reply: Reply | None) -> str | None:
     if reply is None:
         return None
+    return _reply_json_of(reply)
+
+
+_quote: Callable[[str], str] = json.encoder.encode_basestring_ascii
+
+
+@functools.lru_cache(maxsize=256)
+def _quoted_reply_json(reply: Reply) -> str:
+    return _quote(_reply_json_of(reply))
+
+
+@functools.lru_cache(maxsize=256)
+def _reply_json_of(reply: Reply) -> str:
+    # a run's replies are mostly equal (and the same object): encoded once
     return json.dumps([reply.code, reply.enhanced, list(reply.lines),
                        reply.stage.value if reply.stage else None])
 
@@ -159,6 +174,26 @@ def outcome_json(outcome: SendResult | Error) -> str:
         "stage": outcome.stage.value if outcome.stage else None, "reply": _reply_json(outcome.reply),
         "delivered": getattr(outcome, "delivered", False),
         "retry_safe": bool(getattr(outcome, "retry_safe", False))})
+
+
+def record_state_json(kept: Any) -> tuple[str, str]:
+    """(state, outcome JSON) of a bulk run's kept outcome: an outcome, or the
+    compact record of a sent message (`results.Record`), encoded without
+    making its `SendResult` (the same JSON as `outcome_json`)."""
+    if type(kept) is not tuple:
+        return outcome_state(kept), outcome_json(kept)
+    envelope_from, who, message_id, reply, refused, elapsed_ms = kept
+    if not refused and isinstance(who, str):
+        # the common case, written directly (a third of json.dumps's time)
+        return "sent", (f'{{"kind": "sent", "message_id": {_quote(message_id) if message_id is not None else "null"}, '
+                        f'"envelope_from": {_quote(envelope_from)}, "accepted": [{_quote(who)}], '
+                        f'"refused": {{}}, "reply": {_quoted_reply_json(reply)}, "elapsed_ms": {int(elapsed_ms)}}}')
+    rcpts = (who,) if isinstance(who, str) else who
+    accepted = [a for a in rcpts if a not in refused] if refused else list(rcpts)
+    return "sent", json.dumps({
+        "kind": "sent", "message_id": message_id, "envelope_from": envelope_from,
+        "accepted": accepted, "refused": {a: _reply_json(r) for a, r in (refused or {}).items()},
+        "reply": _reply_json(reply), "elapsed_ms": elapsed_ms})
 
 
 class Journal:
@@ -252,6 +287,16 @@ class Journal:
                 "ON CONFLICT(key) DO UPDATE SET state=excluded.state, outcome=excluded.outcome, "
                 "updated=excluded.updated",
                 ((k, outcome_state(o), outcome_json(o), now) for k, o in pairs))
+
+    def record_kept(self, pairs: Iterable[tuple[str, Any]]) -> None:
+        """`record` for a bulk run's kept outcomes (`record_state_json`)."""
+        now = time.time()
+        rows = [(k, *record_state_json(o), now) for k, o in pairs]
+        with self._tx():
+            self._db.executemany(
+                "INSERT INTO messages (key, state, outcome, updated) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT(key) DO UPDATE SET state=excluded.state, outcome=excluded.outcome, "
+                "updated=excluded.updated", rows)
 
     def counts(self) -> dict[str, int]:
         """Messages per state."""

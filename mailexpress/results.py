@@ -100,7 +100,7 @@ Record = tuple[str, Union[str, tuple[str, ...]], Union[str, None], Reply,
 def _log_refused(envelope_from: str, rcpts: Sequence[str], message_id: str | None,
                  refused: dict[str, Reply] | None, reply: Reply) -> None:
     if refused:
-        log.warning("message %s: %d of %d recipients refused: %s", message_id, len(refused),
+        log.info("message %s: %d of %d recipients refused: %s", message_id, len(refused),
                     len(rcpts), "; ".join(f"{a}: {r}" for a, r in refused.items()))
     if log.isEnabledFor(logging.INFO):
         log.info("message %s accepted from %s for %d recipient(s): %s", message_id,
@@ -149,13 +149,23 @@ class BulkResult(Sequence[Outcome]):
     Sent messages are kept compact and their `SendResult` made when asked
     for (``result[i]``, iteration, ``sent``, ``outcomes``)."""
 
-    __slots__ = ("_items", "elapsed_ms", "connections")
+    __slots__ = ("_items", "elapsed_ms", "connections", "learned")
 
     def __init__(self, outcomes: Iterable[Outcome | Record], elapsed_ms: int = 0,
-                 connections: int = 1) -> None:
+                 connections: int = 1, learned: tuple[str, ...] = ()) -> None:
         self._items: list[Outcome | Record] = list(outcomes)
         self.elapsed_ms = elapsed_ms
         self.connections = connections
+        #: what the run learned about the server's limits, as sentences
+        #: naming the `Limits` setting to use (empty when nothing pushed back)
+        self.learned = learned
+
+    @property
+    def unknown(self) -> list[tuple[int, Error]]:
+        """(index, error) of the messages whose fate is unknown (they may have
+        been delivered: check before sending them again)."""
+        return [(i, o) for i, o in enumerate(self._items)
+                if isinstance(o, Error) and getattr(o, "delivered", False) is None]
 
     @property
     def outcomes(self) -> tuple[Outcome, ...]:
@@ -215,7 +225,8 @@ class BulkResult(Sequence[Outcome]):
         failed = len(self.failed)
         return {
             "sent": len(self) - failed, "failed": failed, "elapsed_ms": self.elapsed_ms,
-            "connections": self.connections,
+            "connections": self.connections, "learned": list(self.learned),
+            "unknown": len(self.unknown),
             "outcomes": [o.to_dict() if not isinstance(o, Error) else
                          {"error": type(o).__name__, "message": str(o),
                           "delivered": getattr(o, "delivered", False),
@@ -232,6 +243,7 @@ class BulkResult(Sequence[Outcome]):
             lines.append(f"  #{index}: {type(err).__name__}: {err}")
         if len(failed) > 20:
             lines.append(f"  ... and {len(failed) - 20} more")
+        lines.extend(f"  learned: {x}" for x in self.learned)
         return "\n".join(lines)
 
     def _repr_html_(self) -> str:

@@ -322,14 +322,17 @@ def test_bulk_send_as_reconnects_for_what_did_not_go_out(emulator_factory):
     assert all(m.message["Reply-To"] == "help@corp.example" for m in em.messages)
 
 
-def test_bulk_send_as_gives_up_after_its_reconnects(emulator_factory):
+def test_a_per_connection_limit_does_not_use_up_the_reconnects(emulator_factory):
+    # the connector's 421 after N messages is its MaxMessagesPerConnection, not a failure
     em = emulator_factory(max_messages_per_connection=2)
     cfg = em.config(username=SVC.username, password=SVC.password, from_address=SVC.address)
     result = mx.send_many(cfg, [{"to": "bob@partner.example", "body": str(i)} for i in range(10)],
-                          reconnects=1)
-    assert len(result.sent) == 4 and result.connections == 2
-    assert all(isinstance(e, mx.ServiceUnavailable) and e.retry_safe for _, e in result.failed)
-    assert "4 sent, 6 failed" in str(result)
+                          reconnects=0)
+    assert result.ok and len(result.sent) == 10 and result.connections == 5
+    assert [m.message.get_content().strip() for m in em.messages] == [str(i) for i in range(10)]
+    assert any("after every 2 messages" in x and "messages_per_connection=2" in x
+               for x in result.learned), result.learned
+    assert "learned: the server closed the connection after every 2" in str(result)
 
 
 def test_bulk_send_as_names_a_bad_key(emulator_factory):
@@ -499,10 +502,12 @@ def test_streaming_reconnects_and_keeps_order_and_nothing_twice(emulator_factory
 
 
 def test_streaming_gives_up_with_every_message_accounted_for(emulator_factory):
-    em = emulator_factory(max_messages_per_connection=3)
+    # a rate limit (a burst of 6, then 6 a second) with no retries allowed: the run ends
+    # (a per-connection limit would not end it: see test_bulk_limits.py)
+    em = emulator_factory(messages_per_minute=360)
     cfg = em.config(username=SVC.username, password=SVC.password, from_address=SVC.address)
     gen = ({"to": "bob@partner.example", "body": str(i)} for i in range(25))
-    result = mx.send_many(cfg, gen, batch_size=4, reconnects=1)
+    result = mx.send_many(cfg, gen, batch_size=4, reconnects=1, retries=0)
     assert len(result) == 25 and len(result.sent) == 6 and len(em.messages) == 6
     assert all(e.retry_safe and e.delivered is False for _, e in result.failed)
     assert [i for i, _ in result.failed] == list(range(6, 25))

@@ -1,6 +1,7 @@
 """The SQLite journal of bulk runs (mailexpress.journal)."""
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -109,3 +110,17 @@ def test_survives_sigkill_right_after_a_commit(tmp_path: Path) -> None:
     with Journal(str(path)) as j:
         assert j.counts() == {"wire": 1000}
         assert len(j.unknown()) == 1000
+
+
+def test_a_kept_record_encodes_as_its_send_result() -> None:
+    from mailexpress.journal import outcome_json, record_state_json
+    from mailexpress.results import expand, record
+
+    ok = Reply(250, "2.0.0", ("queued",), Stage.END_OF_DATA)
+    no = Reply(550, "5.1.1", ("no such user",), Stage.RCPT)
+    for rec in (record("a@x.example", ["b@y.example"], "<m1@x>", {}, ok, 3),
+                record("a@x.example", ["b@y.example", "c@y.example"], None, {"c@y.example": no}, ok, 0)):
+        state, text = record_state_json(rec)
+        assert state == "sent" and json.loads(text) == json.loads(outcome_json(expand(rec)))
+    err = mx.SenderRefused("refused", reply=no)
+    assert record_state_json(err) == ("refused", outcome_json(err))

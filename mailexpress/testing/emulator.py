@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from .auth_server import AuthAttempt, AuthServer
 from .certs import TestCertificates, test_certificates
 from .sasl import NtlmAcceptor
+from .throttling import ThrottlingServer
 from .token_endpoint import EntraTokenEndpoint
 from .tokens import EmulatorTokenProvider, TestIssuer
 
@@ -171,7 +172,7 @@ class _Conn:
             self.buf += chunk
 
 
-class ConnectorEmulator(AuthServer):
+class ConnectorEmulator(ThrottlingServer, AuthServer):
     """An Exchange-like client receive connector on 127.0.0.1.
 
     Typical use::
@@ -225,6 +226,8 @@ class ConnectorEmulator(AuthServer):
                           next MAIL draws a 421 and the connection closes
                           (a receive connector's MaxMessagesPerConnection)
       unknown_recipients  addresses refused at RCPT as not found (550 5.1.10)
+      messages_per_minute, connections_per_client, connection_limit_reply,
+      recipients_per_day  throttling with Exchange's replies (testing/throttling.py)
 
     ``ConnectorEmulator.preset(name)`` builds one of the named
     misconfigurations in `PRESETS`.
@@ -246,7 +249,9 @@ class ConnectorEmulator(AuthServer):
                  basic_auth: Literal["enabled", "disabled", "retired"] = "enabled",
                  smtp_client_auth_disabled: Literal["tenant", "mailbox"] | None = None,
                  auth_temporary_failures: int = 0, app_roles: Iterable[str] = ("SMTP.SendAsApp",),
-                 ntlm_domain: str = "CORP", integrated_auth: bool | None = None) -> None:
+                 ntlm_domain: str = "CORP", integrated_auth: bool | None = None,
+                 **throttling: Any) -> None:
+        self._init_throttling(**throttling)
         self.users = {u.username.lower(): u for u in users}
         self.authoritative_domains = tuple(d.lower() for d in authoritative_domains)
         self.security = security
@@ -507,6 +512,15 @@ class ConnectorEmulator(AuthServer):
             conn.sock = self._ctx.wrap_socket(client, server_side=True)
             tls = True
         s = _SessionState(tls=tls)
+        if (refusal := self._throttle_greeting()) is not None:
+            conn.send(refusal)
+            return
+        try:
+            self._session(conn, s)
+        finally:
+            self._throttle_closed()
+
+    def _session(self, conn: _Conn, s: _SessionState) -> None:
         conn.send(f"220 {self.hostname} Microsoft ESMTP MAIL Service ready at {formatdate(localtime=True)}")
         while True:
             raw = conn.readline()
@@ -581,10 +595,9 @@ class ConnectorEmulator(AuthServer):
         if s.helo is None:
             conn.send("503 5.5.2 Send hello first")
             return None
-        limit = self.max_messages_per_connection
-        if limit is not None and s.accepted >= limit:
-            conn.send("421 4.3.2 Too many messages on this connection; closing")
-            return False
+        if (throttled := self._throttle_mail(s)) is not None:
+            conn.send(throttled[0])
+            return False if throttled[1] else None
         if self.require_tls and not s.tls:
             conn.send("530 5.7.0 Must issue a STARTTLS command first")
             return None
@@ -684,6 +697,10 @@ class ConnectorEmulator(AuthServer):
             if (self.check_header_from or self.sender_check_stage == "END_OF_DATA") and \
                     not self._header_from_allowed(s.user, data):
                 refused = True
+        if not refused and (quota := self._throttle_quota(len(s.rcpt_tos))) is not None:
+            s.reset_transaction()
+            conn.send(quota)
+            return
         if refused:
             s.reset_transaction()
             conn.send("550 5.7.60 SMTP; Client does not have permissions to send as this sender"

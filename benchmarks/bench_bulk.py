@@ -1,0 +1,182 @@
+"""Bulk runs (issue 13): journal overhead, parallel sessions, pacing, kill-and-resume.
+
+    python benchmarks/bench_bulk.py            # the full figures (~5 minutes)
+    python benchmarks/bench_bulk.py --quick    # fewer messages, for CI (~40 s)
+
+- journal overhead: mx.send_many of 1 KB text messages (mappings with an id) to
+  Postfix's smtp-sink, with and without journal="run.sqlite" (goal: within 10%);
+- connections=1..8 to smtp-sink as a curve, and connections=4 against
+  `smtp-source -s 4` (the same messages' size, measured in the same run);
+- pacing: against the connector emulator limited to 600 messages a minute
+  (limits messages_per_minute=600), the rate achieved (goal: within 2% of the
+  limit) and the throttling replies drawn (goal: none);
+- kill-and-resume: tests/interop/test_bulk_kill.py (20 SIGKILLs against the
+  real Postfix, its figures printed).
+
+Every figure is a ratio against a baseline measured in the same run.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
+
+import mailexpress as mx  # noqa: E402
+
+FROM, TO = "bench@corp.example", "sink@partner.example"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_port(port: int) -> None:
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on {port}")
+
+
+def messages(n: int, tag: str = "") -> Any:
+    text = ("x" * 76 + "\n") * 10           # with the headers, about 1 KB on the wire
+    return ({"id": f"{tag}{i}", "to": TO, "subject": f"bulk {i}", "body": text} for i in range(n))
+
+
+class Sink:
+    def __init__(self) -> None:
+        self.port = free_port()
+        tool = shutil.which("smtp-sink") or "/usr/sbin/smtp-sink"
+        self.proc = subprocess.Popen([tool, "-u", "nobody", f"127.0.0.1:{self.port}", "1024"],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_port(self.port)
+        self.config = mx.Config(host="127.0.0.1", port=self.port, security="none", use_auth=False,
+                                from_address=FROM)
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(10)
+
+
+def best(rounds: int, fn: Any) -> float:
+    return max(fn() for _ in range(rounds))
+
+
+def journal_case(sink: Sink, n: int, rounds: int) -> dict[str, float]:
+    tmp = Path(tempfile.mkdtemp(prefix="mx-bench-journal-"))
+
+    def plain() -> float:
+        r = mx.send_many(sink.config, messages(n))
+        assert r.ok and len(r) == n
+        return n / (r.elapsed_ms / 1000)
+
+    def journaled() -> float:
+        path = tmp / f"run-{time.monotonic_ns()}.sqlite"
+        r = mx.send_many(sink.config, messages(n), journal=str(path))
+        assert r.ok and len(r) == n
+        return n / (r.elapsed_ms / 1000)
+
+    base, jr = best(rounds, plain), best(rounds, journaled)
+    shutil.rmtree(tmp, ignore_errors=True)
+    return {"messages": n, "no_journal_msg_s": base, "journal_msg_s": jr, "ratio": jr / base}
+
+
+def connections_case(sink: Sink, n: int, rounds: int) -> dict[str, Any]:
+    curve = {}
+    for c in range(1, 9):
+        def run(c: int = c) -> float:
+            r = mx.send_many(sink.config, messages(n), connections=c)
+            assert r.ok and len(r) == n and r.connections == c
+            return n / (r.elapsed_ms / 1000)
+        curve[c] = best(rounds, run)
+    size = len(b"From: x\r\nTo: y\r\nSubject: bulk 1\r\nDate: x\r\nMessage-ID: <x>\r\n") + 770 + 150
+    tool = shutil.which("smtp-source") or "/usr/sbin/smtp-source"
+
+    def source() -> float:
+        t0 = time.perf_counter()
+        subprocess.run([tool, "-d", "-s", "4", "-m", str(n), "-l", str(size), "-f", FROM, "-t", TO,
+                        f"127.0.0.1:{sink.port}"], check=True, capture_output=True)
+        return n / (time.perf_counter() - t0)
+
+    src = best(rounds, source)
+    return {"messages": n, "curve": curve, "smtp_source_s4": src, "ratio_c4": curve[4] / src}
+
+
+def pacing_case(n: int) -> dict[str, float]:
+    from mailexpress.testing import ConnectorEmulator, User
+
+    user = User("svc", "pw", "svc@corp.example")
+    with ConnectorEmulator(users=[user], messages_per_minute=600) as em:
+        cfg = em.config(username="svc", password="pw", from_address="svc@corp.example")
+        stamps: list[float] = []
+        r = mx.send_many(cfg, messages(n), limits={"messages_per_minute": 600},
+                         progress=lambda p: stamps.append(time.monotonic()))
+        assert len(r.sent) == n, str(r)
+        achieved = (n - 1) * 60 / (stamps[-1] - stamps[0])
+        return {"messages": n, "limit": 600, "achieved_per_min": achieved,
+                "ratio": achieved / 600, "throttling_replies": len(em.throttle_log)}
+
+
+def kill_case() -> dict[str, Any]:
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-s", "-p", "no:cacheprovider",
+                           str(ROOT / "tests" / "interop" / "test_bulk_kill.py")],
+                          capture_output=True, text=True, cwd=ROOT,
+                          env=dict(os.environ, PYTHONPATH=str(ROOT)), timeout=300)
+    line = next((x for x in proc.stdout.splitlines() if " kills " in x), "")
+    return {"passed": proc.returncode == 0, "report": line or proc.stdout[-500:]}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="fewer messages, one round")
+    ap.add_argument("--no-kill", action="store_true", help="leave out kill-and-resume (needs root, Postfix)")
+    ap.add_argument("--json", help="write the figures to this file")
+    args = ap.parse_args()
+    rounds = 1 if args.quick else 3
+    out: dict[str, Any] = {}
+    sink = Sink()
+    try:
+        out["journal"] = journal_case(sink, 10_000 if args.quick else 100_000, rounds)
+        print(f"journal: {out['journal']['journal_msg_s']:.0f} msg/s with, "
+              f"{out['journal']['no_journal_msg_s']:.0f} without: {out['journal']['ratio']:.3f}x "
+              f"(goal >= 0.90)", flush=True)
+        out["connections"] = connections_case(sink, 4_000 if args.quick else 20_000, rounds)
+        curve = out["connections"]["curve"]
+        print("connections: " + ", ".join(f"{c}: {v:.0f}" for c, v in curve.items()) + " msg/s", flush=True)
+        print(f"connections=4 vs smtp-source -s 4: {out['connections']['ratio_c4']:.2f}x "
+              f"({out['connections']['smtp_source_s4']:.0f} msg/s)", flush=True)
+    finally:
+        sink.stop()
+    out["pacing"] = pacing_case(150 if args.quick else 2_000)
+    p = out["pacing"]
+    print(f"pacing: {p['achieved_per_min']:.1f}/min against a limit of 600 ({p['ratio']:.4f}x, goal "
+          f"0.98-1.00), {p['throttling_replies']} throttling replies (goal 0)", flush=True)
+    if not args.no_kill:
+        out["kill"] = kill_case()
+        print(f"kill-and-resume: {'passed' if out['kill']['passed'] else 'FAILED'}: {out['kill']['report']}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(out, indent=2))
+    ok = (out["journal"]["ratio"] >= 0.9 and 0.98 <= p["ratio"] <= 1.0 and p["throttling_replies"] == 0
+          and out.get("kill", {"passed": True})["passed"])
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
