@@ -93,13 +93,16 @@ def test_pipelined_across_messages_one_write_per_message(fake_server):
 
 def test_bdat_messages_need_no_round_trip_of_their_own(fake_server):
     """CHUNKING + PIPELINING: three whole messages are on the wire before
-    the server says a word."""
+    the server says a word; each MAIL after a BDAT whose answer is not known
+    yet goes behind an RSET (a refused BDAT LAST may leave the transaction
+    open)."""
     got = {}
 
     def script(conn):
         greet(conn, [b"PIPELINING", b"CHUNKING"])
         got["all"] = conn.pending(0.5)
-        conn.send(b"250 ok\r\n250 ok\r\n250 queued 1\r\n" * 3)
+        conn.send(b"250 ok\r\n250 ok\r\n250 queued 1\r\n"
+                  + b"250 reset\r\n250 ok\r\n250 ok\r\n250 queued 1\r\n" * 2)
         conn.buf = b""
         conn.expect(b"QUIT")
         conn.send(b"221 bye\r\n")
@@ -108,8 +111,33 @@ def test_bdat_messages_need_no_round_trip_of_their_own(fake_server):
     s.quit()
     srv.check()
     assert [r.reply.text for r in result] == ["queued 1"] * 3
-    assert got["all"] == b"".join(b"MAIL FROM:<a@x.example>\r\nRCPT TO:<b@y.example>\r\n"
-                                  b"BDAT 4 LAST\r\nm%d\r\n" % i for i in range(3))
+    assert got["all"] == b"RSET\r\n".join(b"MAIL FROM:<a@x.example>\r\nRCPT TO:<b@y.example>\r\n"
+                                            b"BDAT 4 LAST\r\nm%d\r\n" % i for i in range(3))
+
+
+@pytest.mark.parametrize("pipelining", [True, False], ids=["pipelined", "serial"])
+def test_a_refused_bdat_never_lends_its_transaction_to_the_next_message(emulator_factory, pipelining):
+    """Every recipient refused, so BDAT LAST is refused with the sender still
+    set (the emulator keeps it, as a server may: the next MAIL would draw
+    503 5.5.2 and the next message's recipients and body would join the old
+    transaction).  The engine resets first: the next message goes under its
+    own sender and is reported as what it is."""
+    em = emulator_factory(unknown_recipients=["nobody@corp.example"], pipelining=pipelining)
+    cfg = em.config(username=SVC.username, password=SVC.password)
+    refused_sender = "reports@corp.example"     # allowed too: only the recipients are refused
+    items = [(refused_sender, ["nobody@corp.example"], raw(0, refused_sender)),
+             (SVC.address, ["bob@partner.example"], raw(1)),
+             (refused_sender, ["nobody@corp.example"], raw(2, refused_sender)),
+             (SVC.address, ["bob@partner.example"], raw(3))]
+    with mx.connect(cfg) as s:
+        result = s.send_many(items)
+        sent = [t for _ms, d, t in s.transcript if d == "C"]
+    assert isinstance(result[0], mx.RecipientsRefused) and isinstance(result[2], mx.RecipientsRefused)
+    assert not isinstance(result[1], mx.Error) and not isinstance(result[3], mx.Error)
+    # delivered under their own sender, not the refused message's
+    assert [m.mail_from for m in em.messages] == [SVC.address, SVC.address]
+    assert [m.data for m in em.messages] == [wire_form(raw(1)), wire_form(raw(3))]
+    assert sent.count("RSET") >= 2
 
 
 def test_stop_on_error_sends_nothing_after_a_refusal(emulator_factory):

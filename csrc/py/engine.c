@@ -15,15 +15,15 @@
 
 const stage kind_stage[] = {
     STG_MAIL, STG_RCPT, STG_DATA, STG_END_OF_DATA, STG_END_OF_DATA, STG_RSET,
-    STG_END_OF_DATA,
+    STG_END_OF_DATA, STG_RSET,
 };
 const timeout_key kind_timeout[] = {
     TO_MAIL, TO_RCPT, TO_DATA, TO_END_OF_DATA, TO_END_OF_DATA, TO_COMMAND,
-    TO_END_OF_DATA,
+    TO_END_OF_DATA, TO_COMMAND,
 };
 const mx_after kind_after[] = {
     MX_AFTER_MAIL, MX_AFTER_RCPT, MX_AFTER_DATA, MX_AFTER_END_OF_DATA, MX_AFTER_BDAT,
-    MX_AFTER_RSET, MX_AFTER_END_OF_DATA,
+    MX_AFTER_RSET, MX_AFTER_END_OF_DATA, MX_AFTER_RSET,
 };
 
 void
@@ -198,6 +198,15 @@ stage_body(Session *s, batch *b, size_t jobi)
         mx_body_init_bdat(&enc);
         if (stage_line(s, b, hdr, (size_t)hl, jobi, K_BDAT, 0) < 0)
             return -1;
+        /* A refused BDAT LAST does not always end the transaction (a server
+         * may keep the sender: "503 5.5.2 Sender already specified" to the
+         * next MAIL, whose RCPTs and body would then join the old
+         * transaction).  A MAIL staged before this BDAT's answer is read goes
+         * behind an RSET; one staged after it, only if it was refused. */
+        if (b->pipelining) {
+            b->guard = 1;
+            b->guard_job = jobi;
+        }
     }
     mx_conn_recordf(&s->c, MX_TR_INFO, "body: %llu octets%s", (unsigned long long)j->size,
             j->mode == B_BINARY ? ", binary" : "");
@@ -335,6 +344,13 @@ stage_more(Session *s, batch *b)
         if (one_by_one && b->qlen)
             return 0;
         if (j->step == 0) {
+            if (b->guard) {
+                b->guard = 0;
+                if (stage_simple(s, b, "RSET", b->cur, K_GUARD) < 0)
+                    return -1;
+                if (one_by_one)
+                    return 0;      /* its answer first */
+            }
             if (stage_line(s, b, j->lines, j->ends[0], b->cur, K_MAIL, 0) < 0)
                 return -1;
             j->step = 1;
@@ -475,14 +491,22 @@ read_next(Session *s, batch *b)
             return stage_simple(s, b, ".", e.job, K_EMPTY);
         }
         return stage_close(s, b, e.job);    /* DATA refused */
-    case K_EOD:
     case K_BDAT:
+        /* answered before the next MAIL was staged (always so without
+         * PIPELINING): an RSET only if it was refused */
+        if (!b->pipelining || (b->guard && b->guard_job == e.job))
+            b->guard = cls != 2 && j->mail_ok == 1;
+        job_over(b, j, cls == 2 && j->mail_ok == 1 && j->accepted);
+        break;
+    case K_EOD:
         job_over(b, j, cls == 2 && j->mail_ok == 1 && j->accepted);
         break;
     case K_RSET:
     case K_EMPTY:
         job_over(b, j, 0);
         break;
+    case K_GUARD:
+        break;                     /* the job whose MAIL follows is not over */
     }
     return 0;
 }

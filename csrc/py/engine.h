@@ -46,7 +46,9 @@
 #define MX_FILE_CHUNK 65536
 
 typedef enum { B_DATA, B_BDAT, B_BINARY } body_mode;
-typedef enum { K_MAIL, K_RCPT, K_DATA, K_EOD, K_BDAT, K_RSET, K_EMPTY } rkind;
+/* K_GUARD: an RSET staged before a MAIL that follows a BDAT whose answer
+ * was not known when the MAIL was staged (see stage_more) */
+typedef enum { K_MAIL, K_RCPT, K_DATA, K_EOD, K_BDAT, K_RSET, K_EMPTY, K_GUARD } rkind;
 
 /* per rkind: the stage named in errors, the timeout, what the reply answers */
 extern const stage kind_stage[];
@@ -99,6 +101,8 @@ typedef struct {
     job *jobs;
     size_t n, next, cur, gate;     /* cur/gate: a job index or NONE */
     int pipelining, stop_on_error, stopped;
+    int guard;                     /* the next MAIL needs an RSET before it */
+    size_t guard_job;              /* the job whose BDAT set guard */
     expect q[MX_PIPELINE_MAX + 4];
     size_t qhead, qlen, qwritten;
     int check_desync;              /* a reply was read since the last check */

@@ -265,7 +265,8 @@ finished_outcome(Session *s, batch *b, size_t jobi)
         PyObject *rep;
 
         if ((r->kind == K_RCPT && (r->code / 100 == 2 || j->mail_ok != 1)) ||
-            r->kind == K_RSET || r->kind == K_EMPTY || (r->kind == K_DATA && r->code == 354))
+            r->kind == K_RSET || r->kind == K_EMPTY || r->kind == K_GUARD ||
+            (r->kind == K_DATA && r->code == 354))
             continue;
         if (!(rep = make_sreply(s, b, r)))
             goto done;
