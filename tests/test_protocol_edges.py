@@ -144,7 +144,7 @@ def test_a_mebibyte_line_is_refused_with_bounded_memory(fake_server):
         conn.readline()
     srv = fake_server(script)
     s = plain_session(srv.port)
-    with pytest.raises(mx.ProtocolError, match="longer than 2048"):
+    with pytest.raises(mx.ProtocolError, match="longer than 65536"):
         s.connect()
 
 

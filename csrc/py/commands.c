@@ -54,12 +54,12 @@ Session_connect(Session *s, PyObject *unused)
         fail_io(s, STG_CONNECT);
         goto done;
     }
-    if (s->c.reply.code != 220) {
+    if (s->c.reply->code != 220) {
         PyObject *r = make_reply(s, STG_CONNECT);
         if (!r)
             goto done;
         poison(s, "the server refused the connection");
-        raise_exc(s, mx_verdict_of(MX_AFTER_GREETING, s->c.reply.code) == MX_V_CLOSING
+        raise_exc(s, mx_verdict_of(MX_AFTER_GREETING, s->c.reply->code) == MX_V_CLOSING
                          ? MX_EXC_SERVICE_UNAVAILABLE : MX_EXC_CONNECT,
                   STG_CONNECT, r, NULL, "the server refused the connection in its greeting");
         Py_DECREF(r);
@@ -75,7 +75,7 @@ done:
     return res;
 }
 
-/* Builds the capability dict of the EHLO reply in s->c.reply. */
+/* Builds the capability dict of the EHLO reply in s->c.reply-> */
 static int
 take_capabilities(Session *s)
 {
@@ -84,14 +84,14 @@ take_capabilities(Session *s)
 
     if (!d)
         return -1;
-    mx_ehlo_parse(&s->c.reply, &s->caps);
-    for (i = 1; i < s->c.reply.nlines; i++) {
-        const char *line = s->c.reply.text + s->c.reply.line_off[i], *params;
+    mx_ehlo_parse(s->c.reply, &s->caps);
+    for (i = 1; i < s->c.reply->nlines; i++) {
+        const char *line = s->c.reply->text + s->c.reply->line_off[i], *params;
         size_t kwlen, plen, j;
         char kwbuf[128];
         PyObject *v;
 
-        mx_ehlo_split(line, s->c.reply.line_len[i], &kwlen, &params, &plen);
+        mx_ehlo_split(line, s->c.reply->line_len[i], &kwlen, &params, &plen);
         if (kwlen == 0 || kwlen >= sizeof(kwbuf))
             continue;
         for (j = 0; j < kwlen; j++) {
@@ -111,7 +111,8 @@ take_capabilities(Session *s)
     }
     /* AUTH: every mechanism of the AUTH, AUTH= and X-EXPS lines */
     {
-        char *mechs = PyMem_Malloc(MX_REPLY_TEXT_MAX + 1);
+        size_t mcap = s->c.reply->text_len + s->c.reply->nlines + 1;   /* names, spaces, NUL */
+        char *mechs = PyMem_Malloc(mcap);
         size_t n;
         PyObject *v;
         if (!mechs) {
@@ -119,7 +120,7 @@ take_capabilities(Session *s)
             PyErr_NoMemory();
             return -1;
         }
-        n = mx_ehlo_auth_list(&s->c.reply, mechs, MX_REPLY_TEXT_MAX + 1);
+        n = mx_ehlo_auth_list(s->c.reply, mechs, mcap);
         v = n ? PyUnicode_DecodeUTF8(mechs, (Py_ssize_t)n, "replace") : NULL;
         PyMem_Free(mechs);
         if (n && (!v || PyDict_SetItemString(d, "AUTH", v) < 0)) {
@@ -150,7 +151,7 @@ do_ehlo(Session *s, const char *name)
         return fail_io(s, STG_EHLO);
     if (judge(s, MX_AFTER_EHLO, STG_EHLO, &v) < 0)
         return NULL;
-    if (s->c.reply.code == 250) {
+    if (s->c.reply->code == 250) {
         r = make_reply(s, STG_EHLO);
         if (!r || take_capabilities(s) < 0) {
             Py_XDECREF(r);
@@ -161,13 +162,13 @@ do_ehlo(Session *s, const char *name)
         set_state(s, S_READY);
         return r;
     }
-    if (s->c.reply.code >= 500 && s->helo_fallback) {
+    if (s->c.reply->code >= 500 && s->helo_fallback) {
         (void)mx_cmd_hello(cmd, sizeof(cmd), &len, "HELO", name, strlen(name));
         if (exchange(s, cmd, len, NULL, TO_EHLO) < 0)
             return fail_io(s, STG_EHLO);
         if (judge(s, MX_AFTER_EHLO, STG_EHLO, &v) < 0)
             return NULL;
-        if (s->c.reply.code == 250) {
+        if (s->c.reply->code == 250) {
             memset(&s->caps, 0, sizeof(s->caps));
             Py_XSETREF(s->caps_dict, PyDict_New());
             if (!s->caps_dict)
@@ -292,7 +293,7 @@ Session_starttls(Session *s, PyObject *unused)
     }
     if (judge(s, MX_AFTER_STARTTLS, STG_STARTTLS, &v) < 0)
         goto done;
-    if (s->c.reply.code != 220) {
+    if (s->c.reply->code != 220) {
         fail_reply(s, MX_EXC_TLS, STG_STARTTLS,
                    "the server refused STARTTLS; nothing was sent in the clear");
         goto done;
@@ -320,7 +321,7 @@ Session_starttls(Session *s, PyObject *unused)
     Py_CLEAR(s->ehlo_reply);
     s->esmtp = 0;
     s->authenticated = 0;
-    mx_reply_parser_init(&s->c.parser);
+    mx_reply_parser_init(s->c.parser);
     s->c.rstart = s->c.rend = 0;
     set_state(s, S_CONNECTED);
     if (ensure_ehlo(s) < 0)
