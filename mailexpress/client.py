@@ -97,6 +97,27 @@ def _recipients(to: str | Iterable[str] | None) -> list[str]:
     return list(to)
 
 
+#: how far into raw bytes the header block is looked for (Message-ID)
+_HEADER_SCAN_MAX = 65536
+
+
+def _raw_message_id(data: bytes | bytearray | memoryview) -> str | None:
+    """The Message-ID header of a raw message, from its header block only
+    (at most the first 64 KiB; the body is never looked at)."""
+    head = bytes(memoryview(data)[:_HEADER_SCAN_MAX])
+    ends = [i for i in (head.find(b"\r\n\r\n"), head.find(b"\n\n")) if i >= 0]
+    lines = head[:min(ends) if ends else len(head)].split(b"\n")
+    for i, line in enumerate(lines):
+        if line[:11].lower() == b"message-id:":
+            value = line[11:]
+            for cont in lines[i + 1:]:          # folded onto the next lines
+                if cont[:1] not in (b" ", b"\t"):
+                    break
+                value += cont
+            return " ".join(value.decode("ascii", "replace").split()) or None
+    return None
+
+
 def _addr_spec(value: str) -> str:
     """The bare address of ``"Name <a@b>"`` or ``"a@b"``."""
     _name, addr = parseaddr(value)
@@ -196,6 +217,8 @@ class Session(_core.Session):
                 raise InputError("sending bytes or a file needs envelope_from and recipients; "
                                  "nothing was sent")
             data = message
+            if isinstance(message, (bytes, bytearray, memoryview)):
+                message_id = _raw_message_id(message)
         else:
             raise InputError(f"message must be an email.message.EmailMessage, bytes or a binary "
                              f"file, not {type(message).__name__}; nothing was sent")
