@@ -3,12 +3,63 @@
  * is judged by judge() (errors.c) on mx_verdict_of (proto/verdict.c). */
 #include "session.h"
 
+#include <poll.h>
 #include <stdio.h>
 #include <string.h>
 
 #include "body.h"
 #include "tls.h"
 
+
+/* How long a plain connection waits for the first byte of the greeting
+ * before it asks, on a second connection, whether the port speaks implicit
+ * TLS (issue 14): a TLS port never greets, and waiting out the banner
+ * timeout (5 min by default) to report "no greeting" hides the fix.  Real
+ * SMTP servers greet within milliseconds, or after a deliberate pause
+ * (Postfix postscreen's greet wait is 6 s), and such a pause is still waited
+ * out in full: the probe only ends the wait when the port answers TLS. */
+#define MX_BANNER_PROBE_AFTER_MS 3000
+/* The probe's own bound: connect, ClientHello, the first bytes back. */
+#define MX_BANNER_PROBE_MS 1500
+
+/* Reads the greeting (banner timeout).  Not over TLS: when nothing came
+ * within MX_BANNER_PROBE_AFTER_MS, probes the port (mx_tls_probe); a port
+ * that answers TLS ends the wait with MX_E_CONNECT, wrong_mode SSL.  All
+ * with the GIL released.  0, or -1 with s->c.err set. */
+static int
+await_banner(Session *s)
+{
+    int64_t full = deadline_for(s, TO_BANNER);
+    int rc = 0, tls = 0;
+
+    if (s->security == SEC_SSL)
+        return recv_only(s, TO_BANNER);
+    Py_BEGIN_ALLOW_THREADS
+    {
+        int64_t early = mx_now_ms() + MX_BANNER_PROBE_AFTER_MS;
+        mx_error werr;
+
+        if ((!full || early < full) &&
+            mx_net_wait(s->c.fd, POLLIN, early, &werr) < 0 && werr.kind == MX_E_TIMEOUT) {
+            int64_t pdl = mx_now_ms() + MX_BANNER_PROBE_MS;
+            tls = mx_tls_probe(s->c.fd, s->server_name, full && full < pdl ? full : pdl);
+        }
+        if (!tls)
+            rc = mx_conn_recv_reply(&s->c, full);
+    }
+    Py_END_ALLOW_THREADS
+    if (tls) {
+        mx_error_set(&s->c.err, MX_E_CONNECT, 0,
+                     "no greeting after %d s, and the port answers a TLS ClientHello: "
+                     "this port speaks implicit TLS (SMTPS), not plain SMTP first: "
+                     "set security = 'ssl' (port 465), or use the port that offers "
+                     "STARTTLS (587)", MX_BANNER_PROBE_AFTER_MS / 1000);
+        s->c.err.wrong_mode = MX_MODE_SSL;
+        mx_conn_recordf(&s->c, MX_TR_INFO, "no greeting; the port answers TLS (implicit TLS)");
+        return -1;
+    }
+    return rc;
+}
 
 MX_DOC(connect_doc,
 "connect() -> Reply\n\n"
@@ -46,11 +97,11 @@ Session_connect(Session *s, PyObject *unused)
     s->c.fd = fd;
     mx_net_peer(fd, s->peer_addr, sizeof(s->peer_addr), &s->peer_port);
     mx_conn_recordf(&s->c, MX_TR_INFO, "connected to %s port %d", s->peer_addr, s->peer_port);
-    if (s->security == SEC_SSL && handshake(s) < 0) {
+    if (s->security == SEC_SSL && handshake(s, 1) < 0) {
         fail_io(s, STG_TLS);
         goto done;
     }
-    if (recv_only(s, TO_BANNER) < 0) {
+    if (await_banner(s) < 0) {
         fail_io(s, STG_CONNECT);
         goto done;
     }
@@ -311,7 +362,7 @@ Session_starttls(Session *s, PyObject *unused)
         raise_exc(s, MX_EXC_PROTOCOL, STG_STARTTLS, r, NULL, "STARTTLS: %s", why);
         goto done;
     }
-    if (handshake(s) < 0) {
+    if (handshake(s, 0) < 0) {
         fail_io(s, STG_STARTTLS);
         goto done;
     }

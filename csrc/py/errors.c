@@ -204,6 +204,21 @@ fail_io(Session *s, stage stg)
         }
         Py_DECREF(no);
     }
+    if (s->c.err.wrong_mode != MX_MODE_UNKNOWN) {
+        /* the security setting the port speaks (issue 14): "starttls" or "ssl" */
+        PyObject *wm = PyUnicode_FromString(s->c.err.wrong_mode == MX_MODE_SSL ? "ssl"
+                                                                                : "starttls");
+        if (!extra && !(extra = PyDict_New())) {
+            Py_XDECREF(wm);
+            return NULL;
+        }
+        if (!wm || PyDict_SetItemString(extra, "wrong_mode", wm) < 0) {
+            Py_XDECREF(wm);
+            Py_DECREF(extra);
+            return NULL;
+        }
+        Py_DECREF(wm);
+    }
     poison(s, msg);
     raise_exc(s, exc, stg, NULL, extra, "%s", msg);
     Py_XDECREF(extra);
