@@ -293,8 +293,8 @@ done:
 int
 mx_tls_probe(int fd, const char *server_name, int64_t deadline)
 {
-    unsigned char *hello = NULL, got[3];
-    size_t hlen = 0, n = 0;
+    unsigned char *hello = NULL;
+    size_t hlen = 0;
     mx_error e;
     int pfd, res = 0;
 
@@ -302,6 +302,8 @@ mx_tls_probe(int fd, const char *server_name, int64_t deadline)
         return 0;
     pfd = mx_net_connect_same(fd, deadline);
     if (pfd >= 0 && mx_net_write_all(pfd, hello, hlen, deadline, NULL, &e) == 0) {
+        unsigned char got[3];
+        size_t n = 0;
         while (n < sizeof(got)) {
             ssize_t r = mx_net_read(pfd, got + n, sizeof(got) - n, deadline, 0, &e);
             if (r < 0)
