@@ -121,3 +121,27 @@ def test_a_long_refusal_in_a_pipelined_batch_reaches_its_message(fake_server):
         s.send_raw("a@x.example", ["b@y.example"], b"Subject: x\r\n\r\nbody\r\n")
     assert info.value.reply.text == refusal[4:].decode()
     s.close()
+
+
+@pytest.mark.parametrize("size", [3000, 60000])
+def test_a_long_334_challenge_is_still_bounded_by_the_mechanism(fake_server, size):
+    # lines may now be 64 KiB, but LOGIN's challenges stay bounded (512 decoded
+    # octets): a long one ends the exchange, nothing is answered to it
+    import base64
+    challenge = base64.b64encode(b"u" * (size * 3 // 4))[:size]
+
+    def script(conn):  # type: ignore[no-untyped-def]
+        greet(conn, [b"AUTH LOGIN"])
+        conn.expect(b"AUTH LOGIN")
+        conn.send(b"334 " + challenge + b"\r\n")
+        conn.readline()
+    srv = fake_server(script)
+    s = mx.Session("127.0.0.1", srv.port, security="none", ehlo_name="client.example",
+                   allow_insecure_auth=True, auth_mechanisms=["LOGIN"],
+                   timeouts={"banner": 5, "ehlo": 5, "auth": 5})
+    s.connect()
+    s.ehlo()
+    with pytest.raises(mx.Error, match="challenge is longer than 512 octets"):
+        s.login("user", "secret")
+    s.close()
+    assert b"dXNlcg" not in srv.wire      # the user name never went out
