@@ -448,6 +448,241 @@ def connector_case(rounds: int) -> dict[str, float]:
     return row
 
 
+# -- the path users call: mx.send_many, Template, send_as (issue 16) -------------------
+
+TEXT_1K = ("Dear customer, your statement for this month is ready to view online.\n" * 15)[:1000]
+
+
+def sink_config(port: int):   # type: ignore[no-untyped-def]
+    import mailexpress as mx
+    return mx.load_config(host="127.0.0.1", port=port, security="none", use_auth=False,
+                          from_address=FROM, ehlo_name="bench.example", env={})
+
+
+def mappings(n: int):   # type: ignore[no-untyped-def]
+    for i in range(n):
+        yield {"to": f"user{i}@bench.example", "subject": f"Statement {i}", "body": TEXT_1K}
+
+
+def rows_of(n: int):   # type: ignore[no-untyped-def]
+    for i in range(n):
+        yield {"email": f"user{i}@bench.example", "name": f"Customer {i}", "n": i}
+
+
+def bench_template():   # type: ignore[no-untyped-def]
+    import mailexpress as mx
+    return mx.Template(to="{name} <{email}>", subject="Statement {n}",
+                       body="Dear {name},\n" + TEXT_1K[14:])
+
+
+def u_send_many(port: int, n: int) -> float:
+    import mailexpress as mx
+    t0 = time.perf_counter()
+    res = mx.send_many(sink_config(port), mappings(n))
+    dt = time.perf_counter() - t0
+    assert len(res) == n and not res.failed, str(res)
+    return n / dt
+
+
+def u_template(port: int, n: int) -> float:
+    import mailexpress as mx
+    t = bench_template()
+    t0 = time.perf_counter()
+    res = mx.send_many(sink_config(port), template=t, rows=rows_of(n))
+    dt = time.perf_counter() - t0
+    assert len(res) == n and not res.failed, str(res)
+    return n / dt
+
+
+def u_prebuilt(port: int, n: int) -> float:
+    """The engine alone (Session.send_many_raw, messages built before)."""
+    import mailexpress as mx
+    msg = body(1024)
+    with mx.connect(sink_config(port)) as s:
+        t0 = time.perf_counter()
+        out = s.send_many_raw([(FROM, [TO], msg)] * n)
+        dt = time.perf_counter() - t0
+    assert all(isinstance(o, tuple) for o in out)
+    return n / dt
+
+
+def u_send_as(port: int, n: int) -> float:
+    import mailexpress as mx
+    cfg = sink_config(port)
+    with mx.connect(cfg) as s:
+        t0 = time.perf_counter()
+        for i in range(n):
+            mx.send_as(cfg, to=f"user{i}@bench.example", subject=f"Statement {i}", body=TEXT_1K,
+                       session=s)
+        return n / (time.perf_counter() - t0)
+
+
+def u_smtplib_email(port: int, n: int) -> float:
+    """The peer: smtplib + EmailMessage built per message, in a loop."""
+    from email.message import EmailMessage
+    from email.utils import formatdate, make_msgid
+    with smtplib.SMTP("127.0.0.1", port, local_hostname="bench.example") as s:
+        t0 = time.perf_counter()
+        for i in range(n):
+            m = EmailMessage()
+            m["From"], m["To"], m["Subject"] = FROM, f"user{i}@bench.example", f"Statement {i}"
+            m["Date"] = formatdate(localtime=True)
+            m["Message-ID"] = make_msgid(domain="bench.example")
+            m.set_content(TEXT_1K)
+            s.send_message(m)
+        return n / (time.perf_counter() - t0)
+
+
+USER_PATHS: dict[str, Callable[[int, int], float]] = {
+    "Session.send_many_raw, prebuilt bytes (the engine)": u_prebuilt,
+    "mx.send_many, mappings": u_send_many,
+    "mx.send_many, Template + rows": u_template,
+    "send_as in a loop, one session": u_send_as,
+    "smtplib + EmailMessage in a loop (the peer)": u_smtplib_email,
+}
+
+MEM_CHILD = r"""
+import sys, time, gc
+sys.path.insert(0, sys.argv[3])
+import bench
+import mailexpress as mx
+port, n = int(sys.argv[1]), int(sys.argv[2])
+def status(key):
+    for line in open("/proc/self/status"):
+        if line.startswith(key):
+            return int(line.split()[1])
+cfg = bench.sink_config(port)
+t = bench.bench_template()
+mx.send_many(cfg, template=t, rows=bench.rows_of(200))     # warm: imports, first allocations
+gc.collect()
+open("/proc/self/clear_refs", "w").write("5")
+before = status("VmRSS:")
+t0 = time.perf_counter()
+res = mx.send_many(cfg, template=t, rows=bench.rows_of(n))
+dt = time.perf_counter() - t0
+assert len(res) == n and not res.failed
+print(status("VmHWM:") - before, n / dt)
+"""
+
+
+def memory_case(port: int, counts: list[int]) -> list[dict[str, object]]:
+    """Extra peak RSS of mx.send_many over a generator (template rows), each
+    count in a child process of its own."""
+    rows = []
+    for n in counts:
+        out = subprocess.run([sys.executable, "-c", MEM_CHILD, str(port), str(n), str(HERE)],
+                             check=True, capture_output=True, text=True,
+                             env=dict(os.environ, PYTHONPATH=str(ROOT))).stdout.split()
+        kib, rate = int(out[0]), float(out[1])
+        rows.append({"messages": n, "extra_peak_kib": kib, "bytes_per_message": kib * 1024 / n,
+                     "msg_per_s": rate})
+        print(f"memory, mx.send_many over a generator of {n:>9,} messages: +{kib / 1024:.1f} MiB "
+              f"peak ({kib * 1024 / n:.0f} bytes a message), {rate:.0f} msg/s", flush=True)
+    return rows
+
+
+class FirstMail:
+    """A relay in front of smtp-sink that notes when the first MAIL command
+    arrives (time.monotonic, this process)."""
+
+    def __init__(self, target: int) -> None:
+        self.port = free_port()
+        self.target = target
+        self.first: float | None = None
+        self.lsock = socket.create_server(("127.0.0.1", self.port))
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        conn, _ = self.lsock.accept()
+        up = socket.create_connection(("127.0.0.1", self.target))
+        for s in (conn, up):
+            s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+        def pump(a: socket.socket, b: socket.socket, watch: bool) -> None:
+            seen = b""
+            while True:
+                data = a.recv(1 << 16)
+                if not data:
+                    b.shutdown(socket.SHUT_WR)
+                    return
+                if watch and self.first is None:
+                    seen += data[:4096]
+                    if b"MAIL FROM" in seen.upper():
+                        self.first = time.monotonic()
+                    seen = seen[-16:]
+                b.sendall(data)
+        t = threading.Thread(target=pump, args=(up, conn, False), daemon=True)
+        t.start()
+        pump(conn, up, True)
+        t.join()
+        conn.close()
+        up.close()
+        self.lsock.close()
+
+
+def ttfb_case(port: int, n: int) -> dict[str, float]:
+    """Time from calling mx.send_many (a generator of n mappings) to the first
+    MAIL on the wire; connect and EHLO included."""
+    import mailexpress as mx
+    relay = FirstMail(port)
+    cfg = sink_config(relay.port)
+    t0 = time.monotonic()
+    res = mx.send_many(cfg, mappings(n))
+    assert len(res) == n and not res.failed and relay.first is not None
+    ms = (relay.first - t0) * 1000
+    print(f"time to the first MAIL on the wire, mx.send_many of {n:,} from a generator: "
+          f"{ms:.1f} ms", flush=True)
+    return {"messages": n, "ms": ms}
+
+
+def user_cases(srv: Servers, rounds: int, scale: float, million: bool) -> dict[str, object]:
+    n = max(int(10_000 * scale), 500)
+    n_slow = max(n // 5, 200)        # the send_as-style loops
+    got: dict[str, list[float]] = {}
+    for _ in range(rounds):
+        for name, fn in USER_PATHS.items():
+            slow = "loop" in name
+            got.setdefault(name, []).append(fn(srv.plain, n_slow if slow else n))
+    rates = {k: statistics.median(v) for k, v in got.items()}
+    peer = rates["smtplib + EmailMessage in a loop (the peer)"]
+    print(f"1 KB text to smtp-sink, one connection ({n:,} messages; loops {n_slow:,}):")
+    for k, v in rates.items():
+        print(f"  {k:<52} {v:8.0f} msg/s  {v / peer:6.2f}x the peer", flush=True)
+    counts = [10_000] if scale < 1 else [10_000, 100_000] + ([1_000_000] if million else [])
+    mem = memory_case(srv.plain, counts)
+    ttfb = ttfb_case(srv.plain, 100_000 if scale >= 1 else 10_000)
+    return {"messages": n, "loop_messages": n_slow, "msg_per_s": rates, "memory": mem,
+            "ttfb": ttfb}
+
+
+def print_user_targets(user: dict[str, object]) -> None:
+    rates = user["msg_per_s"]
+    assert isinstance(rates, dict)
+    peer = rates["smtplib + EmailMessage in a loop (the peer)"]
+    many, tpl = rates["mx.send_many, mappings"], rates["mx.send_many, Template + rows"]
+    loop = rates["send_as in a loop, one session"]
+    mem = user["memory"]
+    ttfb = user["ttfb"]
+    assert isinstance(mem, list) and isinstance(ttfb, dict)
+    checks = [
+        (f"mx.send_many, mappings: >= 20,000 msg/s ({many:.0f})", many >= 20_000),
+        (f"mx.send_many, mappings: >= 20x smtplib + EmailMessage ({many / peer:.1f}x)",
+         many / peer >= 20),
+        (f"mx.send_many, Template: >= 30,000 msg/s ({tpl:.0f})", tpl >= 30_000),
+        (f"send_as in a loop: >= 5x smtplib + EmailMessage ({loop / peer:.1f}x)", loop / peer >= 5),
+        (f"time to first MAIL, {ttfb['messages']:,} messages: < 100 ms ({ttfb['ms']:.1f} ms)",
+         ttfb["ms"] < 100),
+    ]
+    for m in mem:
+        checks.append((f"{m['messages']:,} messages from a generator: < 1 KB extra peak a message "
+                       f"({m['bytes_per_message']:.0f} B)", m["bytes_per_message"] < 1024))
+        if m["messages"] >= 1_000_000:
+            checks.append((f"1,000,000 messages: < 200 MB extra peak ({m['extra_peak_kib'] / 1024:.0f} MiB)",
+                           m["extra_peak_kib"] < 200 * 1024))
+    for name, met in checks:
+        print(f"  {'met ' if met else 'MISS'}  {name}")
+
+
 # -- output ---------------------------------------------------------------------------
 
 def print_row(row: dict[str, object]) -> None:
@@ -507,7 +742,7 @@ def machine() -> str:
             f"Python {platform.python_version()}, {ssl.OPENSSL_VERSION}")
 
 
-def chart(rows: list[dict[str, object]], path: str) -> None:
+def chart(rows: list[dict[str, object]], path: str, user: dict[str, object] | None = None) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -519,7 +754,20 @@ def chart(rows: list[dict[str, object]], path: str) -> None:
         size = r["size"]
         assert isinstance(size, int)
         labels.append(f"{where}{tls}{size // 1024} KB\nx{r['conns']}")
-    fig, ax = plt.subplots(figsize=(12, 5))
+    if user is not None:
+        fig, (ax, ax2) = plt.subplots(2, 1, figsize=(12, 9), gridspec_kw={"height_ratios": [5, 3]})
+        rates = user["msg_per_s"]
+        assert isinstance(rates, dict)
+        names_u = list(rates)
+        ax2.barh(range(len(names_u)), [rates[k] for k in names_u], color="tab:blue")
+        ax2.set_yticks(range(len(names_u)))
+        ax2.set_yticklabels(names_u, fontsize=8)
+        ax2.invert_yaxis()
+        ax2.set_xscale("log")
+        ax2.set_xlabel("messages per second (log scale)")
+        ax2.set_title("The path users call: 1 KB text to smtp-sink, one connection, same run")
+    else:
+        fig, ax = plt.subplots(figsize=(12, 5))
     width = 0.2
     for i, name in enumerate(names):
         vals = []
@@ -547,6 +795,10 @@ def main() -> int:
     ap.add_argument("--no-install", action="store_true")
     ap.add_argument("--big", type=int, default=50_000_000, help="size of the big message")
     ap.add_argument("--chart", help="write a PNG chart here")
+    ap.add_argument("--no-million", action="store_true",
+                    help="leave out the 1,000,000-message memory run (about 3 minutes)")
+    ap.add_argument("--only-user", action="store_true",
+                    help="only the user-path rows (send_many, Template, send_as, memory, first byte)")
     ap.add_argument("--json", help="write all figures here")
     args = ap.parse_args()
     ensure_tools(not args.no_install)
@@ -554,6 +806,10 @@ def main() -> int:
     print(machine())
     srv = Servers()
     try:
+        user = user_cases(srv, rounds, scale, not args.no_million)
+        if args.only_user:
+            print_user_targets(user)
+            return 0
         rows = sink_cases(srv, rounds, scale)
         aio_rows = asyncio_cases(srv, rounds, scale)
         big = big_case(srv, rounds, args.big)
@@ -564,11 +820,13 @@ def main() -> int:
         rows.append(pf)
     conn = connector_case(rounds)
     print_targets(rows, big)
+    print_user_targets(user)
     if args.chart:
-        chart(rows, args.chart)
+        chart(rows, args.chart, user)
     if args.json:
         Path(args.json).write_text(json.dumps({"machine": machine(), "rows": rows, "big": big,
-                                               "test_connector": conn, "asyncio": aio_rows}, indent=1))
+                                               "test_connector": conn, "asyncio": aio_rows,
+                                               "user_paths": user}, indent=1))
     return 0
 
 

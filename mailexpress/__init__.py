@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 from . import _core
 from .bulk import BulkResult, Progress, send_many
 from .client import Session, SendResult, connect, send_as
+from .template import Template
 from .config import Config, Secret, load_config
 from .diagnose import Check, ConnectorReport, SenderProbe, test_connector
 from .errors import (
@@ -48,7 +49,7 @@ __all__ = [
     "RefusedError", "Reply", "Secret", "SendResult", "SenderRefused", "ServiceUnavailable",
     "Session", "Stage", "StateError", "TLSError", "TimeoutError", "connect", "load_config",
     "send_as", "OPENSSL_VERSION", "__version__", "Check", "ConnectorReport", "SenderProbe",
-    "test_connector", "BulkResult", "Progress", "send_many", "AuthResult",
+    "test_connector", "BulkResult", "Progress", "send_many", "Template", "AuthResult",
 ]
 
 

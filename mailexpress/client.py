@@ -1,28 +1,28 @@
-"""The public client API: connect(), send_as(), Session and SendResult.
+"""The public client API: connect(), send_as() and Session.
 
-Thin on purpose: the C core speaks SMTP; this module builds messages, reads
-the config and gives results a Python shape.
+Thin on purpose: the C core speaks SMTP; `compose` builds messages;
+`results` gives them a Python shape (SendResult is re-exported here).
 """
 from __future__ import annotations
 
-import html
 import logging
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
 from email.message import EmailMessage
-from email.utils import parseaddr
 from typing import IO, TYPE_CHECKING, Any, Callable, Union
 
 from . import _core
+from .batches import run_bulk
+from .compose import envelope, prepare
+from .compose import recipients as _recipients
 from .config import Config
 from .errors import Error, InputError
-from .message import build_message, message_bytes
-from .reply import Reply
+from .mime import Attachment
+from .results import BulkResult, Progress, SendResult
+from .results import make_result as _result
 
 if TYPE_CHECKING:
     from .auth import AuthResult
-    from .bulk import BulkResult, Progress
 
 __all__ = ["Session", "SendResult", "connect", "send_as"]
 
@@ -35,93 +35,6 @@ BulkItem = Union[EmailMessage, tuple[str, Union[str, Sequence[str]], Message]]
 ProgressArg = Union[bool, "Callable[[Progress], object]", None]
 
 log = logging.getLogger("mailexpress")
-
-
-@dataclass(frozen=True)
-class SendResult:
-    """What happened to one message.
-
-    ``accepted`` and ``refused`` split the envelope recipients; a refused
-    recipient is never dropped silently: it is here with the server's reply.
-    ``reply`` is the server's final answer at end of data (the message is
-    accepted for delivery only when this object exists).
-    """
-
-    message_id: str | None
-    envelope_from: str
-    accepted: tuple[str, ...]
-    refused: dict[str, Reply]
-    reply: Reply
-    elapsed_ms: int = 0
-    transcript: tuple[tuple[int, str, str], ...] = field(default=(), repr=False)
-
-    @property
-    def ok(self) -> bool:
-        """True when every recipient was accepted."""
-        return not self.refused
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "message_id": self.message_id,
-            "envelope_from": self.envelope_from,
-            "accepted": list(self.accepted),
-            "refused": {a: r.to_dict() for a, r in self.refused.items()},
-            "reply": self.reply.to_dict(),
-            "elapsed_ms": self.elapsed_ms,
-        }
-
-    def _repr_html_(self) -> str:
-        status = "sent to every recipient" if self.ok else f"sent, but {len(self.refused)} recipient(s) REFUSED"
-        rows = "".join(f"<tr><td>{html.escape(a)}</td><td>accepted</td><td></td></tr>" for a in self.accepted)
-        rows += "".join(f"<tr><td>{html.escape(a)}</td><td><b>REFUSED</b></td><td>{html.escape(str(r))}</td></tr>"
-                        for a, r in self.refused.items())
-        return (f"<div><b>Message {html.escape(self.message_id or '(no Message-ID)')}</b> from "
-                f"<code>{html.escape(self.envelope_from)}</code>: {status} ({self.elapsed_ms} ms)"
-                f"<table><tr><th>recipient</th><th>result</th><th>reply</th></tr>{rows}</table>"
-                f"<div>server: <code>{html.escape(str(self.reply))}</code></div></div>")
-
-    def __str__(self) -> str:
-        lines = [f"message {self.message_id or '(no Message-ID)'} from {self.envelope_from}",
-                 f"  accepted: {', '.join(self.accepted) or '-'}"]
-        for addr, reply in self.refused.items():
-            lines.append(f"  REFUSED:  {addr}: {reply}")
-        lines.append(f"  server:   {self.reply}")
-        return "\n".join(lines)
-
-
-def _recipients(to: str | Iterable[str] | None) -> list[str]:
-    if to is None:
-        return []
-    if isinstance(to, str):
-        return [to]
-    return list(to)
-
-
-#: how far into raw bytes the header block is looked for (Message-ID)
-_HEADER_SCAN_MAX = 65536
-
-
-def _raw_message_id(data: bytes | bytearray | memoryview) -> str | None:
-    """The Message-ID header of a raw message, from its header block only
-    (at most the first 64 KiB; the body is never looked at)."""
-    head = bytes(memoryview(data)[:_HEADER_SCAN_MAX])
-    ends = [i for i in (head.find(b"\r\n\r\n"), head.find(b"\n\n")) if i >= 0]
-    lines = head[:min(ends) if ends else len(head)].split(b"\n")
-    for i, line in enumerate(lines):
-        if line[:11].lower() == b"message-id:":
-            value = line[11:]
-            for cont in lines[i + 1:]:          # folded onto the next lines
-                if cont[:1] not in (b" ", b"\t"):
-                    break
-                value += cont
-            return " ".join(value.decode("ascii", "replace").split()) or None
-    return None
-
-
-def _addr_spec(value: str) -> str:
-    """The bare address of ``"Name <a@b>"`` or ``"a@b"``."""
-    _name, addr = parseaddr(value)
-    return addr or value
 
 
 class Session(_core.Session):
@@ -203,31 +116,7 @@ class Session(_core.Session):
                   recipients: str | Sequence[str] | None) -> tuple[str, list[str], Body, str | None]:
         """(envelope sender, recipients, wire body, Message-ID) of one message;
         InputError when the envelope cannot be known."""
-        message_id: str | None = None
-        data: Body
-        if isinstance(message, EmailMessage):
-            if envelope_from is None:
-                envelope_from = _addr_spec(str(message.get("Sender") or message.get("From") or ""))
-            if recipients is None:
-                recipients = [_addr_spec(a) for a in _header_addresses(message)]
-            message_id = message.get("Message-ID")
-            data = message_bytes(message, utf8=self.has_extn("SMTPUTF8"))
-        elif isinstance(message, (bytes, bytearray, memoryview)) or hasattr(message, "readinto"):
-            if envelope_from is None or recipients is None:
-                raise InputError("sending bytes or a file needs envelope_from and recipients; "
-                                 "nothing was sent")
-            data = message
-            if isinstance(message, (bytes, bytearray, memoryview)):
-                message_id = _raw_message_id(message)
-        else:
-            raise InputError(f"message must be an email.message.EmailMessage, bytes or a binary "
-                             f"file, not {type(message).__name__}; nothing was sent")
-        rcpts = _recipients(recipients)
-        if not envelope_from:
-            raise InputError("no envelope sender: give envelope_from or a From header; nothing was sent")
-        if not rcpts:
-            raise InputError("no recipients: give recipients or To/Cc/Bcc headers; nothing was sent")
-        return envelope_from, rcpts, data, message_id
+        return envelope(message, envelope_from, recipients, utf8=self.has_extn("SMTPUTF8"))
 
     def send(self, message: Message, *, envelope_from: str | None = None,
              recipients: str | Sequence[str] | None = None,
@@ -260,33 +149,8 @@ class Session(_core.Session):
         callable taking a `Progress`, or True for a tqdm bar (when
         tqdm is installed; log lines otherwise).
         """
-        from .bulk import run_bulk
         return run_bulk(self, messages, stop_on_error=stop_on_error, progress=progress,
                         batch_size=batch_size)
-
-
-def _result(envelope_from: str, rcpts: list[str], message_id: str | None,
-            refused: dict[str, Reply], reply: Reply, elapsed_ms: int) -> SendResult:
-    accepted = tuple(a for a in rcpts if a not in refused)
-    if refused:
-        log.warning("message %s: %d of %d recipients refused: %s", message_id, len(refused),
-                    len(rcpts), "; ".join(f"{a}: {r}" for a, r in refused.items()))
-    log.info("message %s accepted from %s for %d recipient(s): %s", message_id,
-             envelope_from, len(accepted), reply)
-    return SendResult(message_id=message_id, envelope_from=envelope_from, accepted=accepted,
-                      refused=dict(refused), reply=reply, elapsed_ms=elapsed_ms)
-
-
-def _header_addresses(msg: EmailMessage) -> list[str]:
-    out: list[str] = []
-    for name in ("To", "Cc", "Bcc"):
-        for value in msg.get_all(name, []):
-            addresses = getattr(value, "addresses", None)
-            if addresses is not None:
-                out.extend(a.addr_spec for a in addresses)
-            else:
-                out.extend(a.strip() for a in str(value).split(",") if a.strip())
-    return out
 
 
 def _log_transcript(session: Session) -> None:
@@ -327,7 +191,8 @@ def send_as(config: Config, sender: str | None = None, to: str | Iterable[str] |
             cc: str | Iterable[str] | None = None, bcc: str | Iterable[str] | None = None,
             html: str | None = None, message: EmailMessage | bytes | None = None,
             envelope_from: str | None = None, headers: dict[str, str] | None = None,
-            session: Session | None = None, token_provider: Any = None) -> SendResult:
+            session: Session | None = None, token_provider: Any = None,
+            attachments: Sequence[Attachment] | None = None) -> SendResult:
     """Sends one message as ``sender`` through the configured connector.
 
     ``sender`` (default ``config.from_address``) becomes the From header and,
@@ -337,6 +202,8 @@ def send_as(config: Config, sender: str | None = None, to: str | Iterable[str] |
     a ready `EmailMessage` (copied; From, Message-ID
     and Date added when missing) or bytes (sent as they are).  ``session``
     reuses an open `Session`; otherwise one is opened and closed.
+    ``attachments``: paths, ``(filename, data)`` or ``(filename, data,
+    content_type)``.
     ``token_provider`` (an object with ``get_token(scope)``, such as an
     ``azure.identity`` credential, or a callable returning a token or
     ``(token, expires_at)``) authenticates with XOAUTH2 instead of the
@@ -365,26 +232,17 @@ def send_as(config: Config, sender: str | None = None, to: str | Iterable[str] |
     own = session is None
     sess = connect(config) if session is None else session
     try:
-        if isinstance(message, (bytes, bytearray, memoryview)):
-            result = sess.send(message, envelope_from=envelope_from or _addr_spec(sender),
-                               recipients=to_list + cc_list + bcc_list)
-        else:
-            # built once the server's capabilities are known: 8-bit text
-            # only where 8BITMIME is offered, quoted-printable otherwise
-            msg = build_message(sender=sender, to=to_list, cc=cc_list,
-                                subject=subject, body=body, html=html, reply_to=reply_to,
-                                headers=headers, template=message,
-                                eight_bit=sess.has_extn("8BITMIME"),
-                                utf8=sess.has_extn("SMTPUTF8"))
-            rcpts = to_list + cc_list + bcc_list or None
-            result = sess.send(msg, envelope_from=envelope_from or _addr_spec(sender),
-                               recipients=rcpts)
-        result = SendResult(
-            message_id=result.message_id, envelope_from=result.envelope_from,
-            accepted=result.accepted, refused=result.refused, reply=result.reply,
-            elapsed_ms=int((time.monotonic() - started) * 1000),
-            transcript=tuple(sess.transcript))
-        return result
+        # built once the server's capabilities are known: 8-bit text
+        # only where 8BITMIME is offered, quoted-printable otherwise
+        p = prepare(sender=sender, to=to_list, cc=cc_list, bcc=bcc_list, subject=subject,
+                    body=body, html=html, reply_to=reply_to, message=message,
+                    envelope_from=envelope_from, headers=headers, attachments=attachments,
+                    eight_bit=sess.has_extn("8BITMIME"), utf8=sess.has_extn("SMTPUTF8"))
+        refused, reply = _core.Session.send_raw(sess, p.envelope_from, p.recipients, p.data)
+        # a session of the caller's keeps its transcript (the whole conversation) itself
+        return _result(p.envelope_from, p.recipients, p.message_id, refused, reply,
+                       int((time.monotonic() - started) * 1000),
+                       transcript=tuple(sess.transcript) if own else ())
     finally:
         if own:
             _log_transcript(sess)

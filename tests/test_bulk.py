@@ -463,3 +463,109 @@ def test_stop_on_error_on_the_data_path(emulator_factory):
     assert isinstance(result[1], mx.RecipientsRefused)
     assert all(isinstance(o, mx.StateError) and o.retry_safe for o in result[2:])
     assert followup.ok and len(em.messages) == 2
+
+
+# -- streaming mx.send_many and mail merge (issue 16) ----------------------------
+
+def test_send_many_reads_its_input_while_sending(emulator_factory):
+    """Batch k is final before batch k + 2 is read: the input is consumed as it is sent."""
+    em = emulator_factory()
+    cfg = em.config(username=SVC.username, password=SVC.password, from_address=SVC.address)
+    delivered_when_read: dict[int, int] = {}
+
+    def messages():
+        for i in range(450):
+            delivered_when_read[i] = len(em.messages)
+            yield {"to": "bob@partner.example", "subject": f"n{i}", "body": f"body {i}"}
+
+    seen: list[mx.Progress] = []
+    result = mx.send_many(cfg, messages(), progress=seen.append, batch_size=100)
+    assert len(result) == 450 and result.ok and result.connections == 1
+    assert delivered_when_read[0] == 0
+    assert delivered_when_read[200] >= 100 and delivered_when_read[300] >= 200
+    assert [p.done for p in seen] == [100, 200, 300, 400, 450] and seen[-1].total is None
+    assert [m.message["Subject"] for m in em.messages] == [f"n{i}" for i in range(450)]
+
+
+def test_streaming_reconnects_and_keeps_order_and_nothing_twice(emulator_factory):
+    em = emulator_factory(max_messages_per_connection=7)
+    cfg = em.config(username=SVC.username, password=SVC.password, from_address=SVC.address)
+    gen = ({"to": "bob@partner.example", "subject": f"s{i}", "body": str(i)} for i in range(40))
+    result = mx.send_many(cfg, gen, batch_size=5, reconnects=10)
+    assert len(result.sent) == 40 and result.connections == 6
+    subjects = [m.message["Subject"] for m in em.messages]
+    assert subjects == [f"s{i}" for i in range(40)]
+    assert [r.message_id for r in result.sent] == [m.message["Message-ID"] for m in em.messages]
+
+
+def test_streaming_gives_up_with_every_message_accounted_for(emulator_factory):
+    em = emulator_factory(max_messages_per_connection=3)
+    cfg = em.config(username=SVC.username, password=SVC.password, from_address=SVC.address)
+    gen = ({"to": "bob@partner.example", "body": str(i)} for i in range(25))
+    result = mx.send_many(cfg, gen, batch_size=4, reconnects=1)
+    assert len(result) == 25 and len(result.sent) == 6 and len(em.messages) == 6
+    assert all(e.retry_safe and e.delivered is False for _, e in result.failed)
+    assert [i for i, _ in result.failed] == list(range(6, 25))
+
+
+def test_sent_messages_are_kept_compact(emulator_factory):
+    em = emulator_factory()
+    cfg = em.config(username=SVC.username, password=SVC.password, from_address=SVC.address)
+    result = mx.send_many(cfg, [{"to": "bob@partner.example", "body": "x"}] * 3)
+    kept = result._items[0]
+    assert type(kept) is tuple and len(kept) == 6
+    assert result._items[0][0] is result._items[1][0], "equal senders are shared"
+    first = result[0]
+    assert isinstance(first, mx.SendResult) and first.accepted == ("bob@partner.example",)
+    assert first.message_id == em.messages[0].message["Message-ID"]
+    assert result.to_dict()["outcomes"][2]["accepted"] == ["bob@partner.example"]
+
+
+def test_template_merges_rows_and_escapes_html(emulator_factory):
+    em = emulator_factory()
+    cfg = em.config(username=SVC.username, password=SVC.password, from_address=SVC.address)
+    t = mx.Template(to="{name} <{email}>", subject="Invoice {n} for {name}",
+                    body="Dear {name},\nyou owe {amount:.2f}.\n",
+                    html="<p>Dear {name}</p>", headers={"X-Customer": "{n}"})
+    rows = [{"name": "Jörg Ünal", "email": "j@partner.example", "n": 1, "amount": 3},
+            {"name": "Tom & <Jerry>", "email": "t@partner.example", "n": 2, "amount": 1.5},
+            {"name": "no email", "n": 3, "amount": 0},
+            {"name": "x\r\nBcc: evil@x.example", "email": "e@partner.example", "n": 4, "amount": 0}]
+    result = mx.send_many(cfg, template=t, rows=iter(rows))
+    assert [type(o).__name__ for o in result] == ["SendResult", "SendResult", "InputError", "InputError"]
+    assert "'email'" in str(result[2]) and "to" in str(result[2])
+    assert "CR, LF or NUL" in str(result[3])
+    a, b = (m.message for m in em.messages)
+    assert a["Subject"] == "Invoice 1 for Jörg Ünal" and a["To"].addresses[0].display_name == "Jörg Ünal"
+    assert a["X-Customer"] == "1" and a.get_body(("plain",)).get_content() == "Dear Jörg Ünal,\nyou owe 3.00.\n"
+    assert b.get_body(("html",)).get_content().strip() == "<p>Dear Tom &amp; &lt;Jerry&gt;</p>"
+    assert em.messages[1].rcpt_tos == ["t@partner.example"]
+    assert t.render(rows[1])["subject"] == "Invoice 2 for Tom & <Jerry>"
+
+
+def test_template_fixed_parts_and_attachments(emulator_factory, tmp_path):
+    em = emulator_factory()
+    cfg = em.config(username=SVC.username, password=SVC.password, from_address=SVC.address)
+    (tmp_path / "terms.txt").write_bytes(b"terms\n")
+    t = mx.Template(to="{to}", subject="Fixed", body="Same for all\n", html="<b>all</b>",
+                    attachments=[tmp_path / "terms.txt"], sender="Billing <" + SVC.address + ">")
+    result = mx.send_many(cfg, template=t, rows=[{"to": ["a@partner.example", "b@partner.example"]},
+                                                 {"to": "c@partner.example"}])
+    assert result.ok and [m.rcpt_tos for m in em.messages] == [["a@partner.example", "b@partner.example"],
+                                                               ["c@partner.example"]]
+    for m in em.messages:
+        msg = m.message
+        assert msg["From"].addresses[0].display_name == "Billing"
+        assert msg.get_body(("plain",)).get_content() == "Same for all\n"
+        assert [a.get_content() for a in msg.iter_attachments()] == ["terms\n"]
+    assert em.messages[0].message["Message-ID"] != em.messages[1].message["Message-ID"]
+
+
+def test_template_and_messages_are_not_both_given(emulator_factory):
+    em = emulator_factory()
+    cfg = em.config(username=SVC.username, password=SVC.password, from_address=SVC.address)
+    with pytest.raises(mx.InputError, match="not both"):
+        mx.send_many(cfg, [{"to": "x@y.example"}], template=mx.Template(), rows=[])
+    with pytest.raises(mx.InputError, match="placeholder"):
+        mx.Template(subject="{a.b}")
+    assert em.connections == 0

@@ -39,6 +39,6 @@ def test_raw_bytes_message_id(fake_server, raw, expected):
 
 
 def test_the_header_scan_is_bounded():
-    from mailexpress.client import _raw_message_id
+    from mailexpress.compose import raw_message_id as _raw_message_id
     assert _raw_message_id(memoryview(b"Message-ID: <m@x>\r\n\r\n")) == "<m@x>"
     assert _raw_message_id(bytearray(b"X: " + b"y" * 70000 + b"\r\nMessage-ID: <late@x>\r\n\r\n")) is None

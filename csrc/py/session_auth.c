@@ -107,6 +107,21 @@ run_auth(Session *s, mx_auth_mech *m)
     return NULL;
 }
 
+/* Runs an exchange that mx_auth_prepare_* made ready (rc 0), or raises the
+ * InputError it found (rc > 0; rc < 0 is already raised); frees m. */
+static PyObject *
+run_prepared(Session *s, mx_auth_mech *m, int rc, const char *why)
+{
+    PyObject *res = NULL;
+
+    if (rc > 0)
+        raise_exc(s, MX_EXC_INPUT, STG_AUTH, NULL, NULL, "%s; nothing was sent", why);
+    else if (rc == 0)
+        res = run_auth(s, m);
+    mx_auth_mech_free(m);
+    return res;
+}
+
 MX_DOC(login_doc,
 "login(user, password, mechanism=None) -> Reply\n\n"
 "Authenticates with AUTH PLAIN or LOGIN: the given mechanism, or the first\n"
@@ -167,11 +182,7 @@ Session_login(Session *s, PyObject *args, PyObject *kw)
         goto done;
     rc = mx_auth_prepare_basic(&m, mech == MX_AUTH_LOGIN, u, (size_t)ulen, p, (size_t)plen,
                                why, sizeof(why));
-    if (rc > 0)
-        raise_exc(s, MX_EXC_INPUT, STG_AUTH, NULL, NULL, "%s; nothing was sent", why);
-    else if (rc == 0)
-        res = run_auth(s, &m);
-    mx_auth_mech_free(&m);
+    res = run_prepared(s, &m, rc, why);
 done:
     leave(s);
     return res;
@@ -243,11 +254,7 @@ Session_auth_oauth(Session *s, PyObject *args, PyObject *kw)
     }
     rc = mx_auth_prepare_oauth(&m, bearer, u, (size_t)ulen, h, (size_t)hlen, (unsigned)port,
                                t, (size_t)tlen, why, sizeof(why));
-    if (rc > 0)
-        raise_exc(s, MX_EXC_INPUT, STG_AUTH, NULL, NULL, "%s; nothing was sent", why);
-    else if (rc == 0)
-        res = run_auth(s, &m);
-    mx_auth_mech_free(&m);
+    res = run_prepared(s, &m, rc, why);
 done:
     leave(s);
     return res;

@@ -1,0 +1,202 @@
+"""Batches on one session: the C engine's `send_many_raw` and its outcomes.
+
+`Session.send_many` (here: `run_bulk`) and `mx.send_many` (in `bulk`) hand the
+engine batches of prepared messages; the engine writes each batch with as few
+round trips as the server allows (see docs/performance.md), with the GIL
+released, and gives one outcome per message.  This module turns those into
+compact records or errors, and reports progress between batches.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence, Sized
+from email.message import EmailMessage
+from itertools import islice
+from typing import Any, Union
+
+from . import _core
+from .compose import Prepared, envelope
+from .errors import Error, InputError, StateError
+from .reply import Reply
+from .results import BulkResult, Progress, Record, record
+
+__all__ = ["Reporter", "run_bulk", "send_prepared", "not_sent", "maybe_resent"]
+
+log = logging.getLogger("mailexpress")
+
+ProgressArg = Union[bool, "Callable[[Progress], object]", None]
+#: What is kept per message of a batch: a compact record or the error.
+Kept = Union[Record, Error]
+
+
+class Reporter:
+    """Feeds a progress callback or a tqdm bar between batches."""
+
+    def __init__(self, progress: ProgressArg, total: int | None) -> None:
+        self.total = total
+        self.callback: Callable[[Progress], object] | None = None
+        self.bar: Any = None
+        self.started = time.monotonic()
+        self.done = self.sent = self.failed = 0
+        if callable(progress):
+            self.callback = progress
+        elif progress:
+            try:
+                from tqdm.auto import tqdm  # type: ignore[import-untyped,unused-ignore]
+            except ImportError:
+                self.callback = lambda p: log.info("%s", p)
+            else:
+                self.bar = tqdm(total=total, unit="msg", desc="sending")
+
+    def update(self, outcomes: Sequence[Kept]) -> None:
+        if not outcomes:
+            return
+        self.done += len(outcomes)
+        failed = sum(isinstance(o, Error) for o in outcomes)
+        self.failed += failed
+        self.sent += len(outcomes) - failed
+        elapsed = time.monotonic() - self.started
+        if self.bar is not None:
+            self.bar.update(len(outcomes))
+            self.bar.set_postfix(sent=self.sent, failed=self.failed, refresh=False)
+        if self.callback is not None:
+            self.callback(Progress(self.done, self.total, self.sent, self.failed, elapsed,
+                                   self.done / elapsed if elapsed > 0 else 0.0))
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def maybe_resent(o: object) -> bool:
+    """An outcome the bulk send_as may still replace by sending again."""
+    return isinstance(o, Error) and bool(getattr(o, "retry_safe", False))
+
+
+def not_sent(cls: type[Error], why: str) -> Error:
+    err = cls(f"not sent: {why}")
+    err.delivered = False       # type: ignore[attr-defined]
+    err.retry_safe = True       # type: ignore[attr-defined]
+    return err
+
+
+class Shared:
+    """One object for equal replies and senders across a run (a server that
+    answers every message alike costs nothing per message); bounded."""
+
+    __slots__ = ("replies", "strings")
+
+    def __init__(self) -> None:
+        self.replies: dict[Reply, Reply] = {}
+        self.strings: dict[str, str] = {}
+
+    def reply(self, r: Reply) -> Reply:
+        got = self.replies.get(r)
+        if got is not None:
+            return got
+        if len(self.replies) < 256:
+            self.replies[r] = r
+        return r
+
+    def string(self, s: str) -> str:
+        got = self.strings.get(s)
+        if got is not None:
+            return got
+        if len(self.strings) < 1024:
+            self.strings[s] = s
+        return s
+
+
+def send_prepared(session: _core.Session, prepared: Sequence[Prepared | Error],
+                  stop_on_error: bool, shared: Shared | None = None) -> list[Kept]:
+    """Sends one batch of prepared messages (errors stand for messages that
+    could not be prepared and are kept as their outcome).  Returns one kept
+    outcome per item; with ``stop_on_error`` the list ends at the first failure."""
+    started = time.monotonic()
+    if stop_on_error:
+        for k, p in enumerate(prepared):
+            if isinstance(p, Error):
+                prepared = prepared[:k + 1]
+                break
+    wire = [(p[0], p[1], p[2]) for p in prepared if not isinstance(p, Error)]
+    raw = _core.Session.send_many_raw(session, wire, stop_on_error) if wire else []
+    elapsed = int((time.monotonic() - started) * 1000)
+    shared = shared or Shared()
+    out: list[Kept] = []
+    it = iter(raw)
+    for p in prepared:
+        if isinstance(p, Error):
+            p.delivered = False   # type: ignore[attr-defined]
+            out.append(p)
+            continue
+        try:
+            o = next(it)
+        except StopIteration:       # the engine stopped (stop_on_error)
+            break
+        if isinstance(o, Error):
+            out.append(o)
+        elif isinstance(o, BaseException):
+            # not ours (a file that is not seekable, or failed while read): kept
+            # as this message's outcome, the original as its cause
+            unread = InputError(f"the message could not be read: {type(o).__name__}: {o}; "
+                                "it was not delivered")
+            unread.__cause__ = o
+            unread.delivered = False   # type: ignore[attr-defined]
+            out.append(unread)
+        else:
+            refused, reply = o
+            out.append(record(shared.string(p[0]), p[1], p[3], refused, shared.reply(reply),
+                              elapsed))
+    return out
+
+
+def _item_envelope(session: _core.Session, item: Any) -> Prepared:
+    utf8 = "SMTPUTF8" in session.capabilities
+    if isinstance(item, EmailMessage):
+        return envelope(item, None, None, utf8=utf8)
+    if isinstance(item, tuple) and len(item) == 3:
+        envelope_from, recipients, message = item
+        return envelope(message, envelope_from, recipients, utf8=utf8)
+    raise InputError("each message must be an EmailMessage or a tuple (envelope_from, "
+                     f"recipients, message), not {type(item).__name__}; it was not sent")
+
+
+def run_bulk(session: _core.Session, messages: Iterable[Any], *, stop_on_error: bool,
+             progress: ProgressArg, batch_size: int) -> BulkResult:
+    """`Session.send_many`: the input is consumed batch by batch."""
+    if batch_size < 1:
+        raise InputError(f"batch_size must be at least 1, not {batch_size}")
+    total = len(messages) if isinstance(messages, Sized) else None
+    reporter = Reporter(progress, total)
+    started = time.monotonic()
+    outcomes: list[Kept] = []
+    shared = Shared()
+    it: Iterator[Any] = iter(messages)
+    try:
+        while batch := list(islice(it, batch_size)):
+            prepared: list[Prepared | Error] = []
+            for item in batch:
+                try:
+                    prepared.append(_item_envelope(session, item))
+                except InputError as err:
+                    prepared.append(err)
+            got = send_prepared(session, prepared, stop_on_error, shared)
+            # with stop_on_error a batch ends at its first failure
+            for _ in batch[len(got):]:
+                got.append(not_sent(StateError, "an earlier message failed and stop_on_error is set"))
+            outcomes.extend(got)
+            reporter.update(got)
+            if session.state == "ERROR" or (stop_on_error and any(isinstance(o, Error) for o in got)):
+                break
+        if total is not None and len(outcomes) < total:
+            failures = [o for o in outcomes if isinstance(o, Error)]
+            cls: type[Error] = type(failures[-1]) if failures and session.state == "ERROR" else StateError
+            why = ("the session failed before this message went out" if session.state == "ERROR"
+                   else "an earlier message failed and stop_on_error is set")
+            rest: list[Kept] = [not_sent(cls, why) for _ in range(total - len(outcomes))]
+            outcomes.extend(rest)
+            reporter.update(rest)
+    finally:
+        reporter.close()
+    return BulkResult(outcomes, int((time.monotonic() - started) * 1000))

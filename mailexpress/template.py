@@ -1,0 +1,271 @@
+"""Mail merge: a message compiled once, filled in per recipient.
+
+    t = mx.Template(to="{name} <{email}>", subject="Invoice {number}",
+                    body="Dear {name},\\n...", html="<p>Dear {name}</p>")
+    mx.send_many(cfg, template=t, rows=csv.DictReader(f))
+
+Placeholders are `str.format` fields (``{name}``, ``{amount:.2f}``,
+``{name!r}``) naming keys of each row; values filled into ``html`` are HTML
+escaped.  The template is parsed once; everything without a placeholder
+(sender, static headers, a static body, attachments) is encoded once per
+server capability set, so the per-message cost is the substitution and the
+encoding of what it changed.
+"""
+from __future__ import annotations
+
+import html as html_mod
+import string
+from collections.abc import Mapping, Sequence
+from typing import Any, Union
+
+from . import mime
+from .compose import Prepared
+from .errors import InputError
+
+__all__ = ["Template"]
+
+CRLF = b"\r\n"
+_Part = tuple[str, Union[str, None], Union[str, None], Union[str, None]]
+
+
+class _Field:
+    """One templated string: literal text and placeholders, parsed once."""
+
+    __slots__ = ("where", "text", "parts", "escape", "names", "single")
+
+    def __init__(self, where: str, text: str, escape: bool) -> None:
+        if not isinstance(text, str):
+            raise InputError(f"Template {where}: must be a string, not {type(text).__name__}")
+        self.where, self.text, self.escape = where, text, escape
+        try:
+            parts: list[_Part] = list(string.Formatter().parse(text))
+        except ValueError as exc:
+            raise InputError(f"Template {where}: {exc} (write {{{{ and }}}} for literal braces)") from None
+        for _lit, name, _spec, _conv in parts:
+            if name is not None and (not name.isidentifier() and not name.replace("-", "_").isidentifier()):
+                raise InputError(f"Template {where}: placeholder {{{name}}} must name a field "
+                                 "(letters, digits, _ or -), not an expression")
+        self.parts = parts
+        self.names = frozenset(n for _l, n, _s, _c in parts if n is not None)
+        #: the field name when the text is exactly one placeholder
+        self.single = parts[0][1] if len(parts) == 1 and not parts[0][0] and parts[0][1] \
+            and not parts[0][2] and not parts[0][3] else None
+
+    def render(self, row: Mapping[str, Any]) -> str:
+        if not self.names:
+            return self.text
+        out = []
+        for lit, name, spec, conv in self.parts:
+            if lit:
+                out.append(lit)
+            if name is None:
+                continue
+            try:
+                value = row[name]
+            except KeyError:
+                raise InputError(f"the row has no field {name!r} (used in the template's "
+                                 f"{self.where}); it was not sent") from None
+            if conv == "r":
+                value = repr(value)
+            elif conv == "a":
+                value = ascii(value)
+            elif conv == "s":
+                value = str(value)
+            try:
+                text = format(value, spec) if spec else (value if type(value) is str else str(value))
+            except (ValueError, TypeError) as exc:
+                raise InputError(f"field {name!r} = {value!r} does not fit {{{name}:{spec}}} in "
+                                 f"the template's {self.where}: {exc}; it was not sent") from None
+            out.append(html_mod.escape(text) if self.escape else text)
+        return "".join(out)
+
+
+class _Compiled:
+    """What does not change from row to row, encoded for one capability set."""
+
+    def __init__(self, t: Template, eight_bit: bool, utf8: bool) -> None:
+        def static(f: _Field | None) -> bool:
+            return f is None or not f.names
+        self.from_b = mime.encode_header("From", t._sender.text, utf8=utf8) \
+            if t._sender is not None and static(t._sender) else None
+        self.reply_to_b = mime.encode_header("Reply-To", t._reply_to.text, utf8=utf8) \
+            if t._reply_to is not None and static(t._reply_to) else None
+        self.subject_b = mime.encode_header("Subject", t._subject.text, utf8=utf8) \
+            if static(t._subject) else None
+        self.headers_b = b"".join(mime.encode_header(n, f.text, utf8=utf8)
+                                  for n, f in t._headers if static(f))
+        self.text_b = self._part(t._body, "plain", eight_bit) if static(t._body) and t._body else None
+        self.html_b = self._part(t._html, "html", eight_bit) if static(t._html) and t._html else None
+        self.attachments_b = [mime.attachment_part(a) for a in t.attachments]
+        #: per sender or reply-to address seen: its header line, envelope address and domain
+        self.seen: dict[tuple[str, str], tuple[bytes, str, str | None]] = {}
+        self.mime_b: bytes | None = None
+        if static(t._body) and static(t._html):
+            self.mime_b = mime.body_bytes(t._body.text if t._body else None,
+                                          t._html.text if t._html else None, None, eight_bit)
+            if self.attachments_b:
+                self.mime_b = self._mixed(self.mime_b)
+
+    @staticmethod
+    def _part(f: _Field, subtype: str, eight_bit: bool) -> bytes:
+        head, body = mime.text_part(f.text, subtype, eight_bit)
+        return head + CRLF + body
+
+    def _mixed(self, inner: bytes) -> bytes:
+        """``MIME-Version`` ... of a multipart/mixed holding ``inner`` (the
+        MIME headers and body of the text) and the attachments."""
+        assert inner.startswith(b"MIME-Version: 1.0\r\n")
+        head, content = mime.multipart(b"mixed", [inner[19:]] + self.attachments_b)
+        return b"MIME-Version: 1.0\r\n" + head + CRLF + content
+
+
+class Template:
+    """A message with ``{field}`` placeholders, compiled once.
+
+    ``to`` (default ``"{to}"``), ``cc``, ``bcc``, ``sender``, ``reply_to``,
+    ``subject``, ``body``, ``html`` and the values of ``headers`` may hold
+    placeholders; ``attachments`` are the same for every message (read
+    once).  ``sender``/``reply_to`` default to send_many's and then the
+    config's.  ``to``/``cc``/``bcc`` may render to several addresses
+    separated by commas, or be one placeholder whose value is a list.
+
+    `render` gives one message as `send_as` keyword arguments;
+    ``mx.send_many(cfg, template=t, rows=rows)`` sends one message a row
+    without building it from scratch.
+    """
+
+    def __init__(self, *, subject: str = "", body: str | None = None, html: str | None = None,
+                 to: str = "{to}", cc: str | None = None, bcc: str | None = None,
+                 sender: str | None = None, reply_to: str | None = None,
+                 headers: Mapping[str, str] | None = None,
+                 attachments: Sequence[mime.Attachment] = ()) -> None:
+        if body is None and html is None:
+            body = ""
+        self._subject = _Field("subject", subject, False)
+        self._body = _Field("body", body, False) if body is not None else None
+        self._html = _Field("html", html, True) if html is not None else None
+        self._to = _Field("to", to, False)
+        self._cc = _Field("cc", cc, False) if cc is not None else None
+        self._bcc = _Field("bcc", bcc, False) if bcc is not None else None
+        self._sender = _Field("sender", sender, False) if sender is not None else None
+        self._reply_to = _Field("reply_to", reply_to, False) if reply_to is not None else None
+        self._headers = [(name, _Field(f"header {name}", value, False))
+                         for name, value in (headers or {}).items()]
+        for name, _f in self._headers:
+            mime.encode_header(name, "x")      # a bad header name fails here, once
+        self.attachments = list(attachments)
+        for a in self.attachments:
+            mime.attachment_part(a)             # an unreadable attachment fails here, once
+        fields = [self._subject, self._body, self._html, self._to, self._cc, self._bcc,
+                  self._sender, self._reply_to] + [f for _n, f in self._headers]
+        #: every field name the template uses
+        self.fields: frozenset[str] = frozenset().union(*(f.names for f in fields if f is not None))
+        self._compiled: dict[tuple[bool, bool], _Compiled] = {}
+
+    def __repr__(self) -> str:
+        return f"<mailexpress.Template fields={sorted(self.fields)}>"
+
+    def _addresses(self, f: _Field | None, row: Mapping[str, Any]) -> list[str]:
+        if f is None:
+            return []
+        if f.single is not None:
+            value = row.get(f.single)
+            if isinstance(value, (list, tuple)):
+                return [str(v) for v in value]
+        text = f.render(row)
+        if "," in text and '"' not in text:
+            return [a.strip() for a in text.split(",") if a.strip()]
+        return [text] if text.strip() else []
+
+    def render(self, row: Mapping[str, Any]) -> dict[str, Any]:
+        """One message as `send_as` keyword arguments (``to``, ``subject``,
+        ``body``, ...): ``mx.send_as(cfg, **t.render(row))``."""
+        out: dict[str, Any] = {"to": self._addresses(self._to, row),
+                               "subject": self._subject.render(row)}
+        for key, f in (("cc", self._cc), ("bcc", self._bcc)):
+            if f is not None:
+                out[key] = self._addresses(f, row)
+        for key, g in (("body", self._body), ("html", self._html), ("sender", self._sender),
+                       ("reply_to", self._reply_to)):
+            if g is not None:
+                out[key] = g.render(row)
+        if self.attachments:
+            out["attachments"] = list(self.attachments)
+        if self._headers:
+            out["headers"] = {name: f.render(row) for name, f in self._headers}
+        return out
+
+    def prepare(self, row: Mapping[str, Any], *, sender: str | None, reply_to: str | None,
+                eight_bit: bool, utf8: bool) -> Prepared:
+        """The envelope and wire bytes of the row's message (what send_many sends)."""
+        if not isinstance(row, Mapping):
+            raise InputError(f"each row must be a mapping of field names to values, not "
+                             f"{type(row).__name__}; it was not sent")
+        to = self._addresses(self._to, row)
+        cc = self._addresses(self._cc, row)
+        rcpts = to + cc + self._addresses(self._bcc, row)
+        if not rcpts:
+            raise InputError(f"no recipients: the template's to ({self._to.text!r}) is empty "
+                             "for this row; it was not sent")
+        who = self._sender.render(row) if self._sender is not None else sender
+        if not who:
+            raise InputError("no sender: give the template a sender, sender=... or from_address "
+                             "in the config; nothing was sent")
+        envelope = [mime.split_address(a)[1] for a in rcpts]
+        # UTF-8 headers only in an SMTPUTF8 transaction (a non-ASCII envelope address)
+        utf8 = utf8 and not (who.isascii() and all(a.isascii() for a in envelope))
+        c = self._compiled.get((eight_bit, utf8))
+        if c is None:
+            c = self._compiled[(eight_bit, utf8)] = _Compiled(self, eight_bit, utf8)
+        from_b, mail_from, domain = self._address(c, "From", who, utf8)
+        out = [from_b, mime.address_header(b"To", "to", to, utf8)]
+        if cc:
+            out.append(mime.address_header(b"Cc", "cc", cc, utf8))
+        if c.reply_to_b is not None:
+            out.append(c.reply_to_b)
+        else:
+            rt = self._reply_to.render(row) if self._reply_to is not None else reply_to
+            if rt:
+                out.append(self._address(c, "Reply-To", rt, utf8)[0])
+        out.append(c.subject_b or mime.encode_header("Subject", self._subject.render(row), utf8=utf8))
+        out.append(c.headers_b)
+        for name, f in self._headers:
+            if f.names:
+                out.append(mime.encode_header(name, f.render(row), utf8=utf8))
+        out.append(mime.date_header())
+        message_id = mime.make_message_id(domain)
+        out.append(b"Message-ID: " + message_id.encode("utf-8") + CRLF)
+        out.append(c.mime_b or self._mime(c, row, eight_bit))
+        return Prepared(mail_from, envelope, b"".join(out), message_id)
+
+    @staticmethod
+    def _address(c: _Compiled, name: str, value: str,
+                 utf8: bool) -> tuple[bytes, str, str | None]:
+        got = c.seen.get((name, value))
+        if got is None:
+            field = "sender" if name == "From" else "reply_to"
+            addr = mime.split_address(value)[1]
+            got = (mime.address_header(name.encode("ascii"), field, [value], utf8),
+                   addr, addr.rpartition("@")[2] or None)
+            if len(c.seen) < 64:
+                c.seen[(name, value)] = got
+        return got
+
+    def _mime(self, c: _Compiled, row: Mapping[str, Any], eight_bit: bool) -> bytes:
+        def part(f: _Field | None, static: bytes | None, subtype: str) -> bytes | None:
+            if f is None:
+                return None
+            if static is not None:
+                return static
+            head, body = mime.text_part(f.render(row), subtype, eight_bit)
+            return head + CRLF + body
+        text = part(self._body, c.text_b, "plain")
+        rich = part(self._html, c.html_b, "html")
+        if text is not None and rich is not None:
+            head, content = mime.multipart(b"alternative", [text, rich])
+            inner = head + CRLF + content
+        else:
+            inner = text or rich or b""
+        inner = b"MIME-Version: 1.0\r\n" + inner
+        return c._mixed(inner) if c.attachments_b else inner
+

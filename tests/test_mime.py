@@ -1,0 +1,228 @@
+"""The fast builder (mailexpress.mime) means what EmailMessage means.
+
+Both are built from the same arguments and parsed back with the standard
+library's parser (policy=default); headers (decoded), MIME structure and
+payloads must agree.  Header injection is refused naming the field.
+"""
+from __future__ import annotations
+
+import email.policy
+import re
+from email.message import EmailMessage
+from email.parser import BytesParser, Parser
+
+import pytest
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
+
+import mailexpress as mx
+from mailexpress import mime
+
+PARSER = BytesParser(policy=email.policy.default)
+
+# Header text: any printable character (control characters are neither ours
+# nor EmailMessage's to carry); non-ASCII, quotes, commas, "=?" included.
+header_text = st.text(st.characters(blacklist_categories=("Cc", "Cs", "Zl", "Zp")), max_size=120)
+# Body text: what str.splitlines (which EmailMessage uses) and CRLF agree on.
+body_text = st.text(st.characters(blacklist_categories=("Cs",),
+                                  blacklist_characters="\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029\0"),
+                    max_size=600)
+# long enough to fold many times (EmailMessage's folder is slow beyond this)
+long_header = st.integers(min_value=100, max_value=400).map(lambda n: "Grüße " * (n // 12) + "x" * (n // 2))
+long_line = st.integers(min_value=990, max_value=1500).map(lambda n: "ü" * (n // 3) + "a" * n)
+local = st.from_regex(r"[a-z0-9][a-z0-9._+-]{0,20}", fullmatch=True).filter(
+    lambda s: ".." not in s and not s.endswith("."))
+addr_spec = st.builds(lambda lp, d: f"{lp}@{d}.example", local,
+                      st.from_regex(r"[a-z][a-z0-9-]{0,15}", fullmatch=True))
+display = st.text(st.characters(blacklist_categories=("Cc", "Cs", "Zl", "Zp"),
+                                blacklist_characters='"\\<>()'), max_size=60).map(str.strip)
+address = st.builds(lambda n, a: (n, a), display, addr_spec)
+filename = st.text(st.characters(blacklist_categories=("Cc", "Cs", "Zl", "Zp"),
+                                 blacklist_characters='"\\/'), min_size=1, max_size=40).map(str.strip).filter(bool)
+attachment = st.tuples(filename, st.binary(max_size=600))
+
+
+def fmt(name: str, addr: str) -> str:
+    if not name:
+        return addr
+    return f'"{name}" <{addr}>' if re.search(r'[,;:@.\[\]]', name) else f"{name} <{addr}>"
+
+
+def reference(sender, to, cc, reply_to, subject, body, html, attachments, headers,
+              eight_bit) -> EmailMessage:
+    """What the standard library builds for the same arguments."""
+    policy = email.policy.SMTP.clone(cte_type="8bit" if eight_bit else "7bit")
+    m = EmailMessage(policy=policy)
+    m["From"] = sender
+    if to:
+        m["To"] = ", ".join(to)
+    if cc:
+        m["Cc"] = ", ".join(cc)
+    if reply_to:
+        m["Reply-To"] = reply_to
+    m["Subject"] = subject
+    for k, v in headers.items():
+        m[k] = v
+    if body is not None:
+        m.set_content(body)
+        if html is not None:
+            m.add_alternative(html, subtype="html")
+    else:
+        m.set_content(html, subtype="html")
+    for fn, data in attachments:
+        m.add_attachment(data, maintype="application", subtype="octet-stream", filename=fn)
+    return m
+
+
+def addresses(h) -> list[tuple[str, str]]:
+    # Whitespace in a display name (a phrase) is not compared: EmailMessage
+    # collapses runs of it, and the standard library's parser keeps the folding
+    # whitespace between two adjacent encoded words of a phrase (RFC 2047 6.2
+    # says to ignore it), so a long non-ASCII name comes back with a space
+    # where it was split.  Every other character is compared.
+    return [(re.sub(r"\s+", "", a.display_name), a.addr_spec) for a in h.addresses] \
+        if h is not None else []
+
+
+def summary(msg) -> dict[str, object]:
+    """What a message means, as the standard library reads it."""
+    parts = []
+    for p in msg.walk():
+        if p.is_multipart():
+            parts.append((p.get_content_type(),))
+        elif p.get_content_maintype() == "text" and not p.get_filename():
+            parts.append((p.get_content_type(), p.get_content().replace("\r\n", "\n")))
+        else:
+            parts.append((p.get_content_type(), p.get_filename(), p.get_content()))
+    return {
+        "from": addresses(msg["From"]), "to": addresses(msg["To"]), "cc": addresses(msg["Cc"]),
+        "reply-to": addresses(msg["Reply-To"]), "subject": str(msg["Subject"]),
+        "x-note": str(msg["X-Note"]) if msg["X-Note"] is not None else None,
+        "parts": parts, "defects": [type(d).__name__ for p in msg.walk() for d in p.defects],
+    }
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(sender=address, to=st.lists(address, min_size=1, max_size=4),
+       cc=st.lists(address, max_size=3), reply_to=st.none() | address,
+       subject=header_text | long_header, note=st.none() | header_text.filter(str.strip),
+       body=st.none() | body_text | long_line, html=st.none() | body_text,
+       attachments=st.lists(attachment, max_size=2), eight_bit=st.booleans())
+@example(sender=("Jörg Müller", "j@corp.example"), to=[("Doe, John", "jd@x.example")], cc=[],
+         reply_to=None, subject="=?utf-8?q?not_an_encoded_word?=", note=None,
+         body="x" * 2000, html=None, attachments=[("ä b.pdf", b"\0\1")], eight_bit=False)
+def test_means_what_email_message_means(sender, to, cc, reply_to, subject, note, body, html,
+                                        attachments, eight_bit):
+    if body is None and html is None:
+        body = ""
+    sender_s, to_s, cc_s = fmt(*sender), [fmt(*a) for a in to], [fmt(*a) for a in cc]
+    rt_s = fmt(*reply_to) if reply_to else None
+    headers = {"X-Note": note} if note is not None else {}
+    ours, message_id = mime.build(sender=sender_s, to=to_s, cc=cc_s, reply_to=rt_s,
+                                  subject=subject, body=body, html=html, headers=headers,
+                                  attachments=[(fn, data, "application/octet-stream")
+                                               for fn, data in attachments],
+                                  eight_bit=eight_bit)
+    theirs = reference(sender_s, to_s, cc_s, rt_s, subject, body, html, attachments, headers,
+                       eight_bit).as_bytes()
+    got, want = PARSER.parsebytes(ours), PARSER.parsebytes(theirs)
+    mine, ref = summary(got), summary(want)
+    # the caller's subject, exactly; EmailMessage's wherever it keeps it (it
+    # writes text that looks like an encoded word as it is, so that it comes
+    # back decoded: not the caller's text)
+    assert mine.pop("subject") == subject
+    if "=?" not in subject:
+        assert ref.pop("subject") == subject
+    ref.pop("subject", None)
+    # the same for a custom header: EmailMessage drops a leading space
+    assert mine.pop("x-note") == note
+    ref.pop("x-note")
+    # addresses: the caller's, every one; EmailMessage's own output loses some
+    # when it folds a non-ASCII display name with no-break spaces
+    # (an address list of two comes back as one), so they are compared with the input
+    for key, given in (("from", [sender]), ("to", to), ("cc", cc),
+                       ("reply-to", [reply_to] if reply_to else [])):
+        assert mine.pop(key) == [(re.sub(r"\s+", "", n), a) for n, a in given], key
+        ref.pop(key)
+    assert mine == ref
+    assert got["Message-ID"] == message_id and got["Date"] is not None
+    # the wire rules: CRLF only, no line over 998 octets, 7-bit unless allowed
+    lines = ours.split(b"\r\n")
+    assert b"\r" not in ours.replace(b"\r\n", b"") and b"\n" not in ours.replace(b"\r\n", b"")
+    assert max(map(len, lines)) <= 998
+    head = ours.split(b"\r\n\r\n", 1)[0]
+    assert head.isascii(), "headers must be ASCII without SMTPUTF8"
+    assert all(len(line) <= 78 for line in head.split(b"\r\n") if b"=?" in line or b" " in line[1:])
+    if not eight_bit:
+        assert ours.isascii()
+
+
+@settings(max_examples=60, deadline=None)
+@given(field=st.sampled_from(["sender", "to", "cc", "reply_to", "subject", "header", "header name",
+                              "filename"]),
+       bad=st.sampled_from(["\r", "\n", "\0", "\r\n"]), text=header_text, pos=st.integers(0, 200))
+def test_cr_lf_nul_anywhere_in_a_header_are_refused_naming_the_field(field, bad, text, pos):
+    pos = min(pos, len(text))
+    evil = text[:pos] + bad + text[pos:]
+    args: dict[str, object] = {"sender": "a@corp.example", "to": ["b@x.example"], "subject": "s",
+                               "body": "b"}
+    named = field
+    if field in ("to", "cc"):
+        args[field] = ["c@x.example", f"{evil} <d@x.example>"]
+    elif field == "header":
+        args["headers"] = {"X-Note": evil}
+        named = "X-Note"
+    elif field == "header name":
+        args["headers"] = {f"X-{evil}": "v"}
+        named = "header name"
+    elif field == "filename":
+        args["attachments"] = [(f"f{evil}.txt", b"data")]
+        named = "attachment"
+    else:
+        args[field] = evil if field != "sender" else f"{evil} <a@corp.example>"
+    with pytest.raises(mx.InputError) as info:
+        mime.build(**args)   # type: ignore[arg-type]
+    assert named in str(info.value) and "nothing was sent" in str(info.value)
+
+
+@given(subject=st.text(st.characters(blacklist_categories=("Cc", "Cs", "Zl", "Zp")), max_size=200),
+       body=body_text)
+@settings(max_examples=40, deadline=None)
+def test_smtputf8_headers_and_8bit_bodies_go_as_utf8(subject, body):
+    ours, _ = mime.build(sender="Jörg <jörg@corp.example>", to=["ß@x.example"], subject=subject,
+                         body=body, utf8=True, eight_bit=True)
+    # UTF-8 headers (RFC 6532): the standard library reads them from text
+    got = Parser(policy=email.policy.default).parsestr(ours.decode("utf-8"))
+    assert str(got["Subject"]) == subject
+    assert addresses(got["From"]) == [("Jörg", "jörg@corp.example")]
+    if not body or max(map(len, body.encode().split(b"\n"))) <= 998:
+        assert got["Content-Transfer-Encoding"] in ("7bit", "8bit")
+    # the 8-bit body: from the bytes (the text parser cannot decode it)
+    assert PARSER.parsebytes(ours).get_content().replace("\r\n", "\n") == \
+        (body if body.endswith("\n") else body + "\n")
+
+
+def test_attachments_from_paths_and_bytes(tmp_path):
+    p = tmp_path / "report.csv"
+    p.write_bytes(b"a,b\r\n1,2\r\n")
+    ours, _ = mime.build(sender="a@corp.example", to=["b@x.example"], subject="s", body="see",
+                         attachments=[p, ("logo.png", b"\x89PNG"), ("x.bin", b"\0", "application/x-thing")])
+    msg = PARSER.parsebytes(ours)
+    att = list(msg.iter_attachments())
+    assert [(a.get_filename(), a.get_content_type(), a.get_content()) for a in att] == [
+        ("report.csv", "text/csv", "a,b\r\n1,2\r\n"), ("logo.png", "image/png", b"\x89PNG"),
+        ("x.bin", "application/x-thing", b"\0")]
+    with pytest.raises(mx.InputError, match="missing.txt"):
+        mime.build(sender="a@corp.example", to=["b@x.example"], attachments=[tmp_path / "missing.txt"])
+
+
+def test_mime_headers_are_the_builders_own():
+    with pytest.raises(mx.InputError, match="Content-Type"):
+        mime.build(sender="a@corp.example", to=["b@x.example"], headers={"Content-Type": "text/html"})
+
+
+def test_a_non_ascii_local_part_needs_smtputf8():
+    with pytest.raises(mx.InputError, match="SMTPUTF8"):
+        mime.build(sender="a@corp.example", to=["jörg@x.example"], utf8=False)
+    ours, _ = mime.build(sender="a@corp.example", to=["j@bücher.example"], utf8=False)
+    assert b"To: j@xn--bcher-kva.example\r\n" in ours
