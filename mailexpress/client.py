@@ -68,10 +68,15 @@ class Session(_core.Session):
         self.close_quietly()
 
     def close_quietly(self) -> None:
-        """QUIT if the session is usable, then close; never raises for I/O."""
+        """QUIT if the session is usable, then close; never raises for I/O.
+
+        The QUIT is bounded by the ``quit`` timeout (5 s by default); its
+        failure is logged at DEBUG and otherwise ignored: what was sent is
+        sent."""
         try:
             self.quit()
-        except Error:
+        except Error as exc:
+            log.debug("QUIT failed, connection closed: %s", exc)
             self.close()
 
     def __repr__(self) -> str:

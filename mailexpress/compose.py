@@ -63,6 +63,27 @@ def header_addresses(msg: EmailMessage) -> list[str]:
     return out
 
 
+#: how far into raw bytes the header block is looked for (Message-ID)
+_HEADER_SCAN_MAX = 65536
+
+
+def raw_message_id(data: bytes | bytearray | memoryview) -> str | None:
+    """The Message-ID header of a raw message, from its header block only
+    (at most the first 64 KiB; the body is never looked at)."""
+    head = bytes(memoryview(data)[:_HEADER_SCAN_MAX])
+    ends = [i for i in (head.find(b"\r\n\r\n"), head.find(b"\n\n")) if i >= 0]
+    lines = head[:min(ends) if ends else len(head)].split(b"\n")
+    for i, line in enumerate(lines):
+        if line[:11].lower() == b"message-id:":
+            value = line[11:]
+            for cont in lines[i + 1:]:          # folded onto the next lines
+                if cont[:1] not in (b" ", b"\t"):
+                    break
+                value += cont
+            return " ".join(value.decode("ascii", "replace").split()) or None
+    return None
+
+
 def envelope(message: Any, envelope_from: str | None, recipients: str | Sequence[str] | None,
              *, utf8: bool) -> Prepared:
     """The envelope and wire form of what Session.send takes: an
@@ -82,6 +103,8 @@ def envelope(message: Any, envelope_from: str | None, recipients: str | Sequence
             raise InputError("sending bytes or a file needs envelope_from and recipients; "
                              "nothing was sent")
         data = message
+        if isinstance(message, (bytes, bytearray, memoryview)):
+            message_id = raw_message_id(message)
     else:
         raise InputError(f"message must be an email.message.EmailMessage, bytes or a binary "
                          f"file, not {type(message).__name__}; nothing was sent")

@@ -40,6 +40,11 @@ class Error(smtplib.SMTPException):
     stage: Stage | None
     reply: Reply | None
     message: str
+    #: The security setting the port speaks when it is not the configured
+    #: one: "starttls" (a TLSError: the port greeted in plain SMTP where a
+    #: ServerHello was expected) or "ssl" (a ConnectError: the port stayed
+    #: silent and answered a TLS ClientHello).  None otherwise.
+    wrong_mode: str | None = None
 
     def __init__(self, message: str, *, stage: Stage | str | None = None,
                  reply: Reply | None = None, **extra: Any) -> None:

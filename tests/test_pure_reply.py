@@ -63,14 +63,33 @@ def test_bytes_after_a_reply_are_left_for_the_next():
     assert err is None
 
 
-def test_a_line_past_2048_octets_is_an_error_without_reading_further():
-    replies, used, err = parse(b"250 " + b"x" * 5000)
-    assert err == "reply line longer than 2048 octets" and used <= 2048 and replies == []
+def test_a_line_of_64_kib_is_kept_whole():
+    # Exchange Online's SendAsDenied refusal at end of data is one line of
+    # 1,500 octets and more; the bound is 64 KiB a line, kept whole
+    text = b"5.2.252 SendAsDenied; " + b"d" * (65536 - 4 - 22 - 2)
+    wire = b"554 " + text + b"\r\n"
+    assert len(wire) == 65536
+    replies, used, err = parse(wire, 1000)
+    assert err is None and used == len(wire)
+    assert replies == [(554, "5.2.252", [text])]
+
+
+def test_a_line_past_64_kib_is_an_error_without_reading_further():
+    replies, used, err = parse(b"250 " + b"x" * 70000)
+    assert err == "reply line longer than 65536 octets" and used <= 65536 and replies == []
+
+
+def test_one_line_of_64_kib_plus_its_lf_is_the_bound():
+    # the bound counts the line without its LF: CR included, as on the wire
+    ok = b"250 " + b"x" * (65536 - 5) + b"\r\n"
+    assert parse(ok)[2] is None
+    bad = b"250 " + b"x" * (65536 - 3) + b"\r\n"
+    assert parse(bad)[2] == "reply line longer than 65536 octets"
 
 
 def test_one_mebibyte_without_newline_is_bounded():
     _r, used, err = parse(b"2" * (1 << 20), 4096)
-    assert err == "reply line longer than 2048 octets" and used <= 4096
+    assert err == "reply line longer than 65536 octets" and used <= 65536 + 4096
 
 
 def test_endless_continuation_lines_are_bounded():
@@ -79,8 +98,15 @@ def test_endless_continuation_lines_are_bounded():
 
 
 def test_total_text_is_bounded():
-    _r, _used, err = parse((b"250-" + b"y" * 2000 + b"\r\n") * 20)
-    assert err == "reply text longer than 16384 octets"
+    _r, _used, err = parse((b"250-" + b"y" * 60000 + b"\r\n") * 5)
+    assert err == "reply text longer than 262144 octets"
+
+
+def test_many_long_lines_within_the_whole_reply_bound():
+    lines = [b"y" * 2000] * 100
+    wire = b"".join(b"250-" + t + b"\r\n" for t in lines[:-1]) + b"250 " + lines[-1] + b"\r\n"
+    replies, used, err = parse(wire, 333)
+    assert err is None and used == len(wire) and replies[0][2] == lines
 
 
 @given(st.lists(st.tuples(st.integers(200, 559).filter(lambda c: (c // 10) % 10 <= 5),

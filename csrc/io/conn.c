@@ -17,10 +17,18 @@ mx_conn_init(mx_conn *c)
     c->fd = -1;
     c->ssl = NULL;
     mx_transcript_init(&c->tr);
-    mx_reply_parser_init(&c->parser);
     c->rstart = c->rend = 0;
     c->wbuf = malloc(MX_WBUF);
-    return c->wbuf ? 0 : -1;
+    c->parser = malloc(sizeof(*c->parser));
+    c->reply = malloc(sizeof(*c->reply));
+    if (!c->wbuf || !c->parser || !c->reply)
+        return -1;
+    mx_reply_parser_init(c->parser);
+    c->reply->code = 0;
+    c->reply->enhanced[0] = '\0';
+    c->reply->nlines = 0;
+    c->reply->text_len = 0;
+    return 0;
 }
 
 void
@@ -29,6 +37,10 @@ mx_conn_free(mx_conn *c)
     mx_conn_drop(c);
     free(c->wbuf);
     c->wbuf = NULL;
+    free(c->parser);
+    c->parser = NULL;
+    free(c->reply);
+    c->reply = NULL;
     mx_transcript_free(&c->tr);
 }
 
@@ -141,13 +153,15 @@ record_reply(mx_conn *c)
 {
     size_t i;
 
-    for (i = 0; i < c->reply.nlines; i++) {
-        char line[MX_REPLY_LINE_MAX + 8];
-        size_t n = c->reply.line_len[i];
-        int hdr = snprintf(line, sizeof(line), "%03d%c", c->reply.code,
-                           i + 1 == c->reply.nlines ? ' ' : '-');
-        memcpy(line + hdr, c->reply.text + c->reply.line_off[i], n);
-        mx_conn_record(c, MX_TR_SERVER, line, (size_t)hdr + n);
+    if (!c->record)
+        return;
+    for (i = 0; i < c->reply->nlines; i++) {
+        char hdr[8];
+        int hl = snprintf(hdr, sizeof(hdr), "%03d%c", c->reply->code,
+                          i + 1 == c->reply->nlines ? ' ' : '-');
+        (void)mx_transcript_add2(&c->tr, mx_conn_elapsed(c), MX_TR_SERVER, hdr, (size_t)hl,
+                                 c->reply->text + c->reply->line_off[i],
+                                 c->reply->line_len[i]);
     }
 }
 
@@ -160,8 +174,8 @@ mx_conn_recv_reply(mx_conn *c, int64_t deadline)
         int ack_now;
 
         if (c->rstart < c->rend) {
-            mx_reply_status st = mx_reply_parse(&c->parser, c->rbuf + c->rstart,
-                                                c->rend - c->rstart, &used, &c->reply);
+            mx_reply_status st = mx_reply_parse(c->parser, c->rbuf + c->rstart,
+                                                c->rend - c->rstart, &used, c->reply);
             c->rstart += used;
             if (st == MX_REPLY_COMPLETE) {
                 c->replies_since_write++;

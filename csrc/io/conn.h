@@ -27,8 +27,12 @@ typedef struct {
     int64_t t0;                  /* when connect() began (mx_now_ms) */
     int record;                  /* keep a transcript */
     mx_transcript tr;
-    mx_reply_parser parser;
-    mx_reply reply;              /* the last complete reply */
+    /* on the heap (mx_conn_init): with 64 KiB lines and 256 KiB replies
+     * they are too large to live in the Session object, which Python
+     * zero-fills page by page; malloc'd, only the pages a reply touches
+     * become resident */
+    mx_reply_parser *parser;
+    mx_reply *reply;             /* the last complete reply */
     size_t rstart, rend;
     unsigned char rbuf[MX_RBUF];
     unsigned char *wbuf;         /* MX_WBUF bytes */
@@ -36,7 +40,7 @@ typedef struct {
     unsigned replies_since_write;   /* complete replies read since we last wrote */
 } mx_conn;
 
-/* 0, or -1 (out of memory: wbuf). */
+/* 0, or -1 (out of memory: wbuf, parser, reply); mx_conn_free either way. */
 int mx_conn_init(mx_conn *c);
 void mx_conn_free(mx_conn *c);
 

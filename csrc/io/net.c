@@ -33,6 +33,7 @@ mx_error_set(mx_error *e, mx_err_kind kind, int sys_errno, const char *fmt, ...)
     e->kind = kind;
     e->sys_errno = sys_errno;
     e->verify_code = 0;
+    e->wrong_mode = MX_MODE_UNKNOWN;
     va_start(ap, fmt);
     vsnprintf(e->msg, sizeof(e->msg), fmt, ap);
     va_end(ap);
@@ -169,6 +170,23 @@ mx_net_connect(const char *host, const char *port, int64_t deadline,
         return -1;
     }
     return fd;
+}
+
+int
+mx_net_connect_same(int fd, int64_t deadline)
+{
+    struct sockaddr_storage ss;
+    struct addrinfo ai;
+    socklen_t len = sizeof(ss);
+
+    if (getpeername(fd, (struct sockaddr *)&ss, &len) < 0)
+        return -1;
+    memset(&ai, 0, sizeof(ai));
+    ai.ai_family = ss.ss_family;
+    ai.ai_socktype = SOCK_STREAM;
+    ai.ai_addr = (struct sockaddr *)&ss;
+    ai.ai_addrlen = len;
+    return connect_one(&ai, deadline);
 }
 
 ssize_t

@@ -22,10 +22,19 @@ typedef enum {
     MX_E_NOMEM
 } mx_err_kind;
 
+/* The security mode the port was found to speak when it is not the one
+ * configured (issue 14): the fix to name, not a guess. */
+typedef enum {
+    MX_MODE_UNKNOWN = 0,
+    MX_MODE_STARTTLS,          /* plain SMTP first: a 220 where a ServerHello was expected */
+    MX_MODE_SSL                /* implicit TLS: silent, but answers a ClientHello */
+} mx_wrong_mode;
+
 typedef struct {
     mx_err_kind kind;
     int sys_errno;
     long verify_code;          /* X509_V_* when kind is MX_E_TLS_VERIFY */
+    mx_wrong_mode wrong_mode;  /* set by the callers that find it; else UNKNOWN */
     char msg[512];
 } mx_error;
 
@@ -59,6 +68,10 @@ void mx_error_set(mx_error *e, mx_err_kind kind, int sys_errno,
  * TCP_NODELAY, or -1 with *err set.  Every attempt is recorded in *att. */
 int mx_net_connect(const char *host, const char *port, int64_t deadline,
                    mx_attempts *att, mx_error *err);
+
+/* One more connection to the address fd is connected to (a probe),
+ * bounded by deadline: a non-blocking socket, or -1. */
+int mx_net_connect_same(int fd, int64_t deadline);
 
 /* Waits until fd is ready for events (POLLIN / POLLOUT) or deadline passes
  * (deadline 0 = none).  Returns 0, or -1 with *err set. */

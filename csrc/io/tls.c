@@ -5,9 +5,12 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <poll.h>
+#include <stdlib.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <openssl/err.h>
 #include <openssl/x509v3.h>
@@ -125,12 +128,50 @@ tls_wait(SSL *ssl, int ret, int fd, int64_t deadline, const char *what,
     return -1;
 }
 
+/* The first bytes of an implicit-TLS port, peeked before OpenSSL reads
+ * them.  A TLS record starts with its type (0x14..0x18); an SMTP reply with
+ * a digit.  Waits for data (deadline).  0: nothing to read yet (retry);
+ * 1: not an SMTP reply, OpenSSL takes over; -1: *err set (an SMTP reply:
+ * MX_MODE_STARTTLS; or the wait failed). */
+static int
+sniff_smtp(int fd, int64_t deadline, mx_error *err)
+{
+    char peek[160], shown[128];
+    ssize_t n;
+    size_t i, k = 0;
+    int cut;
+
+    if (mx_net_wait(fd, POLLIN, deadline, err) < 0)
+        return -1;
+    n = recv(fd, peek, sizeof(peek), MSG_PEEK | MSG_DONTWAIT);
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))
+        return 0;
+    if (n <= 0 || peek[0] < '0' || peek[0] > '9')
+        return 1;
+    /* printable text up to the end of the first line, bounded */
+    for (i = 0; i < (size_t)n && k + 1 < sizeof(shown); i++) {
+        unsigned char ch = (unsigned char)peek[i];
+        if (ch == '\r' || ch == '\n')
+            break;
+        shown[k++] = (ch >= 0x20 && ch < 0x7f) ? (char)ch : '?';
+    }
+    shown[k] = '\0';
+    cut = i >= (size_t)n || (peek[i] != '\r' && peek[i] != '\n');
+    mx_error_set(err, MX_E_TLS, 0,
+                 "this port speaks plain SMTP first, not implicit TLS (it greeted with "
+                 "\"%s%s\" where a TLS ServerHello was expected): set security = "
+                 "'starttls' (port 587), or use the port that speaks implicit TLS (465)",
+                 shown, cut ? "..." : "");
+    err->wrong_mode = MX_MODE_STARTTLS;
+    return -1;
+}
+
 SSL *
 mx_tls_handshake(SSL_CTX *ctx, int fd, const char *server_name, int verify,
-                 int64_t deadline, mx_error *err)
+                 int implicit, int64_t deadline, mx_error *err)
 {
     SSL *ssl = NULL;
-    int ret;
+    int ret, sniff = implicit;
 
     ERR_clear_error();
     if (!server_name || !server_name[0]) {
@@ -138,7 +179,25 @@ mx_tls_handshake(SSL_CTX *ctx, int fd, const char *server_name, int verify,
         return NULL;
     }
     ssl = SSL_new(ctx);
-    if (!ssl || !SSL_set_fd(ssl, fd)) {
+    if (!ssl) {
+        tls_fail(NULL, 0, "cannot create TLS connection", err);
+        goto error;
+    }
+    if (sniff) {
+        /* reads come from an empty memory BIO until the first bytes of the
+         * server were looked at: OpenSSL writes its ClientHello to the
+         * socket and then wants to read, and never takes a byte of an SMTP
+         * greeting that was already waiting */
+        BIO *mem = BIO_new(BIO_s_mem()), *sock = BIO_new_socket(fd, BIO_NOCLOSE);
+        if (!mem || !sock) {
+            BIO_free(mem);
+            BIO_free(sock);
+            tls_fail(NULL, 0, "cannot create TLS connection", err);
+            goto error;
+        }
+        BIO_set_mem_eof_return(mem, -1);
+        SSL_set_bio(ssl, mem, sock);
+    } else if (!SSL_set_fd(ssl, fd)) {
         tls_fail(NULL, 0, "cannot create TLS connection", err);
         goto error;
     }
@@ -167,6 +226,23 @@ mx_tls_handshake(SSL_CTX *ctx, int fd, const char *server_name, int verify,
         ret = SSL_connect(ssl);
         if (ret == 1)
             break;
+        if (sniff && SSL_get_error(ssl, ret) == SSL_ERROR_WANT_READ) {
+            /* the ClientHello is out; the first bytes back decide */
+            int r = sniff_smtp(fd, deadline, err);
+            BIO *sock;
+            if (r < 0)
+                goto error;
+            if (r == 0)
+                continue;
+            /* TLS bytes (or EOF) came: from now on OpenSSL reads the socket */
+            sniff = 0;
+            if (!(sock = BIO_new_socket(fd, BIO_NOCLOSE))) {
+                tls_fail(NULL, 0, "cannot create TLS connection", err);
+                goto error;
+            }
+            SSL_set0_rbio(ssl, sock);
+            continue;
+        }
         if (tls_wait(ssl, ret, fd, deadline, "TLS handshake failed", 0, err) < 0)
             goto error;
     }
@@ -174,6 +250,74 @@ mx_tls_handshake(SSL_CTX *ctx, int fd, const char *server_name, int verify,
 error:
     SSL_free(ssl);
     return NULL;
+}
+
+/* A ClientHello as OpenSSL would send it, into a malloc'ed *out. 0 or -1. */
+static int
+client_hello(const char *server_name, unsigned char **out, size_t *len)
+{
+    SSL_CTX *ctx = SSL_CTX_new(TLS_client_method());
+    SSL *ssl = ctx ? SSL_new(ctx) : NULL;
+    BIO *rb = BIO_new(BIO_s_mem()), *wb = BIO_new(BIO_s_mem());
+    size_t pending;
+    int rc = -1;
+
+    *out = NULL;
+    if (!ssl || !rb || !wb) {
+        BIO_free(rb);
+        BIO_free(wb);
+        goto done;
+    }
+    SSL_set_bio(ssl, rb, wb);          /* ssl owns both from here */
+    SSL_set_verify(ssl, SSL_VERIFY_NONE, NULL);
+    if (server_name && server_name[0] && !is_ip_literal(server_name))
+        (void)SSL_set_tlsext_host_name(ssl, server_name);
+    (void)SSL_connect(ssl);            /* writes the hello, then wants to read */
+    pending = BIO_ctrl_pending(wb);
+    if (pending == 0 || pending > 65536 || !(*out = malloc(pending)))
+        goto done;
+    if (BIO_read(wb, *out, (int)pending) != (int)pending) {
+        free(*out);
+        *out = NULL;
+        goto done;
+    }
+    *len = pending;
+    rc = 0;
+done:
+    SSL_free(ssl);
+    SSL_CTX_free(ctx);
+    ERR_clear_error();
+    return rc;
+}
+
+int
+mx_tls_probe(int fd, const char *server_name, int64_t deadline)
+{
+    unsigned char *hello = NULL;
+    size_t hlen = 0;
+    mx_error e;
+    int pfd, res = 0;
+
+    if (client_hello(server_name, &hello, &hlen) < 0)
+        return 0;
+    pfd = mx_net_connect_same(fd, deadline);
+    if (pfd >= 0 && mx_net_write_all(pfd, hello, hlen, deadline, NULL, &e) == 0) {
+        unsigned char got[3];
+        size_t n = 0;
+        while (n < sizeof(got)) {
+            ssize_t r = mx_net_read(pfd, got + n, sizeof(got) - n, deadline, 0, &e);
+            if (r < 0)
+                break;
+            n += (size_t)r;
+        }
+        /* a handshake (22) or alert (21) record of TLS 1.x / SSL 3 */
+        res = n == sizeof(got) && (got[0] == 0x16 || got[0] == 0x15) && got[1] == 0x03 &&
+              got[2] <= 0x04;
+    }
+    if (pfd >= 0)
+        close(pfd);
+    free(hello);
+    return res;
 }
 
 ssize_t

@@ -23,9 +23,26 @@ SSL_CTX *mx_tls_ctx_new(const mx_tls_opts *o, mx_error *err);
 /* Runs the client handshake on fd.  server_name is used for SNI (host
  * names only, RFC 6066 §3) and for the name check (host name or IP
  * address); it is never empty.  Returns the connection, or NULL with *err
- * set (MX_E_TLS_VERIFY carries the X509 verify code). */
+ * set (MX_E_TLS_VERIFY carries the X509 verify code).
+ *
+ * implicit: the handshake opens the connection (security = "ssl").  Then
+ * the first bytes the server sends are looked at (MSG_PEEK) before OpenSSL
+ * reads them: an SMTP reply there ("220 ...", or a 5xx to the ClientHello)
+ * means the port speaks plain SMTP first, and the error says so
+ * (err->wrong_mode = MX_MODE_STARTTLS, MX_E_TLS) instead of OpenSSL's
+ * "wrong version number". */
 SSL *mx_tls_handshake(SSL_CTX *ctx, int fd, const char *server_name,
-                      int verify, int64_t deadline, mx_error *err);
+                      int verify, int implicit, int64_t deadline, mx_error *err);
+
+/* Does the port fd is connected to speak implicit TLS?  Opens a second
+ * connection to the same address, sends a TLS ClientHello there (made by
+ * OpenSSL on memory BIOs with a throwaway context: nothing is verified, the
+ * handshake is never finished) and reads the first bytes back: a TLS
+ * handshake or alert record means yes.  fd itself is not touched, so a
+ * plain SMTP server that is only slow to greet never sees a byte out of
+ * turn on the session's connection.  1: implicit TLS; 0: no, or not known
+ * by the deadline. */
+int mx_tls_probe(int fd, const char *server_name, int64_t deadline);
 
 ssize_t mx_tls_read(SSL *ssl, int fd, void *buf, size_t cap, int64_t deadline,
                     int ack_now, mx_error *err);

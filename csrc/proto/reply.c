@@ -3,6 +3,10 @@
 
 #include <string.h>
 
+/* the bounds in the error texts, from the constants themselves */
+#define MX_STR_(x) #x
+#define MX_STR(x) MX_STR_(x)
+
 void
 mx_reply_parser_init(mx_reply_parser *p)
 {
@@ -142,9 +146,9 @@ mx_reply_strerror(mx_reply_status st)
     case MX_REPLY_COMPLETE: return "reply complete";
     case MX_REPLY_E_SYNTAX: return "reply line does not start with a valid 3-digit code (2xx-5xx)";
     case MX_REPLY_E_MISMATCH: return "lines of one multi-line reply carry different codes";
-    case MX_REPLY_E_LINE_TOO_LONG: return "reply line longer than 2048 octets";
-    case MX_REPLY_E_TOO_MANY_LINES: return "reply has more than 128 lines";
-    case MX_REPLY_E_TOO_LONG: return "reply text longer than 16384 octets";
+    case MX_REPLY_E_LINE_TOO_LONG: return "reply line longer than " MX_STR(MX_REPLY_LINE_MAX) " octets";
+    case MX_REPLY_E_TOO_MANY_LINES: return "reply has more than " MX_STR(MX_REPLY_LINES_MAX) " lines";
+    case MX_REPLY_E_TOO_LONG: return "reply text longer than " MX_STR(MX_REPLY_TEXT_MAX) " octets";
     case MX_REPLY_E_BAD_BYTE: return "reply contains a NUL, bare CR or other control byte";
     }
     return "unknown reply parser status";

@@ -10,19 +10,25 @@
 #include <stddef.h>
 
 /* One reply line, code and CRLF included.  RFC 5321 §4.5.3.1.5 allows 512
- * octets; real servers exceed it (long EHLO AUTH lists, Exchange Online's
- * multi-clause 5.7.x texts, banners with a full date and a build string).
- * Postfix's smtp client reads lines of up to 2048 octets by default
- * (line_length_limit); we take the same figure.  A longer line is an error,
- * never clipped: a shortened reply would hide what the server said. */
-#define MX_REPLY_LINE_MAX 2048
+ * octets; real servers exceed it: long EHLO AUTH lists, banners with a full
+ * date and a build string, and Exchange Online's refusals at end of data
+ * ("554 5.2.252 SendAsDenied; ... Cannot submit message. ..." with its
+ * diagnostic tail is one line of 1,500 octets and more).  A refusal cut
+ * short, or a long one taken for a malformed reply, would turn a clear
+ * "refused" into "fate unknown", so the bound is generous: 64 KiB.  A longer
+ * line is an error, never clipped: a shortened reply would hide what the
+ * server said. */
+#define MX_REPLY_LINE_MAX 65536
 
 /* Lines in one reply.  msmtp stops at 50; the longest EHLO answer we know of
  * (Exchange Online) has 12.  128 leaves room for chatty banners. */
 #define MX_REPLY_LINES_MAX 128
 
-/* The text of all lines of one reply together (codes and CRLFs excluded). */
-#define MX_REPLY_TEXT_MAX 16384
+/* The text of all lines of one reply together (codes and CRLFs excluded):
+ * 256 KiB, four lines at the line bound, bounds memory for endless
+ * continuation lines.  The parser and the reply live on the heap of the
+ * connection (io/conn.c), so the bound costs nothing until a reply uses it. */
+#define MX_REPLY_TEXT_MAX 262144
 
 /* An enhanced status code "c.sss.ddd" (RFC 3463: up to 3 digits each). */
 #define MX_ENHANCED_MAX 12

@@ -32,12 +32,24 @@ int
 mx_transcript_add(mx_transcript *t, uint32_t ms, mx_tr_dir dir,
                   const char *text, size_t len)
 {
+    return mx_transcript_add2(t, ms, dir, NULL, 0, text, len);
+}
+
+int
+mx_transcript_add2(mx_transcript *t, uint32_t ms, mx_tr_dir dir,
+                   const char *head, size_t hlen, const char *text, size_t len)
+{
     uint32_t l32;
     unsigned char d = (unsigned char)dir;
 
     while (len && (text[len - 1] == '\n' || text[len - 1] == '\r'))
         len--;
-    if (len > MX_TRANSCRIPT_MAX || t->len + HDR + len > MX_TRANSCRIPT_MAX) {
+    if (hlen > MX_TRANSCRIPT_MAX || len > MX_TRANSCRIPT_MAX - hlen) {
+        t->dropped++;
+        return 0;
+    }
+    len += hlen;      /* from here on: the whole entry */
+    if (t->len + HDR + len > MX_TRANSCRIPT_MAX) {
         t->dropped++;
         return 0;
     }
@@ -60,8 +72,10 @@ mx_transcript_add(mx_transcript *t, uint32_t ms, mx_tr_dir dir,
     memcpy(t->buf + t->len, &ms, 4);
     memcpy(t->buf + t->len + 4, &d, 1);
     memcpy(t->buf + t->len + 5, &l32, 4);
-    if (len)
-        memcpy(t->buf + t->len + HDR, text, len);
+    if (hlen)
+        memcpy(t->buf + t->len + HDR, head, hlen);
+    if (len > hlen)
+        memcpy(t->buf + t->len + HDR + hlen, text, len - hlen);
     t->len += HDR + len;
     return 0;
 }

@@ -30,6 +30,10 @@ void mx_transcript_clear(mx_transcript *t);
  * when out of memory (the entry is then counted as dropped). */
 int mx_transcript_add(mx_transcript *t, uint32_t ms, mx_tr_dir dir,
                       const char *text, size_t len);
+/* The same for one entry made of head (not stripped) and text: a reply
+ * line is its code and separator, then its text, without a copy. */
+int mx_transcript_add2(mx_transcript *t, uint32_t ms, mx_tr_dir dir,
+                       const char *head, size_t hlen, const char *text, size_t len);
 
 /* Iteration: *pos starts at 0; returns 1 and fills the fields per entry,
  * 0 at the end. */

@@ -3,12 +3,63 @@
  * is judged by judge() (errors.c) on mx_verdict_of (proto/verdict.c). */
 #include "session.h"
 
+#include <poll.h>
 #include <stdio.h>
 #include <string.h>
 
 #include "body.h"
 #include "tls.h"
 
+
+/* How long a plain connection waits for the first byte of the greeting
+ * before it asks, on a second connection, whether the port speaks implicit
+ * TLS (issue 14): a TLS port never greets, and waiting out the banner
+ * timeout (5 min by default) to report "no greeting" hides the fix.  Real
+ * SMTP servers greet within milliseconds, or after a deliberate pause
+ * (Postfix postscreen's greet wait is 6 s), and such a pause is still waited
+ * out in full: the probe only ends the wait when the port answers TLS. */
+#define MX_BANNER_PROBE_AFTER_MS 3000
+/* The probe's own bound: connect, ClientHello, the first bytes back. */
+#define MX_BANNER_PROBE_MS 1500
+
+/* Reads the greeting (banner timeout).  Not over TLS: when nothing came
+ * within MX_BANNER_PROBE_AFTER_MS, probes the port (mx_tls_probe); a port
+ * that answers TLS ends the wait with MX_E_CONNECT, wrong_mode SSL.  All
+ * with the GIL released.  0, or -1 with s->c.err set. */
+static int
+await_banner(Session *s)
+{
+    int64_t full = deadline_for(s, TO_BANNER);
+    int rc = 0, tls = 0;
+
+    if (s->security == SEC_SSL)
+        return recv_only(s, TO_BANNER);
+    Py_BEGIN_ALLOW_THREADS
+    {
+        int64_t early = mx_now_ms() + MX_BANNER_PROBE_AFTER_MS;
+        mx_error werr;
+
+        if ((!full || early < full) &&
+            mx_net_wait(s->c.fd, POLLIN, early, &werr) < 0 && werr.kind == MX_E_TIMEOUT) {
+            int64_t pdl = mx_now_ms() + MX_BANNER_PROBE_MS;
+            tls = mx_tls_probe(s->c.fd, s->server_name, full && full < pdl ? full : pdl);
+        }
+        if (!tls)
+            rc = mx_conn_recv_reply(&s->c, full);
+    }
+    Py_END_ALLOW_THREADS
+    if (tls) {
+        mx_error_set(&s->c.err, MX_E_CONNECT, 0,
+                     "no greeting after %d s, and the port answers a TLS ClientHello: "
+                     "this port speaks implicit TLS (SMTPS), not plain SMTP first: "
+                     "set security = 'ssl' (port 465), or use the port that offers "
+                     "STARTTLS (587)", MX_BANNER_PROBE_AFTER_MS / 1000);
+        s->c.err.wrong_mode = MX_MODE_SSL;
+        mx_conn_recordf(&s->c, MX_TR_INFO, "no greeting; the port answers TLS (implicit TLS)");
+        return -1;
+    }
+    return rc;
+}
 
 MX_DOC(connect_doc,
 "connect() -> Reply\n\n"
@@ -46,20 +97,20 @@ Session_connect(Session *s, PyObject *unused)
     s->c.fd = fd;
     mx_net_peer(fd, s->peer_addr, sizeof(s->peer_addr), &s->peer_port);
     mx_conn_recordf(&s->c, MX_TR_INFO, "connected to %s port %d", s->peer_addr, s->peer_port);
-    if (s->security == SEC_SSL && handshake(s) < 0) {
+    if (s->security == SEC_SSL && handshake(s, 1) < 0) {
         fail_io(s, STG_TLS);
         goto done;
     }
-    if (recv_only(s, TO_BANNER) < 0) {
+    if (await_banner(s) < 0) {
         fail_io(s, STG_CONNECT);
         goto done;
     }
-    if (s->c.reply.code != 220) {
+    if (s->c.reply->code != 220) {
         PyObject *r = make_reply(s, STG_CONNECT);
         if (!r)
             goto done;
         poison(s, "the server refused the connection");
-        raise_exc(s, mx_verdict_of(MX_AFTER_GREETING, s->c.reply.code) == MX_V_CLOSING
+        raise_exc(s, mx_verdict_of(MX_AFTER_GREETING, s->c.reply->code) == MX_V_CLOSING
                          ? MX_EXC_SERVICE_UNAVAILABLE : MX_EXC_CONNECT,
                   STG_CONNECT, r, NULL, "the server refused the connection in its greeting");
         Py_DECREF(r);
@@ -75,7 +126,7 @@ done:
     return res;
 }
 
-/* Builds the capability dict of the EHLO reply in s->c.reply. */
+/* Builds the capability dict of the EHLO reply in s->c.reply-> */
 static int
 take_capabilities(Session *s)
 {
@@ -84,14 +135,14 @@ take_capabilities(Session *s)
 
     if (!d)
         return -1;
-    mx_ehlo_parse(&s->c.reply, &s->caps);
-    for (i = 1; i < s->c.reply.nlines; i++) {
-        const char *line = s->c.reply.text + s->c.reply.line_off[i], *params;
+    mx_ehlo_parse(s->c.reply, &s->caps);
+    for (i = 1; i < s->c.reply->nlines; i++) {
+        const char *line = s->c.reply->text + s->c.reply->line_off[i], *params;
         size_t kwlen, plen, j;
         char kwbuf[128];
         PyObject *v;
 
-        mx_ehlo_split(line, s->c.reply.line_len[i], &kwlen, &params, &plen);
+        mx_ehlo_split(line, s->c.reply->line_len[i], &kwlen, &params, &plen);
         if (kwlen == 0 || kwlen >= sizeof(kwbuf))
             continue;
         for (j = 0; j < kwlen; j++) {
@@ -111,7 +162,8 @@ take_capabilities(Session *s)
     }
     /* AUTH: every mechanism of the AUTH, AUTH= and X-EXPS lines */
     {
-        char *mechs = PyMem_Malloc(MX_REPLY_TEXT_MAX + 1);
+        size_t mcap = s->c.reply->text_len + s->c.reply->nlines + 1;   /* names, spaces, NUL */
+        char *mechs = PyMem_Malloc(mcap);
         size_t n;
         PyObject *v;
         if (!mechs) {
@@ -119,7 +171,7 @@ take_capabilities(Session *s)
             PyErr_NoMemory();
             return -1;
         }
-        n = mx_ehlo_auth_list(&s->c.reply, mechs, MX_REPLY_TEXT_MAX + 1);
+        n = mx_ehlo_auth_list(s->c.reply, mechs, mcap);
         v = n ? PyUnicode_DecodeUTF8(mechs, (Py_ssize_t)n, "replace") : NULL;
         PyMem_Free(mechs);
         if (n && (!v || PyDict_SetItemString(d, "AUTH", v) < 0)) {
@@ -150,7 +202,7 @@ do_ehlo(Session *s, const char *name)
         return fail_io(s, STG_EHLO);
     if (judge(s, MX_AFTER_EHLO, STG_EHLO, &v) < 0)
         return NULL;
-    if (s->c.reply.code == 250) {
+    if (s->c.reply->code == 250) {
         r = make_reply(s, STG_EHLO);
         if (!r || take_capabilities(s) < 0) {
             Py_XDECREF(r);
@@ -161,13 +213,13 @@ do_ehlo(Session *s, const char *name)
         set_state(s, S_READY);
         return r;
     }
-    if (s->c.reply.code >= 500 && s->helo_fallback) {
+    if (s->c.reply->code >= 500 && s->helo_fallback) {
         (void)mx_cmd_hello(cmd, sizeof(cmd), &len, "HELO", name, strlen(name));
         if (exchange(s, cmd, len, NULL, TO_EHLO) < 0)
             return fail_io(s, STG_EHLO);
         if (judge(s, MX_AFTER_EHLO, STG_EHLO, &v) < 0)
             return NULL;
-        if (s->c.reply.code == 250) {
+        if (s->c.reply->code == 250) {
             memset(&s->caps, 0, sizeof(s->caps));
             Py_XSETREF(s->caps_dict, PyDict_New());
             if (!s->caps_dict)
@@ -292,7 +344,7 @@ Session_starttls(Session *s, PyObject *unused)
     }
     if (judge(s, MX_AFTER_STARTTLS, STG_STARTTLS, &v) < 0)
         goto done;
-    if (s->c.reply.code != 220) {
+    if (s->c.reply->code != 220) {
         fail_reply(s, MX_EXC_TLS, STG_STARTTLS,
                    "the server refused STARTTLS; nothing was sent in the clear");
         goto done;
@@ -310,7 +362,7 @@ Session_starttls(Session *s, PyObject *unused)
         raise_exc(s, MX_EXC_PROTOCOL, STG_STARTTLS, r, NULL, "STARTTLS: %s", why);
         goto done;
     }
-    if (handshake(s) < 0) {
+    if (handshake(s, 0) < 0) {
         fail_io(s, STG_STARTTLS);
         goto done;
     }
@@ -320,7 +372,7 @@ Session_starttls(Session *s, PyObject *unused)
     Py_CLEAR(s->ehlo_reply);
     s->esmtp = 0;
     s->authenticated = 0;
-    mx_reply_parser_init(&s->c.parser);
+    mx_reply_parser_init(s->c.parser);
     s->c.rstart = s->c.rend = 0;
     set_state(s, S_CONNECTED);
     if (ensure_ehlo(s) < 0)

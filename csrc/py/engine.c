@@ -378,7 +378,7 @@ static int
 store_reply(Session *s, batch *b, const expect *e)
 {
     sreply *r;
-    size_t i, need = s->c.reply.text_len + s->c.reply.nlines;
+    size_t i, need = s->c.reply->text_len + s->c.reply->nlines;
     job *j = &b->jobs[e->job];
 
     if (b->nreplies == b->rcap) {
@@ -403,14 +403,14 @@ store_reply(Session *s, batch *b, const expect *e)
     r->job = e->job;
     r->kind = e->kind;
     r->rcpt = e->rcpt;
-    r->code = s->c.reply.code;
-    memcpy(r->enhanced, s->c.reply.enhanced, sizeof(r->enhanced));
+    r->code = s->c.reply->code;
+    memcpy(r->enhanced, s->c.reply->enhanced, sizeof(r->enhanced));
     r->off = b->tlen;
-    for (i = 0; i < s->c.reply.nlines; i++) {
+    for (i = 0; i < s->c.reply->nlines; i++) {
         if (i)
             b->text[b->tlen++] = '\n';
-        memcpy(b->text + b->tlen, s->c.reply.text + s->c.reply.line_off[i], s->c.reply.line_len[i]);
-        b->tlen += s->c.reply.line_len[i];
+        memcpy(b->text + b->tlen, s->c.reply->text + s->c.reply->line_off[i], s->c.reply->line_len[i]);
+        b->tlen += s->c.reply->line_len[i];
     }
     r->len = b->tlen - r->off;
     if (j->first_reply == NONE)
@@ -441,7 +441,7 @@ read_next(Session *s, batch *b)
         batch_fail(b, F_IO, kind_stage[e.kind], e.job, NULL);
         return -1;
     }
-    code = s->c.reply.code;
+    code = s->c.reply->code;
     cls = code / 100;
     v = mx_verdict_of(kind_after[e.kind], code);
     if (v == MX_V_CLOSING) {

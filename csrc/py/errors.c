@@ -25,19 +25,19 @@ make_reply(Session *s, stage stg)
 
     if (!st)
         return NULL;
-    lines = PyTuple_New((Py_ssize_t)s->c.reply.nlines);
+    lines = PyTuple_New((Py_ssize_t)s->c.reply->nlines);
     if (!lines)
         return NULL;
-    for (i = 0; i < s->c.reply.nlines; i++) {
-        PyObject *l = PyUnicode_DecodeUTF8(s->c.reply.text + s->c.reply.line_off[i],
-                                           (Py_ssize_t)s->c.reply.line_len[i],
+    for (i = 0; i < s->c.reply->nlines; i++) {
+        PyObject *l = PyUnicode_DecodeUTF8(s->c.reply->text + s->c.reply->line_off[i],
+                                           (Py_ssize_t)s->c.reply->line_len[i],
                                            "replace");
         if (!l)
             goto done;
         PyTuple_SET_ITEM(lines, (Py_ssize_t)i, l);
     }
-    res = PyObject_CallFunction(st->reply_cls, "isOs", s->c.reply.code,
-                                s->c.reply.enhanced[0] ? s->c.reply.enhanced : NULL,
+    res = PyObject_CallFunction(st->reply_cls, "isOs", s->c.reply->code,
+                                s->c.reply->enhanced[0] ? s->c.reply->enhanced : NULL,
                                 lines, stage_names[stg]);
 done:
     Py_DECREF(lines);
@@ -204,6 +204,21 @@ fail_io(Session *s, stage stg)
         }
         Py_DECREF(no);
     }
+    if (s->c.err.wrong_mode != MX_MODE_UNKNOWN) {
+        /* the security setting the port speaks (issue 14): "starttls" or "ssl" */
+        PyObject *wm = PyUnicode_FromString(s->c.err.wrong_mode == MX_MODE_SSL ? "ssl"
+                                                                                : "starttls");
+        if (!extra && !(extra = PyDict_New())) {
+            Py_XDECREF(wm);
+            return NULL;
+        }
+        if (!wm || PyDict_SetItemString(extra, "wrong_mode", wm) < 0) {
+            Py_XDECREF(wm);
+            Py_DECREF(extra);
+            return NULL;
+        }
+        Py_DECREF(wm);
+    }
     poison(s, msg);
     raise_exc(s, exc, stg, NULL, extra, "%s", msg);
     Py_XDECREF(extra);
@@ -258,14 +273,14 @@ fail_protocol(Session *s, stage stg, const char *what)
 int
 judge(Session *s, mx_after after, stage stg, mx_verdict *v)
 {
-    *v = mx_verdict_of(after, s->c.reply.code);
+    *v = mx_verdict_of(after, s->c.reply->code);
     if (*v == MX_V_CLOSING) {
         fail_421(s, stg);
         return -1;
     }
     if (*v == MX_V_OUT_OF_STEP) {
         char why[96];
-        mx_verdict_why(after, s->c.reply.code, why, sizeof(why));
+        mx_verdict_why(after, s->c.reply->code, why, sizeof(why));
         fail_protocol(s, stg, why);
         return -1;
     }

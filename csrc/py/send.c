@@ -624,7 +624,7 @@ Session_try_sender(Session *s, PyObject *args, PyObject *kw)
         }
         if (!(mail_r = group_reply(s, MX_AFTER_MAIL, STG_MAIL, TO_MAIL)))
             goto done;
-        if (s->c.reply.code / 100 == 2) {
+        if (s->c.reply->code / 100 == 2) {
             set_state(s, S_MAIL);
             if (send_lines(s, line, n, TO_RCPT) < 0) {
                 fail_io(s, STG_RCPT);
@@ -641,7 +641,7 @@ Session_try_sender(Session *s, PyObject *args, PyObject *kw)
         if (!(rset_r = group_reply(s, MX_AFTER_RSET, STG_RSET, TO_COMMAND)))
             goto done;
     }
-    if (s->c.reply.code / 100 != 2) {
+    if (s->c.reply->code / 100 != 2) {
         fail_protocol(s, STG_RSET, "the server refused RSET; the transaction state is unknown");
         goto done;
     }

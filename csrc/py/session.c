@@ -31,7 +31,8 @@ const int64_t timeout_defaults_ms[TO_COUNT] = {
     180000,  /* data_block: §4.5.3.2.5, 3 minutes per write */
     600000,  /* end_of_data: §4.5.3.2.6 DATA termination, 10 minutes */
     300000,  /* command: RSET, NOOP, ... */
-    30000,   /* quit: nothing is at stake any more */
+    5000,    /* quit: nothing is at stake any more; an unanswered QUIT after
+              * a completed send must not hold the caller (issue 14) */
 };
 
 const char *const state_names[S_COUNT] = {

@@ -145,7 +145,7 @@ char *dup_opt(PyObject *o, const char *field, int *bad);
 
 /* tlsctx.c */
 int ensure_ctx(Session *s, stage stg);
-int handshake(Session *s);
+int handshake(Session *s, int implicit);
 
 /* commands.c */
 int ensure_ehlo(Session *s);

@@ -49,7 +49,7 @@ auth_refused(Session *s, const mx_auth_mech *m)
     PyObject *r, *extra = NULL, *json = NULL;
     char note[300] = "";
 
-    if (mx_verdict_of(MX_AFTER_AUTH, s->c.reply.code) == MX_V_CLOSING) {
+    if (mx_verdict_of(MX_AFTER_AUTH, s->c.reply->code) == MX_V_CLOSING) {
         fail_421(s, STG_AUTH);
         return;
     }
@@ -66,7 +66,7 @@ auth_refused(Session *s, const mx_auth_mech *m)
     extra = Py_BuildValue("{s:s,s:O}", "mechanism", m->name, "oauth_challenge",
                           json ? json : Py_None);
     if (r && extra) {
-        if (s->c.reply.code < 500)
+        if (s->c.reply->code < 500)
             raise_exc(s, MX_EXC_AUTH, STG_AUTH, r, extra,
                       "the server refused the authentication (%s) for now: a temporary "
                       "failure, not a verdict on the credentials; try again later%s",
@@ -84,7 +84,7 @@ auth_refused(Session *s, const mx_auth_mech *m)
 static PyObject *
 run_auth(Session *s, mx_auth_mech *m)
 {
-    mx_auth_conv c = {s, auth_conv_exchange, &s->c.reply};
+    mx_auth_conv c = {s, auth_conv_exchange, s->c.reply};
     char why[160] = "";
 
     switch (mx_auth_run(&c, m, why, sizeof(why))) {

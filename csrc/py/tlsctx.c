@@ -155,15 +155,17 @@ take_tls_facts(Session *s)
     return 0;
 }
 
-/* Handshake on the open socket, GIL released.  0, or -1 (s->c.err). */
+/* Handshake on the open socket, GIL released.  implicit: it opens the
+ * connection (security = "ssl"; see mx_tls_handshake).  0, or -1
+ * (s->c.err). */
 int
-handshake(Session *s)
+handshake(Session *s, int implicit)
 {
     int64_t dl = deadline_for(s, TO_TLS);
     SSL *ssl;
 
     Py_BEGIN_ALLOW_THREADS
-    ssl = mx_tls_handshake(s->ctx, s->c.fd, s->server_name, s->verify, dl, &s->c.err);
+    ssl = mx_tls_handshake(s->ctx, s->c.fd, s->server_name, s->verify, implicit, dl, &s->c.err);
     Py_END_ALLOW_THREADS
     if (!ssl)
         return -1;
