@@ -175,7 +175,10 @@ def main() -> int:
         Path(args.json).write_text(json.dumps(out, indent=2))
     ok = (out["journal"]["ratio"] >= 0.9 and 0.98 <= p["ratio"] <= 1.0 and p["throttling_replies"] == 0
           and out.get("kill", {"passed": True})["passed"])
-    return 0 if ok else 1
+    print("all goals met" if ok else "MISS: some goals were not met (see above)")
+    # --quick is CI's smoke run (one short round: too short for figures), as
+    # bench.py --quick: it fails only when a case cannot run, not on a miss
+    return 0 if ok or args.quick else 1
 
 
 if __name__ == "__main__":
