@@ -37,6 +37,7 @@ class AdviceContext:
     mailbox: str | None = None
     stage: str | None = None        # where a sender was refused (MAIL, RCPT, END_OF_DATA)
     refused_by: str | None = None   # "envelope" or "header": which check refused a sender
+    wrong_mode: str | None = None   # the security the port really speaks ("starttls" or "ssl")
 
 
 def family_label(family: str | None) -> str:
@@ -503,7 +504,19 @@ def _header_from(kind: str, c: AdviceContext) -> str:
     return f"Allow the account {c.account!r} to use {c.sender!r} as the From header."
 
 
+def _wrong_mode(kind: str, c: AdviceContext) -> str:
+    """The port speaks another security mode than the config says."""
+    if c.wrong_mode == "starttls":
+        fix = (f"Port {c.port} greets in plain text and is upgraded with STARTTLS: set "
+               "security = \"starttls\" (client submission is port 587 with STARTTLS).")
+    else:
+        fix = (f"Port {c.port} speaks implicit TLS (SMTPS) from the first byte: set "
+               "security = \"ssl\", or submit to the STARTTLS port (587) with security = \"starttls\".")
+    return fix + (" " + ONPREM_465 if onprem_465(c.family, c.port) else "")
+
+
 _ADVICE = {
+    "wrong_mode": _wrong_mode,
     "resolve": _resolve,
     "connect": _with_465(_connect),
     "banner": lambda kind, c: ONPREM_465 if onprem_465(c.family, c.port) else _banner(kind, c),

@@ -502,6 +502,18 @@ class _Diagnosis:
             peer = s.peer_address
             where = f"{peer[0]}:{peer[1]}" if peer else f"{attempts[-1]['address']}:{cfg.port}"
             self.add("connect", "pass", f"connected to {where}", ev)
+            wrong = getattr(exc, "wrong_mode", None)
+            if wrong:
+                # the port speaks the other security mode: not a certificate or a
+                # blocked client, and nothing after it can be tried
+                speaks = ("plain SMTP first (STARTTLS)" if wrong == "starttls"
+                          else "implicit TLS (SMTPS)")
+                self.add("tls" if wrong == "starttls" else "banner", "fail",
+                         f"port {cfg.port} speaks {speaks}, not security = {cfg.security!r}",
+                         [str(exc), *_evidence(s.transcript, 0)], reply=exc.reply, advice_for="wrong_mode",
+                         wrong_mode=wrong)
+                self.skip_rest(f"not tried: port {cfg.port} speaks {speaks}, not security = {cfg.security!r}")
+                return False
             if isinstance(exc, TLSError):
                 self.fail_tls(exc, s)
                 self.skip_rest("not tried: TLS failed, and credentials are never sent without it")

@@ -145,3 +145,27 @@ def test_the_cli_names_the_fix(fake_server, certs, tmp_path):
     assert proc.returncode != 0
     assert "security = 'starttls'" in proc.stdout + proc.stderr
     assert time.monotonic() - start < 5.0
+
+
+@pytest.mark.parametrize("security, port_speaks", [("ssl", "plain"), ("starttls", "tls")])
+def test_the_report_names_the_mode_the_port_speaks(fake_server, certs, security, port_speaks):
+    """test_connector within seconds: the check that ran fails with the
+    security setting to use as its fix -- no certificate advice, no
+    'client may be blocked' -- and the rest is skipped with the reason."""
+    if port_speaks == "plain":
+        def script(conn):  # type: ignore[no-untyped-def]
+            conn.send(BANNER)
+            conn.readline()
+        srv = fake_server(script)
+    else:
+        srv = fake_server(lambda conn: conn.readline(), tls=certs.server_context())
+    cfg = _config(srv.port, security, certs)
+    start = time.monotonic()
+    report = mx.test_connector(cfg)
+    assert time.monotonic() - start < 5.0
+    check = report.check("tls" if port_speaks == "plain" else "banner")
+    assert check.status == "fail" and not report.ok
+    want = "security = \"starttls\"" if port_speaks == "plain" else "security = \"ssl\""
+    assert check.advice is not None and want in check.advice
+    assert "certificate" not in check.advice.lower() and "blocked" not in check.advice.lower()
+    assert report.check("auth").status == "skip" and "speaks" in report.check("auth").summary
