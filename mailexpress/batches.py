@@ -76,8 +76,8 @@ def maybe_resent(o: object) -> bool:
 
 def not_sent(cls: type[Error], why: str) -> Error:
     err = cls(f"not sent: {why}")
-    err.delivered = False       # type: ignore[attr-defined]
-    err.retry_safe = True       # type: ignore[attr-defined]
+    err.delivered = False
+    err.retry_safe = True
     return err
 
 
@@ -127,7 +127,7 @@ def send_prepared(session: _core.Session, prepared: Sequence[Prepared | Error],
     it = iter(raw)
     for p in prepared:
         if isinstance(p, Error):
-            p.delivered = False   # type: ignore[attr-defined]
+            p.delivered = False
             out.append(p)
             continue
         try:
@@ -142,7 +142,7 @@ def send_prepared(session: _core.Session, prepared: Sequence[Prepared | Error],
             unread = InputError(f"the message could not be read: {type(o).__name__}: {o}; "
                                 "it was not delivered")
             unread.__cause__ = o
-            unread.delivered = False   # type: ignore[attr-defined]
+            unread.delivered = False
             out.append(unread)
         else:
             refused, reply = o

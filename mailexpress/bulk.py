@@ -253,7 +253,7 @@ class _Run:
                             "messages, or raise the limit if the connector allows more")
                     entry[2] = p
                 except InputError as err:
-                    err.delivered = False   # type: ignore[attr-defined]
+                    err.delivered = False
                     entry[2] = err
                 entry[3] = caps
 
@@ -301,7 +301,7 @@ class _Run:
         for k in got:
             if isinstance(k, Error) and k.reply is not None and classify(k.reply, k.stage) is Pushback.QUOTA:
                 # not delivered for the day's quota, not for what it is: it may go another day
-                k.retry_safe = True     # type: ignore[attr-defined]
+                k.retry_safe = True
         if self.journal is not None and keys:
             self.journal.record_kept([(e[4], k) for e, k in zip(batch, got) if e[4] is not None])
         return got
@@ -390,8 +390,8 @@ class _Run:
                         err = StateError(f"outcome unknown: the run was stopped ({type(exc).__name__}) "
                                          "while this message's batch was on the wire; it may have been "
                                          "delivered")
-                        err.delivered = None    # type: ignore[attr-defined]
-                        err.retry_safe = False  # type: ignore[attr-defined]
+                        err.delivered = None
+                        err.retry_safe = False
                         unknown.append((e, err))
                     self._fill(unknown)         # the batch finishes on its own; then the session closes
                 else:

@@ -45,6 +45,14 @@ class Error(smtplib.SMTPException):
     #: ServerHello was expected) or "ssl" (a ConnectError: the port stayed
     #: silent and answered a TLS ClientHello).  None otherwise.
     wrong_mode: str | None = None
+    #: For a message that was to be sent: False when it certainly was not
+    #: delivered (refused, or never written), None when its fate is unknown
+    #: (the session failed after its body went out and before the server's
+    #: answer).  A delivered message is a SendResult, never an Error.
+    delivered: bool | None = False
+    #: True when a session failure kept the message from going out, so
+    #: sending it again cannot deliver it twice.
+    retry_safe: bool = False
 
     def __init__(self, message: str, *, stage: Stage | str | None = None,
                  reply: Reply | None = None, **extra: Any) -> None:

@@ -124,8 +124,8 @@ class JournalRow:
             err: Error = Error(f"outcome unknown: an earlier run was stopped after recording this "
                                f"message for sending ({self.key}); it may have been delivered. "
                                "Check the recipient's mailbox, or pass resend_unknown=True")
-            err.delivered = None        # type: ignore[attr-defined]
-            err.retry_safe = False      # type: ignore[attr-defined]
+            err.delivered = None
+            err.retry_safe = False
             return err
         data = json.loads(self.outcome_json)
         if data["kind"] == "sent":
@@ -144,8 +144,8 @@ class JournalRow:
         if cls is errors.RecipientsRefused:
             exc.replies = {}        # type: ignore[attr-defined]
             exc.recipients = {}     # type: ignore[attr-defined]
-        exc.delivered = data["delivered"]       # type: ignore[attr-defined]
-        exc.retry_safe = data["retry_safe"]     # type: ignore[attr-defined]
+        exc.delivered = data["delivered"]
+        exc.retry_safe = data["retry_safe"]
         exc.add_note(f"recorded in the journal by an earlier run ({self.key})")
         return exc
 
