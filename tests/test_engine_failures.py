@@ -28,27 +28,35 @@ def small_receive_window(conn) -> None:
     conn.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
 
 
+def take_twenty_then_read_the_next_mail(conn) -> bytes:
+    """Greets with PIPELINING + CHUNKING, reads messages 0-19 whole and the
+    start of message 20 (the RSET before each MAIL that follows a BDAT not
+    yet answered, then its MAIL); returns the replies to messages 0-19."""
+    greet(conn, [b"PIPELINING", b"CHUNKING", b"8BITMIME"])
+    replies = b""
+    for i in range(20):
+        if i:
+            conn.expect(b"RSET")
+            replies += b"250 reset\r\n"
+        conn.expect(b"MAIL FROM")
+        conn.expect(b"RCPT TO")
+        n = bdat_size(conn.expect(b"BDAT"))
+        assert len(conn.read_exact(n)) == n
+        replies += b"250 sender ok\r\n250 recipient ok\r\n250 queued as Q%d\r\n" % i
+    conn.expect(b"RSET")
+    conn.expect(b"MAIL FROM")
+    return replies
+
+
 def test_421_after_twenty_accepted_messages_pipelined_bdat(fake_server):
     """The case of issue 12: PIPELINING + CHUNKING, 100 KB bodies; the server
     takes messages 0-19, answers 421 to message 20's first command (the RSET
-    before its MAIL) and closes while
-    the client is still writing later messages."""
+    before its MAIL) and closes while the client is still writing later
+    messages."""
     total = 60
 
     def script(conn):
-        greet(conn, [b"PIPELINING", b"CHUNKING", b"8BITMIME"])
-        replies = b""
-        for i in range(20):
-            if i:   # an RSET before each MAIL that follows a BDAT not yet answered
-                conn.expect(b"RSET")
-                replies += b"250 reset\r\n"
-            conn.expect(b"MAIL FROM")
-            conn.expect(b"RCPT TO")
-            n = bdat_size(conn.expect(b"BDAT"))
-            assert len(conn.read_exact(n)) == n
-            replies += b"250 sender ok\r\n250 recipient ok\r\n250 queued as Q%d\r\n" % i
-        conn.expect(b"RSET")
-        conn.expect(b"MAIL FROM")
+        replies = take_twenty_then_read_the_next_mail(conn)
         # a pipelining server may answer a group at once (RFC 2920 §3.2);
         # it closes with the client's later messages unread (a reset), while
         # the client, having read the first reply, writes on
@@ -163,19 +171,7 @@ def test_421_after_twenty_accepted_messages_over_tls(fake_server, certs):
     """The same over TLS (what Exchange offers): after the failed write,
     OpenSSL still hands over the records that had arrived."""
     def script(conn):
-        greet(conn, [b"PIPELINING", b"CHUNKING", b"8BITMIME"])
-        replies = b""
-        for i in range(20):
-            if i:   # an RSET before each MAIL that follows a BDAT not yet answered
-                conn.expect(b"RSET")
-                replies += b"250 reset\r\n"
-            conn.expect(b"MAIL FROM")
-            conn.expect(b"RCPT TO")
-            n = bdat_size(conn.expect(b"BDAT"))
-            assert len(conn.read_exact(n)) == n
-            replies += b"250 sender ok\r\n250 recipient ok\r\n250 queued as Q%d\r\n" % i
-        conn.expect(b"RSET")
-        conn.expect(b"MAIL FROM")
+        replies = take_twenty_then_read_the_next_mail(conn)
         conn.send(replies + b"421 4.3.2 service shutting down\r\n")
         conn.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
         conn.close()
