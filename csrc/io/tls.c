@@ -300,6 +300,9 @@ mx_tls_handshake(mx_tls_ctx *t, int fd, const mx_tls_peer *peer, int implicit,
         tls_fail(NULL, 0, "cannot create TLS connection", err);
         goto error;
     }
+    /* the connection's own setting, whatever the context was made with:
+     * the cache key says "verified" only of what was */
+    SSL_set_verify(ssl, verify ? SSL_VERIFY_PEER : SSL_VERIFY_NONE, NULL);
     offer = attach(t, ssl, peer, &bad);
     if (bad) {
         mx_error_set(err, MX_E_NOMEM, 0, "cannot create TLS connection: out of memory");

@@ -22,7 +22,9 @@ ensure_ctx(Session *s, stage stg)
     o.cert_file = s->cert_file;
     o.key_file = s->key_file;
     o.min_version = s->min_tls;
-    o.session_cache = 1;         /* for this Session's own reconnects */
+    /* a Session connects once: a cache of its own would never be read
+     * (connect() and the bulk path share one through tls_context=) */
+    o.session_cache = 0;
     s->ctx = mx_tls_ctx_new(&o, &s->c.err);
     if (!s->ctx) {
         raise_exc(s, MX_EXC_CONFIG, stg, NULL, NULL, "%s", s->c.err.msg);
