@@ -249,16 +249,17 @@ sniff_smtp(int fd, int64_t deadline, mx_error *err)
     return -1;
 }
 
-/* Ties ssl to the context's cache for peer (SSL app data) and offers the
- * newest session cached for it.  Returns the session offered (a reference
- * the caller frees), or NULL; -1 in *bad when out of memory. */
+/* Ties ssl to the context's cache for peer (SSL app data) and offers a
+ * session cached for it.  Returns the session offered (the caller frees
+ * it; *id names its entry), or NULL; -1 in *bad when out of memory. */
 static SSL_SESSION *
-attach(mx_tls_ctx *t, SSL *ssl, const mx_tls_peer *peer, int *bad)
+attach(mx_tls_ctx *t, SSL *ssl, const mx_tls_peer *peer, uint64_t *id, int *bad)
 {
     tls_link *l = calloc(1, sizeof(*l));
     SSL_SESSION *offer = NULL;
 
     *bad = 0;
+    *id = 0;
     if (!l || !SSL_set_app_data(ssl, l)) {
         free(l);
         *bad = -1;
@@ -270,10 +271,10 @@ attach(mx_tls_ctx *t, SSL *ssl, const mx_tls_peer *peer, int *bad)
     if (t->cache &&
         mx_tls_cache_key(l->key, sizeof(l->key), peer->host, peer->port, peer->server_name,
                          peer->verify) == 0 &&
-        (offer = mx_tls_cache_take(t->cache, l->key)) && !SSL_set_session(ssl, offer)) {
+        (offer = mx_tls_cache_take(t->cache, l->key, id)) && !SSL_set_session(ssl, offer)) {
         /* not offered after all (say, a version this context refuses) */
         ERR_clear_error();
-        mx_tls_cache_drop(t->cache, offer);
+        mx_tls_cache_drop(t->cache, *id);
         SSL_SESSION_free(offer);
         offer = NULL;
     }
@@ -288,6 +289,7 @@ mx_tls_handshake(mx_tls_ctx *t, int fd, const mx_tls_peer *peer, int implicit,
     int verify = peer->verify;
     SSL *ssl = NULL;
     SSL_SESSION *offer = NULL;
+    uint64_t offer_id = 0;
     int ret, sniff = implicit, bad;
 
     ERR_clear_error();
@@ -303,7 +305,7 @@ mx_tls_handshake(mx_tls_ctx *t, int fd, const mx_tls_peer *peer, int implicit,
     /* the connection's own setting, whatever the context was made with:
      * the cache key says "verified" only of what was */
     SSL_set_verify(ssl, verify ? SSL_VERIFY_PEER : SSL_VERIFY_NONE, NULL);
-    offer = attach(t, ssl, peer, &bad);
+    offer = attach(t, ssl, peer, &offer_id, &bad);
     if (bad) {
         mx_error_set(err, MX_E_NOMEM, 0, "cannot create TLS connection: out of memory");
         goto error;
@@ -374,13 +376,13 @@ mx_tls_handshake(mx_tls_ctx *t, int fd, const mx_tls_peer *peer, int implicit,
     if (offer) {
         /* refused (a full handshake was made instead): not offered again */
         if (!SSL_session_reused(ssl))
-            mx_tls_cache_drop(t->cache, offer);
+            mx_tls_cache_drop(t->cache, offer_id);
         SSL_SESSION_free(offer);
     }
     return ssl;
 error:
     if (offer) {
-        mx_tls_cache_drop(t->cache, offer);
+        mx_tls_cache_drop(t->cache, offer_id);
         SSL_SESSION_free(offer);
     }
     tls_free(ssl);

@@ -10,7 +10,8 @@
 
 typedef struct {
     SSL_SESSION *sess;           /* NULL: free slot */
-    uint64_t stamp;              /* when stored: the higher, the newer */
+    uint64_t stamp;              /* when stored: the higher, the newer; the id */
+    unsigned uses;               /* times offered */
     char key[MX_TLS_CACHE_KEY_MAX];
 } slot;
 
@@ -83,13 +84,14 @@ usable(const SSL_SESSION *sess, time_t now)
 }
 
 SSL_SESSION *
-mx_tls_cache_take(mx_tls_cache *c, const char *key)
+mx_tls_cache_take(mx_tls_cache *c, const char *key, uint64_t *id)
 {
     time_t now = time(NULL);
     slot *best = NULL;
     SSL_SESSION *sess = NULL;
     int i;
 
+    *id = 0;
     if (!c || !key[0])
         return NULL;
     pthread_mutex_lock(&c->mu);
@@ -101,17 +103,16 @@ mx_tls_cache_take(mx_tls_cache *c, const char *key)
             clear_slot(s);
             continue;
         }
-        if (!best || s->stamp > best->stamp)
+        /* the least used, then the newest */
+        if (!best || s->uses < best->uses || (s->uses == best->uses && s->stamp > best->stamp))
             best = s;
     }
-    if (best) {
-        if (SSL_SESSION_get_protocol_version(best->sess) >= TLS1_3_VERSION) {
-            sess = best->sess;               /* the slot's reference moves out */
-            best->sess = NULL;
-            best->key[0] = '\0';
-        } else if (SSL_SESSION_up_ref(best->sess)) {
-            sess = best->sess;
-        }
+    /* a copy: OpenSSL marks the session a connection used unresumable
+     * when that connection ends without a clean shutdown, and connections
+     * in other threads may be using the same entry */
+    if (best && (sess = SSL_SESSION_dup(best->sess))) {
+        best->uses++;
+        *id = best->stamp;
     }
     pthread_mutex_unlock(&c->mu);
     return sess;
@@ -135,12 +136,6 @@ mx_tls_cache_put(mx_tls_cache *c, const char *key, SSL_SESSION *sess)
                 empty = s;
             continue;
         }
-        if (s->sess == sess) {
-            /* stored already (a TLS 1.2 session handed back): keep one */
-            pthread_mutex_unlock(&c->mu);
-            SSL_SESSION_free(sess);
-            return;
-        }
         if (!oldest || s->stamp < oldest->stamp)
             oldest = s;
         if (strcmp(s->key, key) == 0) {
@@ -157,20 +152,21 @@ mx_tls_cache_put(mx_tls_cache *c, const char *key, SSL_SESSION *sess)
         clear_slot(dst);
     dst->sess = sess;
     dst->stamp = ++c->clock;
+    dst->uses = 0;
     memcpy(dst->key, key, strlen(key) + 1);   /* fits: checked above */
     pthread_mutex_unlock(&c->mu);
 }
 
 void
-mx_tls_cache_drop(mx_tls_cache *c, SSL_SESSION *sess)
+mx_tls_cache_drop(mx_tls_cache *c, uint64_t id)
 {
     int i;
 
-    if (!c || !sess)
+    if (!c || !id)
         return;
     pthread_mutex_lock(&c->mu);
     for (i = 0; i < MX_TLS_CACHE_SLOTS; i++)
-        if (c->slots[i].sess == sess)
+        if (c->slots[i].sess && c->slots[i].stamp == id)
             clear_slot(&c->slots[i]);
     pthread_mutex_unlock(&c->mu);
 }
