@@ -11,13 +11,18 @@
   (limits messages_per_minute=600), the rate achieved (goal: within 2% of the
   limit) and the throttling replies drawn (goal: none);
 - kill-and-resume: tests/interop/test_bulk_kill.py (20 SIGKILLs against the
-  real Postfix, its figures printed).
+  real Postfix, its figures printed);
+- TLS resumption: against the connector emulator (Python's ssl server), the
+  STARTTLS handshake (TLS 1.3 and 1.2) of a new connection with the shared
+  context's session cache (resumed) and without it (full), and mx.send_many
+  over TLS with messages_per_connection=10 with and without resumption.
 
 Every figure is a ratio against a baseline measured in the same run.
 """
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import shutil
@@ -134,6 +139,68 @@ def pacing_case(n: int) -> dict[str, float]:
                 "ratio": achieved / 600, "throttling_replies": len(em.throttle_log)}
 
 
+def tls_case(connects: int, n: int, rounds: int) -> dict[str, Any]:
+    from mailexpress import config as mx_config
+    from mailexpress.testing import ConnectorEmulator, User
+
+    user = User("svc", "pw", "svc@corp.example")
+    out: dict[str, Any] = {}
+    for version, em_kw in (("1.3", {}), ("1.2", {"tls_max_version": "1.2"})):
+        with ConnectorEmulator(users=[user], **em_kw) as em:  # type: ignore[arg-type]
+            kw = em.config(username="svc", password="pw").session_kwargs()
+
+            def handshakes(cache: bool) -> float:
+                """Median ms of starttls() (command, reply, handshake) on new connections."""
+                kw["tls_context"] = mx._core.tls_context(ca_file=em.ca_file, session_cache=cache)
+                times = []
+                for _ in range(connects + 1):
+                    with mx.Session(**kw) as s:
+                        s.connect()
+                        t0 = time.perf_counter()
+                        s.starttls()
+                        times.append((time.perf_counter() - t0) * 1000)
+                        s.ehlo()              # reads the TLS 1.3 tickets in
+                        assert s.tls_resumed == (cache and len(times) > 1)
+                return sorted(times[1:])[len(times[1:]) // 2]
+
+            full, resumed = handshakes(False), handshakes(True)
+            out[f"handshake_tls{version}"] = {"full_ms": full, "resumed_ms": resumed,
+                                              "ratio": full / resumed}
+
+    @functools.lru_cache(maxsize=4)
+    def uncached(verify: bool, ca: Any, cert: Any, key: Any, min_tls: str) -> object:
+        """The context a config makes (shared the same way), without the cache."""
+        return mx._core.tls_context(verify=verify, ca_file=ca and ca[0], session_cache=False)
+
+    def bulk(em: ConnectorEmulator, cache: bool, count: int, warm: bool = True) -> float:
+        real = mx_config._shared_tls_context
+        if not cache:
+            mx_config._shared_tls_context = uncached  # type: ignore[assignment]
+        try:
+            cfg = em.config(username="svc", password="pw", from_address="svc@corp.example")
+            before = len(em.tls_handshakes)
+            r = mx.send_many(cfg, messages(count), limits={"messages_per_connection": 10})
+            assert r.ok and len(r.sent) == count and r.connections == -(-count // 10)
+            resumed = sum(em.tls_handshakes[before:])
+            # the cache is warm: every connection resumes, or none does
+            assert not warm or resumed == (r.connections if cache else 0), em.tls_handshakes[before:]
+            return count / (r.elapsed_ms / 1000)
+        finally:
+            mx_config._shared_tls_context = real
+
+    with ConnectorEmulator(users=[user]) as em:
+        for cache in (False, True):         # the contexts made, the caches filled
+            bulk(em, cache, 10, warm=False)
+        runs: dict[bool, list[float]] = {False: [], True: []}
+        for _ in range(max(rounds, 2)):     # alternated: the host's load hits both alike
+            for cache in (False, True):
+                runs[cache].append(bulk(em, cache, n))
+    without, with_ = max(runs[False]), max(runs[True])
+    out["bulk"] = {"messages": n, "messages_per_connection": 10, "full_msg_s": without,
+                   "resumed_msg_s": with_, "ratio": with_ / without}
+    return out
+
+
 def kill_case() -> dict[str, Any]:
     proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-s", "-p", "no:cacheprovider",
                            str(ROOT / "tests" / "interop" / "test_bulk_kill.py")],
@@ -168,6 +235,14 @@ def main() -> int:
     p = out["pacing"]
     print(f"pacing: {p['achieved_per_min']:.1f}/min against a limit of 600 ({p['ratio']:.4f}x, goal "
           f"0.98-1.00), {p['throttling_replies']} throttling replies (goal 0)", flush=True)
+    out["tls"] = tls_case(20 if args.quick else 200, 200 if args.quick else 2_000, rounds)
+    for version in ("1.3", "1.2"):
+        h = out["tls"][f"handshake_tls{version}"]
+        print(f"TLS {version} STARTTLS handshake: full {h['full_ms']:.2f} ms, resumed "
+              f"{h['resumed_ms']:.2f} ms: {h['ratio']:.2f}x faster resumed", flush=True)
+    b = out["tls"]["bulk"]
+    print(f"TLS bulk, messages_per_connection=10: {b['resumed_msg_s']:.0f} msg/s resumed, "
+          f"{b['full_msg_s']:.0f} full handshakes: {b['ratio']:.2f}x", flush=True)
     if not args.no_kill:
         out["kill"] = kill_case()
         print(f"kill-and-resume: {'passed' if out['kill']['passed'] else 'FAILED'}: {out['kill']['report']}")
