@@ -188,3 +188,13 @@ def test_refused_after_a_key_rotation_then_resumes_again(emulator_factory, versi
             assert s.authenticated
     assert seen == [False, True, False, True]
     assert em.tls_handshakes == seen
+
+
+def test_diagnosis_reports_a_resumed_handshake(emulator):
+    cfg = config(emulator)
+    first, second = mx.test_connector(cfg), mx.test_connector(cfg)
+    assert first.tls is not None and second.tls is not None
+    assert first.tls["resumed"] is False and second.tls["resumed"] is True
+    assert first.tls["verified"] and second.tls["verified"]
+    evidence = next(c for c in second.checks if c.id == "tls").evidence
+    assert any(", resumed" in line for line in evidence)
