@@ -628,7 +628,7 @@ class ConnectorEmulator(ThrottlingServer, AuthServer):
         ctx = self._ctx if self.tls_resumption else self._new_server_context()
         tls = ctx.wrap_socket(sock, server_side=True)
         with self._lock:
-            self.tls_handshakes.append(tls.session_reused)
+            self.tls_handshakes.append(bool(tls.session_reused))
         return tls
 
     def _domain(self, address: str) -> str:
