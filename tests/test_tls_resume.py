@@ -87,13 +87,15 @@ def test_send_many_after_the_servers_421_resumes(emulator_factory):
 
 
 def test_parallel_lanes_share_the_cache(emulator_factory):
+    # four threads take, offer and store sessions (tickets arrive inside
+    # their reads, GIL released) in one cache: run under ASan by .ci/sanitizers
     em = emulator_factory()
     result = mx.send_many(config(em), notices(60), connections=4,
-                          limits={"messages_per_connection": 5})
+                          limits={"messages_per_connection": 3})
     assert result.ok and len(result.sent) == 60
     assert sorted(m.message["Subject"] for m in em.messages) == sorted(f"notice {i}" for i in range(60))
     n = len(em.tls_handshakes)
-    assert n == result.connections == 12
+    assert n == result.connections == 20
     # at most the first four (opened before any ticket came back) are full
     assert sum(em.tls_handshakes) >= n - 4
 
