@@ -107,9 +107,10 @@ mx_tls_cache_take(mx_tls_cache *c, const char *key, uint64_t *id)
         if (!best || s->uses < best->uses || (s->uses == best->uses && s->stamp > best->stamp))
             best = s;
     }
-    /* a copy: OpenSSL marks the session a connection used unresumable
-     * when that connection ends without a clean shutdown, and connections
-     * in other threads may be using the same entry */
+    /* a copy: once a TLS 1.3 handshake has resumed a session, OpenSSL
+     * marks that object unresumable (the client cache mode removes it:
+     * RFC 8446's one use), which would spoil the entry; and connections in
+     * other threads may be using the same entry */
     if (best && (sess = SSL_SESSION_dup(best->sess))) {
         best->uses++;
         *id = best->stamp;
