@@ -11,17 +11,26 @@
   (limits messages_per_minute=600), the rate achieved (goal: within 2% of the
   limit) and the throttling replies drawn (goal: none);
 - kill-and-resume: tests/interop/test_bulk_kill.py (20 SIGKILLs against the
-  real Postfix, its figures printed).
+  real Postfix, its figures printed);
+- TLS resumption: against the connector emulator (Python's ssl server), the
+  STARTTLS handshake (TLS 1.3 and 1.2) of a new connection with the shared
+  context's session cache (resumed) and without it (full); and mx.send_many
+  over TLS (smtp-sink behind stunnel4, implicit TLS): connect + EHLO, and a
+  run with messages_per_connection=10, with and without the cache (wall time
+  and the client's CPU time, which the host's load disturbs less).
 
 Every figure is a ratio against a baseline measured in the same run.
 """
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import shutil
 import socket
+import ssl
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -134,6 +143,121 @@ def pacing_case(n: int) -> dict[str, float]:
                 "ratio": achieved / 600, "throttling_replies": len(em.throttle_log)}
 
 
+def tls_case(connects: int, n: int, rounds: int) -> dict[str, Any]:
+    import trustme
+
+    from mailexpress import config as mx_config
+    from mailexpress.testing import ConnectorEmulator, User
+
+    user = User("svc", "pw", "svc@corp.example")
+    out: dict[str, Any] = {}
+    # the emulator's test certificates are ECDSA P-256 (cheap to sign); many
+    # Exchange servers present RSA 2048, whose signature a full handshake pays
+    rsa = trustme.CA(key_type=trustme.KeyType.RSA)
+    rsa_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    rsa.issue_cert("127.0.0.1", "mail.corp.example").configure_cert(rsa_ctx)
+    tmp = Path(tempfile.mkdtemp(prefix="mx-bench-tls-"))
+    rsa_ca = str(tmp / "rsa-ca.pem")
+    rsa.cert_pem.write_to_path(rsa_ca)
+    cases: list[tuple[str, dict[str, Any], str | None]] = [
+        ("tls1.3", {}, None), ("tls1.2", {"tls_max_version": "1.2"}, None),
+        ("tls1.3_rsa2048", {"tls_server_context": rsa_ctx}, rsa_ca)]
+    for name, em_kw, ca_file in cases:
+        with ConnectorEmulator(users=[user], **em_kw) as em:
+            ca = ca_file or em.ca_file
+            kw = em.config(username="svc", password="pw", ca_file=ca).session_kwargs()
+
+            def handshakes() -> tuple[float, float]:
+                """Median ms of starttls() (command, reply, handshake) on new connections,
+                without and with the cache, alternated (the host's load hits both alike)."""
+                ctxs = {c: mx._core.tls_context(ca_file=ca, session_cache=c) for c in (False, True)}
+                times: dict[bool, list[float]] = {False: [], True: []}
+                for i in range(connects + 1):
+                    for cache in (False, True):
+                        with mx.Session(**dict(kw, tls_context=ctxs[cache])) as s:
+                            s.connect()
+                            t0 = time.perf_counter()
+                            s.starttls()
+                            took = (time.perf_counter() - t0) * 1000
+                            s.ehlo()              # reads the TLS 1.3 tickets in
+                            assert s.tls_resumed == (cache and i > 0)
+                        if i:
+                            times[cache].append(took)
+                return statistics.median(times[False]), statistics.median(times[True])
+
+            full, resumed = handshakes()
+            out[f"handshake_{name}"] = {"full_ms": full, "resumed_ms": resumed,
+                                        "ratio": full / resumed}
+    shutil.rmtree(tmp, ignore_errors=True)
+
+    @functools.lru_cache(maxsize=4)
+    def uncached(verify: bool, ca: Any, cert: Any, key: Any, min_tls: str) -> object:
+        """The context a config makes (shared the same way), without the cache."""
+        return mx._core.tls_context(verify=verify, ca_file=ca and ca[0], session_cache=False)
+
+    def bulk(cfg: mx.Config, cache: bool, count: int) -> tuple[float, float]:
+        """msg/s, and the client's CPU ms per message (the servers are other processes)."""
+        real = mx_config._shared_tls_context
+        if not cache:
+            mx_config._shared_tls_context = uncached  # type: ignore[assignment]
+        try:
+            cpu = time.process_time()
+            r = mx.send_many(cfg, messages(count), limits={"messages_per_connection": 10})
+            cpu = time.process_time() - cpu
+            assert r.ok and len(r.sent) == count and r.connections == -(-count // 10)
+            return count / (r.elapsed_ms / 1000), cpu * 1000 / count
+        finally:
+            mx_config._shared_tls_context = real
+
+    def connect_times(port: int, ca: str) -> dict[bool, tuple[float, float]]:
+        """Median wall ms and mean client CPU ms of connect() + EHLO (implicit TLS),
+        without and with the cache, alternated."""
+        ctxs = {c: mx._core.tls_context(ca_file=ca, session_cache=c) for c in (False, True)}
+        wall: dict[bool, list[float]] = {False: [], True: []}
+        cpu: dict[bool, list[float]] = {False: [], True: []}
+        for i in range(connects + 1):
+            for cache in (False, True):
+                kw = {"host": "127.0.0.1", "port": port, "security": "ssl", "ca_file": ca,
+                      "tls_context": ctxs[cache]}
+                with mx.Session(**kw) as s:  # type: ignore[arg-type]
+                    t0, c0 = time.perf_counter(), time.process_time()
+                    s.connect()
+                    s.ehlo()
+                    t1, c1 = time.perf_counter(), time.process_time()
+                    assert s.tls_resumed == (cache and i > 0)
+                if i:
+                    wall[cache].append((t1 - t0) * 1000)
+                    cpu[cache].append((c1 - c0) * 1000)
+        return {c: (statistics.median(wall[c]), statistics.mean(cpu[c])) for c in (False, True)}
+
+    # a C server (no GIL shared with the client): smtp-sink behind stunnel (implicit TLS)
+    from bench import Servers
+    servers = Servers()
+    try:
+        cfg = mx.Config(host="127.0.0.1", port=servers.tls, security="ssl", use_auth=False,
+                        from_address=FROM, ca_file=servers.ca_file)
+        times = connect_times(servers.tls, servers.ca_file)
+        (fw, fc), (rw, rc) = times[False], times[True]
+        out["connect_stunnel"] = {"full_ms": fw, "resumed_ms": rw, "ratio": fw / rw,
+                                  "full_cpu_ms": fc, "resumed_cpu_ms": rc, "cpu_ratio": fc / rc}
+        for cache in (False, True):         # the contexts made, the caches filled
+            bulk(cfg, cache, 10)
+        runs: dict[bool, list[tuple[float, float]]] = {False: [], True: []}
+        for _ in range(max(rounds, 2)):     # alternated: the host's load hits both alike
+            for cache in (False, True):
+                runs[cache].append(bulk(cfg, cache, n))
+    finally:
+        servers.stop()
+    without, with_ = max(x[0] for x in runs[False]), max(x[0] for x in runs[True])
+    cpu_without, cpu_with = min(x[1] for x in runs[False]), min(x[1] for x in runs[True])
+    out["bulk"] = {"target": "smtp-sink via stunnel (implicit TLS)", "messages": n,
+                   "messages_per_connection": 10, "full_msg_s": without,
+                   "resumed_msg_s": with_, "ratio": with_ / without,
+                   "full_cpu_ms_per_msg": cpu_without, "resumed_cpu_ms_per_msg": cpu_with,
+                   "cpu_ratio": cpu_without / cpu_with}
+    return out
+
+
 def kill_case() -> dict[str, Any]:
     proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-s", "-p", "no:cacheprovider",
                            str(ROOT / "tests" / "interop" / "test_bulk_kill.py")],
@@ -168,6 +292,20 @@ def main() -> int:
     p = out["pacing"]
     print(f"pacing: {p['achieved_per_min']:.1f}/min against a limit of 600 ({p['ratio']:.4f}x, goal "
           f"0.98-1.00), {p['throttling_replies']} throttling replies (goal 0)", flush=True)
+    out["tls"] = tls_case(20 if args.quick else 200, 500 if args.quick else 5_000, rounds)
+    for version in ("tls1.3", "tls1.2", "tls1.3_rsa2048"):
+        h = out["tls"][f"handshake_{version}"]
+        print(f"{version} STARTTLS handshake: full {h['full_ms']:.2f} ms, resumed "
+              f"{h['resumed_ms']:.2f} ms: {h['ratio']:.2f}x faster resumed", flush=True)
+    c = out["tls"]["connect_stunnel"]
+    print(f"connect + EHLO via stunnel (implicit TLS): full {c['full_ms']:.2f} ms "
+          f"({c['full_cpu_ms']:.2f} ms client CPU), resumed {c['resumed_ms']:.2f} ms "
+          f"({c['resumed_cpu_ms']:.2f} ms): {c['ratio']:.2f}x wall, {c['cpu_ratio']:.2f}x CPU", flush=True)
+    b = out["tls"]["bulk"]
+    print(f"TLS bulk via stunnel, messages_per_connection=10: {b['resumed_msg_s']:.0f} msg/s resumed, "
+          f"{b['full_msg_s']:.0f} full handshakes: {b['ratio']:.2f}x; client CPU "
+          f"{b['resumed_cpu_ms_per_msg']:.3f} vs {b['full_cpu_ms_per_msg']:.3f} ms/msg: "
+          f"{b['cpu_ratio']:.2f}x", flush=True)
     if not args.no_kill:
         out["kill"] = kill_case()
         print(f"kill-and-resume: {'passed' if out['kill']['passed'] else 'FAILED'}: {out['kill']['report']}")

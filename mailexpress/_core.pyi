@@ -16,6 +16,7 @@ def tls_context(
     client_cert: str | PathLike[str] | None = None,
     client_key: str | PathLike[str] | None = None,
     min_tls_version: Literal["1.2", "1.3"] = "1.2",
+    session_cache: bool = True,
 ) -> object: ...
 
 class Session:
@@ -100,6 +101,8 @@ class Session:
     def tls_version(self) -> str | None: ...
     @property
     def tls_cipher(self) -> str | None: ...
+    @property
+    def tls_resumed(self) -> bool: ...
     @property
     def peer_certificate(self) -> bytes | None: ...
     @property

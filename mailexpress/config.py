@@ -620,8 +620,9 @@ class Config:
     def session_kwargs(self, *, verify: bool | None = None) -> dict[str, Any]:
         """Keyword arguments for `mailexpress._core.Session`, with a
         TLS context shared by every Session of the same TLS settings (the
-        trust store is read once, not per connection).  ``verify``
-        overrides the config's."""
+        trust store is read once, not per connection, and its session cache
+        lets the next connection to the same server resume the TLS session
+        instead of a full handshake).  ``verify`` overrides the config's."""
         verify = self.verify if verify is None else verify
         ctx = None if self.security == "none" else _shared_tls_context(
             verify, *(_file_key(f) for f in (self.ca_file, self.client_cert, self.client_key)),

@@ -629,7 +629,7 @@ class _Diagnosis:
         code = info.get("verify_code")
         return {
             "mode": "implicit" if self.cfg.security == "ssl" else "starttls",
-            "version": s.tls_version, "cipher": s.tls_cipher,
+            "version": s.tls_version, "cipher": s.tls_cipher, "resumed": s.tls_resumed,
             "verified": code == 0, "verify_message": info.get("verify_message"),
             "hostname_match": code not in (62, 64),
             "subject": info.get("subject"), "issuer": info.get("issuer"), "san": info.get("san", []),
@@ -638,7 +638,7 @@ class _Diagnosis:
 
     def tls_check(self, s: Session) -> None:
         t = self.tls = self.tls_details(s)
-        ev = [f"   TLS {t['version']}, {t['cipher']}", f"   subject {t['subject']}", f"   issuer {t['issuer']}",
+        ev = [f"   TLS {t['version']}, {t['cipher']}{', resumed' if t['resumed'] else ''}", f"   subject {t['subject']}", f"   issuer {t['issuer']}",
               f"   names {', '.join(t['san'])}", f"   verify: {t['verify_message']}"]
         if not t["verified"]:
             # only reachable with verify = false: the connection went ahead anyway

@@ -5,6 +5,7 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <poll.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <stdio.h>
 #include <string.h>
@@ -50,16 +51,83 @@ tls_fail(SSL *ssl, int ret, const char *what, mx_error *err)
     ERR_clear_error();
 }
 
-SSL_CTX *
+struct mx_tls_ctx {
+    SSL_CTX *ssl_ctx;
+    mx_tls_cache *cache;       /* NULL: no resumption */
+    atomic_int refs;
+};
+
+/* What a connection carries for the new-session callback (its app data);
+ * freed with the connection (tls_free). */
+typedef struct {
+    mx_tls_ctx *owner;         /* one reference */
+    int verify;
+    char key[MX_TLS_CACHE_KEY_MAX];   /* "": not cached */
+} tls_link;
+
+/* OpenSSL's new-session callback: a TLS 1.2 handshake ends, or a TLS 1.3
+ * ticket arrives (inside SSL_read, in whichever thread reads, with the
+ * GIL released).  1: the cache took sess over. */
+static int
+on_new_session(SSL *ssl, SSL_SESSION *sess)
+{
+    tls_link *l = SSL_get_app_data(ssl);
+
+    if (!l || !l->owner->cache || !l->key[0] || !SSL_SESSION_is_resumable(sess))
+        return 0;
+    /* with verify on, only what a verified handshake made is offered again */
+    if (l->verify && SSL_get_verify_result(ssl) != X509_V_OK)
+        return 0;
+    mx_tls_cache_put(l->owner->cache, l->key, sess);
+    return 1;
+}
+
+void
+mx_tls_ctx_ref(mx_tls_ctx *t)
+{
+    atomic_fetch_add(&t->refs, 1);
+}
+
+void
+mx_tls_ctx_unref(mx_tls_ctx *t)
+{
+    if (!t || atomic_fetch_sub(&t->refs, 1) != 1)
+        return;
+    SSL_CTX_free(t->ssl_ctx);
+    mx_tls_cache_free(t->cache);
+    free(t);
+}
+
+/* Frees a connection made by mx_tls_handshake, and what it carries. */
+static void
+tls_free(SSL *ssl)
+{
+    tls_link *l = ssl ? SSL_get_app_data(ssl) : NULL;
+
+    SSL_free(ssl);
+    if (l) {
+        mx_tls_ctx_unref(l->owner);
+        free(l);
+    }
+}
+
+mx_tls_ctx *
 mx_tls_ctx_new(const mx_tls_opts *o, mx_error *err)
 {
+    mx_tls_ctx *t;
     SSL_CTX *ctx;
 
+    if (!(t = calloc(1, sizeof(*t)))) {
+        mx_error_set(err, MX_E_SETUP, 0, "cannot create TLS context: out of memory");
+        return NULL;
+    }
+    atomic_init(&t->refs, 1);
     ERR_clear_error();
     ctx = SSL_CTX_new(TLS_client_method());
     if (!ctx) {
         tls_fail(NULL, 0, "cannot create TLS context", err);
         err->kind = MX_E_SETUP;
+        free(t);
         return NULL;
     }
     SSL_CTX_set_options(ctx, SSL_OP_NO_COMPRESSION | SSL_OP_NO_RENEGOTIATION);
@@ -98,10 +166,25 @@ mx_tls_ctx_new(const mx_tls_opts *o, mx_error *err)
             goto error;
         }
     }
-    return ctx;
+    if (o->session_cache) {
+        /* the client side only, and no store of OpenSSL's own: the
+         * callback hands each session to our cache, keyed by peer */
+        if (!(t->cache = mx_tls_cache_new())) {
+            mx_error_set(err, MX_E_SETUP, 0, "cannot create TLS session cache: out of memory");
+            goto error;
+        }
+        SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_CLIENT |
+                                            SSL_SESS_CACHE_NO_INTERNAL_STORE);
+        SSL_CTX_sess_set_new_cb(ctx, on_new_session);
+    } else {
+        SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF);
+    }
+    t->ssl_ctx = ctx;
+    return t;
 error:
     err->kind = MX_E_SETUP;
     SSL_CTX_free(ctx);
+    free(t);
     return NULL;
 }
 
@@ -166,21 +249,65 @@ sniff_smtp(int fd, int64_t deadline, mx_error *err)
     return -1;
 }
 
-SSL *
-mx_tls_handshake(SSL_CTX *ctx, int fd, const char *server_name, int verify,
-                 int implicit, int64_t deadline, mx_error *err)
+/* Ties ssl to the context's cache for peer (SSL app data) and offers a
+ * session cached for it.  Returns the session offered (the caller frees
+ * it; *id names its entry), or NULL; -1 in *bad when out of memory. */
+static SSL_SESSION *
+attach(mx_tls_ctx *t, SSL *ssl, const mx_tls_peer *peer, uint64_t *id, int *bad)
 {
+    tls_link *l = calloc(1, sizeof(*l));
+    SSL_SESSION *offer = NULL;
+
+    *bad = 0;
+    *id = 0;
+    if (!l || !SSL_set_app_data(ssl, l)) {
+        free(l);
+        *bad = -1;
+        return NULL;
+    }
+    mx_tls_ctx_ref(t);
+    l->owner = t;
+    l->verify = peer->verify;
+    if (t->cache &&
+        mx_tls_cache_key(l->key, sizeof(l->key), peer->host, peer->port, peer->server_name,
+                         peer->verify) == 0 &&
+        (offer = mx_tls_cache_take(t->cache, l->key, id)) && !SSL_set_session(ssl, offer)) {
+        /* not offered after all (say, a version this context refuses) */
+        ERR_clear_error();
+        mx_tls_cache_drop(t->cache, *id);
+        SSL_SESSION_free(offer);
+        offer = NULL;
+    }
+    return offer;
+}
+
+SSL *
+mx_tls_handshake(mx_tls_ctx *t, int fd, const mx_tls_peer *peer, int implicit,
+                 int64_t deadline, mx_error *err)
+{
+    const char *server_name = peer->server_name;
+    int verify = peer->verify;
     SSL *ssl = NULL;
-    int ret, sniff = implicit;
+    SSL_SESSION *offer = NULL;
+    uint64_t offer_id = 0;
+    int ret, sniff = implicit, bad;
 
     ERR_clear_error();
     if (!server_name || !server_name[0]) {
         mx_error_set(err, MX_E_SETUP, 0, "TLS needs a server name to verify");
         return NULL;
     }
-    ssl = SSL_new(ctx);
+    ssl = SSL_new(t->ssl_ctx);
     if (!ssl) {
         tls_fail(NULL, 0, "cannot create TLS connection", err);
+        goto error;
+    }
+    /* the connection's own setting, whatever the context was made with:
+     * the cache key says "verified" only of what was */
+    SSL_set_verify(ssl, verify ? SSL_VERIFY_PEER : SSL_VERIFY_NONE, NULL);
+    offer = attach(t, ssl, peer, &offer_id, &bad);
+    if (bad) {
+        mx_error_set(err, MX_E_NOMEM, 0, "cannot create TLS connection: out of memory");
         goto error;
     }
     if (sniff) {
@@ -246,9 +373,19 @@ mx_tls_handshake(SSL_CTX *ctx, int fd, const char *server_name, int verify,
         if (tls_wait(ssl, ret, fd, deadline, "TLS handshake failed", 0, err) < 0)
             goto error;
     }
+    if (offer) {
+        /* refused (a full handshake was made instead): not offered again */
+        if (!SSL_session_reused(ssl))
+            mx_tls_cache_drop(t->cache, offer_id);
+        SSL_SESSION_free(offer);
+    }
     return ssl;
 error:
-    SSL_free(ssl);
+    if (offer) {
+        mx_tls_cache_drop(t->cache, offer_id);
+        SSL_SESSION_free(offer);
+    }
+    tls_free(ssl);
     return NULL;
 }
 
@@ -370,7 +507,7 @@ mx_tls_close(SSL *ssl)
     ERR_clear_error();
     (void)SSL_shutdown(ssl);   /* non-blocking: one try, no wait */
     ERR_clear_error();
-    SSL_free(ssl);
+    tls_free(ssl);
 }
 
 static int64_t

@@ -43,8 +43,9 @@ mx_state *mx_get_state(PyTypeObject *tp);
 
 /* session.c */
 int mx_session_add_type(PyObject *module, mx_state *st);
-/* _core.tls_context(): a capsule named MX_TLS_CTX_CAPSULE around an SSL_CTX */
-#define MX_TLS_CTX_CAPSULE "mailexpress._core.SSL_CTX"
+/* _core.tls_context(): a capsule named MX_TLS_CTX_CAPSULE around an
+ * mx_tls_ctx (io/tls.h: an SSL_CTX and its session cache) */
+#define MX_TLS_CTX_CAPSULE "mailexpress._core.tls_context"
 PyObject *mx_tls_context_new(PyObject *module, PyObject *args, PyObject *kw);
 
 #endif

@@ -208,13 +208,10 @@ Session_init(Session *s, PyObject *args, PyObject *kw)
                                      &transcript, &tls_ctx))
         return -1;
     if (tls_ctx != Py_None) {
-        SSL_CTX *shared = PyCapsule_GetPointer(tls_ctx, MX_TLS_CTX_CAPSULE);
+        mx_tls_ctx *shared = PyCapsule_GetPointer(tls_ctx, MX_TLS_CTX_CAPSULE);
         if (!shared)
             return -1;
-        if (!SSL_CTX_up_ref(shared)) {
-            PyErr_SetString(PyExc_RuntimeError, "SSL_CTX_up_ref failed");
-            return -1;
-        }
+        mx_tls_ctx_ref(shared);
         s->ctx = shared;
     }
     if (port < 1 || port > 65535) {
@@ -331,8 +328,7 @@ Session_dealloc(Session *s)
 
     PyObject_GC_UnTrack(s);
     mx_conn_free(&s->c);
-    if (s->ctx)
-        SSL_CTX_free(s->ctx);
+    mx_tls_ctx_unref(s->ctx);
     if (s->lock)
         PyThread_free_lock(s->lock);
     PyMem_RawFree(s->host);
@@ -411,6 +407,13 @@ Session_get_tls_cipher(Session *s, void *c)
 {
     (void)c;
     return Py_NewRef(s->c.ssl && s->tls_cipher_s ? s->tls_cipher_s : Py_None);
+}
+
+static PyObject *
+Session_get_tls_resumed(Session *s, void *c)
+{
+    (void)c;
+    return PyBool_FromLong(s->c.ssl != NULL && s->tls_resumed);
 }
 
 static PyObject *
@@ -569,6 +572,8 @@ static PyGetSetDef Session_getset[] = {
     {"esmtp", (getter)Session_get_esmtp, NULL, "EHLO (not HELO) was accepted", NULL},
     {"tls_version", (getter)Session_get_tls_version, NULL, "e.g. 'TLSv1.3'", NULL},
     {"tls_cipher", (getter)Session_get_tls_cipher, NULL, "negotiated cipher", NULL},
+    {"tls_resumed", (getter)Session_get_tls_resumed, NULL,
+     "the TLS handshake resumed an earlier session (a ticket) instead of a full one", NULL},
     {"peer_certificate", (getter)Session_get_peer_certificate, NULL, "DER bytes", NULL},
     {"peer_cert_info", (getter)Session_get_peer_cert_info, NULL,
      "subject, issuer, validity, SANs, verify result", NULL},

@@ -30,6 +30,7 @@
 #include "conn.h"
 #include "ehlo.h"
 #include "net.h"
+#include "tls.h"
 #include "verdict.h"
 
 /* A method docstring shared between files. */
@@ -85,7 +86,7 @@ typedef struct {
     /* connection: written with the GIL released; read by getters only
      * under the lock */
     mx_conn c;
-    SSL_CTX *ctx;
+    mx_tls_ctx *ctx;             /* one reference; shared: tls_context= */
     mx_attempts attempts;
 
     /* What the getters read without the lock: written only with the GIL
@@ -103,6 +104,7 @@ typedef struct {
     PyObject *tls_version_s, *tls_cipher_s;   /* str */
     PyObject *peer_der;          /* bytes or None */
     PyObject *peer_info;         /* dict or None */
+    int tls_resumed;             /* the handshake resumed a cached session */
 } Session;
 
 extern const char *const stage_names[STG_COUNT];

@@ -22,6 +22,9 @@ ensure_ctx(Session *s, stage stg)
     o.cert_file = s->cert_file;
     o.key_file = s->key_file;
     o.min_version = s->min_tls;
+    /* a Session connects once: a cache of its own would never be read
+     * (connect() and the bulk path share one through tls_context=) */
+    o.session_cache = 0;
     s->ctx = mx_tls_ctx_new(&o, &s->c.err);
     if (!s->ctx) {
         raise_exc(s, MX_EXC_CONFIG, stg, NULL, NULL, "%s", s->c.err.msg);
@@ -31,35 +34,37 @@ ensure_ctx(Session *s, stage stg)
 }
 
 /* _core.tls_context(verify=True, ca_file=None, client_cert=None,
- * client_key=None, min_tls_version="1.2") -> capsule: one client SSL_CTX
- * (trust store loaded once) for many Sessions, passed as tls_context=.
- * Loading the system store costs tens of milliseconds; sharing it is what
- * makes a second connection cheap. */
+ * client_key=None, min_tls_version="1.2", session_cache=True) -> capsule:
+ * one client context (trust store loaded once) and its session cache for
+ * many Sessions, passed as tls_context=.  Loading the system store costs
+ * tens of milliseconds; sharing it is what makes a second connection cheap,
+ * and the cache makes its handshake a resumption (a TLS 1.3 ticket or a TLS
+ * 1.2 session) for the same host, port, server name and verify setting.
+ * session_cache=False: every handshake is a full one (a baseline). */
 static void
 tls_capsule_free(PyObject *cap)
 {
-    SSL_CTX *ctx = PyCapsule_GetPointer(cap, MX_TLS_CTX_CAPSULE);
+    mx_tls_ctx *ctx = PyCapsule_GetPointer(cap, MX_TLS_CTX_CAPSULE);
 
-    if (ctx)
-        SSL_CTX_free(ctx);
+    mx_tls_ctx_unref(ctx);      /* Sessions made with it hold their own */
 }
 
 PyObject *
 mx_tls_context_new(PyObject *module, PyObject *args, PyObject *kw)
 {
     static char *kwlist[] = {"verify", "ca_file", "client_cert", "client_key",
-                             "min_tls_version", NULL};
+                             "min_tls_version", "session_cache", NULL};
     PyObject *ca = Py_None, *cert = Py_None, *key = Py_None, *cap;
     const char *min_tls = "1.2";
     char *ca_s = NULL, *cert_s = NULL, *key_s = NULL;
-    int verify = 1, bad = 0;
+    int verify = 1, cache = 1, bad = 0;
     mx_tls_opts o;
     mx_error err;
-    SSL_CTX *ctx;
+    mx_tls_ctx *ctx;
 
     (void)module;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "|$pOOOs", kwlist, &verify, &ca, &cert,
-                                     &key, &min_tls))
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "|$pOOOsp", kwlist, &verify, &ca, &cert,
+                                     &key, &min_tls, &cache))
         return NULL;
     if (strcmp(min_tls, "1.2") != 0 && strcmp(min_tls, "1.3") != 0) {
         PyErr_SetString(PyExc_ValueError, "min_tls_version must be '1.2' or '1.3'");
@@ -77,6 +82,7 @@ mx_tls_context_new(PyObject *module, PyObject *args, PyObject *kw)
     o.cert_file = cert_s;
     o.key_file = key_s;
     o.min_version = strcmp(min_tls, "1.3") == 0 ? TLS1_3_VERSION : TLS1_2_VERSION;
+    o.session_cache = cache;
     Py_BEGIN_ALLOW_THREADS
     ctx = mx_tls_ctx_new(&o, &err);
     Py_END_ALLOW_THREADS
@@ -87,7 +93,7 @@ mx_tls_context_new(PyObject *module, PyObject *args, PyObject *kw)
         goto done;
     }
     if (!(cap = PyCapsule_New(ctx, MX_TLS_CTX_CAPSULE, tls_capsule_free)))
-        SSL_CTX_free(ctx);
+        mx_tls_ctx_unref(ctx);
 done:
     PyMem_RawFree(ca_s);
     PyMem_RawFree(cert_s);
@@ -150,6 +156,7 @@ take_tls_facts(Session *s)
         OPENSSL_free(der);
     }
     Py_XSETREF(s->peer_info, cert_info_dict(s->c.ssl));
+    s->tls_resumed = SSL_session_reused(s->c.ssl);
     if (!s->tls_version_s || !s->tls_cipher_s || !s->peer_der || !s->peer_info)
         return -1;
     return 0;
@@ -162,11 +169,13 @@ int
 handshake(Session *s, int implicit)
 {
     int64_t dl = deadline_for(s, TO_TLS);
+    mx_tls_peer peer = {s->host, s->port, s->server_name, s->verify};
     SSL *ssl;
 
     Py_BEGIN_ALLOW_THREADS
-    ssl = mx_tls_handshake(s->ctx, s->c.fd, s->server_name, s->verify, implicit, dl, &s->c.err);
+    ssl = mx_tls_handshake(s->ctx, s->c.fd, &peer, implicit, dl, &s->c.err);
     Py_END_ALLOW_THREADS
+    s->tls_resumed = 0;
     if (!ssl)
         return -1;
     s->c.ssl = ssl;
@@ -175,8 +184,8 @@ handshake(Session *s, int implicit)
         mx_error_set(&s->c.err, MX_E_NOMEM, ENOMEM, "out of memory after the TLS handshake");
         return -1;
     }
-    mx_conn_recordf(&s->c, MX_TR_INFO, "TLS established: %s, %s", SSL_get_version(ssl),
-            SSL_get_cipher_name(ssl));
+    mx_conn_recordf(&s->c, MX_TR_INFO, "TLS established: %s, %s%s", SSL_get_version(ssl),
+            SSL_get_cipher_name(ssl), s->tls_resumed ? ", resumed" : "");
     return 0;
 }
 

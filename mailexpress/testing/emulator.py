@@ -214,6 +214,17 @@ class ConnectorEmulator(ThrottlingServer, AuthServer):
                           the user's own, a Send As grant, or any-sender
       authoritative_domains  the organisation's accepted domains
       certificate         "valid", "expired" or "wrong_host"
+      tls_max_version     None (TLS 1.3), or "1.2" to stop there
+      tls_resumption      True (default): one server SSLContext serves every
+                          connection, so the tickets it issues resume
+                          (TLS 1.3 tickets, TLS 1.2 tickets and session
+                          ids); False: a new context (new ticket keys, an
+                          empty session cache) per connection, so every
+                          offered session is refused and the handshake is
+                          a full one
+      tls_server_context  an ssl.SSLContext to serve with instead of one of
+                          the emulator's own (e.g. shared by two emulators,
+                          so one would resume the other's sessions)
       hostname            the name in the banner and EHLO reply
       sender_check_stage  where a sender the account may not use is refused:
                           "MAIL" (Exchange), "RCPT" (Postfix with
@@ -250,6 +261,8 @@ class ConnectorEmulator(ThrottlingServer, AuthServer):
                  smtp_client_auth_disabled: Literal["tenant", "mailbox"] | None = None,
                  auth_temporary_failures: int = 0, app_roles: Iterable[str] = ("SMTP.SendAsApp",),
                  ntlm_domain: str = "CORP", integrated_auth: bool | None = None,
+                 tls_max_version: Literal["1.2", "1.3"] | None = None, tls_resumption: bool = True,
+                 tls_server_context: ssl.SSLContext | None = None,
                  **throttling: Any) -> None:
         self._init_throttling(**throttling)
         self.users = {u.username.lower(): u for u in users}
@@ -268,6 +281,13 @@ class ConnectorEmulator(ThrottlingServer, AuthServer):
         self.hostname = hostname
         self.auth_delay = auth_delay
         self.certificate = certificate
+        if tls_max_version not in (None, "1.2", "1.3"):
+            raise ValueError(f"tls_max_version {tls_max_version!r} is not None, '1.2' or '1.3'")
+        self.tls_max_version = tls_max_version
+        self.tls_resumption = tls_resumption
+        self._server_context = tls_server_context
+        # one entry per TLS handshake, in order: did it resume a session?
+        self.tls_handshakes: list[bool] = []
         self.sender_check_stage = sender_check_stage
         self.chunking = chunking
         self.flavour = flavour
@@ -321,7 +341,7 @@ class ConnectorEmulator(ThrottlingServer, AuthServer):
     def start(self) -> ConnectorEmulator:
         if self.security != "none":
             self._certs = test_certificates()
-            self._ctx = self._certs.server_context(self.certificate)
+            self._ctx = self._new_server_context()
         if self.integrated_auth and "NTLM" in self.other_mechanisms + self.auth_mechanisms:
             accounts = [(n, u.password) for u in self.users.values() for n in (u.username, u.address)]
             try:
@@ -508,8 +528,7 @@ class ConnectorEmulator(ThrottlingServer, AuthServer):
     def _serve(self, conn: _Conn, client: socket.socket) -> None:
         tls = False
         if self.security == "ssl":
-            assert self._ctx is not None
-            conn.sock = self._ctx.wrap_socket(client, server_side=True)
+            conn.sock = self._tls_wrap(client)
             tls = True
         s = _SessionState(tls=tls)
         if (refusal := self._throttle_greeting()) is not None:
@@ -577,11 +596,40 @@ class ConnectorEmulator(ThrottlingServer, AuthServer):
             return
         conn.send("220 2.0.0 SMTP server ready")
         conn.discard_buffer()       # RFC 3207: nothing before TLS is kept
-        conn.sock = self._ctx.wrap_socket(conn.sock, server_side=True)
+        conn.sock = self._tls_wrap(conn.sock)
         s.tls = True
         s.user = None
         s.helo = None
         s.reset_transaction()
+
+    def rotate_tls_keys(self) -> None:
+        """Serves from now on with a new server context, as a server whose
+        ticket keys rotated (or that restarted) does: the sessions issued
+        before are refused, the ones issued after resume."""
+        if self.security == "none":
+            raise ValueError("rotate_tls_keys: this emulator has no TLS (security='none')")
+        self._server_context = None
+        ctx = self._new_server_context()
+        with self._lock:
+            self._ctx = ctx
+
+    def _new_server_context(self) -> ssl.SSLContext:
+        if self._server_context is not None:
+            return self._server_context
+        assert self._certs is not None
+        ctx = self._certs.server_context(self.certificate)
+        if self.tls_max_version == "1.2":
+            ctx.maximum_version = ssl.TLSVersion.TLSv1_2
+        return ctx
+
+    def _tls_wrap(self, sock: socket.socket) -> ssl.SSLSocket:
+        """The server side of a handshake on sock, recorded in tls_handshakes."""
+        assert self._ctx is not None
+        ctx = self._ctx if self.tls_resumption else self._new_server_context()
+        tls = ctx.wrap_socket(sock, server_side=True)
+        with self._lock:
+            self.tls_handshakes.append(bool(tls.session_reused))
+        return tls
 
     def _domain(self, address: str) -> str:
         return address.rpartition("@")[2].lower()
