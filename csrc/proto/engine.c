@@ -297,6 +297,8 @@ stage_data(mx_engine *e, size_t jobi, int replies_known)
     if (j->mode == MX_BODY_NONE) {
         if (j->rset)
             return stage_simple(e, "RSET", jobi, MX_K_RSET);
+        if (!j->mail && !j->nrcpt)
+            job_over(e, j, 1);     /* nothing to say */
         return 0;                  /* over when its last reply is read */
     }
     if (replies_known && (j->mail_ok != 1 || !j->accepted))
@@ -305,7 +307,7 @@ stage_data(mx_engine *e, size_t jobi, int replies_known)
         e->gate = jobi;            /* the body waits for 354 */
         return stage_simple(e, "DATA", jobi, MX_K_DATA);
     }
-    if (!replies_known && j->size > MX_BDAT_BLIND_MAX) {
+    if (!replies_known && j->size > MX_BDAT_BLIND_MAX && j->rcpt_seen < j->nrcpt) {
         e->gate = jobi;            /* the body waits for the RCPT replies */
         j->gated = 1;
         return 0;

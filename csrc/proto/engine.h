@@ -43,13 +43,17 @@
 /* Replies outstanding at most: more could fill the TCP window both ways
  * (we write while the server's replies pile up unread); msmtp stops at 100
  * for the same reason.  A message with more recipients goes one command at
- * a time. */
+ * a time.  (The fuzz build sets it and MX_BDAT_BLIND_MAX small.) */
+#ifndef MX_PIPELINE_MAX
 #define MX_PIPELINE_MAX 100
+#endif
 #define MX_ENGINE_QCAP (MX_PIPELINE_MAX + 4)
 
 /* A BDAT body larger than this waits for the RCPT replies, so a big
  * message to refused recipients is not sent for nothing. */
+#ifndef MX_BDAT_BLIND_MAX
 #define MX_BDAT_BLIND_MAX (1024 * 1024)
+#endif
 
 /* The output buffer must hold at least this much (the longest command
  * line, see proto/cmd.h, fits well within it). */
