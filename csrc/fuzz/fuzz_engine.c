@@ -55,11 +55,8 @@ typedef struct {
     char line[4096];
     size_t llen;
     uint64_t raw_left;
-    int body_bol, body_dot;
     mx_kind exp[EXPQ];
-    size_t exp_job_eod[EXPQ];
     size_t ehead, elen;
-    int data_pending;            /* a DATA awaits its reply */
     /* what was read */
     int codes[4096];
     size_t ncodes;
@@ -366,11 +363,11 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     for (i = 0; i < n; i++) {
         int maybe;
         mx_outcome oc = mx_engine_outcome(&e, i, &maybe);
-        const mx_sreply *r;
 
         if (oc == MX_O_NONE || oc == MX_O_NO_FINAL || (oc == MX_O_SKIPPED) != jobs[i].skip)
             abort();
         if (oc == MX_O_SENT) {
+            const mx_sreply *r;
             sent++;
             r = mx_engine_reply(&e, i, jobs[i].mode == MX_BODY_DATA ? MX_K_EOD : MX_K_BDAT);
             if (!r || r->code / 100 != 2 || !jobs[i].body_done || jobs[i].end_off > e.sent)
