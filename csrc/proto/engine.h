@@ -55,8 +55,9 @@
 #define MX_BDAT_BLIND_MAX (1024 * 1024)
 #endif
 
-/* The output buffer must hold at least this much (the longest command
- * line, see proto/cmd.h, fits well within it). */
+/* The output buffer must hold at least this much: a MAIL or RCPT line is
+ * at most MX_PATH_MAX + 1100 octets (csrc/py formats them so); a longer
+ * line fails the engine (MX_F_INTERNAL) instead of overrunning. */
 #define MX_ENGINE_WBUF_MIN 4096
 
 typedef enum { MX_BODY_NONE, MX_BODY_DATA, MX_BODY_BDAT, MX_BODY_BINARY } mx_body_mode;
