@@ -12,8 +12,9 @@
  * lines, BDAT chunks, a DATA body up to its end marker) and checks:
  *  - every reply is asked for a command that reached the server whole, in
  *    order, of the kind the engine says it answers;
- *  - a write never exceeds the engine's buffer; nothing is written after a
- *    421 was read; the desync check is asked only with nothing unanswered;
+ *  - a write never exceeds the engine's buffer and begins with the command
+ *    (or body bytes) it says; nothing is written after a 421 was read; the
+ *    desync check is asked only with nothing unanswered;
  *  - the engine terminates within a bound of steps;
  *  - every job ends in exactly one outcome, none without one; a job is
  *    reported sent only if a 2xx answered its end of data (or BDAT), as the
@@ -177,12 +178,22 @@ io_in_step(void *ctx)
 static int
 io_write(void *ctx, const unsigned char *p, size_t n, mx_kind wait, size_t *maybe, int *broken)
 {
+    static const char *const verbs[MX_K_COUNT] = {
+        "MAIL", "RCPT", "DATA", ".", "BDAT", "RSET", ".", "RSET",
+    };
     fz *f = ctx;
 
-    (void)wait;
     step(f);
     if (n == 0 || n > f->wcap || f->saw_421)
         abort();
+    /* `wait` is the command the write begins with, or body bytes */
+    if (wait == MX_K_COUNT) {
+        if (f->mode != P_BODY && f->mode != P_RAW)
+            abort();
+    } else if (f->llen || (f->mode != P_CMD && !(f->mode == P_BODY && wait == MX_K_EMPTY)) ||
+               n < strlen(verbs[wait]) || memcmp(p, verbs[wait], strlen(verbs[wait]))) {
+        abort();
+    }
     if (f->fail_after && f->written + n >= f->fail_after) {
         size_t part = f->fail_after - f->written;
         on_bytes(f, p, part);
