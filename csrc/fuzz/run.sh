@@ -6,15 +6,19 @@
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 secs="${1:-60}"; shift || true
-harnesses=("${@:-reply ehlo body sasl}")
+harnesses=("${@:-reply ehlo body sasl engine}")
 out="$(mktemp -d)"
 trap 'rm -rf "$out"' EXIT
-declare -A deps=([reply]="proto/reply.c" [ehlo]="proto/reply.c proto/ehlo.c" [body]="proto/body.c" [sasl]="proto/sasl.c")
+declare -A deps=([reply]="proto/reply.c" [ehlo]="proto/reply.c proto/ehlo.c" [body]="proto/body.c" [sasl]="proto/sasl.c"
+              [engine]="proto/engine.c proto/body.c proto/cmd.c proto/verdict.c")
+# the engine with a small pipeline bound and BDAT gate, so that serial jobs and
+# gated bodies are reached in a few bytes
+declare -A defs=([engine]="-DMX_PIPELINE_MAX=6 -DMX_BDAT_BLIND_MAX=8192")
 for h in ${harnesses[@]}; do
   srcs=""
   for f in ${deps[$h]}; do srcs="$srcs $here/../$f"; done
   clang -g -O1 -std=c11 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all \
-        -I"$here/../proto" "$here/fuzz_$h.c" $srcs -o "$out/fuzz_$h"
+        ${defs[$h]:-} -I"$here/../proto" "$here/fuzz_$h.c" $srcs -o "$out/fuzz_$h"
   mkdir -p "$out/corpus_$h"
   echo "== fuzz_$h for ${secs}s"
   # new inputs go to the scratch corpus; the committed seeds stay as they are

@@ -1,5 +1,6 @@
-/* commands.c - the Session's step methods: connect, ehlo, starttls, mail,
- * rcpt, data, rset, noop, quit, close, set_deadline.  What each reply means
+/* commands.c - the Session's step methods off the send engine: connect,
+ * ehlo, starttls, noop, quit, close, set_deadline (mail, rcpt, data, rset
+ * and try_sender run on the engine: steps.c).  What each reply means
  * is judged by judge() (errors.c) on mx_verdict_of (proto/verdict.c). */
 #include "session.h"
 
@@ -7,7 +8,6 @@
 #include <stdio.h>
 #include <string.h>
 
-#include "body.h"
 #include "tls.h"
 
 
@@ -439,204 +439,6 @@ format_path(Session *s, const char *verb, PyObject *addr, PyObject *params,
     return 0;
 }
 
-/* MAIL or RCPT: formats the command, sends it, reads the reply; a 2xx moves
- * the state to `accepted`.  Returns 0 with s->c.reply holding the answer
- * (accepted or refused), or -1 raised (bad input, I/O failure, 421). */
-static int
-path_command(Session *s, const char *verb, PyObject *addr, PyObject *opts,
-             const char *extra, stage stg, timeout_key k, sstate accepted)
-{
-    char cmd[MX_PATH_MAX + 1100];
-    size_t len;
-    mx_verdict v;
-
-    if (format_path(s, verb, addr, opts, extra, stg, cmd, sizeof(cmd), &len, NULL) < 0)
-        return -1;
-    if (exchange(s, cmd, len, NULL, k) < 0) {
-        fail_io(s, stg);
-        return -1;
-    }
-    if (judge(s, stg == STG_MAIL ? MX_AFTER_MAIL : MX_AFTER_RCPT, stg, &v) < 0)
-        return -1;
-    if (v == MX_V_ACCEPTED)
-        set_state(s, accepted);
-    return 0;
-}
-
-MX_DOC(mail_doc,
-"mail(sender, options=()) -> Reply\n\n"
-"Sends MAIL FROM and returns the reply, accepted or not (like smtplib's\n"
-"mail()); raises only when the exchange itself fails.");
-
-PyObject *
-Session_mail(Session *s, PyObject *args, PyObject *kw)
-{
-    static char *kwlist[] = {"sender", "options", NULL};
-    PyObject *sender, *opts = Py_None, *res = NULL;
-
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "O|O", kwlist, &sender, &opts))
-        return NULL;
-    if (enter(s, 1) < 0)
-        return NULL;
-    if (need_ready(s, "MAIL") < 0)
-        goto done;
-    if (path_command(s, "MAIL FROM", sender, opts, NULL, STG_MAIL, TO_MAIL, S_MAIL) == 0)
-        res = make_reply(s, STG_MAIL);
-done:
-    leave(s);
-    return res;
-}
-
-MX_DOC(rcpt_doc,
-"rcpt(recipient, options=()) -> Reply\n\n"
-"Sends RCPT TO and returns the reply, accepted or not.");
-
-PyObject *
-Session_rcpt(Session *s, PyObject *args, PyObject *kw)
-{
-    static char *kwlist[] = {"recipient", "options", NULL};
-    PyObject *rcpt, *opts = Py_None, *res = NULL;
-
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "O|O", kwlist, &rcpt, &opts))
-        return NULL;
-    if (enter(s, 1) < 0)
-        return NULL;
-    if (s->state != S_MAIL && s->state != S_RCPT) {
-        raise_exc(s, MX_EXC_STATE, STG_RCPT, NULL, NULL,
-                  "RCPT needs an accepted MAIL first (state %s)", state_names[s->state]);
-        goto done;
-    }
-    if (path_command(s, "RCPT TO", rcpt, opts, NULL, STG_RCPT, TO_RCPT, S_RCPT) == 0)
-        res = make_reply(s, STG_RCPT);
-done:
-    leave(s);
-    return res;
-}
-
-/* Sends RSET to close a transaction the server may still hold open (after
- * a refusal) and returns to READY.  0, or -1 raised (the session is then
- * unusable). */
-static int
-end_transaction(Session *s)
-{
-    char cmd[8];
-    size_t len;
-
-    (void)mx_cmd_simple(cmd, sizeof(cmd), &len, "RSET");
-    if (exchange(s, cmd, len, NULL, TO_COMMAND) < 0) {
-        fail_io(s, STG_RSET);
-        return -1;
-    }
-    set_state(s, S_READY);
-    return 0;
-}
-
-static PyObject *send_body(Session *s, const unsigned char *p, size_t n);
-
-/* DATA, the body and the final reply.  buf is held by the caller.  Returns
- * a new Reply (2xx) or NULL raised.  The transaction is over either way. */
-static PyObject *
-do_data(Session *s, const unsigned char *p, size_t n)
-{
-    char cmd[8];
-    size_t len;
-    mx_verdict v;
-
-    (void)mx_cmd_simple(cmd, sizeof(cmd), &len, "DATA");
-    if (exchange(s, cmd, len, NULL, TO_DATA) < 0)
-        return fail_io(s, STG_DATA);
-    if (judge(s, MX_AFTER_DATA, STG_DATA, &v) < 0)
-        return NULL;
-    if (v != MX_V_CONTINUE) {
-        PyObject *r = make_reply(s, STG_DATA);
-        if (!r)
-            return NULL;
-        /* close the transaction so the session can go on */
-        if (end_transaction(s) < 0) {
-            Py_DECREF(r);
-            return NULL;
-        }
-        raise_exc(s, MX_EXC_DATA, STG_DATA, r, NULL,
-                  "the server refused DATA; the message was not sent");
-        Py_DECREF(r);
-        return NULL;
-    }
-    return send_body(s, p, n);
-}
-
-/* After a 354: the encoded body, the end marker and the final reply.
- * Returns a new Reply (2xx) or NULL raised; the transaction is over. */
-static PyObject *
-send_body(Session *s, const unsigned char *p, size_t n)
-{
-    size_t used, out;
-    mx_body_enc enc;
-    mx_verdict v;
-    int rc = 0;
-
-    mx_conn_recordf(&s->c, MX_TR_INFO, "sending body: %zu bytes before encoding", n);
-    mx_body_init(&enc);
-    Py_BEGIN_ALLOW_THREADS
-    while (n) {
-        out = mx_body_encode(&enc, p, n, &used, s->c.wbuf, MX_WBUF);
-        p += used;
-        n -= used;
-        if ((rc = mx_conn_write(&s->c, s->c.wbuf, out, deadline_for(s, TO_DATA_BLOCK), NULL)) < 0)
-            break;
-    }
-    if (rc == 0) {
-        out = mx_body_finish(&enc, s->c.wbuf, MX_WBUF);
-        mx_conn_record(&s->c, MX_TR_CLIENT, ".", 1);
-        rc = mx_conn_write(&s->c, s->c.wbuf, out, deadline_for(s, TO_DATA_BLOCK), NULL);
-    }
-    if (rc == 0)
-        rc = mx_conn_recv_reply(&s->c, deadline_for(s, TO_END_OF_DATA));
-    Py_END_ALLOW_THREADS
-    if (rc < 0)
-        return fail_io(s, STG_END_OF_DATA);
-    set_state(s, S_READY);
-    if (judge(s, MX_AFTER_END_OF_DATA, STG_END_OF_DATA, &v) < 0)
-        return NULL;
-    if (v != MX_V_ACCEPTED)
-        return fail_reply(s, MX_EXC_DATA, STG_END_OF_DATA,
-                          "the server refused the message at end of data");
-    return make_reply(s, STG_END_OF_DATA);
-}
-
-MX_DOC(data_doc,
-"data(body) -> Reply\n\n"
-"Sends DATA, then the body (any bytes-like object) with bare CR and LF\n"
-"turned into CRLF and leading dots doubled, then the end-of-data marker.\n"
-"Returns the final 2xx reply; raises DataRefused (stage DATA or\n"
-"END_OF_DATA) otherwise.  The message is sent only if this returns.");
-
-PyObject *
-Session_data(Session *s, PyObject *arg)
-{
-    Py_buffer view;
-    PyObject *res = NULL;
-
-    if (PyUnicode_Check(arg)) {
-        PyErr_SetString(PyExc_TypeError,
-                        "data() takes bytes; encode the message first (or use send_message)");
-        return NULL;
-    }
-    if (PyObject_GetBuffer(arg, &view, PyBUF_SIMPLE) < 0)
-        return NULL;
-    if (enter(s, 1) < 0)
-        goto release;
-    if (s->state != S_RCPT)
-        raise_exc(s, MX_EXC_STATE, STG_DATA, NULL, NULL,
-                  "DATA needs at least one accepted recipient (state %s)",
-                  state_names[s->state]);
-    else
-        res = do_data(s, view.buf, (size_t)view.len);
-    leave(s);
-release:
-    PyBuffer_Release(&view);
-    return res;
-}
-
 /* A simple command whose reply is returned as is. */
 static PyObject *
 simple_command(Session *s, const char *verb, stage stg, timeout_key k)
@@ -653,21 +455,12 @@ simple_command(Session *s, const char *verb, stage stg, timeout_key k)
         fail_io(s, stg);
         goto done;
     }
-    if (judge(s, stg == STG_RSET ? MX_AFTER_RSET : MX_AFTER_NOOP, stg, &v) < 0)
+    if (judge(s, MX_AFTER_NOOP, stg, &v) < 0)
         goto done;
-    if (stg == STG_RSET && v == MX_V_ACCEPTED && s->state != S_CONNECTED)
-        set_state(s, S_READY);
     res = make_reply(s, stg);
 done:
     leave(s);
     return res;
-}
-
-PyObject *
-Session_rset(Session *s, PyObject *unused)
-{
-    (void)unused;
-    return simple_command(s, "RSET", STG_RSET, TO_COMMAND);
 }
 
 PyObject *

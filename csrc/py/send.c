@@ -1,8 +1,14 @@
-/* send.c - the send engine's Python side: phase 1 (prepare: arguments
- * checked, envelope formatted, body scanned, GIL held), phase 3 (outcomes),
- * and the methods that run on it: send_raw, send_many_raw; and try_sender's
- * pipelined MAIL/RCPT/RSET.  Phase 2 is engine.c. */
-#include "engine.h"
+/* send.c - whole messages on the send engine: phase 1 (prepare: arguments
+ * checked, envelope formatted, body scanned, GIL held), phase 2 (the engine,
+ * proto/engine.c, driven by drive.c with the GIL released), phase 3 (each
+ * job's mx_engine_outcome as a Python outcome); send_raw, send_many_raw.
+ *
+ * Outcomes: a message whose final reply (or a refused sender, or every
+ * recipient refused) came has that outcome; after a session failure the
+ * first one the server never told about gets the exception; one whose body
+ * went out whole is "outcome unknown" (delivered=None); any other is "not
+ * sent" (delivered=False, retry_safe=True). */
+#include "drive.h"
 
 #include <stdio.h>
 #include <string.h>
@@ -36,7 +42,7 @@ grow_put(char **buf, size_t *len, size_t *cap, const char *p, size_t n)
 /* Scans a seekable binary file from where it stands and goes back there.
  * -1 raised. */
 static int
-scan_file(PyObject *file, mx_body_scan_state *scan, batch *b)
+scan_file(PyObject *file, mx_body_scan_state *scan, drive *b)
 {
     PyObject *pos = NULL, *r;
     int rc = -1;
@@ -74,7 +80,7 @@ done:
 /* Checks one message and formats its envelope.  0 ready; 1 refused before
  * sending (j->outcome holds the exception); -1 raised (out of memory). */
 static int
-prepare_job(Session *s, batch *b, job *j)
+prepare_job(Session *s, drive *b, pjob *j, mx_job *mj)
 {
     PyObject *from, *to, *body, *mopts = Py_None, *ropts = Py_None;
     char cmd[MX_PATH_MAX + 1100], extra[128];
@@ -98,12 +104,12 @@ prepare_job(Session *s, batch *b, job *j)
                                    : PySequence_Fast(to, "to_addrs must be a str or a sequence of str");
     if (!j->rcpts)
         goto bad;
-    j->nrcpt = (size_t)PySequence_Fast_GET_SIZE(j->rcpts);
-    if (!j->nrcpt) {
+    mj->nrcpt = (size_t)PySequence_Fast_GET_SIZE(j->rcpts);
+    if (!mj->nrcpt) {
         raise_exc(s, MX_EXC_INPUT, STG_RCPT, NULL, NULL, "no recipients given; nothing was sent");
         goto bad;
     }
-    for (i = 0; i < j->nrcpt; i++) {
+    for (i = 0; i < mj->nrcpt; i++) {
         if (format_path(s, "RCPT TO", PySequence_Fast_GET_ITEM(j->rcpts, (Py_ssize_t)i), ropts,
                         NULL, STG_RCPT, cmd, sizeof(cmd), &len, &non_ascii) < 0 ||
             grow_put(&rl, &rlen, &rcap, cmd, len) < 0)
@@ -130,8 +136,8 @@ prepare_job(Session *s, batch *b, job *j)
         goto bad;
     }
     mx_body_scan_finish(&scan);
-    j->size = scan.info.size;
-    j->mode = (s->caps.ext & MX_EXT_CHUNKING) ? B_BDAT : B_DATA;
+    mj->size = scan.info.size;
+    mj->mode = (s->caps.ext & MX_EXT_CHUNKING) ? MX_BODY_BDAT : MX_BODY_DATA;
     if (scan.info.has_nul) {
         if (!(s->caps.ext & MX_EXT_CHUNKING) || !(s->caps.ext & MX_EXT_BINARYMIME)) {
             raise_exc(s, MX_EXC_NOT_SUPPORTED, STG_MAIL, NULL, NULL,
@@ -140,10 +146,10 @@ prepare_job(Session *s, batch *b, job *j)
                       "parts (base64) first; nothing was sent");
             goto bad;
         }
-        j->mode = B_BINARY;
-        j->size = j->file ? scan.info.raw_size : (uint64_t)j->view.len;
+        mj->mode = MX_BODY_BINARY;
+        mj->size = j->file ? scan.info.raw_size : (uint64_t)j->view.len;
     }
-    if (scan.info.has_8bit && j->mode != B_BINARY && !(s->caps.ext & MX_EXT_8BITMIME)) {
+    if (scan.info.has_8bit && mj->mode != MX_BODY_BINARY && !(s->caps.ext & MX_EXT_8BITMIME)) {
         raise_exc(s, MX_EXC_NOT_SUPPORTED, STG_MAIL, NULL, NULL,
                   "the message has 8-bit bytes but the server does not offer 8BITMIME "
                   "(RFC 6152); encode the body (quoted-printable or base64), or let "
@@ -152,17 +158,17 @@ prepare_job(Session *s, batch *b, job *j)
     }
     extra[0] = '\0';
     if (s->caps.ext & MX_EXT_SIZE) {
-        if (s->caps.size && j->size > s->caps.size) {
+        if (s->caps.size && mj->size > s->caps.size) {
             raise_exc(s, MX_EXC_NOT_SUPPORTED, STG_MAIL, NULL, NULL,
                       "the message is %llu octets but the server accepts at most "
                       "%llu (SIZE); nothing was sent",
-                      (unsigned long long)j->size, (unsigned long long)s->caps.size);
+                      (unsigned long long)mj->size, (unsigned long long)s->caps.size);
             goto bad;
         }
         elen += (size_t)snprintf(extra + elen, sizeof(extra) - elen, "SIZE=%llu",
-                                 (unsigned long long)j->size);
+                                 (unsigned long long)mj->size);
     }
-    if (j->mode == B_BINARY)
+    if (mj->mode == MX_BODY_BINARY)
         elen += (size_t)snprintf(extra + elen, sizeof(extra) - elen, "%sBODY=BINARYMIME",
                                  elen ? " " : "");
     else if (scan.info.has_8bit && (s->caps.ext & MX_EXT_8BITMIME))
@@ -187,19 +193,25 @@ prepare_job(Session *s, batch *b, job *j)
             grow_put(&j->lines, &len, &cap, rl ? rl : "", rlen) < 0)
             goto bad;
     }
-    if (!(j->ends = PyMem_RawMalloc((j->nrcpt + 1) * sizeof(size_t)))) {
+    if (!(j->ends = PyMem_RawMalloc((mj->nrcpt + 1) * sizeof(size_t)))) {
         PyErr_NoMemory();
         goto bad;
     }
     {
         /* line k ends after its CRLF; lines hold no CR or LF of their own */
         size_t k = 0, p;
-        for (p = 0; p + 1 < len && k <= j->nrcpt; p++)
+        for (p = 0; p + 1 < len && k <= mj->nrcpt; p++)
             if (j->lines[p] == '\r' && j->lines[p + 1] == '\n')
                 j->ends[k++] = p + 2;
     }
-    j->serial = j->nrcpt + 2 > MX_PIPELINE_MAX;
-    j->mail_ok = -1;
+    mj->mail = j->lines;
+    mj->mail_len = j->ends[0];
+    mj->rcpt = j->lines;
+    mj->rcpt_off = j->ends;
+    if (j->have_view) {
+        mj->body = j->view.buf ? j->view.buf : (const void *)"";
+        mj->body_len = (size_t)j->view.len;
+    }
     PyMem_RawFree(rl);
     return 0;
 bad:
@@ -212,100 +224,75 @@ bad:
 
 /* ---- phase 3: outcomes --------------------------------------------------- */
 
-/* A Reply for a stored reply (lines joined by '\n' in the arena). */
+/* The outcome of a job the server decided: (refused, reply) or the refusal
+ * as an exception instance.  New reference or NULL raised. */
 static PyObject *
-make_sreply(Session *s, batch *b, const sreply *r)
+decided_outcome(drive *d, size_t jobi, mx_outcome oc)
 {
-    mx_state *st = state_of(s);
-    PyObject *lines, *res;
-    const char *p = b->text + r->off, *end = p + r->len;
-    Py_ssize_t n = 1, i = 0;
-
-    if (!st)
-        return NULL;
-    for (const char *q = p; q < end; q++)
-        n += *q == '\n';
-    if (!(lines = PyTuple_New(n)))
-        return NULL;
-    for (;;) {
-        const char *nl = memchr(p, '\n', (size_t)(end - p));
-        const char *stop = nl ? nl : end;
-        PyObject *l = PyUnicode_DecodeUTF8(p, stop - p, "replace");
-        if (!l) {
-            Py_DECREF(lines);
-            return NULL;
-        }
-        PyTuple_SET_ITEM(lines, i++, l);
-        if (!nl)
-            break;
-        p = nl + 1;
-    }
-    res = PyObject_CallFunction(st->reply_cls, "isOs", r->code,
-                                r->enhanced[0] ? r->enhanced : NULL, lines,
-                                stage_names[kind_stage[r->kind]]);
-    Py_DECREF(lines);
-    return res;
-}
-
-/* The outcome of a job whose replies all came: (refused, reply) or the
- * refusal as an exception instance.  New reference or NULL raised. */
-static PyObject *
-finished_outcome(Session *s, batch *b, size_t jobi)
-{
-    job *j = &b->jobs[jobi];
+    mx_engine *e = &d->e;
+    mx_job *j = &d->jobs[jobi];
+    pjob *pj = &d->pj[jobi];
     PyObject *refused = PyDict_New(), *mail_r = NULL, *data_r = NULL, *final_r = NULL;
     PyObject *res = NULL, *extra = NULL;
-    int data_code = 0, final_code = 0;
+    Session *s = d->s;
     size_t k;
 
     if (!refused)
         return NULL;
-    for (k = j->first_reply; k != NONE && k < b->nreplies && b->replies[k].job == jobi; k++) {
-        const sreply *r = &b->replies[k];
+    for (k = j->first_reply; k != MX_NONE && k < e->nreplies && e->replies[k].job == jobi; k++) {
+        const mx_sreply *r = &e->replies[k];
         PyObject *rep;
 
-        if ((r->kind == K_RCPT && (r->code / 100 == 2 || j->mail_ok != 1)) ||
-            r->kind == K_RSET || r->kind == K_EMPTY || r->kind == K_GUARD ||
-            (r->kind == K_DATA && r->code == 354))
+        if ((r->kind == MX_K_RCPT && (r->code / 100 == 2 || j->mail_ok != 1)) ||
+            r->kind == MX_K_RSET || r->kind == MX_K_EMPTY || r->kind == MX_K_GUARD ||
+            (r->kind == MX_K_DATA && r->code == 354))
             continue;
-        if (!(rep = make_sreply(s, b, r)))
+        if (!(rep = drive_reply(d, r)))
             goto done;
-        if (r->kind == K_RCPT) {
-            int bad = PyDict_SetItem(refused, PySequence_Fast_GET_ITEM(j->rcpts,
+        if (r->kind == MX_K_RCPT) {
+            int bad = PyDict_SetItem(refused, PySequence_Fast_GET_ITEM(pj->rcpts,
                                      (Py_ssize_t)r->rcpt), rep) < 0;
             Py_DECREF(rep);
             if (bad)
                 goto done;
-        } else if (r->kind == K_MAIL) {
-            mail_r = rep;
-        } else if (r->kind == K_DATA) {
-            data_r = rep;
-            data_code = r->code;
+        } else if (r->kind == MX_K_MAIL) {
+            Py_XSETREF(mail_r, rep);
+        } else if (r->kind == MX_K_DATA) {
+            Py_XSETREF(data_r, rep);
         } else {
-            final_r = rep;
-            final_code = r->code;
+            Py_XSETREF(final_r, rep);
         }
     }
     if (!(extra = Py_BuildValue("{s:O}", "delivered", Py_False)))
         goto done;
-    if (j->mail_ok != 1) {
-        if (PyDict_SetItemString(extra, "sender", PyTuple_GET_ITEM(j->item, 0)) == 0)
+    switch (oc) {
+    case MX_O_REFUSED_MAIL:
+        if (PyDict_SetItemString(extra, "sender", PyTuple_GET_ITEM(pj->item, 0)) == 0)
             res = make_exc(s, MX_EXC_SENDER, STG_MAIL, mail_r, extra, "the server refused the sender");
-    } else if (!j->accepted) {
+        break;
+    case MX_O_REFUSED_RCPT:
         if (PyDict_SetItemString(extra, "replies", refused) == 0)
             res = make_exc(s, MX_EXC_RECIPIENTS, STG_RCPT, NULL, extra,
                            "the server refused every recipient; the message was not sent");
-    } else if (data_code) {
+        break;
+    case MX_O_REFUSED_DATA:
         res = make_exc(s, MX_EXC_DATA, STG_DATA, data_r, extra,
                        "the server refused DATA; the message was not sent");
-    } else if (!final_r) {
-        PyErr_SetString(PyExc_SystemError, "mailexpress: a finished message without a final reply");
-    } else if (final_code / 100 == 2) {
-        res = PyTuple_Pack(2, refused, final_r);
-    } else {
-        res = make_exc(s, MX_EXC_DATA, STG_END_OF_DATA, final_r, extra,
-                       "the server refused the message at end of data");
+        break;
+    case MX_O_SENT:
+        if (final_r)
+            res = PyTuple_Pack(2, refused, final_r);
+        break;
+    case MX_O_REFUSED_END:
+        if (final_r)
+            res = make_exc(s, MX_EXC_DATA, STG_END_OF_DATA, final_r, extra,
+                           "the server refused the message at end of data");
+        break;
+    default:
+        break;
     }
+    if (!res && !PyErr_Occurred())
+        PyErr_SetString(PyExc_SystemError, "mailexpress: a finished message without a final reply");
 done:
     Py_DECREF(refused);
     Py_XDECREF(mail_r);
@@ -315,73 +302,48 @@ done:
     return res;
 }
 
-/* The exception that ended the session (raised by the fail_* helpers, then
- * taken back), or NULL raised. */
-static PyObject *
-fatal_exception(Session *s, batch *b)
-{
-    job *j = &b->jobs[b->fail_job];
-
-    switch (b->failed) {
-    case F_IO: fail_io(s, b->fail_stage); break;
-    case F_421: fail_421(s, b->fail_stage); break;
-    case F_PROTOCOL: fail_protocol(s, b->fail_stage, b->why); break;
-    case F_SOURCE:
-        poison(s, b->why);
-        if (j->outcome) {             /* the file reader's own exception */
-            PyObject *o = j->outcome;
-            j->outcome = NULL;
-            return o;
-        }
-        raise_exc(s, MX_EXC_INPUT, b->fail_stage, NULL, NULL, "%s", b->why);
-        break;
-    default:
-        PyErr_SetString(PyExc_SystemError, "mailexpress: no failure to report");
-    }
-    return take_raised();
-}
-
 /* Outcomes for every job, in order: a list.  NULL raised. */
 static PyObject *
-batch_outcomes(Session *s, batch *b)
+batch_outcomes(drive *d)
 {
-    PyObject *list = PyList_New((Py_ssize_t)b->n), *fatal = NULL;
+    Session *s = d->s;
+    mx_engine *e = &d->e;
+    PyObject *list = PyList_New((Py_ssize_t)d->n), *fatal = NULL;
     PyObject *fatal_type;
     size_t i;
     mx_state *st = state_of(s);
 
     if (!list)
         return NULL;
-    if (b->failed && !(fatal = fatal_exception(s, b)))
+    if (e->failed && !(fatal = drive_fatal(d)))
         goto fail;
     if (!st)
         goto fail;
     fatal_type = fatal && PyObject_IsInstance(fatal, st->exc[MX_EXC_ERROR]) == 1
                      ? (PyObject *)Py_TYPE(fatal) : st->exc[MX_EXC_CONNECTION_LOST];
-    for (i = 0; i < b->n; i++) {
-        job *j = &b->jobs[i];
-        PyObject *o = NULL;
+    for (i = 0; i < d->n; i++) {
+        pjob *pj = &d->pj[i];
+        PyObject *o = NULL, *extra;
+        int maybe;
+        mx_outcome oc = mx_engine_outcome(e, i, &maybe);
 
-        /* its body may have reached the server whole: only then can the
-         * server have taken it.  A 421 answers this job's command in turn
-         * and the server closes: nothing of this job or after it was taken */
-        int maybe = j->body_done && j->end_off <= b->sent &&
-                    !(b->failed == F_421 && i >= b->fail_job);
-
-        if (j->outcome) {
-            o = j->outcome;
-            j->outcome = NULL;
-        } else if (j->finished || (b->failed && job_refused(j))) {
-            o = finished_outcome(s, b, i);
-        } else if (b->failed && i == b->fail_job) {
+        if (pj->outcome) {
+            o = pj->outcome;
+            pj->outcome = NULL;
+            PyList_SET_ITEM(list, (Py_ssize_t)i, o);
+            continue;
+        }
+        switch (oc) {
+        case MX_O_FAILED:
             if (PyObject_SetAttrString(fatal, "delivered", maybe ? Py_None : Py_False) < 0 ||
                 PyObject_SetAttrString(fatal, "retry_safe", maybe ? Py_False : Py_True) < 0)
                 goto fail;
-            Py_INCREF(fatal);
-            o = fatal;
-        } else if (b->failed) {
-            PyObject *extra = Py_BuildValue("{s:O,s:O}", "delivered", maybe ? Py_None : Py_False,
-                                            "retry_safe", maybe ? Py_False : Py_True);
+            o = Py_NewRef(fatal);
+            break;
+        case MX_O_UNKNOWN:
+        case MX_O_NOT_SENT:
+            extra = Py_BuildValue("{s:O,s:O}", "delivered", maybe ? Py_None : Py_False,
+                                  "retry_safe", maybe ? Py_False : Py_True);
             if (!extra)
                 goto fail;
             if (maybe)
@@ -395,15 +357,23 @@ batch_outcomes(Session *s, batch *b)
                                  "whole, so the server cannot have taken it; it is safe to "
                                  "send again (%S)", fatal);
             Py_DECREF(extra);
-        } else if (!b->stopped) {
-            PyErr_SetString(PyExc_SystemError, "mailexpress: a message left without an outcome");
-        } else {
-            PyObject *extra = Py_BuildValue("{s:O,s:O}", "delivered", Py_False, "retry_safe", Py_True);
+            break;
+        case MX_O_STOPPED:
+            extra = Py_BuildValue("{s:O,s:O}", "delivered", Py_False, "retry_safe", Py_True);
             if (!extra)
                 goto fail;
             o = make_exc(s, MX_EXC_STATE, STG_MAIL, NULL, extra,
                          "not sent: an earlier message was refused and stop_on_error is set");
             Py_DECREF(extra);
+            break;
+        case MX_O_NONE:
+        case MX_O_SKIPPED:
+        case MX_O_DONE:
+        case MX_O_NO_FINAL:
+            PyErr_SetString(PyExc_SystemError, "mailexpress: a message left without an outcome");
+            break;
+        default:
+            o = decided_outcome(d, i, oc);
         }
         if (!o)
             goto fail;
@@ -419,69 +389,32 @@ fail:
 
 /* ---- the methods ------------------------------------------------------------ */
 
-static void
-batch_free(batch *b)
-{
-    size_t i;
-
-    for (i = 0; b->jobs && i < b->n; i++) {
-        job *j = &b->jobs[i];
-        if (j->have_view)
-            PyBuffer_Release(&j->view);
-        Py_XDECREF(j->item);
-        Py_XDECREF(j->rcpts);
-        Py_XDECREF(j->outcome);
-        PyMem_RawFree(j->lines);
-        PyMem_RawFree(j->ends);
-    }
-    PyMem_RawFree(b->jobs);
-    PyMem_RawFree(b->replies);
-    PyMem_RawFree(b->text);
-    if (b->fbuf.obj)
-        PyBuffer_Release(&b->fbuf);
-    Py_XDECREF(b->fobj);
-}
-
 /* Runs the three phases over `items` (a list of message tuples); the lock
  * is held by the caller and the session is READY.  A list of outcomes, or
  * NULL raised (out of memory, or a bad argument before anything was sent). */
 static PyObject *
 send_batch_of(Session *s, PyObject *items, int stop_on_error)
 {
-    batch b;
+    drive d;
     PyObject *res = NULL;
-    size_t i;
+    size_t i, n = (size_t)PyList_GET_SIZE(items);
     int rc;
 
-    memset(&b, 0, sizeof(b));
-    b.n = (size_t)PyList_GET_SIZE(items);
-    b.cur = b.gate = NONE;
-    b.check_desync = 1;
-    b.stop_on_error = stop_on_error;
-    b.pipelining = (s->caps.ext & MX_EXT_PIPELINING) != 0;
-    if (!(b.jobs = PyMem_RawCalloc(b.n ? b.n : 1, sizeof(job)))) {
-        PyErr_NoMemory();
+    if (drive_init(&d, s, n, 1) < 0)
         goto done;
-    }
-    if (!(b.fobj = PyByteArray_FromStringAndSize(NULL, MX_FILE_CHUNK)) ||
-        PyObject_GetBuffer(b.fobj, &b.fbuf, PyBUF_WRITABLE) < 0)
-        goto done;
-    for (i = 0; i < b.n; i++) {
-        b.jobs[i].item = Py_NewRef(PyList_GET_ITEM(items, (Py_ssize_t)i));
-        b.jobs[i].first_reply = NONE;
-        if (prepare_job(s, &b, &b.jobs[i]) < 0)
+    for (i = 0; i < n; i++) {
+        d.pj[i].item = Py_NewRef(PyList_GET_ITEM(items, (Py_ssize_t)i));
+        rc = prepare_job(s, &d, &d.pj[i], &d.jobs[i]);
+        if (rc < 0)
             goto done;
+        d.jobs[i].skip = rc > 0;
     }
-    b.ts = PyEval_SaveThread();
-    rc = run_wire(s, &b);
-    if (rc < 0)
-        drain(s, &b);
-    PyEval_RestoreThread(b.ts);
+    rc = drive_run(&d, stop_on_error, 0, 1, 0);
     if (rc == 0)
         set_state(s, S_READY);
-    res = batch_outcomes(s, &b);
+    res = batch_outcomes(&d);
 done:
-    batch_free(&b);
+    drive_free(&d);
     return res;
 }
 
@@ -555,103 +488,6 @@ Session_send_many(Session *s, PyObject *args, PyObject *kw)
         leave(s);
     }
     Py_DECREF(items);
-    return res;
-}
-
-/* Reads one reply of try_sender's group into a new Reply; NULL raised on
- * I/O failure, 421 or a reply that cannot answer the command. */
-static PyObject *
-group_reply(Session *s, mx_after after, stage stg, timeout_key k)
-{
-    mx_verdict v;
-
-    if (recv_only(s, k) < 0)
-        return fail_io(s, stg);
-    if (judge(s, after, stg, &v) < 0)
-        return NULL;
-    return make_reply(s, stg);
-}
-
-MX_DOC(try_sender_doc,
-"try_sender(sender, recipient, options=()) -> (mail_reply, rcpt_reply, pipelined)\n\n"
-"Asks whether the server would take a message from `sender` to `recipient`\n"
-"without sending one: MAIL FROM, RCPT TO, RSET.  With PIPELINING the three\n"
-"go in one write and rcpt_reply is the RCPT answer even when MAIL was\n"
-"refused (then it is a consequence, typically 503); without, RCPT is sent\n"
-"only after an accepted MAIL and rcpt_reply is None otherwise.  The session\n"
-"is left with no transaction open.");
-
-PyObject *
-Session_try_sender(Session *s, PyObject *args, PyObject *kw)
-{
-    static char *kwlist[] = {"sender", "recipient", "options", NULL};
-    PyObject *sender, *rcpt, *opts = Py_None, *res = NULL;
-    PyObject *mail_r = NULL, *rcpt_r = NULL, *rset_r = NULL;
-    char buf[2 * (MX_PATH_MAX + 1100) + 16];
-    size_t len = 0, n;
-    int pipelined;
-
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OO|O", kwlist, &sender, &rcpt, &opts))
-        return NULL;
-    if (enter(s, 1) < 0)
-        return NULL;
-    if (need_ready(s, "try_sender") < 0)
-        goto done;
-    pipelined = (s->caps.ext & MX_EXT_PIPELINING) != 0;
-    if (format_path(s, "MAIL FROM", sender, opts, NULL, STG_MAIL, buf, sizeof(buf), &n, NULL) < 0)
-        goto done;
-    len = n;
-    if (format_path(s, "RCPT TO", rcpt, NULL, NULL, STG_RCPT, buf + len, sizeof(buf) - len, &n, NULL) < 0)
-        goto done;
-    if (pipelined) {
-        len += n;
-        (void)mx_cmd_simple(buf + len, sizeof(buf) - len, &n, "RSET");
-        len += n;
-        if (send_lines(s, buf, len, TO_MAIL) < 0) {
-            fail_io(s, STG_MAIL);
-            goto done;
-        }
-        if (!(mail_r = group_reply(s, MX_AFTER_MAIL, STG_MAIL, TO_MAIL)) ||
-            !(rcpt_r = group_reply(s, MX_AFTER_RCPT, STG_RCPT, TO_RCPT)) ||
-            !(rset_r = group_reply(s, MX_AFTER_RSET, STG_RSET, TO_COMMAND)))
-            goto done;
-    } else {
-        char line[MX_PATH_MAX + 1100];
-        memcpy(line, buf + len, n);     /* the RCPT line, for later */
-        if (send_lines(s, buf, len, TO_MAIL) < 0) {
-            fail_io(s, STG_MAIL);
-            goto done;
-        }
-        if (!(mail_r = group_reply(s, MX_AFTER_MAIL, STG_MAIL, TO_MAIL)))
-            goto done;
-        if (s->c.reply->code / 100 == 2) {
-            set_state(s, S_MAIL);
-            if (send_lines(s, line, n, TO_RCPT) < 0) {
-                fail_io(s, STG_RCPT);
-                goto done;
-            }
-            if (!(rcpt_r = group_reply(s, MX_AFTER_RCPT, STG_RCPT, TO_RCPT)))
-                goto done;
-        }
-        (void)mx_cmd_simple(line, sizeof(line), &n, "RSET");
-        if (send_lines(s, line, n, TO_COMMAND) < 0) {
-            fail_io(s, STG_RSET);
-            goto done;
-        }
-        if (!(rset_r = group_reply(s, MX_AFTER_RSET, STG_RSET, TO_COMMAND)))
-            goto done;
-    }
-    if (s->c.reply->code / 100 != 2) {
-        fail_protocol(s, STG_RSET, "the server refused RSET; the transaction state is unknown");
-        goto done;
-    }
-    set_state(s, S_READY);
-    res = Py_BuildValue("(OOO)", mail_r, rcpt_r ? rcpt_r : Py_None, pipelined ? Py_True : Py_False);
-done:
-    Py_XDECREF(mail_r);
-    Py_XDECREF(rcpt_r);
-    Py_XDECREF(rset_r);
-    leave(s);
     return res;
 }
 

@@ -1,9 +1,11 @@
 /* session.h - private to csrc/py/: the Session object and what its files
- * share.  The type and its getters are in session.c; the command methods in
- * commands.c, AUTH in session_auth.c; the send engine in engine.c (the wire
- * phase) and send.c (its Python side: prepare, outcomes, send_raw,
- * send_many_raw, try_sender); failures become exceptions in errors.c; the
- * TLS context in tlsctx.c; the lock and the GIL-released steps in wire.c.
+ * share.  The type and its getters are in session.c; the command methods
+ * off the engine (connect, ehlo, starttls, noop, quit) in commands.c, AUTH
+ * in session_auth.c; the send engine is pure (proto/engine.c), driven by
+ * drive.c, with send.c (send_raw, send_many_raw: prepare, outcomes) and
+ * steps.c (mail, rcpt, data, rset, try_sender) on it; failures become
+ * exceptions in errors.c; the TLS context in tlsctx.c; the lock and the
+ * GIL-released steps in wire.c.
  *
  * Rules kept here:
  * - Python objects are touched only with the GIL held; every blocking call

@@ -1,7 +1,8 @@
 /* testhooks.c - the module mailexpress._testhooks: tiny entry points into
  * the pure protocol files, for unit and property tests (tests/test_pure_*.py).
  * Built for the test suite only, not part of the shipped _core.  Each hands
- * bytes to one pure function and returns what it produced. */
+ * bytes to one pure function and returns what it produced (_engine_run: the
+ * send engine against a scripted server, all in memory). */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
@@ -10,6 +11,7 @@
 #include "body.h"
 #include "cmd.h"
 #include "ehlo.h"
+#include "engine.h"
 #include "reply.h"
 #include "sasl.h"
 #include "verdict.h"
@@ -457,6 +459,235 @@ th_verdict(PyObject *m, PyObject *args)
     return Py_BuildValue("(ss)", names[mx_verdict_of((mx_after)i, code)], why);
 }
 
+/* ---- _engine_run: the pure send engine against a scripted server -------- */
+
+typedef struct {
+    char *wire;
+    size_t wlen, wcap, fail_after;   /* fail_after: 0 never */
+    int broken;
+    PyObject *replies, *reads;       /* list of codes; list of kind names */
+    Py_ssize_t next;
+    mx_reply reply;
+} th_server;
+
+static const char *const th_kinds[MX_K_COUNT] = {
+    "MAIL", "RCPT", "DATA", "END_OF_DATA", "BDAT", "RSET", "EMPTY", "GUARD",
+};
+
+static int
+th_in_step(void *ctx)
+{
+    (void)ctx;
+    return 0;
+}
+
+static int
+th_write(void *ctx, const unsigned char *p, size_t n, mx_kind wait, size_t *maybe, int *broken)
+{
+    th_server *t = ctx;
+    size_t take = n;
+    int fail = 0;
+
+    (void)wait;
+    if (t->fail_after && t->wlen + n >= t->fail_after) {
+        take = t->fail_after - t->wlen;
+        fail = 1;
+    }
+    if (t->wlen + take > t->wcap) {
+        size_t cap = 2 * (t->wlen + take) + 256;
+        char *nw = PyMem_Realloc(t->wire, cap);
+        if (!nw)
+            return -1;
+        t->wire = nw;
+        t->wcap = cap;
+    }
+    memcpy(t->wire + t->wlen, p, take);
+    t->wlen += take;
+    if (fail) {
+        *maybe = take;
+        *broken = t->broken;
+        return -1;
+    }
+    return 0;
+}
+
+static const mx_reply *
+th_read(void *ctx, mx_kind k)
+{
+    th_server *t = ctx;
+    PyObject *name = PyUnicode_FromString(th_kinds[k]);
+    long code;
+
+    if (!name || PyList_Append(t->reads, name) < 0) {
+        Py_XDECREF(name);
+        return NULL;
+    }
+    Py_DECREF(name);
+    if (t->next >= PyList_GET_SIZE(t->replies))
+        return NULL;                 /* EOF */
+    code = PyLong_AsLong(PyList_GET_ITEM(t->replies, t->next++));
+    if (code < 200 || code > 559)
+        return NULL;                 /* a reply that does not parse */
+    memset(&t->reply, 0, sizeof(t->reply));
+    t->reply.code = (int)code;
+    t->reply.nlines = 1;
+    t->reply.line_len[0] = t->reply.text_len = 2;
+    memcpy(t->reply.text, "ok", 2);
+    return &t->reply;
+}
+
+static long
+th_pull(void *ctx, size_t job, const unsigned char **p)
+{
+    (void)ctx;
+    (void)job;
+    (void)p;
+    return -1;
+}
+
+/* _engine_run(jobs, replies, pipelining=False, stop_on_error=False,
+ *             fail_after=0, broken=True)
+ *   jobs: [(mail bytes or None, [rcpt bytes], mode, body bytes, rset)], mode
+ *   one of "none", "data", "bdat", "binary"; lines without CRLF.
+ *   replies: codes the server answers in turn (then EOF; < 200: garbage).
+ * -> (wire, reads, [(outcome, maybe)], failure, fail_job) */
+static PyObject *
+th_engine_run(PyObject *m, PyObject *args, PyObject *kw)
+{
+    static char *kwlist[] = {"jobs", "replies", "pipelining", "stop_on_error", "fail_after",
+                             "broken", NULL};
+    static const char *const modes[] = {"none", "data", "bdat", "binary"};
+    static const char *const outcomes[] = {
+        "none", "skipped", "sent", "done", "refused_mail", "refused_rcpt", "refused_data",
+        "refused_end", "no_final", "failed", "unknown", "not_sent", "stopped",
+    };
+    static const char *const fails[] = {"", "io", "421", "protocol", "source", "nomem",
+                                        "internal"};
+    PyObject *jobs_in, *replies, *res = NULL, *fast = NULL, *outs = NULL;
+    int pipelining = 0, stop = 0, broken = 1;
+    Py_ssize_t fail_after = 0, n = 0, i;
+    th_server t;
+    mx_engine e;
+    mx_engine_io io = {&t, th_in_step, th_write, th_read, th_pull, NULL};
+    mx_job *jobs = NULL;
+    char *lines = NULL;
+    size_t *offs = NULL, lcap = 0, llen = 0, ocap = 0, olen = 0;
+    unsigned char *wbuf = NULL;
+
+    (void)m;
+    memset(&t, 0, sizeof(t));
+    memset(&e, 0, sizeof(e));
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OO!|ppnp", kwlist, &jobs_in, &PyList_Type,
+                                     &replies, &pipelining, &stop, &fail_after, &broken))
+        return NULL;
+    if (!(fast = PySequence_Fast(jobs_in, "jobs must be a sequence")))
+        return NULL;
+    n = PySequence_Fast_GET_SIZE(fast);
+    /* first pass: sizes, so that the pointers into lines stay put */
+    for (i = 0; i < n; i++) {
+        PyObject *mail, *rcpts, *body;
+        const char *mode;
+        int rset;
+        if (!PyArg_ParseTuple(PySequence_Fast_GET_ITEM(fast, i), "OO!sSp", &mail, &PyList_Type,
+                              &rcpts, &mode, &body, &rset))
+            goto done;
+        lcap += (mail != Py_None && PyBytes_Check(mail) ? (size_t)PyBytes_GET_SIZE(mail) : 0) + 2;
+        for (Py_ssize_t k = 0; k < PyList_GET_SIZE(rcpts); k++) {
+            if (!PyBytes_Check(PyList_GET_ITEM(rcpts, k))) {
+                PyErr_SetString(PyExc_TypeError, "recipients must be bytes");
+                goto done;
+            }
+            lcap += (size_t)PyBytes_GET_SIZE(PyList_GET_ITEM(rcpts, k)) + 2;
+        }
+        ocap += (size_t)PyList_GET_SIZE(rcpts) + 1;
+    }
+    if (!(jobs = PyMem_Calloc((size_t)n + 1, sizeof(*jobs))) || !(lines = PyMem_Malloc(lcap + 1)) ||
+        !(offs = PyMem_Malloc((ocap + 1) * sizeof(*offs))) ||
+        !(wbuf = PyMem_Malloc(MX_ENGINE_WBUF_MIN))) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    for (i = 0; i < n; i++) {
+        PyObject *mail, *rcpts, *body;
+        const char *mode;
+        int rset, md;
+        mx_job *j = &jobs[i];
+        mx_body_scan_state sc;
+
+        (void)PyArg_ParseTuple(PySequence_Fast_GET_ITEM(fast, i), "OO!sSp", &mail, &PyList_Type,
+                               &rcpts, &mode, &body, &rset);
+        for (md = 0; md < 4 && strcmp(mode, modes[md]); md++)
+            ;
+        if (md == 4 || (mail != Py_None && !PyBytes_Check(mail))) {
+            PyErr_SetString(PyExc_ValueError, "mode: none, data, bdat or binary; mail: bytes or None");
+            goto done;
+        }
+        if (mail != Py_None) {
+            j->mail = lines + llen;
+            memcpy(lines + llen, PyBytes_AS_STRING(mail), (size_t)PyBytes_GET_SIZE(mail));
+            llen += (size_t)PyBytes_GET_SIZE(mail);
+            memcpy(lines + llen, "\r\n", 2);
+            llen += 2;
+            j->mail_len = (size_t)PyBytes_GET_SIZE(mail) + 2;
+        }
+        j->rcpt = lines + llen;
+        j->rcpt_off = offs + olen;
+        j->nrcpt = (size_t)PyList_GET_SIZE(rcpts);
+        offs[olen++] = 0;
+        for (Py_ssize_t k = 0; k < PyList_GET_SIZE(rcpts); k++) {
+            PyObject *r = PyList_GET_ITEM(rcpts, k);
+            memcpy(lines + llen, PyBytes_AS_STRING(r), (size_t)PyBytes_GET_SIZE(r));
+            llen += (size_t)PyBytes_GET_SIZE(r);
+            memcpy(lines + llen, "\r\n", 2);
+            llen += 2;
+            offs[olen] = offs[olen - 1] + (size_t)PyBytes_GET_SIZE(r) + 2;
+            olen++;
+        }
+        j->mode = (mx_body_mode)md;
+        j->rset = rset;
+        j->body = (const unsigned char *)PyBytes_AS_STRING(body);
+        j->body_len = (size_t)PyBytes_GET_SIZE(body);
+        j->accepted_before = !j->mail && !j->nrcpt;
+        mx_body_scan_init(&sc);
+        mx_body_scan(&sc, j->body, j->body_len);
+        mx_body_scan_finish(&sc);
+        j->size = md == MX_BODY_BINARY ? j->body_len : sc.info.size;
+    }
+    t.replies = replies;
+    t.fail_after = (size_t)fail_after;
+    t.broken = broken;
+    if (!(t.reads = PyList_New(0)))
+        goto done;
+    mx_engine_init(&e, jobs, (size_t)n, &io, wbuf, MX_ENGINE_WBUF_MIN);
+    e.pipelining = pipelining;
+    e.stop_on_error = stop;
+    if (mx_engine_run(&e) < 0)
+        mx_engine_drain(&e);
+    if (PyErr_Occurred() || !(outs = PyList_New(n)))
+        goto done;
+    for (i = 0; i < n; i++) {
+        int maybe;
+        mx_outcome oc = mx_engine_outcome(&e, (size_t)i, &maybe);
+        PyObject *o = Py_BuildValue("(sO)", outcomes[oc], maybe ? Py_True : Py_False);
+        if (!o)
+            goto done;
+        PyList_SET_ITEM(outs, i, o);
+    }
+    res = Py_BuildValue("(y#OOsn)", t.wire ? t.wire : "", (Py_ssize_t)t.wlen, t.reads, outs,
+                        fails[e.failed], e.failed ? (Py_ssize_t)e.fail_job : (Py_ssize_t)-1);
+done:
+    mx_engine_free(&e);
+    Py_XDECREF(outs);
+    Py_XDECREF(t.reads);
+    PyMem_Free(t.wire);
+    PyMem_Free(jobs);
+    PyMem_Free(lines);
+    PyMem_Free(offs);
+    PyMem_Free(wbuf);
+    Py_DECREF(fast);
+    return res;
+}
+
 static PyMethodDef th_methods[] = {
     {"_reply_parse", th_reply_parse, METH_VARARGS, "test hook: reply.c"},
     {"_body_encode", th_body_encode, METH_VARARGS, "test hook: body.c encoder"},
@@ -469,6 +700,8 @@ static PyMethodDef th_methods[] = {
     {"_sasl_challenge", th_sasl_challenge, METH_VARARGS, "test hook: sasl.c 334 decoding"},
     {"_ehlo_auth_list", th_ehlo_auth_list, METH_VARARGS, "test hook: ehlo.c AUTH union"},
     {"_verdict", th_verdict, METH_VARARGS, "test hook: verdict.c"},
+    {"_engine_run", (PyCFunction)(void (*)(void))th_engine_run, METH_VARARGS | METH_KEYWORDS,
+     "test hook: engine.c against a scripted server"},
     {NULL, NULL, 0, NULL},
 };
 
