@@ -140,6 +140,27 @@ def test_a_refused_bdat_never_lends_its_transaction_to_the_next_message(emulator
     assert sent.count("RSET") >= 2
 
 
+@pytest.mark.parametrize("pipelining", [True, False], ids=["pipelined", "serial"])
+def test_a_refused_bdat_at_the_end_of_a_call_is_reset_before_the_next_call(emulator_factory, pipelining):
+    """The same, across calls: the last message of one send_many has its
+    BDAT LAST refused with the sender kept; the next call (mx.send_many's
+    next batch, or a step mail()) must not join that transaction."""
+    em = emulator_factory(unknown_recipients=["nobody@corp.example"], pipelining=pipelining)
+    cfg = em.config(username=SVC.username, password=SVC.password)
+    refused_sender = "reports@corp.example"
+    with mx.connect(cfg) as s:
+        first = s.send_many([(refused_sender, ["nobody@corp.example"], raw(0, refused_sender))])
+        second = s.send_many([(SVC.address, ["bob@partner.example"], raw(1))])
+        third = s.send_many([(refused_sender, ["nobody@corp.example"], raw(2, refused_sender))])
+        mail = s.mail(SVC.address)
+        rcpt = s.rcpt("bob@partner.example")
+        final = s.data(wire_form(raw(3)))
+    assert isinstance(first[0], mx.RecipientsRefused) and isinstance(third[0], mx.RecipientsRefused)
+    assert not isinstance(second[0], mx.Error), second[0]
+    assert mail.code == 250 and rcpt.code == 250 and final.code == 250
+    assert [m.mail_from for m in em.messages] == [SVC.address, SVC.address]
+
+
 def test_stop_on_error_sends_nothing_after_a_refusal(emulator_factory):
     em = emulator_factory()
     cfg = em.config(username=SVC.username, password=SVC.password)

@@ -210,6 +210,7 @@ do_ehlo(Session *s, const char *name)
         }
         s->esmtp = 1;
         Py_XSETREF(s->ehlo_reply, Py_NewRef(r));
+        s->txn_open = 0;           /* EHLO resets the transaction (RFC 5321 §4.1.4) */
         set_state(s, S_READY);
         return r;
     }
@@ -227,8 +228,10 @@ do_ehlo(Session *s, const char *name)
             s->esmtp = 0;
             r = make_reply(s, STG_EHLO);
             Py_XSETREF(s->ehlo_reply, r ? Py_NewRef(r) : NULL);
-            if (r)
+            if (r) {
+                s->txn_open = 0;
                 set_state(s, S_READY);
+            }
             return r;
         }
     }

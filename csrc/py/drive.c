@@ -148,6 +148,8 @@ drive_run(drive *d, int stop_on_error, int per_command, int drain, int serial)
     d->e.pipelining = !serial && (s->caps.ext & MX_EXT_PIPELINING) != 0;
     d->e.stop_on_error = stop_on_error;
     d->e.per_command = per_command;
+    d->e.guard = s->txn_open;      /* carried over from the last call */
+    d->e.guard_job = MX_NONE;
     d->ts = PyEval_SaveThread();
     rc = mx_engine_run(&d->e);
     if (rc < 0 && drain) {
@@ -158,6 +160,7 @@ drive_run(drive *d, int stop_on_error, int per_command, int drain, int serial)
     }
     PyEval_RestoreThread(d->ts);
     d->ts = NULL;
+    s->txn_open = rc == 0 && d->e.guard;
     return rc;
 }
 

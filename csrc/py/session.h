@@ -74,6 +74,9 @@ typedef struct {
     PyObject_HEAD
     PyThread_type_lock lock;
     sstate state;
+    int txn_open;                /* a refused BDAT LAST may have left the server's
+                                  * transaction open: the next MAIL, in any
+                                  * later call, goes behind an RSET (engine guard) */
     char failure[768];           /* why the state is ERROR */
 
     /* settings */

@@ -205,8 +205,10 @@ Session_rset(Session *s, PyObject *unused)
     if (drive_init(&d, s, 1, 0) == 0) {
         d.jobs[0].rset = 1;
         if (run_step(&d, 0) == 0 && (res = step_reply(&d, MX_K_RSET)) &&
-            mx_engine_reply(&d.e, 0, MX_K_RSET)->code / 100 == 2 && s->state != S_CONNECTED)
+            mx_engine_reply(&d.e, 0, MX_K_RSET)->code / 100 == 2 && s->state != S_CONNECTED) {
+            s->txn_open = 0;
             set_state(s, S_READY);
+        }
     }
     drive_free(&d);
     leave(s);

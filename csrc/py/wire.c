@@ -7,6 +7,8 @@ void
 set_state(Session *s, sstate next)
 {
     s->state = next;
+    if (next != S_READY && next != S_MAIL && next != S_RCPT)
+        s->txn_open = 0;           /* no connection, or a new one: no transaction */
 }
 
 /* The deadline for one step: the stage timeout, capped by the overall one. */
