@@ -280,6 +280,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     fz *f = calloc(1, sizeof(*f));
     size_t n, i, k, sent = 0;
     uint8_t o;
+    int guard;
 
     if (!f)
         abort();
@@ -292,7 +293,9 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         f->fail_after = 1 + take(f) * 37u;
         f->broken = (o & 64) != 0;
     }
-    n = 1 + take(f) % MAXJ;
+    k = take(f);
+    n = 1 + k % MAXJ;
+    guard = (k & 128) != 0;        /* a refused BDAT LAST left by an earlier call */
     memset(jobs, 0, sizeof(jobs));
     for (i = 0; i < n; i++) {
         mx_job *j = &jobs[i];
@@ -355,6 +358,8 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         e.pipelining = (o & 1) != 0;
         e.stop_on_error = (o & 2) != 0;
         e.per_command = (o & 128) != 0;
+        e.guard = guard;
+        e.guard_job = MX_NONE;
         if (mx_engine_run(&e) < 0) {
             if (!e.failed || e.failed == MX_F_INTERNAL)
                 abort();                  /* a stall, a full queue: bugs */
