@@ -331,6 +331,20 @@ def test_send_many_outliving_its_tokens_reauthenticates_with_fresh_ones():
         em.stop()
 
 
+def test_basic_auth_emulator_costs_no_ntlm_round_trip(emulator_factory):
+    # pyspnego is installed (the windows-auth extra): NTLM would be tried
+    # first if the emulator advertised it, and draw 504 there
+    import spnego  # noqa: F401
+    em = emulator_factory()                            # LOGIN, Basic on
+    cfg = em.config(username=SVC.username, password=SVC.password, from_address=SVC.address)
+    with mx.connect(cfg) as s:
+        assert s.auth_result is not None and s.auth_result.mechanism == "LOGIN"
+        assert s.auth_result.offered == ("GSSAPI", "LOGIN")
+        auth_lines = [t for _ms, d, t in s.transcript if d == "C" and t.upper().startswith("AUTH")]
+        assert auth_lines == ["AUTH LOGIN"]
+    assert [a.outcome for a in em.auth_log] == ["ok"]
+
+
 def test_ntlm_against_the_emulator_and_a_wrong_password(emulator_factory):
     em = emulator_factory(auth_mechanisms=())          # Basic off: AUTH GSSAPI NTLM
     cfg = em.config(username=SVC.username, password=SVC.password, from_address=SVC.address)
