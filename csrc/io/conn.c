@@ -6,10 +6,35 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
 #include "tls.h"
+
+/* The parser (a 64 KiB line) and the last reply (256 KiB of text) are sized
+ * for the longest reply allowed (issue 14), yet most replies are under
+ * 1 KiB.  Both are mapped rather than malloc'd: the kernel makes a page
+ * resident when a reply first writes to it, so a session holds the pages
+ * its longest reply used (an EHLO reply: one page each) and munmap hands
+ * them all back when it ends.  From malloc, blocks this size went to glibc's
+ * heaps once its mmap threshold had risen past them, and the heaps kept
+ * ~7 MiB of freed ones per process.  The pure parser keeps its fixed,
+ * caller-owned bounds. */
+static void *
+map_zeroed(size_t n)
+{
+    void *p = mmap(NULL, n, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+
+    return p == MAP_FAILED ? NULL : p;
+}
+
+static void
+unmap(void *p, size_t n)
+{
+    if (p)
+        (void)munmap(p, n);
+}
 
 int
 mx_conn_init(mx_conn *c)
@@ -19,8 +44,8 @@ mx_conn_init(mx_conn *c)
     mx_transcript_init(&c->tr);
     c->rstart = c->rend = 0;
     c->wbuf = malloc(MX_WBUF);
-    c->parser = malloc(sizeof(*c->parser));
-    c->reply = malloc(sizeof(*c->reply));
+    c->parser = map_zeroed(sizeof(*c->parser));
+    c->reply = map_zeroed(sizeof(*c->reply));
     if (!c->wbuf || !c->parser || !c->reply)
         return -1;
     mx_reply_parser_init(c->parser);
@@ -37,9 +62,9 @@ mx_conn_free(mx_conn *c)
     mx_conn_drop(c);
     free(c->wbuf);
     c->wbuf = NULL;
-    free(c->parser);
+    unmap(c->parser, sizeof(*c->parser));
     c->parser = NULL;
-    free(c->reply);
+    unmap(c->reply, sizeof(*c->reply));
     c->reply = NULL;
     mx_transcript_free(&c->tr);
 }
