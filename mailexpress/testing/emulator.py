@@ -430,7 +430,10 @@ class ConnectorEmulator(ThrottlingServer, AuthServer):
         app is given FullAccess to the first user's mailbox."""
         if self._endpoint is None:
             self.grant_mailbox(self._first_address())
-            self._endpoint = EntraTokenEndpoint(self.issuer, lambda **kw: self.issuer.issue(None, **kw)).start()
+            self._endpoint = EntraTokenEndpoint(
+                tenant_id=self.issuer.tenant_id, apps={self.issuer.app_id: secrets.token_urlsafe(24)},
+                issue=lambda _client, audience, expires_in: self.issuer.issue(None, audience=audience,
+                                                                              expires_in=expires_in)).start()
         return self._endpoint
 
     def msal_config(self, user: str | None = None, **overrides: Any) -> Config:
