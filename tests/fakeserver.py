@@ -54,6 +54,12 @@ class ScriptConn:
             raise AssertionError(f"expected {prefix!r}, got {line!r}")
         return line
 
+    def converse(self, *steps: tuple[bytes, bytes]) -> None:
+        """For each (command, reply): expect the command, send the reply."""
+        for command, reply in steps:
+            self.expect(command)
+            self.send(reply)
+
     def read_data(self) -> bytes:
         """The raw (still dot-stuffed) body up to and including CRLF.CRLF."""
         out = b""

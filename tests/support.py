@@ -22,6 +22,15 @@ def plain_session(port: int, host: str = "127.0.0.1", **kw: object) -> mx.Sessio
     return mx.Session(host, port, **kw)  # type: ignore[arg-type]
 
 
+def connected(fake_server, script, **kw: object) -> tuple[object, mx.Session]:  # type: ignore[no-untyped-def]
+    """The fake server running script, and a plain_session(**kw) connected
+    to it (greeting read)."""
+    srv = fake_server(script)
+    s = plain_session(srv.port, **kw)
+    s.connect()
+    return srv, s
+
+
 # AUTH LOGIN's two prompts, "Username:" and "Password:"
 LOGIN_PROMPTS = (b"334 VXNlcm5hbWU6\r\n", b"334 UGFzc3dvcmQ6\r\n")
 

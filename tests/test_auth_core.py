@@ -9,7 +9,7 @@ import time
 
 import pytest
 from fakeserver import BANNER, greet
-from support import LOGIN_PROMPTS, answering, plain_session
+from support import LOGIN_PROMPTS, answering, connected, plain_session
 
 import mailexpress as mx
 
@@ -56,10 +56,7 @@ def wait_quiet(conn) -> None:  # type: ignore[no-untyped-def]
 def auth_session(fake_server, script, **kw):  # type: ignore[no-untyped-def]
     """The fake server running script, and a Session connected to it that
     may authenticate without TLS."""
-    srv = fake_server(script)
-    s = plain_session(srv.port, allow_insecure_auth=True, **kw)
-    s.connect()
-    return srv, s
+    return connected(fake_server, script, allow_insecure_auth=True, **kw)
 
 
 # ---- XOAUTH2 ------------------------------------------------------------------
@@ -259,9 +256,7 @@ def test_no_token_or_secret_response_without_tls(fake_server):
         serve_auth(conn, b"AUTH XOAUTH2 NTLM")
         conn.expect(b"QUIT")
         conn.send(b"221 bye\r\n")
-    srv = fake_server(script)
-    s = plain_session(srv.port)
-    s.connect()
+    srv, s = connected(fake_server, script)
     with pytest.raises(mx.InsecureAuthError) as info:
         s.auth_oauth(USER, TOKEN)
     assert "without TLS" in str(info.value)
@@ -278,9 +273,7 @@ def test_secret_false_is_allowed_without_tls(fake_server):
         conn.expect(b"AUTH GSSAPI ")
         conn.send(OK)
         wait_quiet(conn)
-    srv = fake_server(script)
-    s = plain_session(srv.port)
-    s.connect()
+    srv, s = connected(fake_server, script)
     assert s.auth("GSSAPI", lambda c: b"ticket", secret=False).code == 235
     s.close()
     assert srv.received[1] == b"AUTH GSSAPI " + b64(b"ticket") + b"\r\n"
@@ -297,9 +290,7 @@ def test_xoauth2_over_tls(fake_server, certs):
         conn.expect(b"AUTH XOAUTH2 " + b64(xoauth2(USER, TOKEN)) + b"\r\n")
         conn.send(OK)
         wait_quiet(conn)
-    srv = fake_server(script)
-    s = plain_session(srv.port, security="starttls", ca_file=certs.ca_file)
-    s.connect()
+    srv, s = connected(fake_server, script, security="starttls", ca_file=certs.ca_file)
     s.starttls()
     assert s.auth_oauth(USER, TOKEN).code == 235 and s.tls_active
     s.close()
@@ -528,9 +519,7 @@ def test_capabilities_auth_is_the_union(fake_server, lines, union):
     def script(conn):
         greet(conn, lines)
         wait_quiet(conn)
-    srv = fake_server(script)
-    s = plain_session(srv.port)
-    s.connect()
+    srv, s = connected(fake_server, script)
     s.ehlo()
     assert s.capabilities["AUTH"] == union
     # every raw line stays as evidence
