@@ -33,6 +33,22 @@ def emulator_factory() -> Iterator[Callable[..., ConnectorEmulator]]:
 
 
 @pytest.fixture
+def preset() -> Iterator[Callable[..., ConnectorEmulator]]:
+    """preset(name="exchange_online", **overrides): a started emulator set up
+    as PRESETS[name], stopped after the test."""
+    started: list[ConnectorEmulator] = []
+
+    def make(name: str = "exchange_online", **kw: object) -> ConnectorEmulator:
+        em = ConnectorEmulator.preset(name, **kw).start()  # type: ignore[arg-type]
+        started.append(em)
+        return em
+
+    yield make
+    for em in started:
+        em.stop()
+
+
+@pytest.fixture
 def emulator(emulator_factory: Callable[..., ConnectorEmulator]) -> ConnectorEmulator:
     return emulator_factory()
 
