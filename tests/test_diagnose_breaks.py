@@ -17,6 +17,13 @@ TIMEOUTS = {"connect": 5, "banner": 5, "ehlo": 5, "auth": 5, "mail": 1, "rcpt": 
             "command": 5, "quit": 1}
 
 
+def _diagnose(srv) -> mx.ConnectorReport:  # type: ignore[no-untyped-def]
+    """test_connector against the fake server srv: PLAIN as app@example.org, no TLS."""
+    return mx.test_connector(mx.Config(host="127.0.0.1", port=srv.port, security="none", allow_insecure_auth=True,
+                                       username="app", password="pw", from_address="app@example.org",
+                                       auth_mechanisms=["PLAIN"], timeouts=TIMEOUTS))
+
+
 def _rest(line: bytes) -> bytes:
     """What the fake servers below answer to RCPT, RSET and anything else."""
     if line.startswith(b"RCPT"):
@@ -59,11 +66,7 @@ def _script(on_second_mail: str):
 
 @pytest.mark.parametrize("how", ["421", "timeout", "malformed"])
 def test_a_break_during_the_sender_probes_is_attributed_to_the_probe_that_was_running(fake_server, how):
-    srv = fake_server(_script(how))
-    cfg = mx.Config(host="127.0.0.1", port=srv.port, security="none", allow_insecure_auth=True,
-                    username="app", password="pw", from_address="app@example.org", auth_mechanisms=["PLAIN"],
-                    timeouts=TIMEOUTS)
-    report = mx.test_connector(cfg)
+    report = _diagnose(fake_server(_script(how)))
     checks = {c.id: c for c in report.checks}
     assert checks["send_as_self"].status == "pass"                       # obtained before the break: kept
     broke = checks["accept_authoritative_domain_sender"]
@@ -218,11 +221,7 @@ def _anonymous_421(conn):
 
 
 def test_an_anonymous_probe_turned_away_for_now_is_undecided(fake_server):
-    srv = fake_server(_anonymous_421)
-    cfg = mx.Config(host="127.0.0.1", port=srv.port, security="none", allow_insecure_auth=True,
-                    username="app", password="pw", from_address="app@example.org", auth_mechanisms=["PLAIN"],
-                    timeouts=TIMEOUTS)
-    report = mx.test_connector(cfg)
+    report = _diagnose(fake_server(_anonymous_421))
     anon = report.check("anonymous_refused")
     assert anon.status == "unknown" and "421" in anon.summary + "\n".join(anon.evidence), str(report)
     assert "anonymous_refused" in {c.id for c in report.problems()}      # required and undecided: not ok
@@ -245,11 +244,7 @@ def test_a_session_broken_during_auth_is_an_auth_finding(fake_server, answer, st
             return b"250 2.0.0 ok\r\n" if line.startswith(b"RSET") else b"500 5.5.1 what\r\n"
         serve_commands(conn, b"220 mx.example.org ESMTP ready\r\n", [b"AUTH PLAIN", b"ENHANCEDSTATUSCODES"],
                        b"mx.example.org", reply)
-    srv = fake_server(script)
-    cfg = mx.Config(host="127.0.0.1", port=srv.port, security="none", allow_insecure_auth=True,
-                    username="app", password="pw", from_address="app@example.org", auth_mechanisms=["PLAIN"],
-                    timeouts=TIMEOUTS)
-    report = mx.test_connector(cfg)
+    report = _diagnose(fake_server(script))
     auth = report.check("auth")
     assert auth.status == status, str(report)
     assert report.check("send_as_self").status == "skip"
