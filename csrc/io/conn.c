@@ -14,39 +14,32 @@
 
 /* The parser (a 64 KiB line) and the last reply (256 KiB of text) are sized
  * for the longest reply allowed (issue 14), yet most replies are under
- * 1 KiB.  Both are mapped rather than malloc'd: the kernel makes a page
- * resident when a reply first writes to it, so a session holds the pages
- * its longest reply used (an EHLO reply: one page each) and munmap hands
- * them all back when it ends.  From malloc, blocks this size went to glibc's
- * heaps once its mmap threshold had risen past them, and the heaps kept
- * ~7 MiB of freed ones per process.  The pure parser keeps its fixed,
- * caller-owned bounds. */
-static void *
-map_zeroed(size_t n)
-{
-    void *p = mmap(NULL, n, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-
-    return p == MAP_FAILED ? NULL : p;
-}
-
-static void
-unmap(void *p, size_t n)
-{
-    if (p)
-        (void)munmap(p, n);
-}
+ * 1 KiB.  They share one anonymous mapping rather than two malloc'd blocks:
+ * the kernel makes a page resident when a reply first writes to it, so a
+ * session holds the pages its longest reply used (an EHLO reply: the first
+ * page of each) and munmap hands them all back when it ends.  From malloc,
+ * blocks this size went to glibc's heaps once its mmap threshold had risen
+ * past them, and the heaps kept ~7 MiB of freed ones per process.  One
+ * mapping: one mmap and one munmap per session.  The pure parser keeps its
+ * fixed, caller-owned bounds.  The reply comes first; the parser starts on
+ * a page of its own (4 KiB rounding: larger pages only cost a page more). */
+#define MX_MAP_PARSER_OFF ((sizeof(mx_reply) + 4095) / 4096 * 4096)
+#define MX_MAP_SIZE (MX_MAP_PARSER_OFF + sizeof(mx_reply_parser))
 
 int
 mx_conn_init(mx_conn *c)
 {
+    void *m;
+
     c->fd = -1;
     c->ssl = NULL;
     mx_transcript_init(&c->tr);
     c->rstart = c->rend = 0;
     c->wbuf = malloc(MX_WBUF);
-    c->parser = map_zeroed(sizeof(*c->parser));
-    c->reply = map_zeroed(sizeof(*c->reply));
-    if (!c->wbuf || !c->parser || !c->reply)
+    m = mmap(NULL, MX_MAP_SIZE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    c->reply = m == MAP_FAILED ? NULL : m;
+    c->parser = m == MAP_FAILED ? NULL : (mx_reply_parser *)((char *)m + MX_MAP_PARSER_OFF);
+    if (!c->wbuf || !c->reply)
         return -1;
     mx_reply_parser_init(c->parser);
     c->reply->code = 0;
@@ -62,10 +55,10 @@ mx_conn_free(mx_conn *c)
     mx_conn_drop(c);
     free(c->wbuf);
     c->wbuf = NULL;
-    unmap(c->parser, sizeof(*c->parser));
-    c->parser = NULL;
-    unmap(c->reply, sizeof(*c->reply));
+    if (c->reply)
+        (void)munmap(c->reply, MX_MAP_SIZE);      /* the parser with it */
     c->reply = NULL;
+    c->parser = NULL;
     mx_transcript_free(&c->tr);
 }
 
