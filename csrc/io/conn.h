@@ -34,7 +34,7 @@ typedef struct {
     mx_reply_parser *parser;
     mx_reply *reply;             /* the last complete reply */
     size_t rstart, rend;
-    unsigned char rbuf[MX_RBUF];
+    unsigned char *rbuf;         /* MX_RBUF bytes, mapped with the parser */
     unsigned char *wbuf;         /* MX_WBUF bytes */
     mx_error err;                /* why the last call failed */
     unsigned replies_since_write;   /* complete replies read since we last wrote */
