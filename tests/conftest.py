@@ -17,19 +17,36 @@ from mailexpress.testing.certs import test_certificates  # noqa: E402
 from support import ANY, SELF, SVC  # noqa: E402
 
 
-@pytest.fixture
-def emulator_factory() -> Iterator[Callable[..., ConnectorEmulator]]:
+def _stopped_after(build: Callable[..., ConnectorEmulator]) -> Iterator[Callable[..., ConnectorEmulator]]:
+    """A fixture's body: a factory starting build(...)'s emulators, all
+    stopped after the test."""
     started: list[ConnectorEmulator] = []
 
-    def make(**kwargs: object) -> ConnectorEmulator:
-        kwargs.setdefault("users", [SVC, ANY, SELF])
-        em = ConnectorEmulator(**kwargs).start()  # type: ignore[arg-type]
+    def make(*args: object, **kwargs: object) -> ConnectorEmulator:
+        em = build(*args, **kwargs).start()
         started.append(em)
         return em
 
     yield make
     for em in started:
         em.stop()
+
+
+@pytest.fixture
+def emulator_factory() -> Iterator[Callable[..., ConnectorEmulator]]:
+    def build(**kwargs: object) -> ConnectorEmulator:
+        kwargs.setdefault("users", [SVC, ANY, SELF])
+        return ConnectorEmulator(**kwargs)  # type: ignore[arg-type]
+    yield from _stopped_after(build)
+
+
+@pytest.fixture
+def preset() -> Iterator[Callable[..., ConnectorEmulator]]:
+    """preset(name="exchange_online", **overrides): a started emulator set up
+    as PRESETS[name], stopped after the test."""
+    def build(name: str = "exchange_online", **kw: object) -> ConnectorEmulator:
+        return ConnectorEmulator.preset(name, **kw)  # type: ignore[arg-type]
+    yield from _stopped_after(build)
 
 
 @pytest.fixture

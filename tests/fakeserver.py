@@ -23,6 +23,25 @@ def greet(conn: ScriptConn, extensions: tuple[bytes, ...] | list[bytes] = (b"PIP
     conn.ehlo(list(extensions))
 
 
+def serve_commands(conn: ScriptConn, banner: bytes, extensions: list[bytes], greeting: bytes,
+                   answer: Callable[[bytes], bytes | None], bye: bytes = b"221 2.0.0 bye\r\n") -> None:
+    """A server that answers command by command: the banner, EHLO answered
+    with `extensions`, then every line up to QUIT or EOF (answered with
+    `bye`) handed to answer(line), whose reply is sent; None from answer
+    ends the session (after whatever answer sent itself)."""
+    conn.send(banner)
+    conn.ehlo(extensions, greeting=greeting)
+    while True:
+        line = conn.readline()
+        if not line or line.startswith(b"QUIT"):
+            conn.send(bye)
+            return
+        reply = answer(line)
+        if reply is None:
+            return
+        conn.send(reply)
+
+
 class ScriptConn:
     def __init__(self, server: FakeServer, sock: socket.socket) -> None:
         self.server = server
@@ -53,6 +72,12 @@ class ScriptConn:
         if not line.upper().startswith(prefix.upper()):
             raise AssertionError(f"expected {prefix!r}, got {line!r}")
         return line
+
+    def converse(self, *steps: tuple[bytes, bytes]) -> None:
+        """For each (command, reply): expect the command, send the reply."""
+        for command, reply in steps:
+            self.expect(command)
+            self.send(reply)
 
     def read_data(self) -> bytes:
         """The raw (still dot-stuffed) body up to and including CRLF.CRLF."""

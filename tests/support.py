@@ -1,5 +1,7 @@
-"""Shared test helpers: accounts and a plain Session factory."""
+"""Shared test helpers: accounts, a plain Session factory, a fake server's AUTH script."""
 from __future__ import annotations
+
+from fakeserver import greet
 
 import mailexpress as mx
 from mailexpress.testing import User
@@ -18,6 +20,41 @@ def plain_session(port: int, host: str = "127.0.0.1", **kw: object) -> mx.Sessio
                                "auth": 5, "starttls": 5, "tls": 5})
     kw.setdefault("ehlo_name", "client.example")
     return mx.Session(host, port, **kw)  # type: ignore[arg-type]
+
+
+def connected(fake_server, script, **kw: object) -> tuple[object, mx.Session]:  # type: ignore[no-untyped-def]
+    """The fake server running script, and a plain_session(**kw) connected
+    to it (greeting read)."""
+    srv = fake_server(script)
+    s = plain_session(srv.port, **kw)
+    s.connect()
+    return srv, s
+
+
+# AUTH LOGIN's two prompts, "Username:" and "Password:"
+LOGIN_PROMPTS = (b"334 VXNlcm5hbWU6\r\n", b"334 UGFzc3dvcmQ6\r\n")
+
+
+def answer(conn, auth: bytes, *replies: bytes) -> None:  # type: ignore[no-untyped-def]
+    """The AUTH line (starting with `auth`) answered with the first reply,
+    each later client line with the next one; then whatever follows is
+    read (QUIT, or EOF when the client closes)."""
+    conn.expect(auth)
+    for i, reply in enumerate(replies):
+        if i:
+            conn.readline()
+        conn.send(reply)
+    conn.readline()
+
+
+def answering(auth: bytes, *replies: bytes,  # type: ignore[no-untyped-def]
+              offer: bytes | list[bytes] = b"AUTH LOGIN XOAUTH2"):
+    """A fake server's script: EHLO offering `offer` (one line, or several),
+    then `answer(conn, auth, *replies)`."""
+    def script(conn):  # type: ignore[no-untyped-def]
+        greet(conn, offer if isinstance(offer, list) else [offer])
+        answer(conn, auth, *replies)
+    return script
 
 
 # -- the rule: what test_connector says of an address is what send_as does -----------

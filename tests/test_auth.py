@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 from fakeserver import greet
-from support import SVC
+from support import LOGIN_PROMPTS, SVC, answer, answering
 
 import mailexpress as mx
 from mailexpress.auth import authenticate, plan
@@ -78,12 +78,7 @@ def session_for(port: int, **kw: Any) -> tuple[mx.Session, mx.Config]:
 
 
 def test_no_fallback_after_the_token_is_refused(fake_server):
-    def script(conn):
-        greet(conn, [b"AUTH LOGIN XOAUTH2"])
-        conn.expect(b"AUTH XOAUTH2 ")
-        conn.send(b"535 5.7.3 Authentication unsuccessful\r\n")
-        conn.readline()
-    srv = fake_server(script)
+    srv = fake_server(answering(b"AUTH XOAUTH2 ", b"535 5.7.3 Authentication unsuccessful\r\n"))
     s, cfg = session_for(srv.port, password="the-password-1", token_provider=token_provider())
     with pytest.raises(mx.AuthError) as info:
         authenticate(s, cfg)
@@ -93,12 +88,7 @@ def test_no_fallback_after_the_token_is_refused(fake_server):
 
 
 def test_no_fallback_after_ntlm_is_refused(fake_server):
-    def script(conn):
-        greet(conn, [b"AUTH NTLM LOGIN"])
-        conn.expect(b"AUTH NTLM ")
-        conn.send(b"535 5.7.3 Authentication unsuccessful\r\n")
-        conn.readline()
-    srv = fake_server(script)
+    srv = fake_server(answering(b"AUTH NTLM ", b"535 5.7.3 Authentication unsuccessful\r\n", offer=b"AUTH NTLM LOGIN"))
     s, cfg = session_for(srv.port, password="the-password-2")
     with pytest.raises(mx.AuthError):
         authenticate(s, cfg)
@@ -107,12 +97,8 @@ def test_no_fallback_after_ntlm_is_refused(fake_server):
 
 
 def test_a_transient_failure_does_not_fall_back(fake_server):
-    def script(conn):
-        greet(conn, [b"AUTH XOAUTH2 LOGIN"])
-        conn.expect(b"AUTH XOAUTH2 ")
-        conn.send(b"451 4.7.0 Temporary server error. Please try again later. PRX4\r\n")
-        conn.readline()
-    srv = fake_server(script)
+    srv = fake_server(answering(b"AUTH XOAUTH2 ", b"451 4.7.0 Temporary server error. Please try again later. PRX4\r\n",
+                                offer=b"AUTH XOAUTH2 LOGIN"))
     s, cfg = session_for(srv.port, password="pw", token_provider=token_provider())
     with pytest.raises(mx.AuthError) as info:
         authenticate(s, cfg)
@@ -125,13 +111,7 @@ def test_an_advertised_but_unknown_mechanism_gives_way(fake_server):
         greet(conn, [b"AUTH NTLM LOGIN"])
         conn.expect(b"AUTH NTLM")
         conn.send(b"504 5.7.4 Unrecognized authentication type\r\n")
-        conn.expect(b"AUTH LOGIN")
-        conn.send(b"334 VXNlcm5hbWU6\r\n")
-        conn.readline()
-        conn.send(b"334 UGFzc3dvcmQ6\r\n")
-        conn.readline()
-        conn.send(OK)
-        conn.readline()
+        answer(conn, b"AUTH LOGIN", *LOGIN_PROMPTS, OK)
     srv = fake_server(script)
     s, cfg = session_for(srv.port, password="pw-3")
     result = authenticate(s, cfg)
@@ -329,6 +309,20 @@ def test_send_many_outliving_its_tokens_reauthenticates_with_fresh_ones():
         assert subjects == sorted(f"n{i}" for i in range(100))     # none lost, none twice
     finally:
         em.stop()
+
+
+def test_basic_auth_emulator_costs_no_ntlm_round_trip(emulator_factory):
+    # pyspnego is installed (the windows-auth extra): NTLM would be tried
+    # first if the emulator advertised it, and draw 504 there
+    import spnego  # noqa: F401
+    em = emulator_factory()                            # LOGIN, Basic on
+    cfg = em.config(username=SVC.username, password=SVC.password, from_address=SVC.address)
+    with mx.connect(cfg) as s:
+        assert s.auth_result is not None and s.auth_result.mechanism == "LOGIN"
+        assert s.auth_result.offered == ("GSSAPI", "LOGIN")
+        auth_lines = [t for _ms, d, t in s.transcript if d == "C" and t.upper().startswith("AUTH")]
+        assert auth_lines == ["AUTH LOGIN"]
+    assert [a.outcome for a in em.auth_log] == ["ok"]
 
 
 def test_ntlm_against_the_emulator_and_a_wrong_password(emulator_factory):

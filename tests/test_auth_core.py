@@ -9,7 +9,7 @@ import time
 
 import pytest
 from fakeserver import BANNER, greet
-from support import plain_session
+from support import LOGIN_PROMPTS, answering, connected, plain_session
 
 import mailexpress as mx
 
@@ -53,17 +53,16 @@ def wait_quiet(conn) -> None:  # type: ignore[no-untyped-def]
     conn.readline()
 
 
+def auth_session(fake_server, script, **kw):  # type: ignore[no-untyped-def]
+    """The fake server running script, and a Session connected to it that
+    may authenticate without TLS."""
+    return connected(fake_server, script, allow_insecure_auth=True, **kw)
+
+
 # ---- XOAUTH2 ------------------------------------------------------------------
 
 def test_xoauth2_initial_response_is_one_round_trip(fake_server):
-    def script(conn):
-        serve_auth(conn)
-        conn.expect(b"AUTH XOAUTH2 ")
-        conn.send(OK)
-        wait_quiet(conn)
-    srv = fake_server(script)
-    s = plain_session(srv.port, allow_insecure_auth=True)
-    s.connect()
+    srv, s = auth_session(fake_server, answering(b"AUTH XOAUTH2 ", OK))
     reply = s.auth_oauth(USER, TOKEN)
     s.close()
     assert reply.code == 235 and s.authenticated
@@ -84,9 +83,7 @@ def test_xoauth2_long_token_is_sent_after_334(fake_server):
         seen["blob"] = conn.readline()
         conn.send(OK)
         wait_quiet(conn)
-    srv = fake_server(script)
-    s = plain_session(srv.port, allow_insecure_auth=True)
-    s.connect()
+    srv, s = auth_session(fake_server, script)
     assert s.auth_oauth(USER, token).code == 235
     s.close()
     assert seen["auth"] == b"AUTH XOAUTH2\r\n"
@@ -120,9 +117,7 @@ def test_2048_octet_auth_line_decides_initial_response(fake_server, fits):
             line = conn.readline()
         conn.send(OK)
         wait_quiet(conn)
-    srv = fake_server(script)
-    s = plain_session(srv.port, allow_insecure_auth=True)
-    s.connect()
+    srv, s = auth_session(fake_server, script)
     s.auth_oauth(USER, token)
     s.close()
     auth_line = srv.received[1]
@@ -134,14 +129,7 @@ def test_2048_octet_auth_line_decides_initial_response(fake_server, fits):
 
 
 def test_oauthbearer_framing_is_byte_exact(fake_server):
-    def script(conn):
-        serve_auth(conn, b"AUTH OAUTHBEARER XOAUTH2")
-        conn.expect(b"AUTH OAUTHBEARER ")
-        conn.send(OK)
-        wait_quiet(conn)
-    srv = fake_server(script)
-    s = plain_session(srv.port, allow_insecure_auth=True)
-    s.connect()
+    srv, s = auth_session(fake_server, answering(b"AUTH OAUTHBEARER ", OK, offer=b"AUTH OAUTHBEARER XOAUTH2"))
     s.auth_oauth("a,b=c@x.example", TOKEN, "oauthbearer", host="smtp.example", port=587)
     s.close()
     gs2 = (b"n,a=a=2Cb=3Dc@x.example,\x01host=smtp.example\x01port=587\x01auth=Bearer "
@@ -151,14 +139,7 @@ def test_oauthbearer_framing_is_byte_exact(fake_server):
 
 
 def test_oauthbearer_host_and_port_default_to_the_session(fake_server):
-    def script(conn):
-        serve_auth(conn, b"AUTH OAUTHBEARER")
-        conn.expect(b"AUTH OAUTHBEARER ")
-        conn.send(OK)
-        wait_quiet(conn)
-    srv = fake_server(script)
-    s = plain_session(srv.port, allow_insecure_auth=True)
-    s.connect()
+    srv, s = auth_session(fake_server, answering(b"AUTH OAUTHBEARER ", OK, offer=b"AUTH OAUTHBEARER"))
     s.auth_oauth(USER, TOKEN, "OAUTHBEARER")
     s.close()
     blob = base64.b64decode(srv.received[1].split()[2])
@@ -182,9 +163,7 @@ def test_334_json_error_is_answered_and_carried(fake_server, mech, dummy):
         conn.expect(b"NOOP")
         conn.send(b"250 ok\r\n")
         wait_quiet(conn)
-    srv = fake_server(script)
-    s = plain_session(srv.port, allow_insecure_auth=True)
-    s.connect()
+    srv, s = auth_session(fake_server, script)
     with pytest.raises(mx.AuthError) as info:
         s.auth_oauth(USER, TOKEN, mech, host="h.example", port=587)
     exc = info.value
@@ -209,9 +188,7 @@ def test_oauth_refused_without_challenge_has_no_oauth_challenge(fake_server):
         conn.send(b"535 5.7.139 Authentication unsuccessful, SmtpClientAuthentication is "
                   b"disabled for the Mailbox\r\n")
         wait_quiet(conn)
-    srv = fake_server(script)
-    s = plain_session(srv.port, allow_insecure_auth=True)
-    s.connect()
+    srv, s = auth_session(fake_server, script)
     with pytest.raises(mx.AuthError) as info:
         s.auth_oauth(USER, TOKEN)
     assert info.value.oauth_challenge is None  # type: ignore[attr-defined]
@@ -221,16 +198,8 @@ def test_oauth_refused_without_challenge_has_no_oauth_challenge(fake_server):
 
 
 def test_a_second_334_after_the_dummy_response_is_a_protocol_error(fake_server):
-    def script(conn):
-        serve_auth(conn)
-        conn.expect(b"AUTH XOAUTH2 ")
-        conn.send(b"334 " + b64(b"{}") + b"\r\n")
-        conn.readline()
-        conn.send(b"334 " + b64(b"{}") + b"\r\n")
-        wait_quiet(conn)
-    srv = fake_server(script)
-    s = plain_session(srv.port, allow_insecure_auth=True)
-    s.connect()
+    again = b"334 " + b64(b"{}") + b"\r\n"
+    srv, s = auth_session(fake_server, answering(b"AUTH XOAUTH2 ", again, again))
     with pytest.raises(mx.ProtocolError, match="asked for more"):
         s.auth_oauth(USER, TOKEN)
     assert s.state == "ERROR"
@@ -252,9 +221,7 @@ def test_bad_oauth_input_sends_nothing(fake_server, kwargs, field):
     def script(conn):
         serve_auth(conn)
         wait_quiet(conn)
-    srv = fake_server(script)
-    s = plain_session(srv.port, allow_insecure_auth=True)
-    s.connect()
+    srv, s = auth_session(fake_server, script)
     s.ehlo()
     args = {"user": USER, "token": TOKEN, **kwargs}
     with pytest.raises(mx.InputError) as info:
@@ -275,9 +242,7 @@ def test_64k_token_is_accepted(fake_server):
         assert base64.b64decode(conn.readline().strip()) == xoauth2(USER, token)
         conn.send(OK)
         wait_quiet(conn)
-    srv = fake_server(script)
-    s = plain_session(srv.port, allow_insecure_auth=True)
-    s.connect()
+    srv, s = auth_session(fake_server, script)
     assert s.auth_oauth(USER, token).code == 235
     s.close()
 
@@ -291,9 +256,7 @@ def test_no_token_or_secret_response_without_tls(fake_server):
         serve_auth(conn, b"AUTH XOAUTH2 NTLM")
         conn.expect(b"QUIT")
         conn.send(b"221 bye\r\n")
-    srv = fake_server(script)
-    s = plain_session(srv.port)
-    s.connect()
+    srv, s = connected(fake_server, script)
     with pytest.raises(mx.InsecureAuthError) as info:
         s.auth_oauth(USER, TOKEN)
     assert "without TLS" in str(info.value)
@@ -310,9 +273,7 @@ def test_secret_false_is_allowed_without_tls(fake_server):
         conn.expect(b"AUTH GSSAPI ")
         conn.send(OK)
         wait_quiet(conn)
-    srv = fake_server(script)
-    s = plain_session(srv.port)
-    s.connect()
+    srv, s = connected(fake_server, script)
     assert s.auth("GSSAPI", lambda c: b"ticket", secret=False).code == 235
     s.close()
     assert srv.received[1] == b"AUTH GSSAPI " + b64(b"ticket") + b"\r\n"
@@ -329,9 +290,7 @@ def test_xoauth2_over_tls(fake_server, certs):
         conn.expect(b"AUTH XOAUTH2 " + b64(xoauth2(USER, TOKEN)) + b"\r\n")
         conn.send(OK)
         wait_quiet(conn)
-    srv = fake_server(script)
-    s = plain_session(srv.port, security="starttls", ca_file=certs.ca_file)
-    s.connect()
+    srv, s = connected(fake_server, script, security="starttls", ca_file=certs.ca_file)
     s.starttls()
     assert s.auth_oauth(USER, TOKEN).code == 235 and s.tls_active
     s.close()
@@ -348,18 +307,8 @@ def test_generic_step_runs_every_round(fake_server):
         calls.append(challenge)
         return next(answers)
 
-    def script(conn):
-        serve_auth(conn, b"AUTH NTLM")
-        conn.expect(b"AUTH NTLM ")
-        conn.send(b"334 " + b64(b"CHALLENGE\x00\xff") + b"\r\n")
-        conn.readline()
-        conn.send(b"334 \r\n")
-        conn.readline()
-        conn.send(OK)
-        wait_quiet(conn)
-    srv = fake_server(script)
-    s = plain_session(srv.port, allow_insecure_auth=True)
-    s.connect()
+    srv, s = auth_session(fake_server, answering(b"AUTH NTLM ", b"334 " + b64(b"CHALLENGE\x00\xff") + b"\r\n",
+                                                 b"334 \r\n", OK, offer=b"AUTH NTLM"))
     reply = s.auth("ntlm", step)
     s.close()
     assert reply.code == 235 and s.authenticated
@@ -382,9 +331,7 @@ def test_generic_initial_response_none_or_empty(fake_server, initial, line):
         assert got == line, got
         conn.send(OK)
         wait_quiet(conn)
-    srv = fake_server(script)
-    s = plain_session(srv.port, allow_insecure_auth=True)
-    s.connect()
+    srv, s = auth_session(fake_server, script)
     s.auth("GSSAPI", lambda c: initial)
     s.close()
     assert srv.received[1] == line
@@ -400,9 +347,7 @@ def test_generic_long_initial_response_goes_after_334(fake_server):
         assert base64.b64decode(conn.readline().strip()) == big
         conn.send(OK)
         wait_quiet(conn)
-    srv = fake_server(script)
-    s = plain_session(srv.port, allow_insecure_auth=True)
-    s.connect()
+    srv, s = auth_session(fake_server, script)
     calls = []
     s.auth("GSSAPI", lambda c: calls.append(c) or big)
     s.close()
@@ -428,9 +373,7 @@ def test_step_raising_cancels_with_star_and_reraises(fake_server):
         conn.expect(b"NOOP")
         conn.send(b"250 ok\r\n")
         wait_quiet(conn)
-    srv = fake_server(script)
-    s = plain_session(srv.port, allow_insecure_auth=True)
-    s.connect()
+    srv, s = auth_session(fake_server, script)
     with pytest.raises(StepFailed, match="ticket expired"):
         s.auth("GSSAPI", step)
     assert s.state == "READY" and not s.authenticated
@@ -447,9 +390,7 @@ def test_step_raising_first_sends_nothing(fake_server):
     def script(conn):
         serve_auth(conn, b"AUTH NTLM")
         wait_quiet(conn)
-    srv = fake_server(script)
-    s = plain_session(srv.port, allow_insecure_auth=True)
-    s.connect()
+    srv, s = auth_session(fake_server, script)
     with pytest.raises(StepFailed):
         s.auth("NTLM", step)
     s.close()
@@ -468,9 +409,7 @@ def test_step_returning_bad_value_cancels(fake_server, bad, exc):
         conn.expect(b"*\r\n")
         conn.send(b"501 5.7.0 cancelled\r\n")
         wait_quiet(conn)
-    srv = fake_server(script)
-    s = plain_session(srv.port, allow_insecure_auth=True)
-    s.connect()
+    srv, s = auth_session(fake_server, script)
     with pytest.raises(exc, match="NTLM"):
         s.auth("NTLM", step)  # type: ignore[arg-type]
     s.close()
@@ -481,9 +420,7 @@ def test_bad_mechanism_name_sends_nothing(fake_server, mech):
     def script(conn):
         serve_auth(conn, b"AUTH NTLM")
         wait_quiet(conn)
-    srv = fake_server(script)
-    s = plain_session(srv.port, allow_insecure_auth=True)
-    s.connect()
+    srv, s = auth_session(fake_server, script)
     s.ehlo()
     with pytest.raises(mx.InputError, match="mechanism"):
         s.auth(mech, lambda c: b"")  # type: ignore[arg-type]
@@ -501,14 +438,7 @@ def test_bad_mechanism_name_sends_nothing(fake_server, mech):
     (b"535 5.7.3 Authentication unsuccessful\r\n", False),
 ])
 def test_4xx_is_transient_and_5xx_a_refusal(fake_server, answer, transient):
-    def script(conn):
-        serve_auth(conn, b"AUTH NTLM")
-        conn.expect(b"AUTH NTLM ")
-        conn.send(answer)
-        wait_quiet(conn)
-    srv = fake_server(script)
-    s = plain_session(srv.port, allow_insecure_auth=True)
-    s.connect()
+    srv, s = auth_session(fake_server, answering(b"AUTH NTLM ", answer, offer=b"AUTH NTLM"))
     with pytest.raises(mx.AuthError) as info:
         s.auth("NTLM", lambda c: b"secret-response")
     exc = info.value
@@ -524,14 +454,7 @@ def test_4xx_is_transient_and_5xx_a_refusal(fake_server, answer, transient):
 
 @pytest.mark.parametrize("answer", [b"354 go ahead\r\n", b"250 fine\r\n"])
 def test_other_than_334_or_235_is_a_protocol_error(fake_server, answer):
-    def script(conn):
-        serve_auth(conn, b"AUTH NTLM")
-        conn.expect(b"AUTH NTLM ")
-        conn.send(answer)
-        wait_quiet(conn)
-    srv = fake_server(script)
-    s = plain_session(srv.port, allow_insecure_auth=True)
-    s.connect()
+    srv, s = auth_session(fake_server, answering(b"AUTH NTLM ", answer, offer=b"AUTH NTLM"))
     with pytest.raises(mx.ProtocolError) as info:
         s.auth("NTLM", lambda c: b"r")
     assert info.value.stage is mx.Stage.AUTH and s.state == "ERROR"
@@ -539,14 +462,8 @@ def test_other_than_334_or_235_is_a_protocol_error(fake_server, answer):
 
 
 def test_421_during_auth_ends_the_session(fake_server):
-    def script(conn):
-        serve_auth(conn)
-        conn.expect(b"AUTH XOAUTH2 ")
-        conn.send(b"421 4.3.2 Service not available, closing transmission channel\r\n")
-        wait_quiet(conn)
-    srv = fake_server(script)
-    s = plain_session(srv.port, allow_insecure_auth=True)
-    s.connect()
+    srv, s = auth_session(fake_server, answering(
+        b"AUTH XOAUTH2 ", b"421 4.3.2 Service not available, closing transmission channel\r\n"))
     with pytest.raises(mx.ServiceUnavailable):
         s.auth_oauth(USER, TOKEN)
     assert s.state == "ERROR"
@@ -559,27 +476,16 @@ def test_endless_challenges_are_bounded(fake_server):
             if not conn.readline():
                 return
             conn.send(b"334 " + b64(b"more") + b"\r\n")
-    srv = fake_server(script)
-    s = plain_session(srv.port, allow_insecure_auth=True)
-    s.connect()
+    srv, s = auth_session(fake_server, script)
     with pytest.raises(mx.ProtocolError, match="more than 16 challenges"):
         s.auth("NTLM", lambda c: b"again")
     assert srv.wire.count(b"\r\n") == 1 + 17    # EHLO, AUTH and 16 answers
 
 
 def test_login_refusal_names_the_mechanism(fake_server):
-    def script(conn):
-        serve_auth(conn, b"AUTH LOGIN")
-        conn.expect(b"AUTH LOGIN")
-        conn.send(b"334 VXNlcm5hbWU6\r\n")
-        conn.readline()
-        conn.send(b"334 UGFzc3dvcmQ6\r\n")
-        conn.readline()
-        conn.send(b"535 5.7.139 Authentication unsuccessful, basic authentication is disabled.\r\n")
-        wait_quiet(conn)
-    srv = fake_server(script)
-    s = plain_session(srv.port, allow_insecure_auth=True)
-    s.connect()
+    srv, s = auth_session(fake_server, answering(
+        b"AUTH LOGIN", *LOGIN_PROMPTS,
+        b"535 5.7.139 Authentication unsuccessful, basic authentication is disabled.\r\n", offer=b"AUTH LOGIN"))
     with pytest.raises(mx.AuthError) as info:
         s.login("u@x.example", "pa55-word")
     assert info.value.mechanism == "LOGIN"  # type: ignore[attr-defined]
@@ -591,14 +497,7 @@ def test_login_refusal_names_the_mechanism(fake_server):
 
 
 def test_plain_on_the_same_loop_is_byte_exact(fake_server):
-    def script(conn):
-        serve_auth(conn, b"AUTH PLAIN LOGIN")
-        conn.expect(b"AUTH PLAIN ")
-        conn.send(OK)
-        wait_quiet(conn)
-    srv = fake_server(script)
-    s = plain_session(srv.port, allow_insecure_auth=True)
-    s.connect()
+    srv, s = auth_session(fake_server, answering(b"AUTH PLAIN ", OK, offer=b"AUTH PLAIN LOGIN"))
     s.login("u", "pw")
     s.close()
     assert srv.wire == EHLO + b"AUTH PLAIN " + b64(b"\x00u\x00pw") + b"\r\n"
@@ -620,9 +519,7 @@ def test_capabilities_auth_is_the_union(fake_server, lines, union):
     def script(conn):
         greet(conn, lines)
         wait_quiet(conn)
-    srv = fake_server(script)
-    s = plain_session(srv.port)
-    s.connect()
+    srv, s = connected(fake_server, script)
     s.ehlo()
     assert s.capabilities["AUTH"] == union
     # every raw line stays as evidence
@@ -633,18 +530,8 @@ def test_capabilities_auth_is_the_union(fake_server, lines, union):
 
 def test_login_picks_from_the_union(fake_server):
     # LOGIN is offered only on the AUTH= line (Exchange 2003 style)
-    def script(conn):
-        greet(conn, [b"AUTH GSSAPI NTLM", b"AUTH=LOGIN"])
-        conn.expect(b"AUTH LOGIN")
-        conn.send(b"334 VXNlcm5hbWU6\r\n")
-        conn.readline()
-        conn.send(b"334 UGFzc3dvcmQ6\r\n")
-        conn.readline()
-        conn.send(OK)
-        wait_quiet(conn)
-    srv = fake_server(script)
-    s = plain_session(srv.port, allow_insecure_auth=True)
-    s.connect()
+    srv, s = auth_session(fake_server, answering(b"AUTH LOGIN", *LOGIN_PROMPTS, OK,
+                                                 offer=[b"AUTH GSSAPI NTLM", b"AUTH=LOGIN"]))
     assert s.login("u", "p").code == 235
     s.close()
 
@@ -660,9 +547,7 @@ def test_login_still_refuses_when_only_modern_mechanisms_are_allowed(fake_server
     def script(conn):
         greet(conn, [b"AUTH LOGIN XOAUTH2"])
         wait_quiet(conn)
-    srv = fake_server(script)
-    s = plain_session(srv.port, allow_insecure_auth=True, auth_mechanisms=["XOAUTH2"])
-    s.connect()
+    srv, s = auth_session(fake_server, script, auth_mechanisms=["XOAUTH2"])
     with pytest.raises(mx.NotSupportedError):
         s.login("u", "p")
     s.close()
@@ -691,9 +576,7 @@ def test_gil_is_released_while_waiting_for_the_server(fake_server):
         time.sleep(0.5)
         conn.send(OK)
         wait_quiet(conn)
-    srv = fake_server(script)
-    s = plain_session(srv.port, allow_insecure_auth=True)
-    s.connect()
+    srv, s = auth_session(fake_server, script)
     t = threading.Thread(target=spin)
     t.start()
     try:

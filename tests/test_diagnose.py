@@ -7,25 +7,12 @@ import subprocess
 import sys
 
 import pytest
+from fakeserver import serve_commands
 
 import mailexpress as mx
 from mailexpress.diagnose import CHECK_IDS, _Diagnosis
 from mailexpress.reply import Reply
-from mailexpress.testing import ConnectorEmulator
 from mailexpress.testing.emulator import PRESETS
-
-
-@pytest.fixture
-def preset():
-    started = []
-
-    def make(name, **kw):
-        em = ConnectorEmulator.preset(name, **kw).start()
-        started.append(em)
-        return em
-    yield make
-    for em in started:
-        em.stop()
 
 
 def statuses(report):
@@ -217,34 +204,30 @@ def test_classification_is_by_stage_and_class(mail, rcpt, control, verdict):
 def test_exim_like_server_without_enhanced_codes(fake_server):
     """Exim words everything differently and offers no ENHANCEDSTATUSCODES or PIPELINING."""
     def script(conn):
-        conn.send(b"220 mx.example.org ESMTP Exim 4.96 Sat, 28 Nov 2026 10:00:00 +0000\r\n")
-        conn.ehlo([b"SIZE 52428800", b"8BITMIME", b"AUTH PLAIN LOGIN", b"HELP"], greeting=b"mx.example.org Hello")
         authed = False
-        while True:
-            line = conn.readline()
-            if not line or line.startswith(b"QUIT"):
-                conn.send(b"221 mx.example.org closing connection\r\n")
-                return
+
+        def answer(line: bytes) -> bytes:
+            nonlocal authed
             if line.startswith(b"AUTH PLAIN"):
                 authed = True
-                conn.send(b"235 Authentication succeeded\r\n")
-            elif line.startswith(b"AUTH LOGIN"):      # Exim's plaintext authenticator, two prompts
+                return b"235 Authentication succeeded\r\n"
+            if line.startswith(b"AUTH LOGIN"):      # Exim's plaintext authenticator, two prompts
                 for prompt in (b"VXNlcm5hbWU6", b"UGFzc3dvcmQ6"):
                     conn.send(b"334 " + prompt + b"\r\n")
                     conn.readline()
                 authed = True
-                conn.send(b"235 Authentication succeeded\r\n")
-            elif line.startswith(b"MAIL FROM:<app@example.org>") and authed:
-                conn.send(b"250 OK\r\n")
-            elif line.startswith(b"MAIL"):
-                conn.send(b"550 Submission from this address is not allowed\r\n" if authed
-                          else b"550 Authentication required\r\n")
-            elif line.startswith(b"RCPT"):
-                conn.send(b"250 Accepted\r\n")
-            elif line.startswith(b"RSET"):
-                conn.send(b"250 Reset OK\r\n")
-            else:
-                conn.send(b"500 unrecognized command\r\n")
+                return b"235 Authentication succeeded\r\n"
+            if line.startswith(b"MAIL FROM:<app@example.org>") and authed:
+                return b"250 OK\r\n"
+            if line.startswith(b"MAIL"):
+                return b"550 Submission from this address is not allowed\r\n" if authed \
+                    else b"550 Authentication required\r\n"
+            if line.startswith(b"RCPT"):
+                return b"250 Accepted\r\n"
+            return b"250 Reset OK\r\n" if line.startswith(b"RSET") else b"500 unrecognized command\r\n"
+        serve_commands(conn, b"220 mx.example.org ESMTP Exim 4.96 Sat, 28 Nov 2026 10:00:00 +0000\r\n",
+                       [b"SIZE 52428800", b"8BITMIME", b"AUTH PLAIN LOGIN", b"HELP"], b"mx.example.org Hello",
+                       answer, bye=b"221 mx.example.org closing connection\r\n")
     srv = fake_server(script)
     cfg = mx.Config(host="127.0.0.1", port=srv.port, security="none", allow_insecure_auth=True,
                     username="app", password="pw", from_address="app@example.org",

@@ -8,26 +8,13 @@ import base64
 import json
 
 import pytest
+from fakeserver import serve_commands
 
 import mailexpress as mx
 from mailexpress.advice import AdviceContext, advice, auth_cause
 from mailexpress.testing import ConnectorEmulator
 
 MAILBOX = "svc-mailer@corp.example"
-
-
-@pytest.fixture
-def preset():
-    started: list[ConnectorEmulator] = []
-
-    def make(name: str = "exchange_online", **kw) -> ConnectorEmulator:
-        em = ConnectorEmulator.preset(name, **kw).start()
-        started.append(em)
-        return em
-
-    yield make
-    for em in started:
-        em.stop()
 
 
 def everything(report: mx.ConnectorReport) -> str:
@@ -221,20 +208,16 @@ def test_oauth_offered_but_not_configured(preset):
 
 
 def _fake_504(conn):
-    conn.send(b"220 mail.corp.example Microsoft ESMTP MAIL Service ready at Mon, 30 Nov 2026 20:00:00 +0000\r\n")
-    conn.ehlo([b"SIZE 37748736", b"PIPELINING", b"ENHANCEDSTATUSCODES", b"X-EXPS GSSAPI NTLM LOGIN",
-               b"X-EXPS=LOGIN", b"AUTH GSSAPI NTLM LOGIN", b"AUTH=LOGIN"], greeting=b"mail.corp.example Hello")
-    while True:
-        line = conn.readline()
-        if not line or line.startswith(b"QUIT"):
-            conn.send(b"221 2.0.0 Service closing transmission channel\r\n")
-            return
+    def answer(line: bytes) -> bytes:
         if line.startswith(b"AUTH"):
-            conn.send(b"504 5.7.4 Unrecognized authentication type\r\n")
-        elif line.startswith(b"EHLO"):
-            conn.ehlo([b"AUTH GSSAPI NTLM LOGIN"], greeting=b"mail.corp.example Hello")
-        else:
-            conn.send(b"530 5.7.1 Client was not authenticated\r\n")
+            return b"504 5.7.4 Unrecognized authentication type\r\n"
+        if line.startswith(b"EHLO"):        # (the line is read: answered here, not by conn.ehlo)
+            return b"250-mail.corp.example Hello\r\n250 AUTH GSSAPI NTLM LOGIN\r\n"
+        return b"530 5.7.1 Client was not authenticated\r\n"
+    serve_commands(conn, b"220 mail.corp.example Microsoft ESMTP MAIL Service ready at Mon, 30 Nov 2026 20:00:00 "
+                   b"+0000\r\n", [b"SIZE 37748736", b"PIPELINING", b"ENHANCEDSTATUSCODES", b"X-EXPS GSSAPI NTLM LOGIN",
+                                   b"X-EXPS=LOGIN", b"AUTH GSSAPI NTLM LOGIN", b"AUTH=LOGIN"],
+                   b"mail.corp.example Hello", answer, bye=b"221 2.0.0 Service closing transmission channel\r\n")
 
 
 def test_exchange_2003_lines_merged_and_504_advice(fake_server):

@@ -7,6 +7,7 @@ import json
 import time
 
 import pytest
+from fakeserver import serve_commands
 
 import mailexpress as mx
 from mailexpress.advice import reply_cause
@@ -16,53 +17,56 @@ TIMEOUTS = {"connect": 5, "banner": 5, "ehlo": 5, "auth": 5, "mail": 1, "rcpt": 
             "command": 5, "quit": 1}
 
 
+def _diagnose(srv) -> mx.ConnectorReport:  # type: ignore[no-untyped-def]
+    """test_connector against the fake server srv: PLAIN as app@example.org, no TLS."""
+    return mx.test_connector(mx.Config(host="127.0.0.1", port=srv.port, security="none", allow_insecure_auth=True,
+                                       username="app", password="pw", from_address="app@example.org",
+                                       auth_mechanisms=["PLAIN"], timeouts=TIMEOUTS))
+
+
+def _rest(line: bytes) -> bytes:
+    """What the fake servers below answer to RCPT, RSET and anything else."""
+    if line.startswith(b"RCPT"):
+        return b"250 2.1.5 ok\r\n"
+    if line.startswith(b"RSET"):
+        return b"250 2.0.0 ok\r\n"
+    return b"500 5.5.1 what\r\n"
+
+
 def _script(on_second_mail: str):
     """A server without PIPELINING: the account's own address is accepted;
     the second sender probe's MAIL gets ``on_second_mail``; an anonymous
     session (no AUTH) is refused at MAIL."""
     def script(conn):
-        conn.send(b"220 mx.example.org ESMTP ready\r\n")
-        conn.ehlo([b"AUTH PLAIN LOGIN", b"ENHANCEDSTATUSCODES"], greeting=b"mx.example.org")
         authed, mails = False, 0
-        while True:
-            line = conn.readline()
-            if not line or line.startswith(b"QUIT"):
-                conn.send(b"221 2.0.0 bye\r\n")
-                return
+
+        def answer(line: bytes) -> bytes | None:
+            nonlocal authed, mails
             if line.startswith(b"AUTH PLAIN"):
                 authed = True
-                conn.send(b"235 2.7.0 ok\r\n")
-            elif line.startswith(b"MAIL") and not authed:
-                conn.send(b"530 5.7.0 Authentication required\r\n")
-            elif line.startswith(b"MAIL"):
+                return b"235 2.7.0 ok\r\n"
+            if line.startswith(b"MAIL") and not authed:
+                return b"530 5.7.0 Authentication required\r\n"
+            if line.startswith(b"MAIL"):
                 mails += 1
                 if mails < 2:
-                    conn.send(b"250 2.1.0 ok\r\n")
-                elif on_second_mail == "421":
+                    return b"250 2.1.0 ok\r\n"
+                if on_second_mail == "421":
                     conn.send(b"421 4.3.2 Service not available, closing transmission channel\r\n")
-                    return
                 elif on_second_mail == "timeout":
                     time.sleep(2.5)
-                    return
                 else:
                     conn.send(b"this is not an SMTP reply\r\n")
-                    return
-            elif line.startswith(b"RCPT"):
-                conn.send(b"250 2.1.5 ok\r\n")
-            elif line.startswith(b"RSET"):
-                conn.send(b"250 2.0.0 ok\r\n")
-            else:
-                conn.send(b"500 5.5.1 what\r\n")
+                return None
+            return _rest(line)
+        serve_commands(conn, b"220 mx.example.org ESMTP ready\r\n", [b"AUTH PLAIN LOGIN", b"ENHANCEDSTATUSCODES"],
+                       b"mx.example.org", answer)
     return script
 
 
 @pytest.mark.parametrize("how", ["421", "timeout", "malformed"])
 def test_a_break_during_the_sender_probes_is_attributed_to_the_probe_that_was_running(fake_server, how):
-    srv = fake_server(_script(how))
-    cfg = mx.Config(host="127.0.0.1", port=srv.port, security="none", allow_insecure_auth=True,
-                    username="app", password="pw", from_address="app@example.org", auth_mechanisms=["PLAIN"],
-                    timeouts=TIMEOUTS)
-    report = mx.test_connector(cfg)
+    report = _diagnose(fake_server(_script(how)))
     checks = {c.id: c for c in report.checks}
     assert checks["send_as_self"].status == "pass"                       # obtained before the break: kept
     broke = checks["accept_authoritative_domain_sender"]
@@ -164,15 +168,10 @@ def test_connect_summary_is_host_and_port():
 
 
 def _exchange_on_465(conn):
-    conn.send(b"220 EX01.corp.example Microsoft ESMTP MAIL Service ready at Mon, 30 Nov 2026 21:00:00 +0000\r\n")
-    conn.ehlo([b"SIZE 37748736", b"PIPELINING", b"ENHANCEDSTATUSCODES", b"AUTH GSSAPI NTLM LOGIN"],
-              greeting=b"EX01.corp.example Hello")
-    while True:
-        line = conn.readline()
-        if not line or line.startswith(b"QUIT"):
-            conn.send(b"221 2.0.0 Service closing transmission channel\r\n")
-            return
-        conn.send(b"530 5.7.1 Client was not authenticated\r\n")
+    serve_commands(conn, b"220 EX01.corp.example Microsoft ESMTP MAIL Service ready at Mon, 30 Nov 2026 21:00:00 "
+                   b"+0000\r\n", [b"SIZE 37748736", b"PIPELINING", b"ENHANCEDSTATUSCODES", b"AUTH GSSAPI NTLM LOGIN"],
+                   b"EX01.corp.example Hello", lambda line: b"530 5.7.1 Client was not authenticated\r\n",
+                   bye=b"221 2.0.0 Service closing transmission channel\r\n")
 
 
 def test_onprem_exchange_on_465_points_at_587(fake_server):
@@ -204,36 +203,25 @@ def test_onprem_exchange_on_465_points_at_587(fake_server):
 
 def _anonymous_421(conn):
     """Authenticated sessions work; an unauthenticated MAIL gets a 421 and the close."""
-    conn.send(b"220 mx.example.org ESMTP ready\r\n")
-    conn.ehlo([b"AUTH PLAIN", b"ENHANCEDSTATUSCODES"], greeting=b"mx.example.org")
     authed = False
-    while True:
-        line = conn.readline()
-        if not line or line.startswith(b"QUIT"):
-            conn.send(b"221 2.0.0 bye\r\n")
-            return
+
+    def answer(line: bytes) -> bytes | None:
+        nonlocal authed
         if line.startswith(b"AUTH PLAIN"):
             authed = True
-            conn.send(b"235 2.7.0 ok\r\n")
-        elif line.startswith(b"MAIL") and not authed:
+            return b"235 2.7.0 ok\r\n"
+        if line.startswith(b"MAIL") and not authed:
             conn.send(b"421 4.7.0 Too many errors, closing\r\n")
-            return
-        elif line.startswith(b"MAIL"):
-            conn.send(b"250 2.1.0 ok\r\n" if b"app@example.org" in line else b"550 5.7.1 not yours\r\n")
-        elif line.startswith(b"RCPT"):
-            conn.send(b"250 2.1.5 ok\r\n")
-        elif line.startswith(b"RSET"):
-            conn.send(b"250 2.0.0 ok\r\n")
-        else:
-            conn.send(b"500 5.5.1 what\r\n")
+            return None
+        if line.startswith(b"MAIL"):
+            return b"250 2.1.0 ok\r\n" if b"app@example.org" in line else b"550 5.7.1 not yours\r\n"
+        return _rest(line)
+    serve_commands(conn, b"220 mx.example.org ESMTP ready\r\n", [b"AUTH PLAIN", b"ENHANCEDSTATUSCODES"],
+                   b"mx.example.org", answer)
 
 
 def test_an_anonymous_probe_turned_away_for_now_is_undecided(fake_server):
-    srv = fake_server(_anonymous_421)
-    cfg = mx.Config(host="127.0.0.1", port=srv.port, security="none", allow_insecure_auth=True,
-                    username="app", password="pw", from_address="app@example.org", auth_mechanisms=["PLAIN"],
-                    timeouts=TIMEOUTS)
-    report = mx.test_connector(cfg)
+    report = _diagnose(fake_server(_anonymous_421))
     anon = report.check("anonymous_refused")
     assert anon.status == "unknown" and "421" in anon.summary + "\n".join(anon.evidence), str(report)
     assert "anonymous_refused" in {c.id for c in report.problems()}      # required and undecided: not ok
@@ -247,27 +235,16 @@ def test_a_session_broken_during_auth_is_an_auth_finding(fake_server, answer, st
     """A 421 (or a plain close) in answer to AUTH: the auth check says so, the
     sender checks are skipped with the reason, the anonymous probe still runs."""
     def script(conn):
-        conn.send(b"220 mx.example.org ESMTP ready\r\n")
-        conn.ehlo([b"AUTH PLAIN", b"ENHANCEDSTATUSCODES"], greeting=b"mx.example.org")
-        while True:
-            line = conn.readline()
-            if not line or line.startswith(b"QUIT"):
-                conn.send(b"221 2.0.0 bye\r\n")
-                return
+        def reply(line: bytes) -> bytes | None:
             if line.startswith(b"AUTH"):
                 conn.send(answer)
-                return
+                return None
             if line.startswith(b"MAIL"):
-                conn.send(b"530 5.7.0 Authentication required\r\n")
-            elif line.startswith(b"RSET"):
-                conn.send(b"250 2.0.0 ok\r\n")
-            else:
-                conn.send(b"500 5.5.1 what\r\n")
-    srv = fake_server(script)
-    cfg = mx.Config(host="127.0.0.1", port=srv.port, security="none", allow_insecure_auth=True,
-                    username="app", password="pw", from_address="app@example.org", auth_mechanisms=["PLAIN"],
-                    timeouts=TIMEOUTS)
-    report = mx.test_connector(cfg)
+                return b"530 5.7.0 Authentication required\r\n"
+            return b"250 2.0.0 ok\r\n" if line.startswith(b"RSET") else b"500 5.5.1 what\r\n"
+        serve_commands(conn, b"220 mx.example.org ESMTP ready\r\n", [b"AUTH PLAIN", b"ENHANCEDSTATUSCODES"],
+                       b"mx.example.org", reply)
+    report = _diagnose(fake_server(script))
     auth = report.check("auth")
     assert auth.status == status, str(report)
     assert report.check("send_as_self").status == "skip"

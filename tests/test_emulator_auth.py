@@ -369,10 +369,17 @@ def test_provider_token_follows_the_scope(started):
     assert expires > 0 and c.one(f"AUTH XOAUTH2 {xoauth2(MAILBOX, token)}").startswith(b"235 ")
 
 
-def test_ntlm_is_only_advertised_unless_integrated_auth(started):
+def test_exchange_full_list_with_integrated_auth(started):
+    em, c = started("exchange_client", integrated_auth=True)
+    assert auth_line(c.cmd("EHLO x")) == b"AUTH GSSAPI NTLM"
+    assert auth_line(c.tls()) == b"AUTH GSSAPI NTLM LOGIN"        # Exchange's order after STARTTLS
+    assert c.one("AUTH NTLM") == b"334 NTLM supported"            # answered, not 504
+
+
+def test_ntlm_is_not_advertised_unless_integrated_auth(started):
     em, c = started("exchange_client")
     c.cmd("EHLO x")
-    assert auth_line(c.tls()) == b"AUTH GSSAPI NTLM LOGIN"        # Exchange's order after STARTTLS
+    assert auth_line(c.tls()) == b"AUTH GSSAPI LOGIN"     # only what it answers (GSSAPI: 504, no KDC)
     assert c.one("AUTH NTLM TlRMTVNTUAABAAAAB4IIogAAAAAAAAAAAAAAAAAAAAAKAGFKAAAADw==") == \
         b"504 5.7.4 Unrecognized authentication type"
     assert em.auth_log == []

@@ -11,7 +11,7 @@ import time
 
 import pytest
 from fakeserver import greet
-from support import plain_session
+from support import connected, plain_session
 
 import mailexpress as mx
 
@@ -26,6 +26,13 @@ def small_receive_window(conn) -> None:
     """Keeps the server's receive buffer small, so that a client writing a
     large batch is still writing when the server gives up."""
     conn.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
+
+
+def take_part_and_close(conn) -> None:  # type: ignore[no-untyped-def]
+    """Reads 100 000 bytes of a large body, then closes: the client is
+    still writing."""
+    conn.read_exact(100_000)
+    conn.close()
 
 
 def take_twenty_then_read_the_next_mail(conn) -> bytes:
@@ -63,9 +70,7 @@ def test_421_after_twenty_accepted_messages_pipelined_bdat(fake_server):
         conn.send(replies + b"421 4.3.2 service shutting down\r\n")
         conn.close()
 
-    srv = fake_server(script)
-    s = plain_session(srv.port)
-    s.connect()
+    srv, s = connected(fake_server, script)
     s.ehlo()
     result = s.send_many([("a@x.example", ["b@y.example"], BODY_100K) for _ in range(total)])
     srv.check()
@@ -98,12 +103,9 @@ def test_a_server_closing_mid_body_did_not_take_the_message(fake_server, chunkin
         else:
             conn.expect(b"DATA")
             conn.send(b"250 ok\r\n250 ok\r\n354 go\r\n")
-        conn.read_exact(100_000)
-        conn.close()
+        take_part_and_close(conn)
 
-    srv = fake_server(script)
-    s = plain_session(srv.port)
-    s.connect()
+    srv, s = connected(fake_server, script)
     s.ehlo()
     with pytest.raises(mx.ConnectionLost) as info:
         s.send_raw("a@x.example", ["b@y.example"], body)
@@ -128,12 +130,9 @@ def test_replies_read_after_a_broken_write_decide_each_message(fake_server):
                   b"503 5.5.1 no sender\r\n")
         conn.expect(b"MAIL FROM"), conn.expect(b"RCPT TO"), conn.expect(b"DATA")
         conn.send(b"250 ok\r\n250 ok\r\n354 go\r\n")
-        conn.read_exact(100_000)
-        conn.close()
+        take_part_and_close(conn)
 
-    srv = fake_server(script)
-    s = plain_session(srv.port)
-    s.connect()
+    srv, s = connected(fake_server, script)
     s.ehlo()
     result = s.send_many([("a@x.example", ["b@y.example"], b"small\r\n"),
                           ("c@x.example", ["b@y.example"], b"refused\r\n"),
@@ -157,9 +156,7 @@ def test_a_write_the_server_reset_took_nothing(fake_server, chunking):
         conn.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
         conn.close()
 
-    srv = fake_server(script)
-    s = plain_session(srv.port)
-    s.connect()
+    srv, s = connected(fake_server, script)
     s.ehlo()
     time.sleep(0.2)     # the reset is in
     with pytest.raises(mx.ConnectionLost) as info:

@@ -8,26 +8,30 @@ import time
 
 import pytest
 from fakeserver import BANNER, greet
-from support import plain_session
+from support import connected, plain_session
 
 import mailexpress as mx
+
+def ehlo_answered(reply: bytes):  # type: ignore[no-untyped-def]
+    """A script: the banner, EHLO answered with reply, then the next line."""
+    def script(conn):  # type: ignore[no-untyped-def]
+        conn.send(BANNER)
+        conn.expect(b"EHLO")
+        conn.send(reply)
+        conn.readline()
+    return script
+
 
 def test_exact_bytes_of_a_transaction(fake_server):
     def script(conn):
         greet(conn, [b"SIZE 1000"])
-        conn.expect(b"MAIL FROM")
-        conn.send(b"250 2.1.0 ok\r\n")
-        conn.expect(b"RCPT TO")
-        conn.send(b"250 2.1.5 ok\r\n")
-        conn.expect(b"DATA")
-        conn.send(b"354 go\r\n")
+        conn.converse((b"MAIL FROM", b"250 2.1.0 ok\r\n"),
+                      (b"RCPT TO", b"250 2.1.5 ok\r\n"), (b"DATA", b"354 go\r\n"))
         conn.body = conn.read_data()
         conn.send(b"250 2.0.0 queued\r\n")
         conn.expect(b"QUIT")
         conn.send(b"221 bye\r\n")
-    srv = fake_server(script)
-    s = plain_session(srv.port)
-    s.connect()
+    srv, s = connected(fake_server, script)
     refused, reply = s.send_raw("a@x.example", ["b@y.example"], b".lead\nmid\r.\r\nend")
     s.quit()
     assert refused == {} and reply.code == 250
@@ -73,9 +77,7 @@ def test_bytes_injected_before_the_handshake_are_refused(fake_server, certs):
         conn.expect(b"STARTTLS")
         conn.send(b"220 go ahead\r\n250-injected\r\n250 AUTH PLAIN\r\n")
         conn.readline()
-    srv = fake_server(script)
-    s = plain_session(srv.port, security="starttls", ca_file=certs.ca_file)
-    s.connect()
+    srv, s = connected(fake_server, script, security="starttls", ca_file=certs.ca_file)
     s.ehlo()
     with pytest.raises(mx.ProtocolError, match="response injection") as info:
         s.starttls()
@@ -96,9 +98,7 @@ def test_capabilities_before_tls_are_forgotten_and_ehlo_repeated(fake_server, ce
         conn.ehlo([b"AUTH LOGIN"])
         conn.expect(b"QUIT")
         conn.send(b"221 bye\r\n")
-    srv = fake_server(script)
-    s = plain_session(srv.port, security="starttls", ca_file=certs.ca_file)
-    s.connect()
+    srv, s = connected(fake_server, script, security="starttls", ca_file=certs.ca_file)
     s.ehlo()
     assert "SMTPUTF8" in s.capabilities
     s.starttls()
@@ -111,14 +111,7 @@ def test_capabilities_before_tls_are_forgotten_and_ehlo_repeated(fake_server, ce
 
 
 def test_mismatched_multiline_codes_are_a_protocol_error(fake_server):
-    def script(conn):
-        conn.send(BANNER)
-        conn.expect(b"EHLO")
-        conn.send(b"250-fake\r\n251 odd\r\n")
-        conn.readline()
-    srv = fake_server(script)
-    s = plain_session(srv.port)
-    s.connect()
+    srv, s = connected(fake_server, ehlo_answered(b"250-fake\r\n251 odd\r\n"))
     with pytest.raises(mx.ProtocolError, match="different codes") as info:
         s.ehlo()
     assert info.value.stage is mx.Stage.EHLO and s.state == "ERROR"
@@ -126,14 +119,7 @@ def test_mismatched_multiline_codes_are_a_protocol_error(fake_server):
 
 @pytest.mark.parametrize("reply", [b"2x0 bad\r\n", b"25\r\n", b"600 no\r\n", b"\r\n", b"250 a\x00b\r\n"])
 def test_malformed_replies_are_protocol_errors(fake_server, reply):
-    def script(conn):
-        conn.send(BANNER)
-        conn.expect(b"EHLO")
-        conn.send(reply)
-        conn.readline()
-    srv = fake_server(script)
-    s = plain_session(srv.port)
-    s.connect()
+    srv, s = connected(fake_server, ehlo_answered(reply))
     with pytest.raises(mx.ProtocolError):
         s.ehlo()
 
@@ -149,27 +135,13 @@ def test_a_mebibyte_line_is_refused_with_bounded_memory(fake_server):
 
 
 def test_endless_continuation_lines_are_refused(fake_server):
-    def script(conn):
-        conn.send(BANNER)
-        conn.expect(b"EHLO")
-        conn.send(b"250-more\r\n" * 500)
-        conn.readline()
-    srv = fake_server(script)
-    s = plain_session(srv.port)
-    s.connect()
+    srv, s = connected(fake_server, ehlo_answered(b"250-more\r\n" * 500))
     with pytest.raises(mx.ProtocolError, match="more than 128 lines"):
         s.ehlo()
 
 
 def test_last_line_without_text_is_accepted(fake_server):
-    def script(conn):
-        conn.send(BANNER)
-        conn.expect(b"EHLO")
-        conn.send(b"250-fake\r\n250-PIPELINING\r\n250\r\n")
-        conn.readline()
-    srv = fake_server(script)
-    s = plain_session(srv.port)
-    s.connect()
+    srv, s = connected(fake_server, ehlo_answered(b"250-fake\r\n250-PIPELINING\r\n250\r\n"))
     r = s.ehlo()
     assert r.code == 250 and r.lines == ("fake", "PIPELINING", "")
     s.close()
@@ -184,14 +156,9 @@ def test_eof_mid_stream_is_connection_lost_with_stage(fake_server, where):
             conn.send(b"250-partial\r\n")
             return
         conn.send(b"250 ok\r\n")
-        conn.expect(b"RCPT")
-        conn.send(b"250 ok\r\n")
-        conn.expect(b"DATA")
-        conn.send(b"354 go\r\n")
+        conn.converse((b"RCPT", b"250 ok\r\n"), (b"DATA", b"354 go\r\n"))
         conn.readline()
-    srv = fake_server(script)
-    s = plain_session(srv.port)
-    s.connect()
+    srv, s = connected(fake_server, script)
     with pytest.raises(mx.ConnectionLost) as info:
         s.send_raw("a@x.example", ["b@y.example"], b"x\r\n" * 100000)
     assert info.value.stage is (mx.Stage.MAIL if where == "reply" else mx.Stage.END_OF_DATA)
@@ -205,9 +172,7 @@ def test_a_stalled_server_hits_the_stage_timeout(fake_server):
         conn.send(BANNER)
         conn.expect(b"EHLO")
         release.wait(10)
-    srv = fake_server(script)
-    s = plain_session(srv.port, timeouts={"ehlo": 0.3})
-    s.connect()
+    srv, s = connected(fake_server, script, timeouts={"ehlo": 0.3})
     t0 = time.monotonic()
     with pytest.raises(mx.TimeoutError, match="stage timeout") as info:
         s.ehlo()
@@ -236,16 +201,9 @@ def test_a_trickling_server_is_bounded_by_the_overall_deadline(fake_server):
 def test_250_to_data_is_a_protocol_error_and_no_body_is_sent(fake_server):
     def script(conn):
         greet(conn)
-        conn.expect(b"MAIL")
-        conn.send(b"250 ok\r\n")
-        conn.expect(b"RCPT")
-        conn.send(b"250 ok\r\n")
-        conn.expect(b"DATA")
-        conn.send(b"250 what\r\n")
+        conn.converse((b"MAIL", b"250 ok\r\n"), (b"RCPT", b"250 ok\r\n"), (b"DATA", b"250 what\r\n"))
         conn.readline()
-    srv = fake_server(script)
-    s = plain_session(srv.port)
-    s.connect()
+    srv, s = connected(fake_server, script)
     with pytest.raises(mx.ProtocolError, match="354") as info:
         s.send_raw("a@x.example", ["b@y.example"], b"SECRET BODY\r\n")
     assert info.value.stage is mx.Stage.DATA
@@ -264,9 +222,7 @@ def test_all_recipients_refused_no_data_sent(fake_server):
         conn.expect(b"RSET")
         conn.send(b"250 ok\r\n")
         conn.readline()
-    srv = fake_server(script)
-    s = plain_session(srv.port)
-    s.connect()
+    srv, s = connected(fake_server, script)
     with pytest.raises(mx.RecipientsRefused) as info:
         s.send_raw("a@x.example", ["b@y.example", "c@y.example"], b"body\r\n")
     assert {a: r.enhanced for a, r in info.value.replies.items()} == {
@@ -365,9 +321,7 @@ def test_421_at_any_stage_closes_the_session(fake_server, stage):
                 conn.send(b"421 4.3.2 shutting down\r\n")
                 return
             conn.send({"EHLO": b"250 fake\r\n", "DATA": b"354 go\r\n"}.get(step, b"250 ok\r\n"))
-    srv = fake_server(script)
-    s = plain_session(srv.port)
-    s.connect()
+    srv, s = connected(fake_server, script)
     with pytest.raises(mx.ServiceUnavailable) as info:
         s.ehlo()
         s.send_raw("a@x.example", ["b@y.example"], b"x\r\n")
@@ -381,9 +335,7 @@ def test_unsolicited_reply_is_a_desync_error(fake_server):
     def script(conn):
         conn.send(BANNER + b"250 nobody asked\r\n")
         conn.readline()
-    srv = fake_server(script)
-    s = plain_session(srv.port)
-    s.connect()
+    srv, s = connected(fake_server, script)
     with pytest.raises(mx.ProtocolError, match="nobody asked for") as info:
         s.ehlo()
     assert info.value.stage is mx.Stage.EHLO and b"EHLO" not in srv.wire
@@ -396,9 +348,7 @@ def test_oversized_or_invalid_334_challenge(fake_server):
             conn.expect(b"AUTH LOGIN")
             conn.send(challenge)
             conn.readline()
-        srv = fake_server(script)
-        s = plain_session(srv.port, allow_insecure_auth=True)
-        s.connect()
+        srv, s = connected(fake_server, script, allow_insecure_auth=True)
         with pytest.raises(mx.ProtocolError, match="334 challenge"):
             s.login("user", "password-xyz")
         assert b"password" not in srv.wire.lower().replace(b"auth login", b"")
@@ -413,9 +363,7 @@ def test_ehlo_refused_falls_back_to_helo_only_when_allowed(fake_server):
         if line.startswith(b"HELO"):
             conn.send(b"250 fake\r\n")
             conn.readline()
-    srv = fake_server(script)
-    s = plain_session(srv.port, helo_fallback=True)
-    s.connect()
+    srv, s = connected(fake_server, script, helo_fallback=True)
     assert s.ehlo().code == 250 and not s.esmtp and s.capabilities == {}
     s.close()
     s2 = plain_session(srv.port, helo_fallback=False)
@@ -446,10 +394,7 @@ def test_ipv6_literal(fake_server):
 
     def script(conn):
         conn.send(BANNER)
-        conn.expect(b"EHLO")
-        conn.send(b"250 fake\r\n")
-        conn.expect(b"QUIT")
-        conn.send(b"221 bye\r\n")
+        conn.converse((b"EHLO", b"250 fake\r\n"), (b"QUIT", b"221 bye\r\n"))
     srv = fake_server(script, family=socket.AF_INET6, host="::1")
     s = plain_session(srv.port, host="::1")
     s.connect()
@@ -496,9 +441,7 @@ def test_tls_stream_cut_mid_reply(fake_server, certs):
         conn.expect(b"EHLO")
         conn.send(b"250-fake\r\n")
         conn.sock.shutdown(socket.SHUT_RDWR)
-    srv = fake_server(script)
-    s = plain_session(srv.port, security="starttls", ca_file=certs.ca_file)
-    s.connect()
+    srv, s = connected(fake_server, script, security="starttls", ca_file=certs.ca_file)
     s.ehlo()
     with pytest.raises(mx.ConnectionLost) as info:
         s.starttls()
@@ -521,9 +464,7 @@ def test_354_where_it_cannot_belong_is_a_protocol_error(fake_server, where):
                 conn.readline()
                 return
             conn.send(b"250 fake\r\n" if step == "EHLO" else b"250 ok\r\n")
-    srv = fake_server(script)
-    s = plain_session(srv.port)
-    s.connect()
+    srv, s = connected(fake_server, script)
     with pytest.raises(mx.ProtocolError, match="354 reply cannot answer") as info:
         s.ehlo()
         s.mail("a@x.example")

@@ -28,6 +28,18 @@ def _config(port: int, security: str, certs, **kw) -> mx.Config:  # type: ignore
                      timeouts={"banner": 60, "ehlo": 5, "tls": 10, "quit": 2}, **kw)
 
 
+def _failing(call: str, cfg: mx.Config, exc_type: type[mx.Error]) -> tuple[mx.Error, float]:
+    """mx.connect(cfg) or mx.send_as(cfg, ...) must raise exc_type: the
+    exception and the seconds it took."""
+    start = time.monotonic()
+    with pytest.raises(exc_type) as info:
+        if call == "connect":
+            mx.connect(cfg)
+        else:
+            mx.send_as(cfg, to="b@y.example", subject="s", body="b")
+    return info.value, time.monotonic() - start
+
+
 def _plain(conn):  # type: ignore[no-untyped-def]
     conn.send(BANNER)
     conn.readline()
@@ -36,15 +48,7 @@ def _plain(conn):  # type: ignore[no-untyped-def]
 @pytest.mark.parametrize("call", ["connect", "send_as"])
 def test_ssl_against_a_plain_smtp_port_says_use_starttls(fake_server, certs, call):
     srv = fake_server(_plain)
-    cfg = _config(srv.port, "ssl", certs)
-    start = time.monotonic()
-    with pytest.raises(mx.TLSError) as info:
-        if call == "connect":
-            mx.connect(cfg)
-        else:
-            mx.send_as(cfg, to="b@y.example", subject="s", body="b")
-    took = time.monotonic() - start
-    exc = info.value
+    exc, took = _failing(call, _config(srv.port, "ssl", certs), mx.TLSError)
     assert not isinstance(exc, mx.CertificateError)
     assert exc.wrong_mode == "starttls" and exc.stage is mx.Stage.TLS
     assert "speaks plain SMTP" in str(exc) and '"220 fake.example ESMTP"' in str(exc)
@@ -78,15 +82,7 @@ def test_a_real_tls_failure_has_no_wrong_mode(fake_server, certs):
 @pytest.mark.parametrize("call", ["connect", "send_as"])
 def test_plain_against_an_implicit_tls_port_says_use_ssl(fake_server, certs, security, call):
     srv = fake_server(lambda conn: conn.readline(), tls=certs.server_context())
-    cfg = _config(srv.port, security, certs)
-    start = time.monotonic()
-    with pytest.raises(mx.ConnectError) as info:
-        if call == "connect":
-            mx.connect(cfg)
-        else:
-            mx.send_as(cfg, to="b@y.example", subject="s", body="b")
-    took = time.monotonic() - start
-    exc = info.value
+    exc, took = _failing(call, _config(srv.port, security, certs), mx.ConnectError)
     assert exc.wrong_mode == "ssl" and exc.stage is mx.Stage.CONNECT
     assert "speaks implicit TLS" in str(exc) and "security = 'ssl'" in str(exc)
     assert 2.9 <= took < 5.0

@@ -6,22 +6,46 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
 #include "tls.h"
 
+/* The parser (a 64 KiB line), the last reply (256 KiB of text) and the
+ * read buffer (16 KiB) are sized for the longest reply allowed (issue 14)
+ * and for pipelined bursts, yet most replies are under 1 KiB.  They share
+ * one anonymous mapping rather than malloc'd blocks or room in the Session
+ * object (which Python zero-fills, making every page of it resident): the
+ * kernel makes a page resident when a reply first writes to it, so a
+ * session holds the pages its longest reply used (an EHLO reply: the first
+ * page of each) and munmap hands them all back when it ends.  From malloc,
+ * blocks this size went to glibc's heaps once its mmap threshold had risen
+ * past them, and the heaps kept ~7 MiB of freed ones per process.  One
+ * mapping: one mmap and one munmap per session.  The pure parser keeps its
+ * fixed, caller-owned bounds.  The reply comes first, the parser and the
+ * read buffer each start on a page of their own (4 KiB rounding: larger
+ * pages only cost a page more). */
+#define MX_PAGE_UP(n) (((n) + 4095) / 4096 * 4096)
+#define MX_MAP_PARSER_OFF MX_PAGE_UP(sizeof(mx_reply))
+#define MX_MAP_RBUF_OFF (MX_MAP_PARSER_OFF + MX_PAGE_UP(sizeof(mx_reply_parser)))
+#define MX_MAP_SIZE (MX_MAP_RBUF_OFF + MX_RBUF)
+
 int
 mx_conn_init(mx_conn *c)
 {
+    void *m;
+
     c->fd = -1;
     c->ssl = NULL;
     mx_transcript_init(&c->tr);
     c->rstart = c->rend = 0;
     c->wbuf = malloc(MX_WBUF);
-    c->parser = malloc(sizeof(*c->parser));
-    c->reply = malloc(sizeof(*c->reply));
-    if (!c->wbuf || !c->parser || !c->reply)
+    m = mmap(NULL, MX_MAP_SIZE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    c->reply = m == MAP_FAILED ? NULL : m;
+    c->parser = m == MAP_FAILED ? NULL : (mx_reply_parser *)((char *)m + MX_MAP_PARSER_OFF);
+    c->rbuf = m == MAP_FAILED ? NULL : (unsigned char *)m + MX_MAP_RBUF_OFF;
+    if (!c->wbuf || !c->reply)
         return -1;
     mx_reply_parser_init(c->parser);
     c->reply->code = 0;
@@ -37,10 +61,11 @@ mx_conn_free(mx_conn *c)
     mx_conn_drop(c);
     free(c->wbuf);
     c->wbuf = NULL;
-    free(c->parser);
-    c->parser = NULL;
-    free(c->reply);
+    if (c->reply)
+        (void)munmap(c->reply, MX_MAP_SIZE);      /* the parser and rbuf with it */
     c->reply = NULL;
+    c->parser = NULL;
+    c->rbuf = NULL;
     mx_transcript_free(&c->tr);
 }
 
@@ -193,9 +218,9 @@ mx_conn_recv_reply(mx_conn *c, int64_t deadline)
          * MX_WAIT_ACK_NOW */
         ack_now = c->replies_since_write > 0;
         if (c->ssl)
-            n = mx_tls_read(c->ssl, c->fd, c->rbuf, sizeof(c->rbuf), deadline, ack_now, &c->err);
+            n = mx_tls_read(c->ssl, c->fd, c->rbuf, MX_RBUF, deadline, ack_now, &c->err);
         else
-            n = mx_net_read(c->fd, c->rbuf, sizeof(c->rbuf), deadline, ack_now, &c->err);
+            n = mx_net_read(c->fd, c->rbuf, MX_RBUF, deadline, ack_now, &c->err);
         if (n < 0)
             return -1;
         c->rend = (size_t)n;

@@ -27,14 +27,14 @@ typedef struct {
     int64_t t0;                  /* when connect() began (mx_now_ms) */
     int record;                  /* keep a transcript */
     mx_transcript tr;
-    /* on the heap (mx_conn_init): with 64 KiB lines and 256 KiB replies
-     * they are too large to live in the Session object, which Python
-     * zero-fills page by page; malloc'd, only the pages a reply touches
-     * become resident */
+    /* mapped (mx_conn_init): with 64 KiB lines and 256 KiB replies they
+     * are too large to live in the Session object, which Python zero-fills
+     * page by page; mapped, only the pages a reply touches become resident,
+     * and all of them go back to the system when the session ends */
     mx_reply_parser *parser;
     mx_reply *reply;             /* the last complete reply */
     size_t rstart, rend;
-    unsigned char rbuf[MX_RBUF];
+    unsigned char *rbuf;         /* MX_RBUF bytes, mapped with the parser */
     unsigned char *wbuf;         /* MX_WBUF bytes */
     mx_error err;                /* why the last call failed */
     unsigned replies_since_write;   /* complete replies read since we last wrote */

@@ -26,8 +26,9 @@
 
 /* The text of all lines of one reply together (codes and CRLFs excluded):
  * 256 KiB, four lines at the line bound, bounds memory for endless
- * continuation lines.  The parser and the reply live on the heap of the
- * connection (io/conn.c), so the bound costs nothing until a reply uses it. */
+ * continuation lines.  The parser and the reply of a connection are mapped
+ * pages (io/conn.c): only the pages a reply writes become resident, so the
+ * bound costs nothing until a reply uses it. */
 #define MX_REPLY_TEXT_MAX 262144
 
 /* An enhanced status code "c.sss.ddd" (RFC 3463: up to 3 digits each). */

@@ -190,12 +190,14 @@ class ConnectorEmulator(ThrottlingServer, AuthServer):
                           PLAIN, LOGIN, XOAUTH2 and OAUTHBEARER are answered
       other_mechanisms    Integrated Windows authentication, offered before
                           and after TLS, default ("GSSAPI", "NTLM") as
-                          Exchange does
+                          Exchange does (NTLM only with integrated_auth)
       integrated_auth     answer NTLM with pyspnego's acceptor (454 when
                           pyspnego is missing); default: when no PLAIN or
-                          LOGIN is offered (Basic off, as on premises);
-                          otherwise NTLM is only advertised and draws 504,
-                          so clients go on to LOGIN; GSSAPI always draws 504
+                          LOGIN is offered (Basic off, as on premises).
+                          Otherwise NTLM is not advertised (Exchange would:
+                          pass integrated_auth=True for its full list), so
+                          a client with pyspnego goes straight to LOGIN;
+                          GSSAPI is advertised and always draws 504
       basic_auth          "enabled", "disabled" (535 5.7.139 basic
                           authentication is disabled) or "retired" (550
                           5.7.30): what PLAIN/LOGIN get, whatever the password
@@ -448,7 +450,10 @@ class ConnectorEmulator(ThrottlingServer, AuthServer):
         app is given FullAccess to the first user's mailbox."""
         if self._endpoint is None:
             self.grant_mailbox(self._first_address())
-            self._endpoint = EntraTokenEndpoint(self.issuer, lambda **kw: self.issuer.issue(None, **kw)).start()
+            self._endpoint = EntraTokenEndpoint(
+                tenant_id=self.issuer.tenant_id, apps={self.issuer.app_id: secrets.token_urlsafe(24)},
+                issue=lambda _client, audience, expires_in: self.issuer.issue(None, audience=audience,
+                                                                              expires_in=expires_in)).start()
         return self._endpoint
 
     def msal_config(self, user: str | None = None, **overrides: Any) -> Config:

@@ -15,13 +15,10 @@ from __future__ import annotations
 import os
 import pwd
 import shutil
-import signal
-import socket
 import subprocess
-import time
 from pathlib import Path
 
-from harness import ACCOUNTS, MaildirServer, clean_env, free_port
+from harness import ACCOUNTS, MaildirServer, clean_env, free_port, spawn, stop_process, wait_listening
 
 
 EXIM_ROOT = Path(os.environ.get("MAILEXPRESS_EXIM_ROOT", "/opt/mailexpress-interop/exim"))
@@ -141,28 +138,15 @@ class EximHarness(MaildirServer):
                                env=clean_env(), timeout=30)
         if check.returncode != 0:
             raise RuntimeError(f"exim -bV failed: {check.stdout}{check.stderr}")
-        self.proc = subprocess.Popen([str(EXIM), "-C", str(conf), "-bdf", "-oP", str(self.dir / "exim.pid")],
-                                     env=clean_env(), stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
-                                     start_new_session=True)
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
-                return self
-            except OSError:
-                time.sleep(0.1)
+        self.proc = spawn([str(EXIM), "-C", str(conf), "-bdf", "-oP", str(self.dir / "exim.pid")], clean_env())
+        if not wait_listening({self.port}, self.proc):
+            return self
         log = self.log()
         self.stop()
         raise RuntimeError(f"Exim did not start:\n{log[-3000:]}")
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(5)
+        stop_process(self.proc)
         self.kill_leftovers()
         shutil.rmtree(self.dir, ignore_errors=True)
 

@@ -42,6 +42,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import pytest
+
 from mailexpress.testing.certs import test_certificates
 
 ACCOUNTS = {
@@ -83,6 +85,98 @@ def free_port() -> int:
     port = s.getsockname()[1]
     s.close()
     return port
+
+
+def spawn(cmd: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
+    """A server in the foreground of a session of its own (stop_process ends
+    the whole group), its output discarded (each logs to its directory)."""
+    return subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+
+
+def wait_listening(ports: set[int], proc: subprocess.Popen[bytes] | None = None,
+                   seconds: float = 20) -> set[int]:
+    """Waits until every port accepts a connection on 127.0.0.1, at most
+    `seconds`, or until proc has exited; the ports still not listening."""
+    waiting = set(ports)
+    deadline = time.monotonic() + seconds
+    while waiting and time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            break
+        for port in list(waiting):
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                waiting.discard(port)
+            except OSError:
+                pass
+        if waiting:
+            time.sleep(0.1)
+    return waiting
+
+
+def stop_process(proc: subprocess.Popen[bytes] | None) -> None:
+    """SIGTERM to a spawned server's process group, SIGKILL after 10 s."""
+    if proc is None or proc.poll() is not None:
+        return
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        pass
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(5)
+
+
+def dovecot_conf(d: Path, mechanisms: str, passdbs: str, settings: str = "", penalty: bool = True) -> str:
+    """A dovecot.conf serving SASL authentication only, to Postfix over
+    d/dovecot/auth-postfix: no protocols, no TLS (Postfix holds it), users
+    from `passdbs` (passdb blocks), a static userdb.  `settings` go after
+    auth_mechanisms.  penalty=False switches off anvil's per-IP failure
+    penalty: every loopback client shares one IP, and after a few refusals
+    the penalty turns answers into 454 4.7.0 "Connection lost to
+    authentication server"."""
+    anvil = "" if penalty else "  unix_listener anvil-auth-penalty {\n    mode = 0\n  }\n"
+    return f"""\
+protocols =
+base_dir = {d}/dovecot/run
+state_dir = {d}/dovecot/state
+log_path = {d}/dovecot/dovecot.log
+ssl = no
+disable_plaintext_auth = no
+auth_mechanisms = {mechanisms}
+{settings}{passdbs}userdb {{
+  driver = static
+  args = uid=nobody gid=nogroup home=/nonexistent
+}}
+service auth {{
+  unix_listener {d}/dovecot/auth-postfix {{
+    mode = 0666
+  }}
+}}
+service anvil {{
+  chroot =
+{anvil}}}
+service stats {{
+  chroot =
+}}
+"""
+
+
+def serving(why: str | None, make):  # type: ignore[no-untyped-def]
+    """A fixture's body: skips when the peers cannot run here (why), else
+    starts make() for the fixture's scope and checks that stopping it left
+    no process behind."""
+    if why:
+        pytest.skip(f"interop suite cannot run here: {why}")
+    h = make().start()
+    try:
+        yield h
+    finally:
+        h.stop()
+        left = h.leftover_processes()
+        assert not left, f"processes left behind: {left}"
 
 
 @dataclass
@@ -244,34 +338,12 @@ postlog   unix-dgram n  -       n       -       1       postlogd
 """)
         users = "".join(f"{login}:{{PLAIN}}{pw}::::::\n" for login, (pw, _addr) in ACCOUNTS.items())
         users_file = self._write("dovecot/users", users, 0o644)
-        self._write("dovecot/dovecot.conf", f"""\
-protocols =
-base_dir = {d}/dovecot/run
-state_dir = {d}/dovecot/state
-log_path = {d}/dovecot/dovecot.log
-ssl = no
-disable_plaintext_auth = no
-auth_mechanisms = plain login
+        self._write("dovecot/dovecot.conf", dovecot_conf(d, "plain login", f"""\
 passdb {{
   driver = passwd-file
   args = scheme=PLAIN {users_file}
 }}
-userdb {{
-  driver = static
-  args = uid=nobody gid=nogroup home=/nonexistent
-}}
-service auth {{
-  unix_listener {d}/dovecot/auth-postfix {{
-    mode = 0666
-  }}
-}}
-service anvil {{
-  chroot =
-}}
-service stats {{
-  chroot =
-}}
-""")
+"""))
         (d / "dovecot" / "run").mkdir(exist_ok=True)
         (d / "dovecot" / "state").mkdir(exist_ok=True)
 
@@ -281,9 +353,7 @@ service stats {{
         self._configure()
         d = self.dir
         env = clean_env(MAIL_CONFIG=str(d / "postfix"))
-        self.procs.append(subprocess.Popen(["dovecot", "-F", "-c", str(d / "dovecot" / "dovecot.conf")], env=env,
-                                           stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
-                                           start_new_session=True))
+        self.procs.append(spawn(["dovecot", "-F", "-c", str(d / "dovecot" / "dovecot.conf")], env))
         (d / "spool").mkdir(mode=0o755)
         (d / "data").mkdir(mode=0o700)
         pf = pwd.getpwnam("postfix")
@@ -293,20 +363,8 @@ service stats {{
                                  capture_output=True, text=True, timeout=60)
             if run.returncode != 0:
                 raise RuntimeError(f"postfix {' '.join(step)} failed:\n{self.log()[-3000:]}")
-        self.procs.append(subprocess.Popen(["postfix", "-c", str(d / "postfix"), "start-fg"], env=env,
-                                           stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
-                                           start_new_session=True))
-        deadline = time.monotonic() + 30
-        waiting = set(self.ports.values())
-        while waiting and time.monotonic() < deadline:
-            for port in list(waiting):
-                try:
-                    socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                    waiting.discard(port)
-                except OSError:
-                    pass
-            if waiting:
-                time.sleep(0.1)
+        self.procs.append(spawn(["postfix", "-c", str(d / "postfix"), "start-fg"], env))
+        waiting = wait_listening(set(self.ports.values()), seconds=30)
         if waiting or not (d / "dovecot" / "auth-postfix").exists():
             log = self.log()
             self.stop()

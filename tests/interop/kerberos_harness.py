@@ -38,14 +38,11 @@ import pwd
 import re
 import shlex
 import shutil
-import signal
-import socket
 import subprocess
 import tempfile
-import time
 from pathlib import Path
 
-from harness import PostfixHarness, clean_env, free_port
+from harness import PostfixHarness, clean_env, dovecot_conf, free_port, spawn, stop_process, wait_listening
 
 REALM = "CORP.EXAMPLE"
 SERVICE_HOST = "mail.corp.example"          # the SPN is smtp/<this>; the TLS certificate names it too
@@ -158,18 +155,9 @@ class KerberosRealm:
 
     def start(self) -> KerberosRealm:
         self._configure()
-        self.proc = subprocess.Popen(["krb5kdc", "-n", "-P", str(self.dir / "kdc.pid")], env=self.env(),
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
-                                     start_new_session=True)
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                break
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
-                return self
-            except OSError:
-                time.sleep(0.1)
+        self.proc = spawn(["krb5kdc", "-n", "-P", str(self.dir / "kdc.pid")], self.env())
+        if not wait_listening({self.port}, self.proc):
+            return self
         log = self.log()
         self.stop()
         raise RuntimeError(f"the KDC did not start on 127.0.0.1:{self.port}:\n{log[-3000:]}")
@@ -202,16 +190,7 @@ class KerberosRealm:
         return [line for line in out.splitlines() if "pgrep" not in line]
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            try:
-                os.killpg(self.proc.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(5)
+        stop_process(self.proc)
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
@@ -258,14 +237,7 @@ exec {_which('ntlm_auth')} "$@" --configfile={smb_conf} --password={shlex.quote(
         # through winbind not at all (see the module docstring)
         users = self._write("dovecot/windows-users", f"alice@{REALM}::::::nopassword=y\n"
                                                        f"{bob}@{NTLM_DOMAIN}::::::nopassword=y\n")
-        self._write("dovecot/dovecot.conf", f"""\
-protocols =
-base_dir = {d}/dovecot/run
-state_dir = {d}/dovecot/state
-log_path = {d}/dovecot/dovecot.log
-ssl = no
-disable_plaintext_auth = no
-auth_mechanisms = gssapi ntlm
+        self._write("dovecot/dovecot.conf", dovecot_conf(d, "gssapi ntlm", f"""\
 auth_username_format = %u
 auth_gssapi_hostname = {SERVICE_HOST}
 auth_krb5_keytab = {self.realm.keytab}
@@ -275,32 +247,12 @@ auth_failure_delay = 0
 auth_verbose = yes
 auth_debug = yes
 import_environment = TZ KRB5_CONFIG={self.realm.krb5_conf} KRB5RCACHEDIR={d}/dovecot/rcache
+""", f"""\
 passdb {{
   driver = passwd-file
   args = {users}
 }}
-userdb {{
-  driver = static
-  args = uid=nobody gid=nogroup home=/nonexistent
-}}
-service auth {{
-  unix_listener {d}/dovecot/auth-postfix {{
-    mode = 0666
-  }}
-}}
-service anvil {{
-  chroot =
-  # no per-IP failure penalty: every loopback client shares one IP, and after a
-  # few refusals the penalty turns answers into 454 4.7.0 "Connection lost to
-  # authentication server"
-  unix_listener anvil-auth-penalty {{
-    mode = 0
-  }}
-}}
-service stats {{
-  chroot =
-}}
-""")
+""", penalty=False))
         rcache = d / "dovecot" / "rcache"
         rcache.mkdir(parents=True)
         os.chown(rcache, dovecot.pw_uid, dovecot.pw_gid)

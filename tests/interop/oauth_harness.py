@@ -40,21 +40,17 @@ import base64
 import json
 import re
 import ssl
-import threading
 import time
-import urllib.parse
 import uuid
-from collections import Counter
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
-from harness import PostfixHarness, free_port
+from harness import PostfixHarness, dovecot_conf, free_port
 
-from mailexpress.testing.certs import test_certificates
+from mailexpress.testing.token_endpoint import EntraTokenEndpoint
 
 TENANT = "3f0e2c6a-7a0b-4c1e-9d55-5b1f0e6a9c01"        # a tenant id, as Entra's are GUIDs
 EXCHANGE = "https://outlook.office365.com"              # the audience of Exchange's tokens
@@ -139,152 +135,24 @@ class Issuer:
         return token
 
 
-def _aad_error(code: int, error: str, text: str, status: int) -> tuple[int, dict[str, Any]]:
-    """An error body the way Entra's token endpoint writes one."""
-    return status, {"error": error, "error_description": f"AADSTS{code}: {text}\r\nTrace ID: {uuid.uuid4()}\r\n"
-                    f"Correlation ID: {uuid.uuid4()}\r\nTimestamp: {time.strftime('%Y-%m-%d %H:%M:%SZ', time.gmtime())}",
-                    "error_codes": [code], "timestamp": time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime()),
-                    "trace_id": str(uuid.uuid4()), "correlation_id": str(uuid.uuid4())}
-
-
-class TokenEndpoint:
-    """A local HTTPS identity provider for MSAL's client-credentials flow."""
+class TokenEndpoint(EntraTokenEndpoint):
+    """The package's Entra-shaped HTTPS token endpoint (what the emulator
+    serves, mailexpress/testing/token_endpoint.py) with the suite's apps and
+    its RS256 issuer, whose keys it publishes (JWKS) and whose JWTs Dovecot
+    checks.  The port is chosen before start: the issuer's ``iss`` and
+    Dovecot's configuration name it."""
 
     def __init__(self, apps: dict[str, App] | None = None, tenant: str = TENANT) -> None:
-        self.apps = {a.client_id: a for a in (apps or APPS).values()}
+        port = free_port()
+        self.issuer = Issuer(f"https://127.0.0.1:{port}", tenant)
+        self.registered = {a.client_id: a for a in (apps or APPS).values()}
+        super().__init__(tenant_id=tenant, apps={cid: a.secret for cid, a in self.registered.items()},
+                         issue=self._sign, issuer_url=self.issuer.iss, jwks=self.issuer.jwks, port=port)
         self.tenant = tenant
-        self.port = free_port()
-        self.base_url = f"https://127.0.0.1:{self.port}"
-        self.issuer = Issuer(self.base_url, tenant)
-        self.ca_file = test_certificates().ca_file
-        self.token_requests: Counter[str] = Counter()     # client id -> token requests answered with a token
-        self.refused: list[str] = []                      # AADSTS codes answered
-        self.discovery_requests = 0
-        self._lock = threading.Lock()
-        self._server: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
+        self.base_url = self.authority
 
-    @property
-    def authority(self) -> str:
-        """What oauth_authority (and MSAL's authority, with the tenant) is set to."""
-        return self.base_url
-
-    def openid_configuration(self) -> dict[str, Any]:
-        t = f"{self.base_url}/{self.tenant}"
-        return {
-            "issuer": self.issuer.iss, "token_endpoint": f"{t}/oauth2/v2.0/token",
-            "authorization_endpoint": f"{t}/oauth2/v2.0/authorize", "jwks_uri": f"{t}/discovery/v2.0/keys",
-            "token_endpoint_auth_methods_supported": ["client_secret_post", "private_key_jwt",
-                                                      "client_secret_basic"],
-            "response_types_supported": ["code", "id_token", "code id_token", "id_token token"],
-            "subject_types_supported": ["pairwise"], "id_token_signing_alg_values_supported": ["RS256"],
-            "scopes_supported": ["openid", "profile", "email", "offline_access"], "tenant_region_scope": "EU",
-        }
-
-    def _token(self, form: dict[str, str]) -> tuple[int, dict[str, Any]]:
-        if form.get("grant_type") != "client_credentials":
-            return _aad_error(70003, "unsupported_grant_type", "The app requested an unsupported grant type.", 400)
-        app = self.apps.get(form.get("client_id", ""))
-        if app is None:
-            return _aad_error(700016, "unauthorized_client",
-                              f"Application with identifier '{form.get('client_id')}' was not found in the "
-                              f"directory '{self.tenant}'.", 400)
-        if form.get("client_secret") != app.secret:
-            return _aad_error(7000215, "invalid_client", "Invalid client secret provided. Ensure the secret being "
-                              "sent in the request is the client secret value, not the client secret ID, for a "
-                              f"secret added to app '{app.client_id}'.", 401)
-        scopes = form.get("scope", "").split()
-        resource = next((s[: -len("/.default")] for s in scopes if s.endswith("/.default")), None)
-        if resource is None:
-            return _aad_error(1002012, "invalid_scope", f"The provided value for scope {form.get('scope')} is not "
-                              "valid. Client credential flows must have a scope value with /.default suffixed to "
-                              "the resource identifier (application ID URI).", 400)
-        with self._lock:
-            self.token_requests[app.client_id] += 1
-        return 200, {"token_type": "Bearer", "expires_in": 3599, "ext_expires_in": 3599,
-                     "access_token": self.issuer.token(app, audience=resource)}
-
-    def _handler(self) -> type[BaseHTTPRequestHandler]:
-        endpoint = self
-        prefix = f"/{self.tenant}"
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - quiet
-                pass
-
-            def _send(self, status: int, body: dict[str, Any]) -> None:
-                data = json.dumps(body).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json; charset=utf-8")
-                self.send_header("Content-Length", str(len(data)))
-                self.send_header("Cache-Control", "no-store, no-cache")
-                self.end_headers()
-                self.wfile.write(data)
-
-            def _tenant_ok(self) -> bool:
-                if self.path.startswith(prefix + "/"):
-                    return True
-                tenant = self.path.split("/")[1]
-                endpoint.refused.append("AADSTS90002")
-                self._send(*_aad_error(90002, "invalid_tenant", f"Tenant '{tenant}' not found. Check to make sure "
-                                       "you have the correct tenant ID and are signing into the correct cloud.",
-                                       400))
-                return False
-
-            def do_GET(self) -> None:  # noqa: N802 - http.server's naming
-                if not self._tenant_ok():
-                    return
-                path = self.path.split("?")[0]
-                if path == f"{prefix}/v2.0/.well-known/openid-configuration":
-                    with endpoint._lock:
-                        endpoint.discovery_requests += 1
-                    self._send(200, endpoint.openid_configuration())
-                elif path == f"{prefix}/discovery/v2.0/keys":
-                    self._send(200, endpoint.issuer.jwks())
-                else:
-                    self._send(404, {"error": "not_found"})
-
-            def do_POST(self) -> None:  # noqa: N802
-                length = int(self.headers.get("Content-Length") or 0)
-                body = self.rfile.read(length).decode()
-                if not self._tenant_ok():
-                    return
-                if self.path.split("?")[0] != f"{prefix}/oauth2/v2.0/token":
-                    self._send(404, {"error": "not_found"})
-                    return
-                form = dict(urllib.parse.parse_qsl(body))
-                status, answer = endpoint._token(form)
-                if status != 200:
-                    endpoint.refused.append(f"AADSTS{answer['error_codes'][0]}")
-                self._send(status, answer)
-
-        return Handler
-
-    def start(self) -> TokenEndpoint:
-        server = ThreadingHTTPServer(("127.0.0.1", self.port), self._handler())
-        server.daemon_threads = True
-        ctx = test_certificates().server_context("valid")
-        server.socket = ctx.wrap_socket(server.socket, server_side=True)
-        self._server = server
-        self._thread = threading.Thread(target=server.serve_forever, name="token-endpoint", daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
-        if self._thread is not None:
-            self._thread.join(10)
-
-    def reset_counts(self) -> None:
-        with self._lock:
-            self.token_requests.clear()
-            self.refused.clear()
-            self.discovery_requests = 0
+    def _sign(self, client_id: str, audience: str, _expires_in: int) -> str:
+        return self.issuer.token(self.registered[client_id], audience=audience)
 
 
 def sasl_blob(mechanism: str, user: str, token: str, port: int) -> str:
@@ -407,17 +275,11 @@ active_attribute = roles
 active_value = {SEND_AS_APP}
 openid_configuration_url = {self.endpoint.base_url}/{self.endpoint.tenant}/v2.0/.well-known/openid-configuration
 """)
-        self._write("dovecot/dovecot.conf", f"""\
-protocols =
-base_dir = {d}/dovecot/run
-state_dir = {d}/dovecot/state
-log_path = {d}/dovecot/dovecot.log
-ssl = no
-disable_plaintext_auth = no
-auth_mechanisms = login xoauth2 oauthbearer
+        self._write("dovecot/dovecot.conf", dovecot_conf(d, "login xoauth2 oauthbearer", """\
 auth_username_format = %Lu
 auth_failure_delay = 0
 auth_verbose = yes
+""", f"""\
 passdb {{
   driver = passwd-file
   mechanisms = login plain
@@ -428,25 +290,7 @@ passdb {{
   mechanisms = xoauth2 oauthbearer
   args = {oauth2}
 }}
-userdb {{
-  driver = static
-  args = uid=nobody gid=nogroup home=/nonexistent
-}}
-service auth {{
-  unix_listener {d}/dovecot/auth-postfix {{
-    mode = 0666
-  }}
-}}
-service anvil {{
-  chroot =
-  unix_listener anvil-auth-penalty {{
-    mode = 0
-  }}
-}}
-service stats {{
-  chroot =
-}}
-""")
+""", penalty=False))
 
     def start(self) -> OAuthHarness:
         self.endpoint.start()

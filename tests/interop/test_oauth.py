@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from harness import missing_requirements
+from harness import missing_requirements, serving
 from oauth_harness import (APPS, BAD_KINDS, BASIC_ACCOUNT, EXCHANGE_SCOPE, TENANT, App,
                            OAuthHarness, bad_tokens, msal_app, raw_auth, sasl_blob)
 from scenarios import collect_oauth, markdown
@@ -39,16 +39,8 @@ TIMEOUTS = {"connect": 5, "banner": 10, "ehlo": 10, "tls": 10, "auth": 20, "mail
 
 @pytest.fixture(scope="module")
 def oauth() -> Iterator[OAuthHarness]:
-    why = missing_requirements()
-    if why:
-        pytest.skip(f"interop suite cannot run here: {why}")
-    h = OAuthHarness().start()       # raises (the tests fail) if a server cannot start
-    try:
-        yield h
-    finally:
-        h.stop()
-        left = h.leftover_processes()
-        assert not left, f"processes left behind: {left}"
+    # start() raises (the tests fail) if a server cannot start
+    yield from serving(missing_requirements(), OAuthHarness)
 
 
 @pytest.fixture
@@ -149,14 +141,14 @@ def test_server_offers_oauth_only_after_tls(oauth):
 def test_real_msal_token_is_accepted_by_dovecot(oauth, mechanism):
     """Real MSAL gets the token from the local endpoint (discovery + token
     request); a second acquire comes from MSAL's cache; smtplib sends it by hand."""
-    before = oauth.endpoint.token_requests[MAILER.client_id]
+    before = oauth.endpoint.tokens_by_client[MAILER.client_id]
     app = msal_app(oauth.endpoint, MAILER)
     first = app.acquire_token_for_client(scopes=[EXCHANGE_SCOPE])
     second = app.acquire_token_for_client(scopes=[EXCHANGE_SCOPE])
     assert "access_token" in first, first.get("error_description")
     assert first["token_source"] == "identity_provider" and second["token_source"] == "cache"
     assert second["access_token"] == first["access_token"]
-    assert oauth.endpoint.token_requests[MAILER.client_id] == before + 1
+    assert oauth.endpoint.tokens_by_client[MAILER.client_id] == before + 1
     marker = f"raw-{mechanism}-{uuid.uuid4().hex[:8]}"
     r = raw_auth(oauth, "submission", mechanism, MAILER.mailbox, first["access_token"], message=message(marker))
     assert r.replies == [(235, "2.7.0 Authentication successful")]
@@ -358,7 +350,7 @@ def test_send_with_an_msal_token_from_the_config_is_delivered_byte_exact(oauth, 
         s.send(raw, envelope_from=MAILER.mailbox, recipients=["bob@partner.example"])
     assert auth_lines == [f"AUTH {mechanism} <token redacted>"]
     delivered_copy(oauth, marker, raw + b"\r\n")
-    assert oauth.endpoint.token_requests[MAILER.client_id] >= 1
+    assert oauth.endpoint.tokens_by_client[MAILER.client_id] >= 1
 
 
 def test_send_as_with_the_config_token(oauth, secret):
@@ -440,7 +432,7 @@ def test_one_token_request_over_several_connections(oauth, secret, monkeypatch):
         delivered_copy(oauth, m, message(m, app.mailbox) + b"\r\n")
     for m in bulk:
         oauth.wait_for(m.encode())
-    assert dict(oauth.endpoint.token_requests) == {app.client_id: 1}
+    assert dict(oauth.endpoint.tokens_by_client) == {app.client_id: 1}
     assert oauth.endpoint.discovery_requests <= 1
 
 

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from harness import clean_env
+from harness import clean_env, serving
 from kerberos_harness import (KERBEROS_USERS, NTLM_DOMAIN, NTLM_USER, REALM, SERVICE_HOST, KerberosRealm,
                               WindowsAuthHarness, missing_requirements)
 
@@ -40,24 +40,12 @@ def _requirements() -> None:
 @pytest.fixture(scope="module")
 def realm() -> Iterator[KerberosRealm]:
     _requirements()
-    r = KerberosRealm().start()
-    try:
-        yield r
-    finally:
-        r.stop()
-        left = r.leftover_processes()
-        assert not left, f"processes left behind: {left}"
+    yield from serving(None, KerberosRealm)
 
 
 @pytest.fixture(scope="module")
 def winauth(realm: KerberosRealm) -> Iterator[WindowsAuthHarness]:
-    h = WindowsAuthHarness(realm).start()
-    try:
-        yield h
-    finally:
-        h.stop()
-        left = h.leftover_processes()
-        assert not left, f"processes left behind: {left}"
+    yield from serving(None, lambda: WindowsAuthHarness(realm))
 
 
 @pytest.fixture
