@@ -221,6 +221,16 @@ _UPSERT = ("INSERT INTO messages (key, state, attempts, outcome, updated, run, s
            "sent_at=excluded.sent_at, rcpts=excluded.rcpts")
 
 
+_BATCHES_PER_TRANSACTION = 50    # what waits is written together (a busy machine: one commit)
+_ROWS_PER_STATEMENT = 400        # 7 values each: within SQLite's 32,766 parameters
+
+
+@functools.lru_cache(maxsize=16)
+def _upsert_sql(rows: int) -> str:
+    values = ", ".join(["(?, ?, 1, ?, ?, ?, ?, ?)"] * rows)
+    return _UPSERT.replace("VALUES (?, ?, 1, ?, ?, ?, ?, ?)", f"VALUES {values}")
+
+
 def _recipients(kept: Any) -> int:
     """Envelope recipients of a kept outcome (0 for an error: not counted)."""
     if type(kept) is tuple:
@@ -431,21 +441,29 @@ class Journal:
         `record_state_json`), and closes the batch's ``wire`` row, in one
         transaction committed before this returns.  A key of the batch
         without an outcome here becomes a ``wire`` row (fate unknown)."""
+        self._finish([(batch, rows, self.run if run is None else run)])
+
+    def _finish(self, jobs: Sequence[tuple[int | None, Iterable[tuple[str, Any, int]], int]]) -> None:
+        """`finish` for several batches in one transaction."""
         now = time.time()
-        run = self.run if run is None else run
         out: list[tuple[str, str, str | None, float, int, float | None, int]] = []
-        for key, kept, n in rows:
-            state, text = record_state_json(kept)
-            out.append((key, state, text, now, run, now if state in COUNTED_STATES else None, n))
-        with self._tx():
+        closed: list[int] = []
+        for batch, rows, run in jobs:
+            first = len(out)
+            for key, kept, n in rows:
+                state, text = record_state_json(kept)
+                out.append((key, state, text, now, run, now if state in COUNTED_STATES else None, n))
             if batch is not None:
+                closed.append(batch)
                 wire = self._open.get(batch)
-                if wire is not None and len(wire[0]) > len(out):
-                    done = {r[0] for r in out}
+                if wire is not None and len(wire[0]) > len(out) - first:
+                    done = {r[0] for r in out[first:]}
                     out += [(k, "wire", None, now, run, now, n) for k, n in zip(*wire) if k not in done]
-                self._db.execute("DELETE FROM batches WHERE id=?", (batch,))
-            self._db.executemany(_UPSERT, out)
-            if batch is not None:
+        with self._tx():
+            if closed:
+                self._db.execute(f"DELETE FROM batches WHERE id IN ({','.join('?' * len(closed))})", closed)
+            self._upsert(out)
+            for batch in closed:
                 self._open.pop(batch, None)
 
     def finish_later(self, batch: int | None, rows: list[tuple[str, Any, int]]) -> None:
@@ -481,12 +499,18 @@ class Journal:
             with self._later_cv:
                 while not self._later:
                     self._later_cv.wait()
-                job = self._later.popleft()
-                if job is None:
+                jobs = []
+                while self._later and self._later[0] is not None:
+                    job = self._later.popleft()
+                    assert job is not None
+                    jobs.append(job)
+                if not jobs:        # the end (close)
                     return
                 self._busy = True
             try:
-                self.finish(*job)
+                self._finish(jobs[:_BATCHES_PER_TRANSACTION])
+                with self._later_cv:        # the rest back at the head, in order
+                    self._later.extendleft(reversed(jobs[_BATCHES_PER_TRANSACTION:]))
             except BaseException as exc:    # noqa: BLE001 - handed to the caller's thread
                 with self._later_cv:
                     self._failed = exc
@@ -494,6 +518,15 @@ class Journal:
                 with self._later_cv:
                     self._busy = False
                     self._later_cv.notify_all()
+
+    def _upsert(self, rows: Sequence[tuple[Any, ...]]) -> None:
+        """`_UPSERT` for many rows, as few statements as possible: one SQLite
+        step (and one release of the GIL) per 400 rows instead of one a row,
+        which costs little alone but much when the run's other threads
+        wait for the GIL at each release."""
+        for start in range(0, len(rows), _ROWS_PER_STATEMENT):
+            chunk = rows[start:start + _ROWS_PER_STATEMENT]
+            self._db.execute(_upsert_sql(len(chunk)), [v for row in chunk for v in row])
 
     def record(self, pairs: Iterable[tuple[str, SendResult | Error]], batch: int | None = None) -> None:
         """Records final (or unknown / not sent) outcomes, closing ``batch``
