@@ -22,6 +22,7 @@ from .errors import (
     ConnectError,
     ConnectionLost,
     DataRefused,
+    DuplicateMessage,
     Error,
     InputError,
     InsecureAuthError,
@@ -49,7 +50,7 @@ OPENSSL_VERSION: str = _core.OPENSSL_VERSION
 
 __all__ = [
     "AuthError", "CertificateError", "ConcurrentUseError", "Config", "ConfigError",
-    "ConnectError", "ConnectionLost", "DataRefused", "Error", "InputError",
+    "ConnectError", "ConnectionLost", "DataRefused", "DuplicateMessage", "Error", "InputError",
     "InsecureAuthError", "NotSupportedError", "ProtocolError", "RecipientsRefused",
     "RefusedError", "Reply", "Secret", "SendResult", "SenderRefused", "ServiceUnavailable",
     "Session", "Stage", "StateError", "TLSError", "TimeoutError", "connect", "load_config",

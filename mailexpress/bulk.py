@@ -37,11 +37,12 @@ from typing import TYPE_CHECKING, Any, cast
 from .batches import Kept, ProgressArg, Reporter, Shared, maybe_resent, not_sent, send_prepared
 from .client import connect
 from .compose import Prepared, envelope, prepare_item
-from .errors import Error, InputError, StateError
-from .journal import Journal, message_key
+from .errors import DuplicateMessage, Error, InputError, StateError
+from .journal import DAY, Journal, message_key
 from .limits import Limits, Pacer
 from .reply import Stage
 from .results import BulkResult, Progress
+from .seen import SeenKeys
 from .template import Template
 from .throttle import Backoff, Pushback, classify
 
@@ -143,6 +144,20 @@ def send_many(config: Config, messages: Iterable[Mapping[str, Any] | EmailMessag
             jr.close()
 
 
+def duplicate(key: str, index: int, first: int) -> DuplicateMessage:
+    """The outcome of a message whose key an earlier message of the input had."""
+    if key.startswith("sha256:"):
+        what = (f"message #{index} is identical to message #{first} (neither has an id, and the "
+                "journal keys such a message by its content)")
+    else:
+        what = f"message #{index} has the same id {key!r} as message #{first}"
+    err = DuplicateMessage(f"{what}: it was not sent, and #{first}'s outcome was not taken for it; "
+                           "give every message a unique id", key=key, index=index, first=first)
+    err.delivered = False
+    err.retry_safe = False
+    return err
+
+
 class _Run:
     """One call of send_many."""
 
@@ -166,6 +181,13 @@ class _Run:
         self.failures = 0                      # reconnects used up by session failures
         self.backoff = backoff
         self.journal = journal
+        self.seen = SeenKeys()                 # keys read so far (duplicates)
+        self.taking: list[Entry] = []
+        self.journal_was_empty = False
+        self.day_before = 0                    # recipients_per_day: earlier runs' in the window
+        if journal is not None:
+            journal.start_run()
+            self.journal_was_empty = journal.empty()
         self.resend_unknown = resend_unknown
         self.reporter = Reporter(progress, self.total)
         self.outcomes: list[Kept | None] = []
@@ -175,6 +197,9 @@ class _Run:
         self.finished = False                  # the run ends: the rest is not sent
         self.stop: tuple[type[Error], str] | None = None   # end after what is in flight
         self.recipients = 0                    # recipients handed to the server in this run
+        if journal is not None and self.limits.recipients_per_day is not None:
+            # and in the last 24 hours of earlier runs: Exchange Online's window rolls
+            self.day_before = self.recipients = journal.recipients_since(time.time() - DAY)
         self.accepted_total = 0
         self.closed_after: list[int] = []      # the server's per-connection limit, as seen
         self.throttled: list[str] = []         # rate / concurrency replies seen
@@ -190,6 +215,7 @@ class _Run:
     def _take(self, room: int | None = None) -> list[Entry]:
         want = self.batch_size if room is None else min(self.batch_size, room)
         batch: list[Entry] = []
+        self.taking = batch                 # in flight too (`_seen_before`)
         while self.carry and len(batch) < want:
             batch.append(self.carry.popleft())
         while not self.exhausted and len(batch) < want:
@@ -206,13 +232,39 @@ class _Run:
         return batch
 
     def _journaled(self, fresh: list[Entry]) -> list[Entry]:
-        """Entries the journal says must go (again); the others get the
-        outcome it recorded."""
-        if self.journal is None or not fresh:
+        """Entries to send: a message whose key (its ``id``; with a journal,
+        or a hash of it) an earlier message of the input had is a
+        `DuplicateMessage`; with a journal, a message it has recorded as
+        finished gets the outcome it recorded."""
+        if not fresh:
             return fresh
-        for e in fresh:
-            e[4] = message_key(e[1])
-        rows = self.journal.lookup([e[4] for e in fresh])
+        jr = self.journal
+        keyed: list[Entry] = []
+        if jr is not None:
+            for e in fresh:
+                e[4] = message_key(e[1])
+            keyed = fresh
+        else:       # without a journal only ids are keys (a hash would cost time and mean nothing)
+            for e in fresh:
+                item = e[1]
+                if isinstance(item, Mapping) and (ident := item.get("id")) is not None:
+                    e[4] = str(ident)
+                    keyed.append(e)
+        if keyed:
+            hits = self.seen.add_many([e[4] for e in keyed], [e[0] for e in keyed])
+            if hits:
+                dups: list[tuple[Entry, Kept]] = []
+                for pos, first in hits:
+                    e = keyed[pos]
+                    if self._seen_before(e[4], first, fresh):
+                        dups.append((e, duplicate(e[4], e[0], first)))
+                if dups:
+                    self._final(dups)
+                    gone = {id(e) for e, _k in dups}
+                    fresh = [e for e in fresh if id(e) not in gone]
+        if jr is None or not fresh:
+            return fresh
+        rows = jr.lookup([e[4] for e in fresh]) if not self.journal_was_empty else {}
         go: list[Entry] = []
         done: list[tuple[Entry, Kept]] = []
         for e in fresh:
@@ -223,8 +275,23 @@ class _Run:
             else:
                 # a SendResult stands for its record: BulkResult and the reporter take either
                 done.append((e, cast(Kept, row.outcome())))
+        if done:
+            jr.take([e[4] for e, _k in done])      # this run's now (the check for duplicates)
         self._final(done)
         return go
+
+    def _seen_before(self, key: str, first: int, earlier: list[Entry]) -> bool:
+        """Whether the message at ``first``, whose key had the same hash, had
+        ``key``: exact while it is in flight or with a journal; otherwise the
+        hash decides (see `seen`)."""
+        lanes = [e for lane in self.lanes for e in
+                 (lane.built + (lane.inflight[1] if lane.inflight is not None else []))]
+        for e in (*earlier, *self.taking, *self.carry, *lanes):
+            if e[0] == first:
+                return bool(e[4] == key)
+        if self.journal is not None:
+            return self.journal.written_in_run(key)
+        return True
 
     def _prepare(self, item: Any, caps: tuple[bool, bool]) -> Prepared:
         eight_bit, utf8 = caps
@@ -294,16 +361,25 @@ class _Run:
         if self.pacer is not None and not self.pacer.wait(1):
             return [not_sent(StateError, "the run was interrupted before this message went out")
                     for _ in batch]
-        keys = [e[4] for e in batch if e[4] is not None and not isinstance(e[2], Error)]
-        if self.journal is not None and keys:
-            self.journal.mark_wire(keys)
+        jr = self.journal
+        batch_id = None
+        if jr is not None:
+            # a message that could not be built never goes on the wire: not journaled
+            mine = [e for e in batch if e[4] is not None and not isinstance(e[2], Error)]
+            if mine:    # one row for the batch, committed before it is written
+                batch_id = jr.mark_wire([e[4] for e in mine], [len(e[2][1]) for e in mine])
         got = send_prepared(session, [e[2] for e in batch], self.stop_on_error, self.shared)
+        for _ in batch[len(got):]:      # with stop_on_error a batch ends at its first failure
+            got.append(not_sent(StateError, "an earlier message failed and stop_on_error is set"))
         for k in got:
             if isinstance(k, Error) and k.reply is not None and classify(k.reply, k.stage) is Pushback.QUOTA:
                 # not delivered for the day's quota, not for what it is: it may go another day
                 k.retry_safe = True
-        if self.journal is not None and keys:
-            self.journal.record_kept([(e[4], k) for e, k in zip(batch, got) if e[4] is not None])
+        if jr is not None and batch_id is not None:
+            # the outcomes replace the batch's row: one transaction, in the journal's
+            # thread (a kill before it leaves the batch unknown, never sent twice)
+            jr.finish_later(batch_id, [(e[4], k, len(e[2][1])) for e, k in zip(batch, got)
+                                       if e[4] is not None and not isinstance(e[2], Error)])
         return got
 
     @staticmethod
@@ -317,7 +393,10 @@ class _Run:
     def go(self) -> BulkResult:
         started = time.monotonic()
         try:
-            self._loop()
+            if not self._day_used_up():
+                self._loop()
+            if self.journal is not None:
+                self.journal.flush()        # every outcome recorded when send_many returns
         except BaseException as exc:
             self._rescue(exc)
             result = self._result(started)
@@ -525,11 +604,30 @@ class _Run:
             n = 0 if isinstance(e[2], Error) else len(e[2][1])
             if self.recipients + n > most:
                 self.carry.extendleft(reversed(batch[k:]))
-                self.stop = (StateError, f"limits.recipients_per_day ({most}) would be exceeded; "
-                                         "send the rest tomorrow (a journal makes that a rerun)")
+                self.stop = (StateError, self._day_why(most))
                 return batch[:k]
             self.recipients += n
         return batch
+
+    def _day_why(self, most: int) -> str:
+        why = f"limits.recipients_per_day ({most}) would be exceeded"
+        if self.journal is not None:
+            why += (f": {self.day_before} recipient(s) in the 24 hours before this run (per the "
+                     f"journal), {self.recipients - self.day_before} in this run")
+            oldest = self.journal.oldest_since(time.time() - DAY) if self.day_before else None
+            if oldest is not None:
+                when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(oldest + DAY))
+                why += f"; the oldest of them leave the 24-hour window at {when}"
+            return why + "; run again later with the same journal to send the rest"
+        return why + " (counted in this run: give a journal to count earlier runs); send the rest later"
+
+    def _day_used_up(self) -> bool:
+        """Ends the run before it starts when earlier runs used up the day."""
+        most = self.limits.recipients_per_day
+        if most is None or self.recipients < most:
+            return False
+        self._end(StateError, self._day_why(most), [])
+        return True
 
     def _after(self, lane: _Lane, got: list[Kept], sent: list[Entry]) -> bool:
         """Takes a finished batch's outcomes; False when this session is done."""

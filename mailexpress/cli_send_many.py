@@ -6,7 +6,8 @@
 The CSV columns (header row) and the JSONL fields are `send_as`'s keywords:
 ``to``, ``cc``, ``bcc`` (several addresses separated by ``,`` or ``;`` in CSV,
 a list or a string in JSONL), ``subject``, ``body``, ``html``, ``reply_to``,
-``sender``, ``id`` (the message's key in the journal) and ``attachments``
+``sender``, ``id`` (the message's key in the journal: unique, a line
+repeating an earlier line's id is reported and not sent) and ``attachments``
 (file paths, separated by ``;`` in CSV).  The file is read as it is sent.
 
 Exit codes as ``send``: 0 every message sent to every recipient, 1 something
@@ -22,12 +23,13 @@ import json
 import os
 import sys
 import time
+from array import array
 from collections.abc import Callable, Iterator
 from typing import Any, TextIO
 
 from .bulk import send_many
 from .config import Config
-from .errors import Error
+from .errors import DuplicateMessage, Error
 from .results import BulkResult, Progress
 
 __all__ = ["register"]
@@ -63,8 +65,9 @@ def _message(row: dict[str, Any], where: str) -> dict[str, Any]:
     return out
 
 
-def read_messages(path: str) -> Iterator[dict[str, Any]]:
-    """The messages of a .csv or .jsonl file, one at a time."""
+def read_messages(path: str, lines: array[int] | None = None) -> Iterator[dict[str, Any]]:
+    """The messages of a .csv or .jsonl file, one at a time (``lines``, when
+    given, gets the line number of each)."""
     if path.endswith(".jsonl") or path.endswith(".ndjson"):
         with open(path, encoding="utf-8") as f:
             for n, line in enumerate(f, 1):
@@ -76,7 +79,10 @@ def read_messages(path: str) -> Iterator[dict[str, Any]]:
                     raise InputFileError(f"{path} line {n}: not JSON ({exc})") from None
                 if not isinstance(row, dict):
                     raise InputFileError(f"{path} line {n}: expected an object of send_as fields")
-                yield _message(row, f"{path} line {n}")
+                message = _message(row, f"{path} line {n}")
+                if lines is not None:
+                    lines.append(n)
+                yield message
         return
     with open(path, encoding="utf-8", newline="") as f:
         reader = csv.DictReader(f)
@@ -86,7 +92,10 @@ def read_messages(path: str) -> Iterator[dict[str, Any]]:
             raise InputFileError(f"{path}: unknown column(s) {unknown}; the columns are "
                                  f"{', '.join(COLUMNS)}")
         for row in reader:
-            yield _message(dict(row), f"{path} line {reader.line_num}")
+            message = _message(dict(row), f"{path} line {reader.line_num}")
+            if lines is not None:
+                lines.append(reader.line_num)
+            yield message
 
 
 def _count(path: str) -> int | None:
@@ -127,11 +136,30 @@ class _Bar:
         self.stream.flush()
 
 
-def _report(result: BulkResult, as_json: bool) -> int:
+def _duplicates(result: BulkResult, lines: array[int]) -> list[dict[str, Any]]:
+    """The messages not sent because an earlier one had their id, with lines."""
+    out = []
+    for index, err in result.failed:
+        if isinstance(err, DuplicateMessage):
+            out.append({"index": index, "line": lines[index] if index < len(lines) else None,
+                        "id": err.key, "first_index": err.first,
+                        "first_line": lines[err.first] if 0 <= err.first < len(lines) else None})
+    return out
+
+
+def _report(result: BulkResult, as_json: bool, lines: array[int]) -> int:
+    dups = _duplicates(result, lines)
     if as_json:
-        print(json.dumps(result.to_dict(), indent=2))
+        doc = result.to_dict()
+        doc["duplicates"] = dups
+        print(json.dumps(doc, indent=2))
     else:
         print(result)
+        if dups:
+            print(f"{len(dups)} message(s) not sent: an earlier line has the same id (give every "
+                  "message a unique id): " + ", ".join(
+                      f"line {d['line']} (id {d['id']!r}, as line {d['first_line']})" for d in dups[:20])
+                  + (", ..." if len(dups) > 20 else ""))
         unknown = result.unknown
         if unknown:
             print(f"{len(unknown)} message(s) with an unknown outcome (may have been delivered): "
@@ -155,8 +183,9 @@ def _cmd_send_many(args: argparse.Namespace,
         kwargs["limits"] = args.limits
     if args.connections is not None:
         kwargs["connections"] = args.connections
+    lines: array[int] = array("I")      # the line of each message, 4 bytes each
     try:
-        result = send_many(cfg, read_messages(args.messages), sender=args.sender,
+        result = send_many(cfg, read_messages(args.messages, lines), sender=args.sender,
                            progress=bar, journal=args.journal, **kwargs)
     except KeyboardInterrupt as exc:
         if bar is not None:
@@ -164,7 +193,7 @@ def _cmd_send_many(args: argparse.Namespace,
         partial = getattr(exc, "result", None)
         print("mailexpress send-many: interrupted", file=sys.stderr)
         if partial is not None:
-            _report(partial, args.json)
+            _report(partial, args.json, lines)
         return 130
     except (Error, InputFileError, OSError) as exc:
         if bar is not None:
@@ -172,11 +201,11 @@ def _cmd_send_many(args: argparse.Namespace,
         print(f"mailexpress send-many: {exc.__class__.__name__}: {exc}", file=sys.stderr)
         partial = getattr(exc, "result", None)
         if partial is not None:
-            _report(partial, args.json)
+            _report(partial, args.json, lines)
         return 2
     if bar is not None:
         bar.close()
-    return _report(result, args.json)
+    return _report(result, args.json, lines)
 
 
 def register(sub: Any, add_config_flags: Callable[[argparse.ArgumentParser], None],

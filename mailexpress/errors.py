@@ -30,7 +30,7 @@ __all__ = [
     "ServiceUnavailable", "TimeoutError", "TLSError", "CertificateError",
     "RefusedError", "AuthError", "InsecureAuthError", "SenderRefused",
     "RecipientsRefused", "DataRefused", "ProtocolError", "NotSupportedError",
-    "StateError", "ConcurrentUseError",
+    "StateError", "ConcurrentUseError", "DuplicateMessage",
 ]
 
 
@@ -121,6 +121,17 @@ class ConfigError(Error, ValueError):
 
 class InputError(Error, ValueError):
     """An argument cannot be sent (CR/LF/NUL, too long, ...); nothing was sent."""
+
+
+class DuplicateMessage(InputError):
+    """A bulk run's message has the key of an earlier one in the same input
+    (the same ``id``, or, without ids and with a journal, the same content):
+    it was not sent.  ``key`` is the key, ``index`` this message's position
+    in the input and ``first`` the earlier one's (both from 0)."""
+
+    key: str = ""
+    index: int = -1
+    first: int = -1
 
 
 class ConnectError(Error):

@@ -1,11 +1,14 @@
-"""A journal of a bulk run that survives a crash: one SQLite row per message.
+"""A journal of a bulk run that survives a crash: SQLite, one row per message.
 
 Each message is keyed by the caller's ``id`` (or a hash of the message) and
 moves through states recorded around the wire:
 
-``wire``      recorded (and committed) *before* its batch is written; a row
-              left in this state by a killed run is a message whose fate is
-              unknown: it may have been delivered.
+``wire``      about to be written: a batch's keys are recorded (and committed)
+              in one ``batches`` row *before* the batch is written, and that
+              row is replaced by the messages' final rows (one transaction)
+              when its outcomes are known.  A batch row left by a killed run
+              becomes ``wire`` rows when the journal is next opened: messages
+              whose fate is unknown (they may have been delivered).
 ``sent``      the server accepted it (some recipients may have been refused).
 ``refused``   the server refused it: certainly not delivered.
 ``not_sent``  it never went out (a session failure before it, a quota).
@@ -16,10 +19,20 @@ yet sent: ``not_sent`` rows and new keys.  ``wire`` and ``unknown`` rows are
 not sent again unless the caller says so (``resend_unknown``).  A finished
 row comes back as the outcome it had.
 
+Sent and unknown rows keep when they went out and their envelope recipients
+(``sent_at``, ``rcpts``, indexed), so that a run counts the recipients of the
+last 24 hours across runs (`recipients_since`, for ``recipients_per_day``).
+Each row also keeps the run that wrote it (``run``), which makes the check
+for a key given twice in one run exact (`written_in_run`).
+
 WAL mode with ``synchronous=NORMAL``: a committed transaction survives the
-process being killed (it is in the operating system's hands once committed);
-only a power loss can take the last transactions back.  Two transactions per
-batch keep the cost per message small.
+process being killed (SIGKILL included: it is in the operating system's
+hands once committed), which is what the kill-and-resume test checks.  An
+operating-system crash or a power loss can take the last transactions back
+(SQLite syncs the WAL at checkpoints, not at each commit): then the record
+that the last batches went on the wire may be lost, and a rerun could send
+those messages again.  ``Journal(path, sync="full")`` syncs every commit and
+closes that gap, at a cost per batch.  Two transactions per batch keep the cost per message small.
 """
 from __future__ import annotations
 
@@ -30,6 +43,7 @@ import json
 import sqlite3
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from email.message import EmailMessage
@@ -44,8 +58,12 @@ if TYPE_CHECKING:
 
 __all__ = ["Journal", "JournalRow", "message_key"]
 
-SCHEMA_VERSION = "1"
+SCHEMA_VERSION = "2"
 FINAL_STATES = frozenset({"sent", "refused"})
+#: States whose recipients count against recipients_per_day (unknown: may have been delivered).
+COUNTED_STATES = frozenset({"sent", "unknown", "wire"})
+#: The rolling window of recipients_per_day (Exchange Online counts 24 hours back).
+DAY = 24 * 3600.0
 
 
 def message_key(item: Any) -> str:
@@ -196,44 +214,129 @@ def record_state_json(kept: Any) -> tuple[str, str]:
         "reply": _reply_json(reply), "elapsed_ms": elapsed_ms})
 
 
+_UPSERT = ("INSERT INTO messages (key, state, attempts, outcome, updated, run, sent_at, rcpts) "
+           "VALUES (?, ?, 1, ?, ?, ?, ?, ?) "
+           "ON CONFLICT(key) DO UPDATE SET state=excluded.state, attempts=attempts+1, "
+           "outcome=excluded.outcome, updated=excluded.updated, run=excluded.run, "
+           "sent_at=excluded.sent_at, rcpts=excluded.rcpts")
+
+
+_BATCHES_PER_TRANSACTION = 50    # what waits is written together (a busy machine: one commit)
+_ROWS_PER_STATEMENT = 400        # 7 values each: within SQLite's 32,766 parameters
+
+
+@functools.lru_cache(maxsize=16)
+def _upsert_sql(rows: int) -> str:
+    values = ", ".join(["(?, ?, 1, ?, ?, ?, ?, ?)"] * rows)
+    return _UPSERT.replace("VALUES (?, ?, 1, ?, ?, ?, ?, ?)", f"VALUES {values}")
+
+
+def _recipients(kept: Any) -> int:
+    """Envelope recipients of a kept outcome (0 for an error: not counted)."""
+    if type(kept) is tuple:
+        return 1 if isinstance(kept[1], str) else len(kept[1])
+    if isinstance(kept, Error):
+        return 0
+    return len(kept.accepted) + len(kept.refused)
+
+
 class Journal:
     """The SQLite journal of bulk runs (``path`` is created when missing).
+
+    ``sync="normal"`` (the default) survives the process being killed at
+    any point; ``sync="full"`` also an operating-system crash or a power
+    loss (SQLite then syncs each commit to disk, a cost per batch).
 
     Thread-safe: one connection guarded by a lock (a run's sessions record
     through one journal).
     """
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, *, sync: str = "normal") -> None:
         self.path = str(path)
+        if sync not in ("normal", "full"):
+            raise ConfigError(f"journal sync must be 'normal' or 'full', not {sync!r}",
+                              key="journal.sync", value=sync)
+        self.run = 0                                # the run recording now (start_run)
+        self._open: dict[int, tuple[list[str], list[int]]] = {}   # batches of ours on the wire
         try:
             self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
             self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.executescript("""
-                CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-                CREATE TABLE IF NOT EXISTS messages (
-                    key      TEXT PRIMARY KEY,
-                    state    TEXT NOT NULL,
-                    attempts INTEGER NOT NULL DEFAULT 0,
-                    outcome  TEXT,
-                    updated  REAL NOT NULL
-                ) WITHOUT ROWID;
-            """)
-            row = self._db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
-            if row is None:
-                self._db.execute("INSERT INTO meta VALUES ('schema', ?)", (SCHEMA_VERSION,))
-            elif row[0] != SCHEMA_VERSION:
-                raise ConfigError(f"journal {self.path}: schema version {row[0]}, this mailexpress "
-                                  f"writes {SCHEMA_VERSION}; use a new journal file", key="journal",
-                                  value=self.path)
+            self._db.execute(f"PRAGMA synchronous={sync.upper()}")
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._setup()
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
         except sqlite3.DatabaseError as exc:
             raise ConfigError(f"journal {self.path} cannot be used: {exc}; give a new file or a "
                               "journal written by mailexpress", key="journal", value=self.path) from None
         self._lock = threading.Lock()
+        # outcomes to record off the wire thread's path (`finish_later`), in order
+        self._later: deque[tuple[int | None, list[tuple[str, Any, int]], int] | None] = deque()
+        self._later_cv = threading.Condition()
+        self._writer: threading.Thread | None = None
+        self._busy = False
+        self._failed: BaseException | None = None
+
+    def _setup(self) -> None:
+        db = self._db
+        db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+        row = db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
+        if row is None:
+            # a rowid table with a unique key: cheaper to fill than WITHOUT ROWID
+            # for rows of this size (version 1 journals keep theirs)
+            db.execute("""CREATE TABLE IF NOT EXISTS messages (
+                key      TEXT NOT NULL UNIQUE,
+                state    TEXT NOT NULL,
+                attempts INTEGER NOT NULL DEFAULT 0,
+                outcome  TEXT,
+                updated  REAL NOT NULL,
+                run      INTEGER,
+                sent_at  REAL,
+                rcpts    INTEGER
+            )""")
+            db.execute("INSERT INTO meta VALUES ('schema', ?)", (SCHEMA_VERSION,))
+        elif row[0] == "1":
+            # version 1 had no run, sent time or recipients: its rows do not count for the day
+            for column in ("run INTEGER", "sent_at REAL", "rcpts INTEGER"):
+                db.execute(f"ALTER TABLE messages ADD COLUMN {column}")
+            db.execute("UPDATE meta SET value=? WHERE key='schema'", (SCHEMA_VERSION,))
+        elif row[0] != SCHEMA_VERSION:
+            raise ConfigError(f"journal {self.path}: schema version {row[0]}, this mailexpress "
+                              f"writes {SCHEMA_VERSION}; use a new journal file", key="journal",
+                              value=self.path)
+        db.execute("CREATE INDEX IF NOT EXISTS messages_sent_at ON messages (sent_at) "
+                   "WHERE sent_at IS NOT NULL")
+        db.execute("""CREATE TABLE IF NOT EXISTS batches (
+            id      INTEGER PRIMARY KEY,
+            run     INTEGER NOT NULL,
+            started REAL NOT NULL,
+            keys    TEXT NOT NULL,
+            rcpts   TEXT NOT NULL
+        )""")
+        # batches a killed run left on the wire: their messages' fate is unknown
+        for run, started, keys, rcpts in db.execute(
+                "SELECT run, started, keys, rcpts FROM batches ORDER BY id").fetchall():
+            counts = json.loads(rcpts)
+            db.executemany(_UPSERT, ((k, "wire", None, started, run, started, n)
+                                     for k, n in zip(json.loads(keys), counts)))
+        db.execute("DELETE FROM batches")
 
     def close(self) -> None:
-        with self._lock:
-            self._db.close()
+        """Records what `finish_later` was given, then closes the file."""
+        try:
+            self.flush()
+        finally:
+            with self._later_cv:
+                if self._writer is not None:
+                    self._later.append(None)
+                    self._later_cv.notify_all()
+            if self._writer is not None:
+                self._writer.join()
+            with self._lock:
+                self._db.close()
 
     def __enter__(self) -> Journal:
         return self
@@ -254,8 +357,26 @@ class Journal:
                 raise
             self._db.execute("COMMIT")
 
+    def start_run(self) -> int:
+        """Numbers a new run (the rows it writes carry the number)."""
+        self.flush()
+        with self._tx():
+            row = self._db.execute("SELECT value FROM meta WHERE key='runs'").fetchone()
+            self.run = int(row[0]) + 1 if row else 1
+            self._db.execute("INSERT INTO meta VALUES ('runs', ?) ON CONFLICT(key) DO UPDATE "
+                             "SET value=excluded.value", (str(self.run),))
+        return self.run
+
+    def _on_wire(self) -> dict[str, int]:
+        """Keys of our batches on the wire, with their recipients."""
+        out: dict[str, int] = {}
+        for keys, counts in list(self._open.values()):
+            out.update(zip(keys, counts))
+        return out
+
     def lookup(self, keys: Sequence[str]) -> dict[str, JournalRow]:
-        """The rows of those keys that exist."""
+        """The rows of those keys that exist (a key of a batch on the wire
+        is in state ``wire``)."""
         out: dict[str, JournalRow] = {}
         with self._lock:
             for start in range(0, len(keys), 500):
@@ -265,46 +386,192 @@ class Journal:
                         f"SELECT key, state, attempts, outcome, updated FROM messages WHERE key IN ({marks})",
                         chunk):
                     out[key] = JournalRow(key, state, attempts, outcome, updated)
+        if self._open:
+            wire = self._on_wire()
+            for key in keys:
+                if key in wire:
+                    old = out.get(key)
+                    out[key] = JournalRow(key, "wire", (old.attempts if old else 0) + 1, None, time.time())
         return out
 
-    def mark_wire(self, keys: Iterable[str]) -> None:
-        """Records that these messages are about to be written; committed
-        before this returns."""
-        now = time.time()
-        with self._tx():
-            self._db.executemany(
-                "INSERT INTO messages (key, state, attempts, updated) VALUES (?, 'wire', 1, ?) "
-                "ON CONFLICT(key) DO UPDATE SET state='wire', attempts=attempts+1, updated=excluded.updated",
-                ((k, now) for k in keys))
+    def empty(self) -> bool:
+        """True when the journal holds no message (nothing to look up)."""
+        with self._lock:
+            return self._db.execute("SELECT 1 FROM messages LIMIT 1").fetchone() is None \
+                and not self._open
 
-    def record(self, pairs: Iterable[tuple[str, SendResult | Error]]) -> None:
-        """Records final (or unknown / not sent) outcomes; committed before
-        this returns."""
-        now = time.time()
+    def take(self, keys: Sequence[str]) -> None:
+        """Marks rows as seen by the current run (a run that answers a message
+        from the journal has taken its key: `written_in_run`)."""
         with self._tx():
-            self._db.executemany(
-                "INSERT INTO messages (key, state, outcome, updated) VALUES (?, ?, ?, ?) "
-                "ON CONFLICT(key) DO UPDATE SET state=excluded.state, outcome=excluded.outcome, "
-                "updated=excluded.updated",
-                ((k, outcome_state(o), outcome_json(o), now) for k, o in pairs))
+            self._db.executemany("UPDATE messages SET run=? WHERE key=?", ((self.run, k) for k in keys))
 
-    def record_kept(self, pairs: Iterable[tuple[str, Any]]) -> None:
+    def written_in_run(self, key: str, run: int | None = None) -> bool:
+        """Whether this run (default: the current one) has recorded ``key``:
+        on the wire or with an outcome."""
+        run = self.run if run is None else run
+        if run == self.run and key in self._on_wire():
+            return True
+        self.flush()        # outcomes still on their way are this run's too
+        with self._lock:
+            return self._db.execute("SELECT 1 FROM messages WHERE key=? AND run=?",
+                                    (key, run)).fetchone() is not None
+
+    def mark_wire(self, keys: Iterable[str], rcpts: Iterable[int] | None = None) -> int:
+        """Records that these messages (with that many envelope recipients
+        each) are about to be written, as one ``batches`` row; committed
+        before this returns.  Returns the batch's number for `finish`."""
+        keys = list(keys)
+        counts = [0] * len(keys) if rcpts is None else list(rcpts)
+        if self._failed is not None:
+            with self._later_cv:
+                self._raise_failure()
+        with self._tx():
+            cur = self._db.execute("INSERT INTO batches (run, started, keys, rcpts) VALUES (?, ?, ?, ?)",
+                                   (self.run, time.time(), json.dumps(keys), json.dumps(counts)))
+            batch = cur.lastrowid
+            assert batch is not None
+            self._open[batch] = (keys, counts)
+        return batch
+
+    def finish(self, batch: int | None, rows: Iterable[tuple[str, Any, int]],
+               run: int | None = None) -> None:
+        """Records the outcomes of a batch, ``(key, kept outcome, envelope
+        recipients)`` each (an outcome, or a bulk run's compact record, see
+        `record_state_json`), and closes the batch's ``wire`` row, in one
+        transaction committed before this returns.  A key of the batch
+        without an outcome here becomes a ``wire`` row (fate unknown)."""
+        self._finish([(batch, rows, self.run if run is None else run)])
+
+    def _finish(self, jobs: Sequence[tuple[int | None, Iterable[tuple[str, Any, int]], int]]) -> None:
+        """`finish` for several batches in one transaction."""
+        now = time.time()
+        out: list[tuple[str, str, str | None, float, int, float | None, int]] = []
+        closed: list[int] = []
+        for batch, rows, run in jobs:
+            first = len(out)
+            for key, kept, n in rows:
+                state, text = record_state_json(kept)
+                out.append((key, state, text, now, run, now if state in COUNTED_STATES else None, n))
+            if batch is not None:
+                closed.append(batch)
+                wire = self._open.get(batch)
+                if wire is not None and len(wire[0]) > len(out) - first:
+                    done = {r[0] for r in out[first:]}
+                    out += [(k, "wire", None, now, run, now, n) for k, n in zip(*wire) if k not in done]
+        with self._tx():
+            if closed:
+                self._db.execute(f"DELETE FROM batches WHERE id IN ({','.join('?' * len(closed))})", closed)
+            self._upsert(out)
+            for batch in closed:
+                self._open.pop(batch, None)
+
+    def finish_later(self, batch: int | None, rows: list[tuple[str, Any, int]]) -> None:
+        """`finish` in the journal's writer thread, in the order given, so that
+        the wire thread goes on at once.  A kill before it is written leaves
+        the batch on the wire (unknown): never a message sent twice.  A
+        failure to write is raised by the next `mark_wire` or `flush`."""
+        with self._later_cv:
+            self._raise_failure()
+            self._later.append((batch, rows, self.run))
+            if self._writer is None:
+                self._writer = threading.Thread(target=self._write_later, name="mailexpress-journal",
+                                                daemon=True)
+                self._writer.start()
+            self._later_cv.notify_all()
+
+    def flush(self) -> None:
+        """Waits until what `finish_later` was given is committed."""
+        with self._later_cv:
+            while self._later or self._busy:
+                self._later_cv.wait()
+            self._raise_failure()
+
+    def _raise_failure(self) -> None:
+        if self._failed is not None:
+            failed, self._failed = self._failed, None
+            raise ConfigError(f"journal {self.path}: outcomes could not be recorded ({failed}); "
+                              "the run was stopped (free disk space, or give another journal file)",
+                              key="journal", value=self.path) from failed
+
+    def _write_later(self) -> None:
+        while True:
+            with self._later_cv:
+                while not self._later:
+                    self._later_cv.wait()
+                jobs = []
+                while self._later and self._later[0] is not None:
+                    job = self._later.popleft()
+                    assert job is not None
+                    jobs.append(job)
+                if not jobs:        # the end (close)
+                    return
+                self._busy = True
+            try:
+                self._finish(jobs[:_BATCHES_PER_TRANSACTION])
+                with self._later_cv:        # the rest back at the head, in order
+                    self._later.extendleft(reversed(jobs[_BATCHES_PER_TRANSACTION:]))
+            except BaseException as exc:    # noqa: BLE001 - handed to the caller's thread
+                with self._later_cv:
+                    self._failed = exc
+            finally:
+                with self._later_cv:
+                    self._busy = False
+                    self._later_cv.notify_all()
+
+    def _upsert(self, rows: Sequence[tuple[Any, ...]]) -> None:
+        """`_UPSERT` for many rows, as few statements as possible: one SQLite
+        step (and one release of the GIL) per 400 rows instead of one a row,
+        which costs little alone but much when the run's other threads
+        wait for the GIL at each release."""
+        for start in range(0, len(rows), _ROWS_PER_STATEMENT):
+            chunk = rows[start:start + _ROWS_PER_STATEMENT]
+            self._db.execute(_upsert_sql(len(chunk)), [v for row in chunk for v in row])
+
+    def record(self, pairs: Iterable[tuple[str, SendResult | Error]], batch: int | None = None) -> None:
+        """Records final (or unknown / not sent) outcomes, closing ``batch``
+        (`mark_wire`'s number) when given; committed before this returns."""
+        self.finish(batch, ((k, o, _recipients(o)) for k, o in pairs))
+
+    def record_kept(self, pairs: Iterable[tuple[str, Any]], batch: int | None = None) -> None:
         """`record` for a bulk run's kept outcomes (`record_state_json`)."""
-        now = time.time()
-        rows = [(k, *record_state_json(o), now) for k, o in pairs]
-        with self._tx():
-            self._db.executemany(
-                "INSERT INTO messages (key, state, outcome, updated) VALUES (?, ?, ?, ?) "
-                "ON CONFLICT(key) DO UPDATE SET state=excluded.state, outcome=excluded.outcome, "
-                "updated=excluded.updated", rows)
+        self.finish(batch, ((k, o, _recipients(o)) for k, o in pairs))
+
+    def recipients_since(self, since: float) -> int:
+        """Envelope recipients of the messages sent (or of unknown fate) at or
+        after ``since`` (a `time.time()`), in every run."""
+        with self._lock:
+            (total,) = self._db.execute("SELECT coalesce(sum(rcpts), 0) FROM messages "
+                                        "WHERE sent_at >= ?", (since,)).fetchone()
+        return int(total) + sum(sum(c) for _k, c in list(self._open.values()))
+
+    def oldest_since(self, since: float) -> float | None:
+        """When the oldest message counted by `recipients_since` went out."""
+        with self._lock:
+            (first,) = self._db.execute("SELECT min(sent_at) FROM messages WHERE sent_at >= ? "
+                                        "AND rcpts > 0", (since,)).fetchone()
+        return float(first) if first is not None else None
 
     def counts(self) -> dict[str, int]:
         """Messages per state."""
         with self._lock:
-            return dict(self._db.execute("SELECT state, count(*) FROM messages GROUP BY state").fetchall())
+            out: dict[str, int] = dict(self._db.execute(
+                "SELECT state, count(*) FROM messages GROUP BY state").fetchall())
+        wire = list(self._on_wire())
+        if wire:
+            with self._lock:
+                for start in range(0, len(wire), 500):
+                    chunk = wire[start:start + 500]
+                    for (state,) in self._db.execute(
+                            f"SELECT state FROM messages WHERE key IN ({','.join('?' * len(chunk))})", chunk):
+                        out[state] -= 1
+            out["wire"] = out.get("wire", 0) + len(wire)
+            out = {k: v for k, v in out.items() if v}
+        return out
 
     def unknown(self) -> list[str]:
         """Keys whose fate is unknown (written, no final reply, or a killed run)."""
         with self._lock:
-            return [k for (k,) in self._db.execute(
-                "SELECT key FROM messages WHERE state IN ('wire', 'unknown') ORDER BY key")]
+            keys = {k for (k,) in self._db.execute(
+                "SELECT key FROM messages WHERE state IN ('wire', 'unknown')")}
+        return sorted(keys | set(self._on_wire()))

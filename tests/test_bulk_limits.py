@@ -245,3 +245,100 @@ def test_a_failing_session_among_several_loses_nothing(emulator_factory):
     result = mx.send_many(config(em), notices(100), connections=3, batch_size=4, reconnects=0)
     assert result.ok and len(em.messages) == 100
     assert sorted(subjects(em)) == sorted(f"notice {i}" for i in range(100))
+
+
+# -- duplicate keys in the input ---------------------------------------------------------
+
+def with_ids(*ids):
+    return [{"id": ident, "to": "bob@partner.example", "subject": f"notice {n}", "body": f"body {n}"}
+            for n, ident in enumerate(ids)]
+
+
+@pytest.mark.parametrize("journaled", [False, True])
+def test_a_repeated_id_is_its_own_outcome_and_the_run_goes_on(emulator_factory, tmp_path, journaled):
+    em = emulator_factory()
+    journal = str(tmp_path / "run.sqlite") if journaled else None
+    result = mx.send_many(config(em), with_ids("a", "b", "a", "c"), journal=journal)
+    assert len(result) == 4 and len(result.sent) == 3
+    dup = result[2]
+    assert isinstance(dup, mx.DuplicateMessage) and isinstance(dup, mx.InputError)
+    assert (dup.key, dup.index, dup.first) == ("a", 2, 0) and dup.delivered is False
+    assert "'a'" in str(dup) and "#2" in str(dup) and "#0" in str(dup) and "unique id" in str(dup)
+    assert subjects(em) == ["notice 0", "notice 1", "notice 3"]     # neither dropped silently nor twice
+    if journaled:
+        # the rerun: the first "a" comes back from the journal, the repeat is reported again
+        again = mx.send_many(config(em), with_ids("a", "b", "a", "c"), journal=journal)
+        assert isinstance(again[2], mx.DuplicateMessage) and again[0].message_id == result[0].message_id
+        assert len(em.messages) == 3
+        with Journal(journal) as j:
+            assert j.counts() == {"sent": 3}
+
+
+def test_repeats_are_found_across_batches_and_sessions(emulator_factory, tmp_path):
+    em = emulator_factory()
+    ids = [f"m{n}" for n in range(40)] + ["m3", "m39", "m0"]
+    result = mx.send_many(config(em), with_ids(*ids), journal=str(tmp_path / "j.sqlite"),
+                          batch_size=3, connections=2)
+    assert [(e.index, e.first) for _i, e in result.failed] == [(40, 3), (41, 39), (42, 0)]
+    assert len(em.messages) == 40 and len(set(subjects(em))) == 40
+
+
+def test_identical_messages_without_ids(emulator_factory, tmp_path):
+    em = emulator_factory()
+    same = notices(1) * 2 + notices(2)[1:]
+    # without a journal nothing keys them: both go, as send_as twice would
+    assert mx.send_many(config(em), same).ok and len(em.messages) == 3
+    # with one, the journal keys them by their content and could not tell them apart
+    result = mx.send_many(config(em), same, journal=str(tmp_path / "j.sqlite"))
+    assert isinstance(result[1], mx.DuplicateMessage) and result[1].first == 0
+    assert "identical to message #0" in str(result[1]) and "unique id" in str(result[1])
+    assert len(result.sent) == 2 and len(em.messages) == 5
+
+
+def test_the_set_of_seen_ids_costs_bytes_not_objects():
+    from mailexpress.seen import SeenKeys
+
+    seen = SeenKeys()
+    n = 100_000
+    seen.add_many([f"invoice-{i}" for i in range(n)], list(range(n)))
+    assert seen.nbytes() / n <= 24 * 2      # a million messages: under 50 MB, not the ids' size
+
+
+# -- recipients_per_day across runs ------------------------------------------------------
+
+def test_recipients_per_day_counts_earlier_runs_from_the_journal(emulator_factory, tmp_path):
+    import sqlite3
+
+    em = emulator_factory()
+    path = str(tmp_path / "run.sqlite")
+    limits = {"recipients_per_day": 5}
+    first = mx.send_many(config(em), with_ids("a", "b", "c"), journal=path, limits=limits)
+    assert first.ok and len(em.messages) == 3
+    two = [{"id": "d", "to": ["bob@partner.example", "carol@partner.example"], "subject": "d"},
+           {"id": "e", "to": "bob@partner.example", "subject": "e"}]
+    second = mx.send_many(config(em), two, journal=path, limits=limits)      # the same day
+    assert len(second.sent) == 1 and len(em.messages) == 4
+    err = second[1]
+    assert isinstance(err, mx.Error) and err.delivered is False and err.retry_safe
+    assert "recipients_per_day (5)" in str(err) and "3 recipient(s) in the 24 hours before this run" in str(err)
+    assert "24-hour window at" in str(err)
+    connections = em.connections
+    third = mx.send_many(config(em), two[1:], journal=path, limits=limits)
+    assert isinstance(third[0], mx.Error) and "recipients_per_day" in str(third[0])
+    assert len(em.messages) == 4
+    assert em.connections == connections            # the day was used up: not even a connection
+    db = sqlite3.connect(path)
+    with db:
+        db.execute("UPDATE messages SET sent_at = sent_at - 86400")          # the next day
+    db.close()
+    fourth = mx.send_many(config(em), two, journal=path, limits=limits)
+    assert fourth.ok and len(em.messages) == 5 and subjects(em)[-1] == "e"
+
+
+def test_recipients_per_day_without_a_journal_counts_this_run(emulator_factory):
+    em = emulator_factory()
+    for _ in range(2):
+        result = mx.send_many(config(em), notices(4), limits={"recipients_per_day": 3})
+        assert len(result.sent) == 3
+        assert "counted in this run: give a journal" in str(result[3])
+    assert len(em.messages) == 6

@@ -70,3 +70,25 @@ def test_bad_files_exit_2_naming_the_field(emulator_factory, tmp_path, capsys, m
     assert main(args(em, str(tmp_path / "missing.csv"))) == 2
     assert main(args(em, str(bad), "--limits", "exchange_onlin")) == 2
     assert "exchange_online" in capsys.readouterr().err
+
+
+def test_a_repeated_id_is_reported_with_its_lines(emulator_factory, tmp_path, capsys, monkeypatch):
+    em = emulator_factory()
+    env(monkeypatch, em)
+    path = tmp_path / "m.csv"
+    path.write_text("id,to,subject,body\n"
+                    "inv-1,bob@partner.example,one,hello\n"
+                    "inv-2,bob@partner.example,two,hello\n"
+                    '"inv-1",bob@partner.example,"one, again",hello\n'
+                    "inv-3,bob@partner.example,three,hello\n")
+    journal = str(tmp_path / "run.sqlite")
+    assert main(args(em, str(path), "--journal", journal)) == 1
+    out = capsys.readouterr().out
+    assert "1 message(s) not sent: an earlier line has the same id" in out
+    assert "line 4 (id 'inv-1', as line 2)" in out and "DuplicateMessage" in out
+    assert [m.message["Subject"] for m in em.messages] == ["one", "two", "three"]
+    assert main(args(em, str(path), "--journal", journal, "--json")) == 1
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["duplicates"] == [{"index": 2, "line": 4, "id": "inv-1", "first_index": 0, "first_line": 2}]
+    assert doc["outcomes"][2]["error"] == "DuplicateMessage" and doc["sent"] == 3
+    assert len(em.messages) == 3

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 from email.message import EmailMessage
 from pathlib import Path
 
@@ -57,11 +58,11 @@ def test_states_from_outcomes() -> None:
 
 def test_round_trip_of_outcomes(tmp_path: Path) -> None:
     with Journal(str(tmp_path / "run.sqlite")) as j:
-        j.mark_wire(["a", "b", "c"])
+        batch = j.mark_wire(["a", "b", "c"])
         assert {k: r.state for k, r in j.lookup(["a", "b", "c", "d"]).items()} == \
             {"a": "wire", "b": "wire", "c": "wire"}
         j.record([("a", sent()), ("b", error(SenderRefused, False, False)),
-                  ("c", error(RecipientsRefused, False, False))])
+                  ("c", error(RecipientsRefused, False, False))], batch)
     with Journal(str(tmp_path / "run.sqlite")) as j:
         rows = j.lookup(["a", "b", "c"])
         a = rows["a"].outcome()
@@ -77,8 +78,8 @@ def test_round_trip_of_outcomes(tmp_path: Path) -> None:
 
 def test_attempts_count_each_time_on_the_wire(tmp_path: Path) -> None:
     with Journal(str(tmp_path / "j.sqlite")) as j:
-        j.mark_wire(["k"])
-        j.record([("k", error(ServiceUnavailable, False, True))])
+        first = j.mark_wire(["k"])
+        j.record([("k", error(ServiceUnavailable, False, True))], first)
         j.mark_wire(["k"])
         row = j.lookup(["k"])["k"]
         assert (row.state, row.attempts) == ("wire", 2)
@@ -124,3 +125,151 @@ def test_a_kept_record_encodes_as_its_send_result() -> None:
         assert state == "sent" and json.loads(text) == json.loads(outcome_json(expand(rec)))
     err = mx.SenderRefused("refused", reply=no)
     assert record_state_json(err) == ("refused", outcome_json(err))
+
+
+# -- one row per batch on the wire, outcomes after ----------------------------------------
+
+def test_a_batch_is_one_row_until_its_outcomes_replace_it(tmp_path: Path) -> None:
+    import sqlite3
+
+    path = str(tmp_path / "j.sqlite")
+    with Journal(path) as j:
+        j.start_run()
+        batch = j.mark_wire(["a", "b", "c"], [1, 2, 1])
+        db = sqlite3.connect(path)
+        assert db.execute("SELECT count(*) FROM batches").fetchone() == (1,)
+        assert db.execute("SELECT count(*) FROM messages").fetchone() == (0,)
+        assert j.counts() == {"wire": 3} and j.unknown() == ["a", "b", "c"]
+        # "c" has no outcome (the engine stopped before it): its fate stays unknown
+        j.finish(batch, [("a", sent(), 2), ("b", error(SenderRefused, False, False), 2)])
+        assert db.execute("SELECT count(*) FROM batches").fetchone() == (0,)
+        assert j.counts() == {"sent": 1, "refused": 1, "wire": 1} and j.unknown() == ["c"]
+        db.close()
+
+
+def test_outcomes_written_later_are_all_there_after_flush_and_close(tmp_path: Path) -> None:
+    path = str(tmp_path / "j.sqlite")
+    with Journal(path) as j:
+        j.start_run()
+        for n in range(20):
+            b = j.mark_wire([f"m{n}.{i}" for i in range(50)], [1] * 50)
+            j.finish_later(b, [(f"m{n}.{i}", sent(), 1) for i in range(50)])
+        j.flush()
+        assert j.counts() == {"sent": 1000}
+        b = j.mark_wire(["last"], [1])
+        j.finish_later(b, [("last", sent(), 1)])
+    with Journal(path) as j:                 # close() waited for the last one
+        assert j.counts() == {"sent": 1001}
+
+
+def test_a_failure_to_record_stops_the_next_batch(tmp_path: Path) -> None:
+    with Journal(str(tmp_path / "j.sqlite")) as j:
+        j.start_run()
+        b = j.mark_wire(["a"], [1])
+        j.finish_later(b, [("a", object(), 1)])     # cannot be encoded: the writer fails
+        with pytest.raises(mx.ConfigError, match="could not be recorded") as info:
+            j.flush()
+        assert info.value.key == "journal"   # type: ignore[attr-defined]
+        b = j.mark_wire(["b"], [1])
+        j.finish_later(b, [("b", object(), 1)])
+        time.sleep(0.2)
+        with pytest.raises(mx.ConfigError, match="could not be recorded"):
+            j.mark_wire(["c"], [1])                  # before anything more goes on the wire
+        assert "c" not in j.unknown()
+
+
+def test_a_killed_writer_leaves_the_batch_unknown_never_absent(tmp_path: Path) -> None:
+    path = tmp_path / "killed.sqlite"
+    child = textwrap.dedent(f"""
+        import os, signal
+        from mailexpress.journal import Journal
+        from mailexpress.client import SendResult
+        from mailexpress.reply import Reply, Stage
+        ok = SendResult("<m@x>", "a@x", ("b@y",), {{}}, Reply(250, "2.0.0", ("ok",), Stage.END_OF_DATA))
+        j = Journal({str(path)!r})
+        j.start_run()
+        for n in range(200):
+            b = j.mark_wire([f"m{{n}}.{{i}}" for i in range(10)], [1] * 10)
+            j.finish_later(b, [(f"m{{n}}.{{i}}", ok, 1) for i in range(10)])
+        os.kill(os.getpid(), signal.SIGKILL)
+    """)
+    proc = subprocess.run([sys.executable, "-c", child], cwd=os.getcwd(), timeout=60)
+    assert proc.returncode == -signal.SIGKILL
+    with Journal(str(path)) as j:
+        counts = j.counts()
+        # every message is sent or unknown: none is missing (it would be sent again)
+        assert sum(counts.values()) == 2000 and set(counts) <= {"sent", "wire"}, counts
+        assert len(j.unknown()) == counts.get("wire", 0)
+
+
+# -- recipients of the last 24 hours -------------------------------------------------------
+
+def test_recipients_of_the_last_24_hours_across_runs(tmp_path: Path) -> None:
+    import sqlite3
+
+    path = str(tmp_path / "j.sqlite")
+    with Journal(path) as j:
+        j.start_run()
+        b = j.mark_wire(["a", "b", "c", "d"], [3, 2, 5, 7])
+        j.finish(b, [("a", sent(), 3), ("b", error(SenderRefused, False, False), 2),
+                     ("c", error(mx.ConnectionLost, None, False), 5),
+                     ("d", error(ServiceUnavailable, False, True), 7)])
+        now = time.time()
+        # sent (3) and unknown (5) count; refused and not sent do not
+        assert j.recipients_since(now - 3600) == 8
+        assert j.mark_wire(["e"], [4]) and j.recipients_since(now - 3600) == 12   # on the wire
+    db = sqlite3.connect(path)
+    with db:
+        db.execute("UPDATE messages SET sent_at = sent_at - 90000 WHERE key = 'a'")   # 25 hours ago
+    db.close()
+    with Journal(path) as j:       # "e" was left on the wire: unknown, counted
+        assert j.recipients_since(time.time() - 86400) == 5 + 4
+        oldest = j.oldest_since(time.time() - 86400)
+        assert oldest is not None and abs(oldest - now) < 60
+
+
+def test_a_version_1_journal_is_upgraded_in_place(tmp_path: Path) -> None:
+    import sqlite3
+
+    path = str(tmp_path / "v1.sqlite")
+    db = sqlite3.connect(path)
+    db.executescript("""
+        CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+        INSERT INTO meta VALUES ('schema', '1');
+        CREATE TABLE messages (key TEXT PRIMARY KEY, state TEXT NOT NULL,
+            attempts INTEGER NOT NULL DEFAULT 0, outcome TEXT, updated REAL NOT NULL) WITHOUT ROWID;
+        INSERT INTO messages VALUES ('old', 'wire', 1, NULL, 1.0);
+    """)
+    db.close()
+    with Journal(path) as j:
+        assert j.unknown() == ["old"] and j.recipients_since(0) == 0
+        j.start_run()
+        b = j.mark_wire(["new"], [2])
+        j.finish(b, [("new", sent(), 2)])
+        assert j.recipients_since(0) == 2 and j.counts() == {"wire": 1, "sent": 1}
+
+
+def test_the_check_for_a_key_taken_by_this_run_is_exact(tmp_path: Path) -> None:
+    with Journal(str(tmp_path / "j.sqlite")) as j:
+        first = j.start_run()
+        b = j.mark_wire(["a"], [1])
+        assert j.written_in_run("a") and not j.written_in_run("b")     # on the wire
+        j.finish_later(b, [("a", sent(), 1)])
+        assert j.written_in_run("a")                                   # written (after a flush)
+        assert j.start_run() == first + 1
+        assert not j.written_in_run("a")                               # an earlier run's
+        j.take(["a"])
+        assert j.written_in_run("a")
+
+
+def test_seen_keys_find_repeats_in_bounded_memory() -> None:
+    from mailexpress.seen import SeenKeys
+
+    seen = SeenKeys()
+    n = 200_000
+    assert seen.add_many([f"k{i}" for i in range(n)], list(range(n))) == []
+    assert len(seen) == n
+    assert seen.nbytes() <= 24 * 2 * n          # 12 bytes a slot, at least a quarter full... or half
+    assert seen.add("k17", n) == 17 and seen.add("k-new", n + 1) is None
+    assert seen.add_many(["x", "k3", "x", "y"], [n + 2, n + 3, n + 4, n + 5]) == [(1, 3), (2, n + 2)]
+    assert len(seen) == n + 3

@@ -1,7 +1,12 @@
 """Kill a journaled send_many at 20 random points (SIGKILL) against the real
 Postfix and run it again each time: the Maildir, counted by Message-ID, holds
 every message reported sent exactly once and nothing twice; a message is
-missing only when it was reported unknown."""
+missing only when it was reported unknown.
+
+The points are random in the run, not in wall time: a child kills itself a
+random 0-30 ms after its outcomes reach a random message (so a fast machine
+cannot finish the run before the kill, and the kill lands while batches are
+on the wire and outcomes are being written)."""
 from __future__ import annotations
 
 import email
@@ -23,15 +28,21 @@ KILLS = 20
 MESSAGES = 400
 
 CHILD = r"""
-import json, sys
+import json, os, signal, sys, threading
 import mailexpress as mx
 args = json.loads(sys.argv[1])
+
+def progress(p):
+    if args["kill_at"] is not None and p.done >= args["kill_at"]:
+        args["kill_at"] = None
+        threading.Timer(args["kill_delay"], os.kill, (os.getpid(), signal.SIGKILL)).start()
+
 cfg = mx.Config(**args["config"])
 msgs = ({"id": f"k{i:04d}", "to": "bob@partner.example", "subject": f"kill-run {i}",
          "body": f"message {i}", "headers": {"Message-ID": f"<k{i:04d}.{args['run']}@kill.test>"}}
         for i in range(args["messages"]))
 result = mx.send_many(cfg, msgs, journal=args["journal"], batch_size=args["batch_size"],
-                      limits=args["limits"])
+                      limits=args["limits"], progress=progress)
 print(json.dumps({"sent": len(result.sent), "unknown": [i for i, _e in result.unknown],
                   "failed": [(i, str(e)) for i, e in result.failed if e.delivered is not None]}))
 """
@@ -56,23 +67,25 @@ def test_killed_runs_lose_nothing_and_send_nothing_twice(postfix, tmp_path):
     env = dict(os.environ, PYTHONPATH=str(Path(mx.__file__).parents[1]))
     rng = random.Random(13)
 
-    def run(n: int, kill_after: float | None) -> dict | None:
+    def run(n: int, kill_at: int | None) -> dict | None:
         # odd runs paced one message at a time, even runs in pipelined batches
         args = {"config": config, "journal": journal, "messages": MESSAGES, "run": n,
-                "batch_size": 20, "limits": {"messages_per_minute": 6000} if n % 2 else None}
+                "batch_size": 20, "limits": {"messages_per_minute": 6000} if n % 2 else None,
+                "kill_at": kill_at, "kill_delay": rng.uniform(0, 0.03)}
         proc = subprocess.Popen([sys.executable, "-c", CHILD, json.dumps(args)], env=env,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        if kill_after is None:
-            out, err = proc.communicate(timeout=60)
+        out, err = proc.communicate(timeout=60)
+        if kill_at is None:
             assert proc.returncode == 0, err.decode()
             return json.loads(out)
-        time.sleep(kill_after)
-        proc.send_signal(signal.SIGKILL)
-        proc.communicate(timeout=10)
+        assert proc.returncode in (0, -signal.SIGKILL), err.decode()
+        kills.append(proc.returncode == -signal.SIGKILL)
         return None
 
+    kills: list[bool] = []
     for n in range(KILLS):
-        run(n, rng.uniform(0.45, 1.1))       # the child takes ~0.35 s to import and connect
+        run(n, rng.randint(1, MESSAGES - 100))  # killed after that many outcomes (+0-30 ms)
+    assert sum(kills) >= KILLS // 2, kills        # most runs were killed, not finished
     with mx.journal.Journal(journal) as j:
         before = j.counts()
     assert 0 < before.get("sent", 0) < MESSAGES, before       # the kills landed mid-run
