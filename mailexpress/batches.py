@@ -9,6 +9,7 @@ compact records or errors, and reports progress between batches.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence, Sized
 from email.message import EmailMessage
@@ -109,10 +110,12 @@ class Shared:
 
 
 def send_prepared(session: _core.Session, prepared: Sequence[Prepared | Error],
-                  stop_on_error: bool, shared: Shared | None = None) -> list[Kept]:
+                  stop_on_error: bool, shared: Shared | None = None,
+                  going: threading.Event | None = None) -> list[Kept]:
     """Sends one batch of prepared messages (errors stand for messages that
     could not be prepared and are kept as their outcome).  Returns one kept
-    outcome per item; with ``stop_on_error`` the list ends at the first failure."""
+    outcome per item; with ``stop_on_error`` the list ends at the first failure.
+    ``going`` is set just before the batch enters the engine."""
     started = time.monotonic()
     if stop_on_error:
         for k, p in enumerate(prepared):
@@ -120,6 +123,8 @@ def send_prepared(session: _core.Session, prepared: Sequence[Prepared | Error],
                 prepared = prepared[:k + 1]
                 break
     wire = [(p[0], p[1], p[2]) for p in prepared if not isinstance(p, Error)]
+    if going is not None:
+        going.set()
     raw = _core.Session.send_many_raw(session, wire, stop_on_error) if wire else []
     elapsed = int((time.monotonic() - started) * 1000)
     shared = shared or Shared()

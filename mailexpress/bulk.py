@@ -27,6 +27,7 @@ known so far travel on the exception (``exc.result``).
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sized
@@ -59,6 +60,9 @@ Entry = list[Any]
 
 #: How long the main thread waits at a time (Ctrl-C is honoured between waits).
 TICK = 0.5
+#: At most this long the main thread waits for a batch to reach the engine
+#: before it builds the next one.
+_HANDOFF = 0.05
 
 
 def send_many(config: Config, messages: Iterable[Mapping[str, Any] | EmailMessage] | None = None,
@@ -289,15 +293,19 @@ class _Run:
 
     # -- the wire thread ----------------------------------------------------------------
 
-    def _wire(self, session: Session, batch: list[Entry]) -> list[Kept]:
-        """Runs in the wire thread: journal, pace, send, journal."""
+    def _wire(self, session: Session, batch: list[Entry],
+              going: threading.Event | None = None) -> list[Kept]:
+        """Runs in the wire thread: journal, pace, send, journal.  ``going``
+        is set when the batch is about to enter the engine (see `_feed`)."""
+        if going is not None and self.pacer is not None:
+            going.set()
         if self.pacer is not None and not self.pacer.wait(1):
             return [not_sent(StateError, "the run was interrupted before this message went out")
                     for _ in batch]
         keys = [e[4] for e in batch if e[4] is not None and not isinstance(e[2], Error)]
         if self.journal is not None and keys:
             self.journal.mark_wire(keys)
-        got = send_prepared(session, [e[2] for e in batch], self.stop_on_error, self.shared)
+        got = send_prepared(session, [e[2] for e in batch], self.stop_on_error, self.shared, going)
         for k in got:
             if isinstance(k, Error) and k.reply is not None and classify(k.reply, k.stage) is Pushback.QUOTA:
                 # not delivered for the day's quota, not for what it is: it may go another day
@@ -467,9 +475,15 @@ class _Run:
         batch = self._within_day(lane.built)
         lane.on_connection += len(batch)
         lane.built = []
-        lane.inflight = (lane.pool.submit(self._wire, lane.session, batch), batch)
+        going = threading.Event()
+        lane.inflight = (lane.pool.submit(self._wire, lane.session, batch, going), batch)
         room = self.limits.messages_per_connection
         if self.stop is None:       # built while the batch is on the wire
+            # ... once it is: the wire thread needs the GIL to start the batch,
+            # and would otherwise wait for the whole build of the next one
+            # (the GIL is handed over only when this thread blocks, or after
+            # the 5 ms switch interval), with the connection idle meanwhile
+            going.wait(_HANDOFF)
             lane.built = self._take(None if room is None else room - lane.on_connection)
             self._build(lane.built, lane.caps)
 
