@@ -42,7 +42,7 @@ from .errors import Error, InputError, StateError
 from .journal import Journal, message_key
 from .limits import Limits, Pacer
 from .reply import Stage
-from .results import BulkResult, Progress
+from .results import BulkResult, Outcomes, Progress
 from .template import Template
 from .throttle import Backoff, Pushback, classify
 
@@ -172,7 +172,7 @@ class _Run:
         self.journal = journal
         self.resend_unknown = resend_unknown
         self.reporter = Reporter(progress, self.total)
-        self.outcomes: list[Kept | None] = []
+        self.outcomes = Outcomes()     # compact: see results.Outcomes
         self.carry: deque[Entry] = deque()     # to send (again) before more input
         self.connections = 0
         self.shared = Shared()
@@ -349,8 +349,8 @@ class _Run:
         return self.limits.messages_per_connection
 
     def _result(self, started: float) -> BulkResult:
-        assert all(o is not None for o in self.outcomes)
-        result = BulkResult(self.outcomes,   # type: ignore[arg-type]
+        assert not self.outcomes.missing()
+        result = BulkResult(self.outcomes,
                             int((time.monotonic() - started) * 1000), max(self.connections, 1))
         result.learned = self._learned()
         return result
