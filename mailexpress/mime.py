@@ -278,8 +278,24 @@ def _long_lines(data: bytes) -> bool:
     return len(data) > 998 and _LONG_LINE.search(data) is not None
 
 
+#: the last text part made: (text, subtype, eight_bit, result); a bulk run
+#: that gives every message the same body string encodes it once
+_last_part: tuple[str, str, bool, tuple[bytes, bytes]] | None = None
+
+
 def text_part(text: str, subtype: str, eight_bit: bool) -> tuple[bytes, bytes]:
     """(MIME headers, encoded body) of a text part in UTF-8, line ends CRLF."""
+    global _last_part
+    last = _last_part
+    if last is not None and last[0] is text and last[1] == subtype and last[2] == eight_bit:
+        return last[3]
+    got = _text_part(text, subtype, eight_bit)
+    if len(text) >= 256 and type(text) is str:
+        _last_part = (text, subtype, eight_bit, got)
+    return got
+
+
+def _text_part(text: str, subtype: str, eight_bit: bool) -> tuple[bytes, bytes]:
     text = _normalise(text)
     try:
         data = text.encode("utf-8")
