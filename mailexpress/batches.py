@@ -86,18 +86,24 @@ class Shared:
     """One object for equal replies and senders across a run (a server that
     answers every message alike costs nothing per message); bounded."""
 
-    __slots__ = ("replies", "strings")
+    __slots__ = ("replies", "strings", "last")
 
     def __init__(self) -> None:
         self.replies: dict[Reply, Reply] = {}
         self.strings: dict[str, str] = {}
+        self.last: Reply | None = None
 
     def reply(self, r: Reply) -> Reply:
+        if r is self.last:      # equal replies are mostly one object already (reply.Reply)
+            return r
         got = self.replies.get(r)
         if got is not None:
+            if got is r:
+                self.last = r
             return got
         if len(self.replies) < 256:
             self.replies[r] = r
+            self.last = r
         return r
 
     def string(self, s: str) -> str:
