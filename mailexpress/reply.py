@@ -34,7 +34,7 @@ class Stage(str, enum.Enum):
 _BY_VALUE = {s.value: s for s in Stage}
 _UNSET: Any = object()
 #: Replies already made, shared: equal replies are one object (a server
-#: answers thousands of messages alike); bounded.
+#: answers thousands of messages alike); bounded (emptied when full).
 _MADE: dict[tuple[Any, ...], Reply] = {}
 _MADE_MAX = 256
 
@@ -73,7 +73,9 @@ class Reply:
         object.__setattr__(self, "enhanced", enhanced)
         object.__setattr__(self, "lines", lines)
         object.__setattr__(self, "stage", stage)
-        if key is not None and len(_MADE) < _MADE_MAX:
+        if key is not None:
+            if len(_MADE) >= _MADE_MAX:     # a server whose replies all differ: start again
+                _MADE.clear()
             _MADE[key] = self
         return self
 
