@@ -486,6 +486,7 @@ class _Run:
             going.wait(_HANDOFF)
             lane.built = self._take(None if room is None else room - lane.on_connection)
             self._build(lane.built, lane.caps)
+            self.outcomes.compact()     # the last batch's records, off the path between batches
 
     def _open(self, batch: list[Entry]) -> _Lane | None:
         """A new session for ``batch``; waits out the server's rate and

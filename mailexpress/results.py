@@ -142,7 +142,7 @@ def expand(item: Outcome | Record) -> Outcome:
                       refused=dict(refused), reply=reply, elapsed_ms=elapsed_ms)
 
 
-_NONE, _RECORD, _OBJECT = 0, 1, 2
+_NONE, _RECORD, _OBJECT, _PENDING = 0, 1, 2, 3
 _TABLE_MAX = 65535
 
 
@@ -153,15 +153,18 @@ class Outcomes:
     A record with one recipient, no refused recipient and a Message-ID made
     by this process (``<base.N@domain>``, see `mime.make_message_id`) is
     kept in columns and made again as an equal tuple when read; anything
-    else is kept as the object given."""
+    else is kept as the object given.  Records are put in columns by
+    `compact` (a bulk run calls it while a batch is on the wire; reading
+    calls it), not when set: setting is cheap."""
 
-    __slots__ = ("_n", "_kind", "_obj", "_sender", "_reply", "_elapsed", "_roff", "_rlen",
+    __slots__ = ("_n", "_kind", "_obj", "_pending", "_sender", "_reply", "_elapsed", "_roff", "_rlen",
                  "_blob", "_mid", "_dom", "_tables", "_index", "_prefix", "_base")
 
     def __init__(self, items: Iterable[Outcome | Record | None] = ()) -> None:
         self._n = 0
         self._kind = bytearray()
         self._obj: dict[int, object] = {}
+        self._pending: dict[int, Record] = {}
         self._sender = array("H")
         self._reply = array("H")
         self._elapsed = array("I")
@@ -177,6 +180,7 @@ class Outcomes:
         self._prefix = "<" + self._base + "."
         for item in items:
             self.append(item)
+        self.compact()
 
     def __len__(self) -> int:
         return self._n
@@ -214,15 +218,27 @@ class Outcomes:
     def __setitem__(self, i: int, item: Outcome | Record | None) -> None:
         if not 0 <= i < self._n:
             raise IndexError(i)
-        self._obj.pop(i, None)
+        if self._kind[i] >= _OBJECT:
+            self._obj.pop(i, None)
+            self._pending.pop(i, None)
         if item is None:
             self._kind[i] = _NONE
-            return
-        if type(item) is tuple and self._pack(i, item):
-            self._kind[i] = _RECORD
-            return
-        self._kind[i] = _OBJECT
-        self._obj[i] = item
+        elif type(item) is tuple:
+            self._kind[i] = _PENDING
+            self._pending[i] = item
+        else:
+            self._kind[i] = _OBJECT
+            self._obj[i] = item
+
+    def compact(self) -> None:
+        """Puts the records set since the last call in columns."""
+        pending, self._pending = self._pending, {}
+        for i, rec in pending.items():
+            if self._pack(i, rec):
+                self._kind[i] = _RECORD
+            else:
+                self._kind[i] = _OBJECT
+                self._obj[i] = rec
 
     def _pack(self, i: int, rec: Record) -> bool:
         envelope_from, who, message_id, reply, refused, elapsed_ms = rec
@@ -265,6 +281,8 @@ class Outcomes:
                     replies[self._reply[i]], None, self._elapsed[i])
         if kind == _OBJECT:
             return self._obj[i]     # type: ignore[return-value]
+        if kind == _PENDING:
+            return self._pending[i]
         return None
 
     def __iter__(self) -> Iterator[Outcome | Record | None]:
@@ -273,6 +291,7 @@ class Outcomes:
     def objects(self) -> list[tuple[int, object]]:
         """(index, item) of what is not a compact record (errors among
         them), in order."""
+        self.compact()
         return sorted(self._obj.items())
 
     def missing(self) -> bool:
@@ -281,6 +300,7 @@ class Outcomes:
 
     def nbytes(self) -> int:
         """The memory its columns take (not the objects kept whole)."""
+        self.compact()
         return (len(self._kind) + sum(c.itemsize * len(c) for c in (
             self._sender, self._reply, self._elapsed, self._roff, self._rlen, self._mid, self._dom))
             + len(self._blob))
