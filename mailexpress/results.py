@@ -158,7 +158,7 @@ class Outcomes:
     calls it), not when set: setting is cheap."""
 
     __slots__ = ("_n", "_kind", "_obj", "_pending", "_sender", "_reply", "_elapsed", "_roff", "_rlen",
-                 "_blob", "_mid", "_dom", "_tables", "_index", "_prefix", "_base")
+                 "_blob", "_mid", "_dom", "_tables", "_index", "_prefix", "_base", "_last")
 
     def __init__(self, items: Iterable[Outcome | Record | None] = ()) -> None:
         self._n = 0
@@ -176,6 +176,8 @@ class Outcomes:
         #: senders, replies, domains: the values, and value -> index
         self._tables: tuple[list[Any], list[Any], list[Any]] = ([], [], [])
         self._index: tuple[dict[Any, int], dict[Any, int], dict[Any, int]] = ({}, {}, {})
+        #: the previous record's sender, reply and domain with their indexes
+        self._last: tuple[Any, int, Any, int, Any, int] = (None, -1, None, -1, None, -1)
         self._base = mime.message_id_base()
         self._prefix = "<" + self._base + "."
         for item in items:
@@ -243,11 +245,12 @@ class Outcomes:
     def _pack(self, i: int, rec: Record) -> bool:
         envelope_from, who, message_id, reply, refused, elapsed_ms = rec
         if refused or type(who) is not str or type(message_id) is not str \
-                or not message_id.startswith(self._prefix) or not message_id.endswith(">") \
+                or not message_id.startswith(self._prefix) or message_id[-1] != ">" \
                 or not 0 <= elapsed_ms < 1 << 32:
             return False
         number, at, domain = message_id[len(self._prefix):-1].partition("@")
-        if not at or not number.isdigit() or str(int(number)) != number or int(number) >= 1 << 64:
+        if not at or not number.isascii() or not number.isdigit() or len(number) > 19 \
+                or (number[0] == "0" and number != "0"):
             return False
         try:
             rcpt = who.encode("utf-8", "surrogatepass")
@@ -255,9 +258,13 @@ class Outcomes:
             return False
         if len(rcpt) > _TABLE_MAX:
             return False
-        s, r, d = self._ix(0, envelope_from), self._ix(1, reply), self._ix(2, domain)
+        last = self._last
+        s = last[1] if envelope_from is last[0] else self._ix(0, envelope_from)
+        r = last[3] if reply is last[2] else self._ix(1, reply)
+        d = last[5] if domain == last[4] else self._ix(2, domain)
         if s < 0 or r < 0 or d < 0:
             return False
+        self._last = (envelope_from, s, reply, r, domain, d)
         self._sender[i], self._reply[i], self._dom[i] = s, r, d
         self._elapsed[i] = elapsed_ms
         self._mid[i] = int(number)
