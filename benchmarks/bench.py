@@ -645,14 +645,16 @@ def user_cases(srv: Servers, rounds: int, scale: float, million: bool) -> dict[s
             got.setdefault(name, []).append(fn(srv.plain, n_slow if slow else n))
     rates = {k: statistics.median(v) for k, v in got.items()}
     peer = rates["smtplib + EmailMessage in a loop (the peer)"]
-    print(f"1 KB text to smtp-sink, one connection ({n:,} messages; loops {n_slow:,}):")
+    print(f"1 KB text to smtp-sink, one connection ({n:,} messages; loops {n_slow:,}; "
+          f"median of {rounds}, min-max):")
     for k, v in rates.items():
-        print(f"  {k:<52} {v:8.0f} msg/s  {v / peer:6.2f}x the peer", flush=True)
+        print(f"  {k:<52} {v:8.0f} msg/s  {v / peer:6.2f}x the peer  "
+              f"({min(got[k]):.0f}-{max(got[k]):.0f})", flush=True)
     counts = [10_000] if scale < 1 else [10_000, 100_000] + ([1_000_000] if million else [])
     mem = memory_case(srv.plain, counts)
     ttfb = ttfb_case(srv.plain, 100_000 if scale >= 1 else 10_000)
-    return {"messages": n, "loop_messages": n_slow, "msg_per_s": rates, "memory": mem,
-            "ttfb": ttfb}
+    return {"messages": n, "loop_messages": n_slow, "msg_per_s": rates, "rounds": got,
+            "memory": mem, "ttfb": ttfb}
 
 
 def print_user_targets(user: dict[str, object]) -> None:

@@ -9,6 +9,7 @@ compact records or errors, and reports progress between batches.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence, Sized
 from email.message import EmailMessage
@@ -85,18 +86,24 @@ class Shared:
     """One object for equal replies and senders across a run (a server that
     answers every message alike costs nothing per message); bounded."""
 
-    __slots__ = ("replies", "strings")
+    __slots__ = ("replies", "strings", "last")
 
     def __init__(self) -> None:
         self.replies: dict[Reply, Reply] = {}
         self.strings: dict[str, str] = {}
+        self.last: Reply | None = None
 
     def reply(self, r: Reply) -> Reply:
+        if r is self.last:      # equal replies are mostly one object already (reply.Reply)
+            return r
         got = self.replies.get(r)
         if got is not None:
+            if got is r:
+                self.last = r
             return got
         if len(self.replies) < 256:
             self.replies[r] = r
+            self.last = r
         return r
 
     def string(self, s: str) -> str:
@@ -109,10 +116,12 @@ class Shared:
 
 
 def send_prepared(session: _core.Session, prepared: Sequence[Prepared | Error],
-                  stop_on_error: bool, shared: Shared | None = None) -> list[Kept]:
+                  stop_on_error: bool, shared: Shared | None = None,
+                  going: threading.Event | None = None) -> list[Kept]:
     """Sends one batch of prepared messages (errors stand for messages that
     could not be prepared and are kept as their outcome).  Returns one kept
-    outcome per item; with ``stop_on_error`` the list ends at the first failure."""
+    outcome per item; with ``stop_on_error`` the list ends at the first failure.
+    ``going`` is set just before the batch enters the engine."""
     started = time.monotonic()
     if stop_on_error:
         for k, p in enumerate(prepared):
@@ -120,6 +129,8 @@ def send_prepared(session: _core.Session, prepared: Sequence[Prepared | Error],
                 prepared = prepared[:k + 1]
                 break
     wire = [(p[0], p[1], p[2]) for p in prepared if not isinstance(p, Error)]
+    if going is not None:
+        going.set()
     raw = _core.Session.send_many_raw(session, wire, stop_on_error) if wire else []
     elapsed = int((time.monotonic() - started) * 1000)
     shared = shared or Shared()

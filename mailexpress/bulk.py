@@ -27,6 +27,7 @@ known so far travel on the exception (``exc.result``).
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sized
@@ -41,7 +42,7 @@ from .errors import DuplicateMessage, Error, InputError, StateError
 from .journal import DAY, Journal, message_key
 from .limits import Limits, Pacer
 from .reply import Stage
-from .results import BulkResult, Progress
+from .results import BulkResult, Outcomes, Progress
 from .seen import SeenKeys
 from .template import Template
 from .throttle import Backoff, Pushback, classify
@@ -60,6 +61,9 @@ Entry = list[Any]
 
 #: How long the main thread waits at a time (Ctrl-C is honoured between waits).
 TICK = 0.5
+#: At most this long the main thread waits for a batch to reach the engine
+#: before it builds the next one.
+_HANDOFF = 0.05
 
 
 def send_many(config: Config, messages: Iterable[Mapping[str, Any] | EmailMessage] | None = None,
@@ -190,7 +194,7 @@ class _Run:
             self.journal_was_empty = journal.empty()
         self.resend_unknown = resend_unknown
         self.reporter = Reporter(progress, self.total)
-        self.outcomes: list[Kept | None] = []
+        self.outcomes = Outcomes()     # compact: see results.Outcomes
         self.carry: deque[Entry] = deque()     # to send (again) before more input
         self.connections = 0
         self.shared = Shared()
@@ -356,8 +360,12 @@ class _Run:
 
     # -- the wire thread ----------------------------------------------------------------
 
-    def _wire(self, session: Session, batch: list[Entry]) -> list[Kept]:
-        """Runs in the wire thread: journal, pace, send, journal."""
+    def _wire(self, session: Session, batch: list[Entry],
+              going: threading.Event | None = None) -> list[Kept]:
+        """Runs in the wire thread: journal, pace, send, journal.  ``going``
+        is set when the batch is about to enter the engine (see `_feed`)."""
+        if going is not None and self.pacer is not None:
+            going.set()
         if self.pacer is not None and not self.pacer.wait(1):
             return [not_sent(StateError, "the run was interrupted before this message went out")
                     for _ in batch]
@@ -368,7 +376,7 @@ class _Run:
             mine = [e for e in batch if e[4] is not None and not isinstance(e[2], Error)]
             if mine:    # one row for the batch, committed before it is written
                 batch_id = jr.mark_wire([e[4] for e in mine], [len(e[2][1]) for e in mine])
-        got = send_prepared(session, [e[2] for e in batch], self.stop_on_error, self.shared)
+        got = send_prepared(session, [e[2] for e in batch], self.stop_on_error, self.shared, going)
         for _ in batch[len(got):]:      # with stop_on_error a batch ends at its first failure
             got.append(not_sent(StateError, "an earlier message failed and stop_on_error is set"))
         for k in got:
@@ -420,8 +428,8 @@ class _Run:
         return self.limits.messages_per_connection
 
     def _result(self, started: float) -> BulkResult:
-        assert all(o is not None for o in self.outcomes)
-        result = BulkResult(self.outcomes,   # type: ignore[arg-type]
+        assert not self.outcomes.missing()
+        result = BulkResult(self.outcomes,
                             int((time.monotonic() - started) * 1000), max(self.connections, 1))
         result.learned = self._learned()
         return result
@@ -546,11 +554,18 @@ class _Run:
         batch = self._within_day(lane.built)
         lane.on_connection += len(batch)
         lane.built = []
-        lane.inflight = (lane.pool.submit(self._wire, lane.session, batch), batch)
+        going = threading.Event()
+        lane.inflight = (lane.pool.submit(self._wire, lane.session, batch, going), batch)
         room = self.limits.messages_per_connection
         if self.stop is None:       # built while the batch is on the wire
+            # ... once it is: the wire thread needs the GIL to start the batch,
+            # and would otherwise wait for the whole build of the next one
+            # (the GIL is handed over only when this thread blocks, or after
+            # the 5 ms switch interval), with the connection idle meanwhile
+            going.wait(_HANDOFF)
             lane.built = self._take(None if room is None else room - lane.on_connection)
             self._build(lane.built, lane.caps)
+            self.outcomes.compact()     # the last batch's records, off the path between batches
 
     def _open(self, batch: list[Entry]) -> _Lane | None:
         """A new session for ``batch``; waits out the server's rate and

@@ -37,7 +37,8 @@ from typing import Union
 
 from .errors import InputError
 
-__all__ = ["Attachment", "build", "check_header", "encode_header", "text_part",
+__all__ = ["Attachment", "build", "check_header", "encode_header", "text_part", "unstructured",
+           "envelope_address", "message_id_base",
            "make_message_id", "date_header", "split_address", "address_header",
            "attachment_part", "body_bytes", "multipart"]
 
@@ -57,6 +58,10 @@ _NAME_ADDR = re.compile(r"\s*(.*?)\s*<([^<>]*)>\s*", re.S)
 _PLAIN_ADDR = re.compile(r"[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9.-]+")
 _ADDR_BAD = re.compile(r'[ "<>(),;\\]')
 _EW_LIKE = re.compile(r"=\?.*\?=", re.S)
+#: ``Display Name <addr>`` that is written as it is: an atom phrase (no "=" or
+#: "?", so nothing like an encoded word) with single spaces, a plain address
+_SIMPLE_NAME_ADDR = re.compile(r"[A-Za-z0-9!#$%&'*+\-/^_`{|}~]+(?: [A-Za-z0-9!#$%&'*+\-/^_`{|}~]+)*"
+                               r" <([A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9.-]+)>")
 _HIGH = bytes(range(128, 256))
 
 
@@ -115,7 +120,9 @@ def _fold(name: bytes, tokens: Sequence[bytes], sep: bytes = b" ") -> bytes:
     return b"".join(parts)
 
 
-def _unstructured(name: bytes, value: str, utf8: bool) -> bytes:
+def unstructured(name: bytes, value: str, utf8: bool) -> bytes:
+    """An unstructured header (Subject, ...) folded; the value is not
+    checked for CR/LF/NUL here (`check_header`)."""
     if len(name) + 2 + len(value) <= 78 and value.isascii() and "=?" not in value \
             and value[:1] not in (" ", "\t"):
         return name + b": " + value.encode("ascii") + CRLF
@@ -139,6 +146,14 @@ def split_address(value: str) -> tuple[str, str]:
     if len(display) >= 2 and display[0] == '"' and display[-1] == '"':
         display = re.sub(r"\\(.)", r"\1", display[1:-1])
     return display, addr
+
+
+def envelope_address(value: str) -> str:
+    """The addr-spec of ``"Name <a@b>"`` or ``"a@b"`` (`split_address`'s)."""
+    if "<" not in value:
+        return value.strip()
+    m = _SIMPLE_NAME_ADDR.fullmatch(value)
+    return m.group(1) if m is not None else split_address(value)[1]
 
 
 def _address(field: str, value: str, utf8: bool) -> list[bytes]:
@@ -174,7 +189,8 @@ def address_header(name: bytes, field: str, values: Sequence[str], utf8: bool) -
     ``field`` for CR/LF/NUL or what is not an address."""
     if len(values) == 1:
         v = values[0]
-        if len(v) + len(name) < 76 and _PLAIN_ADDR.fullmatch(v):
+        if len(v) + len(name) < 76 and (_PLAIN_ADDR.fullmatch(v) or (
+                len(v) < 63 and _SIMPLE_NAME_ADDR.fullmatch(v))):
             return name + b": " + v.encode("ascii") + CRLF
     tokens: list[bytes] = []
     for v in values:
@@ -199,17 +215,39 @@ def encode_header(name: str, value: str | Sequence[str], *, utf8: bool = False) 
         raise InputError(f"header {name}: the value must be a string, not "
                          f"{type(value).__name__}; nothing was sent")
     check_header(f"header {name}", value)
-    return _unstructured(name.encode("ascii"), value, utf8)
+    return unstructured(name.encode("ascii"), value, utf8)
 
 
-_pid_prefix = f"{secrets.token_hex(6)}.{os.getpid()}"
+def _new_base() -> str:
+    return f"{time.time_ns() // 1_000_000}.{secrets.token_hex(6)}.{os.getpid()}"
+
+
+#: this process's Message-ID prefix (start time in ms, 48 random bits, pid),
+#: made anew in a forked child
+_base = _new_base()
 _counter = itertools.count()
+
+
+def _after_fork() -> None:
+    global _base, _counter
+    _base, _counter = _new_base(), itertools.count()
+
+
+os.register_at_fork(after_in_child=_after_fork)
 _date_cache: list[object] = [None, b""]
 
 
 def make_message_id(domain: str | None) -> str:
-    """A unique ``<...@domain>``: a random per-process prefix and a counter."""
-    return f"<{time.time_ns() // 1_000_000}.{_pid_prefix}.{next(_counter)}@{domain or 'mailexpress.invalid'}>"
+    """A unique ``<prefix.N@domain>``: a per-process prefix (start time,
+    random, pid) and a counter."""
+    return f"<{_base}.{next(_counter)}@{domain or 'mailexpress.invalid'}>"
+
+
+def message_id_base() -> str:
+    """The prefix of this process's Message-IDs: ``make_message_id`` gives
+    ``"<" + base + "." + str(N) + "@" + domain + ">"`` (a compact store
+    keeps N and the domain)."""
+    return _base
 
 
 def date_header() -> bytes:
@@ -240,8 +278,24 @@ def _long_lines(data: bytes) -> bool:
     return len(data) > 998 and _LONG_LINE.search(data) is not None
 
 
+#: the last text part made: (text, subtype, eight_bit, result); a bulk run
+#: that gives every message the same body string encodes it once
+_last_part: tuple[str, str, bool, tuple[bytes, bytes]] | None = None
+
+
 def text_part(text: str, subtype: str, eight_bit: bool) -> tuple[bytes, bytes]:
     """(MIME headers, encoded body) of a text part in UTF-8, line ends CRLF."""
+    global _last_part
+    last = _last_part
+    if last is not None and last[0] is text and last[1] == subtype and last[2] == eight_bit:
+        return last[3]
+    got = _text_part(text, subtype, eight_bit)
+    if len(text) >= 256 and type(text) is str:
+        _last_part = (text, subtype, eight_bit, got)
+    return got
+
+
+def _text_part(text: str, subtype: str, eight_bit: bool) -> tuple[bytes, bytes]:
     text = _normalise(text)
     try:
         data = text.encode("utf-8")
@@ -388,7 +442,7 @@ def build(*, sender: str, to: Sequence[str] = (), cc: Sequence[str] = (), subjec
     if reply_to and "reply-to" not in extra:
         out.append(address_header(b"Reply-To", "reply_to", [reply_to], utf8))
     if "subject" not in extra:
-        out.append(_unstructured(b"Subject", subject, utf8))
+        out.append(unstructured(b"Subject", subject, utf8))
     for lower, (name, value) in extra.items():
         if lower != "bcc":
             out.append(encode_header(name, value, utf8=utf8))

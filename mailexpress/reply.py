@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
+from typing import Any
 
 __all__ = ["Reply", "Stage"]
 
@@ -30,13 +31,21 @@ class Stage(str, enum.Enum):
         return self.value
 
 
-@dataclass(frozen=True, slots=True)
+_BY_VALUE = {s.value: s for s in Stage}
+_UNSET: Any = object()
+#: Replies already made, shared: equal replies are one object (a server
+#: answers thousands of messages alike); bounded (emptied when full).
+_MADE: dict[tuple[Any, ...], Reply] = {}
+_MADE_MAX = 256
+
+
+@dataclass(frozen=True, slots=True, init=False)
 class Reply:
     """One SMTP reply: code, enhanced status code (RFC 3463) and text lines.
 
     ``lines`` are the texts after ``"250-"`` / ``"250 "``, the enhanced code
     included, exactly as the server sent them (decoded as UTF-8, undecodable
-    bytes replaced).
+    bytes replaced).  Replies are immutable; equal ones may be one object.
     """
 
     code: int
@@ -44,9 +53,31 @@ class Reply:
     lines: tuple[str, ...]
     stage: Stage | None = None
 
-    def __post_init__(self) -> None:
-        if self.stage is not None and not isinstance(self.stage, Stage):
-            object.__setattr__(self, "stage", Stage(self.stage))
+    def __new__(cls, code: int = _UNSET, enhanced: str | None = _UNSET,
+                lines: tuple[str, ...] = _UNSET, stage: Stage | str | None = None) -> Reply:
+        if code is _UNSET or enhanced is _UNSET or lines is _UNSET:
+            if code is _UNSET and enhanced is _UNSET and lines is _UNSET and stage is None:
+                return object.__new__(cls)      # copy and pickle fill it in
+            raise TypeError("Reply() needs code, enhanced and lines")
+        key = (cls, code, enhanced, lines, stage)
+        try:
+            got = _MADE.get(key)
+        except TypeError:           # unhashable lines: made, not shared
+            got = key = None        # type: ignore[assignment]
+        if got is not None:
+            return got
+        if stage is not None and type(stage) is not Stage:
+            stage = _BY_VALUE.get(stage) or Stage(stage)
+        self = object.__new__(cls)
+        object.__setattr__(self, "code", code)
+        object.__setattr__(self, "enhanced", enhanced)
+        object.__setattr__(self, "lines", lines)
+        object.__setattr__(self, "stage", stage)
+        if key is not None:
+            if len(_MADE) >= _MADE_MAX:     # a server whose replies all differ: start again
+                _MADE.clear()
+            _MADE[key] = self
+        return self
 
     @property
     def text(self) -> str:

@@ -1,22 +1,26 @@
 """What sending gives back: `SendResult` for one message, `BulkResult` for many.
 
-A bulk run keeps, per message after it is sent, only a compact record (a
-tuple of the envelope, the Message-ID, the reply and the refused recipients,
-about 200 bytes with one recipient); the full `SendResult` is made when it
-is asked for.  Errors are kept as they are.
+A bulk run keeps, per message after it is sent, only a compact record; the
+full `SendResult` is made when it is asked for.  The records of a run are
+kept in columns (`Outcomes`): for the usual message (one recipient, none
+refused, a Message-ID of this process) about 55 bytes: the recipient's
+UTF-8, the Message-ID's counter, and small indexes into tables of the
+senders, replies and domains seen.  Errors are kept as they are.
 """
 from __future__ import annotations
 
 import html
 import logging
+from array import array
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Union, overload
 
+from . import mime
 from .errors import Error
 from .reply import Reply
 
-__all__ = ["BulkResult", "Progress", "SendResult", "make_result", "record"]
+__all__ = ["BulkResult", "Outcomes", "Progress", "SendResult", "make_result", "record"]
 
 log = logging.getLogger("mailexpress")
 
@@ -138,6 +142,177 @@ def expand(item: Outcome | Record) -> Outcome:
                       refused=dict(refused), reply=reply, elapsed_ms=elapsed_ms)
 
 
+_NONE, _RECORD, _OBJECT, _PENDING = 0, 1, 2, 3
+_TABLE_MAX = 65535
+
+
+class Outcomes:
+    """The outcomes of a bulk run by index, compact: a list-like store of
+    `Record` tuples, errors (or `SendResult`) and None (no outcome yet).
+
+    A record with one recipient, no refused recipient and a Message-ID made
+    by this process (``<base.N@domain>``, see `mime.make_message_id`) is
+    kept in columns and made again as an equal tuple when read; anything
+    else is kept as the object given.  Records are put in columns by
+    `compact` (a bulk run calls it while a batch is on the wire; reading
+    calls it), not when set: setting is cheap."""
+
+    __slots__ = ("_n", "_kind", "_obj", "_pending", "_sender", "_reply", "_elapsed", "_roff", "_rlen",
+                 "_blob", "_mid", "_dom", "_tables", "_index", "_prefix", "_base", "_last")
+
+    def __init__(self, items: Iterable[Outcome | Record | None] = ()) -> None:
+        self._n = 0
+        self._kind = bytearray()
+        self._obj: dict[int, object] = {}
+        self._pending: dict[int, Record] = {}
+        self._sender = array("H")
+        self._reply = array("H")
+        self._elapsed = array("I")
+        self._roff = array("Q")
+        self._rlen = array("H")
+        self._blob = bytearray()
+        self._mid = array("Q")
+        self._dom = array("H")
+        #: senders, replies, domains: the values, and value -> index
+        self._tables: tuple[list[Any], list[Any], list[Any]] = ([], [], [])
+        self._index: tuple[dict[Any, int], dict[Any, int], dict[Any, int]] = ({}, {}, {})
+        #: the previous record's sender, reply and domain with their indexes
+        self._last: tuple[Any, int, Any, int, Any, int] = (None, -1, None, -1, None, -1)
+        self._base = mime.message_id_base()
+        self._prefix = "<" + self._base + "."
+        for item in items:
+            self.append(item)
+        self.compact()
+
+    def __len__(self) -> int:
+        return self._n
+
+    def append(self, item: Outcome | Record | None) -> None:
+        n = self._n
+        if n == len(self._kind):
+            grow = max(1024, n // 4)
+            self._kind.extend(bytes(grow))
+            for col in (self._sender, self._reply, self._rlen, self._dom):
+                col.frombytes(bytes(2 * grow))
+            self._elapsed.frombytes(bytes(4 * grow))
+            self._roff.frombytes(bytes(8 * grow))
+            self._mid.frombytes(bytes(8 * grow))
+        self._n = n + 1
+        if item is not None:
+            self[n] = item
+
+    def extend(self, items: Iterable[Outcome | Record | None]) -> None:
+        for item in items:
+            self.append(item)
+
+    def _ix(self, which: int, value: Any) -> int:
+        index = self._index[which]
+        got = index.get(value)
+        if got is None:
+            table = self._tables[which]
+            got = len(table)
+            if got >= _TABLE_MAX:
+                return -1
+            table.append(value)
+            index[value] = got
+        return got
+
+    def __setitem__(self, i: int, item: Outcome | Record | None) -> None:
+        if not 0 <= i < self._n:
+            raise IndexError(i)
+        if self._kind[i] >= _OBJECT:
+            self._obj.pop(i, None)
+            self._pending.pop(i, None)
+        if item is None:
+            self._kind[i] = _NONE
+        elif type(item) is tuple:
+            self._kind[i] = _PENDING
+            self._pending[i] = item
+        else:
+            self._kind[i] = _OBJECT
+            self._obj[i] = item
+
+    def compact(self) -> None:
+        """Puts the records set since the last call in columns."""
+        pending, self._pending = self._pending, {}
+        for i, rec in pending.items():
+            if self._pack(i, rec):
+                self._kind[i] = _RECORD
+            else:
+                self._kind[i] = _OBJECT
+                self._obj[i] = rec
+
+    def _pack(self, i: int, rec: Record) -> bool:
+        envelope_from, who, message_id, reply, refused, elapsed_ms = rec
+        if refused or type(who) is not str or type(message_id) is not str \
+                or not message_id.startswith(self._prefix) or message_id[-1] != ">" \
+                or not 0 <= elapsed_ms < 1 << 32:
+            return False
+        number, at, domain = message_id[len(self._prefix):-1].partition("@")
+        if not at or not number.isascii() or not number.isdigit() or len(number) > 19 \
+                or (number[0] == "0" and number != "0"):
+            return False
+        try:
+            rcpt = who.encode("utf-8", "surrogatepass")
+        except UnicodeError:
+            return False
+        if len(rcpt) > _TABLE_MAX:
+            return False
+        last = self._last
+        s = last[1] if envelope_from is last[0] else self._ix(0, envelope_from)
+        r = last[3] if reply is last[2] else self._ix(1, reply)
+        d = last[5] if domain == last[4] else self._ix(2, domain)
+        if s < 0 or r < 0 or d < 0:
+            return False
+        self._last = (envelope_from, s, reply, r, domain, d)
+        self._sender[i], self._reply[i], self._dom[i] = s, r, d
+        self._elapsed[i] = elapsed_ms
+        self._mid[i] = int(number)
+        self._roff[i] = len(self._blob)
+        self._rlen[i] = len(rcpt)
+        self._blob += rcpt
+        return True
+
+    def __getitem__(self, i: int) -> Outcome | Record | None:
+        if i < 0:
+            i += self._n
+        if not 0 <= i < self._n:
+            raise IndexError(i)
+        kind = self._kind[i]
+        if kind == _RECORD:
+            off = self._roff[i]
+            senders, replies, domains = self._tables
+            return (senders[self._sender[i]],
+                    self._blob[off:off + self._rlen[i]].decode("utf-8", "surrogatepass"),
+                    f"{self._prefix}{self._mid[i]}@{domains[self._dom[i]]}>",
+                    replies[self._reply[i]], None, self._elapsed[i])
+        if kind == _OBJECT:
+            return self._obj[i]     # type: ignore[return-value]
+        if kind == _PENDING:
+            return self._pending[i]
+        return None
+
+    def __iter__(self) -> Iterator[Outcome | Record | None]:
+        return (self[i] for i in range(self._n))
+
+    def objects(self) -> list[tuple[int, object]]:
+        """(index, item) of what is not a compact record (errors among
+        them), in order."""
+        self.compact()
+        return sorted(self._obj.items())
+
+    def missing(self) -> bool:
+        """True when a message has no outcome."""
+        return self._kind.find(_NONE, 0, self._n) >= 0
+
+    def nbytes(self) -> int:
+        """The memory its columns take (not the objects kept whole)."""
+        self.compact()
+        return (len(self._kind) + sum(c.itemsize * len(c) for c in (
+            self._sender, self._reply, self._elapsed, self._roff, self._rlen, self._mid, self._dom))
+            + len(self._blob))
+
+
 class BulkResult(Sequence[Outcome]):
     """One outcome per message, in the order given: a `SendResult`
     when the server accepted the message, otherwise the `Error` that
@@ -151,9 +326,9 @@ class BulkResult(Sequence[Outcome]):
 
     __slots__ = ("_items", "elapsed_ms", "connections", "learned")
 
-    def __init__(self, outcomes: Iterable[Outcome | Record], elapsed_ms: int = 0,
+    def __init__(self, outcomes: Iterable[Outcome | Record] | Outcomes, elapsed_ms: int = 0,
                  connections: int = 1, learned: tuple[str, ...] = ()) -> None:
-        self._items: list[Outcome | Record] = list(outcomes)
+        self._items = outcomes if isinstance(outcomes, Outcomes) else Outcomes(outcomes)
         self.elapsed_ms = elapsed_ms
         self.connections = connections
         #: what the run learned about the server's limits, as sentences
@@ -164,13 +339,13 @@ class BulkResult(Sequence[Outcome]):
     def unknown(self) -> list[tuple[int, Error]]:
         """(index, error) of the messages whose fate is unknown (they may have
         been delivered: check before sending them again)."""
-        return [(i, o) for i, o in enumerate(self._items)
+        return [(i, o) for i, o in self._items.objects()
                 if isinstance(o, Error) and getattr(o, "delivered", False) is None]
 
     @property
     def outcomes(self) -> tuple[Outcome, ...]:
         """Every outcome, in order (made on each call)."""
-        return tuple(map(expand, self._items))
+        return tuple(self)
 
     @overload
     def __getitem__(self, index: int) -> Outcome: ...
@@ -179,14 +354,14 @@ class BulkResult(Sequence[Outcome]):
 
     def __getitem__(self, index: int | slice) -> Outcome | Sequence[Outcome]:
         if isinstance(index, slice):
-            return tuple(map(expand, self._items[index]))
-        return expand(self._items[index])
+            return tuple(expand(self._items[i]) for i in range(*index.indices(len(self))))  # type: ignore[arg-type]
+        return expand(self._items[index])     # type: ignore[arg-type]
 
     def __len__(self) -> int:
         return len(self._items)
 
     def __iter__(self) -> Iterator[Outcome]:
-        return map(expand, self._items)
+        return map(expand, self._items)     # type: ignore[arg-type]
 
     def __repr__(self) -> str:
         return (f"<BulkResult {len(self)} messages: {len(self) - len(self.failed)} sent, "
@@ -195,18 +370,19 @@ class BulkResult(Sequence[Outcome]):
     @property
     def sent(self) -> list[SendResult]:
         """The messages the server accepted."""
-        return [expand(o) for o in self._items if not isinstance(o, Error)]   # type: ignore[misc]
+        return [expand(o) for o in self._items if not isinstance(o, Error)]   # type: ignore[misc,arg-type]
 
     @property
     def failed(self) -> list[tuple[int, Error]]:
         """(index, error) of every message the server did not accept."""
-        return [(i, o) for i, o in enumerate(self._items) if isinstance(o, Error)]
+        return [(i, o) for i, o in self._items.objects() if isinstance(o, Error)]
 
     @property
     def ok(self) -> bool:
         """True when every message was accepted for every recipient."""
-        return all(not o[4] if isinstance(o, tuple) else not isinstance(o, Error) and o.ok
-                   for o in self._items)
+        return not self._items.missing() and all(
+            not o[4] if isinstance(o, tuple) else isinstance(o, SendResult) and o.ok
+            for _i, o in self._items.objects())
 
     @property
     def rate(self) -> float:

@@ -51,13 +51,10 @@ class _Field:
         self.single = parts[0][1] if len(parts) == 1 and not parts[0][0] and parts[0][1] \
             and not parts[0][2] and not parts[0][3] else None
 
-    def render(self, row: Mapping[str, Any]) -> str:
-        if not self.names:
-            return self.text
+    def values(self, row: Mapping[str, Any]) -> list[str]:
+        """The text of each placeholder for ``row`` (HTML escaped for html)."""
         out = []
-        for lit, name, spec, conv in self.parts:
-            if lit:
-                out.append(lit)
+        for _lit, name, spec, conv in self.parts:
             if name is None:
                 continue
             try:
@@ -77,7 +74,68 @@ class _Field:
                 raise InputError(f"field {name!r} = {value!r} does not fit {{{name}:{spec}}} in "
                                  f"the template's {self.where}: {exc}; it was not sent") from None
             out.append(html_mod.escape(text) if self.escape else text)
+        return out
+
+    def render(self, row: Mapping[str, Any]) -> str:
+        if not self.names:
+            return self.text
+        return self.join(self.values(row))
+
+    def join(self, values: list[str]) -> str:
+        """The text with ``values`` (from `values`) in its placeholders."""
+        out = []
+        it = iter(values)
+        for lit, name, _spec, _conv in self.parts:
+            if lit:
+                out.append(lit)
+            if name is not None:
+                out.append(next(it))
         return "".join(out)
+
+
+_HEAD_7BIT = b'; charset="utf-8"\r\nContent-Transfer-Encoding: 7bit\r\n'
+
+
+class _Text:
+    """A templated text part written as wire bytes without a build: its
+    literal text is ASCII (CR and NUL free), so when every value filled in
+    is ASCII without CR, LF or NUL and the longest line stays within 998
+    octets, the part is 7bit and its body is the literal pieces, line ends
+    made CRLF once, with the values between them: what `mime.text_part`
+    gives for the rendered text.  Otherwise (None) the part is built."""
+
+    __slots__ = ("field", "pieces", "longest", "head")
+
+    def __init__(self, field: _Field, subtype: str) -> None:
+        self.field = field
+        self.pieces = [lit.replace("\n", "\r\n").encode("ascii") for lit, _n, _s, _c in field.parts]
+        blank = "".join(lit for lit, _n, _s, _c in field.parts)
+        self.longest = max(map(len, blank.split("\n")))
+        self.head = b"Content-Type: text/" + subtype.encode("ascii") + _HEAD_7BIT + CRLF
+
+    @staticmethod
+    def fits(field: _Field) -> bool:
+        text = "".join(lit for lit, _n, _s, _c in field.parts)
+        return text.isascii() and "\r" not in text and "\0" not in text
+
+    def part(self, row: Mapping[str, Any]) -> bytes | None:
+        """Content-Type, Content-Transfer-Encoding, blank line, body."""
+        values = self.field.values(row)
+        size = self.longest
+        for v in values:
+            if not v.isascii() or "\n" in v or "\r" in v or "\0" in v:
+                return None
+            size += len(v)
+        if size > 998:
+            return None
+        out = []
+        it = iter(values)
+        for piece, (_lit, name, _s, _c) in zip(self.pieces, self.field.parts):
+            out.append(piece)
+            if name is not None:
+                out.append(next(it).encode("ascii"))
+        body = b"".join(out)
+        return self.head + body if body.endswith(b"\n") else self.head + body + CRLF
 
 
 class _Compiled:
@@ -97,6 +155,11 @@ class _Compiled:
         self.text_b = self._part(t._body, "plain", eight_bit) if static(t._body) and t._body else None
         self.html_b = self._part(t._html, "html", eight_bit) if static(t._html) and t._html else None
         self.attachments_b = [mime.attachment_part(a) for a in t.attachments]
+        #: templated text parts that may be filled in as bytes (see _Text)
+        self.text_t = _Text(t._body, "plain") if t._body is not None and t._body.names \
+            and _Text.fits(t._body) else None
+        self.html_t = _Text(t._html, "html") if t._html is not None and t._html.names \
+            and _Text.fits(t._html) else None
         #: per sender or reply-to address seen: its header line, envelope address and domain
         self.seen: dict[tuple[str, str], tuple[bytes, str, str | None]] = {}
         self.mime_b: bytes | None = None
@@ -211,7 +274,7 @@ class Template:
         if not who:
             raise InputError("no sender: give the template a sender, sender=... or from_address "
                              "in the config; nothing was sent")
-        envelope = [mime.split_address(a)[1] for a in rcpts]
+        envelope = [mime.envelope_address(a) for a in rcpts]
         # UTF-8 headers only in an SMTPUTF8 transaction (a non-ASCII envelope address)
         utf8 = utf8 and not (who.isascii() and all(a.isascii() for a in envelope))
         c = self._compiled.get((eight_bit, utf8))
@@ -227,7 +290,12 @@ class Template:
             rt = self._reply_to.render(row) if self._reply_to is not None else reply_to
             if rt:
                 out.append(self._address(c, "Reply-To", rt, utf8)[0])
-        out.append(c.subject_b or mime.encode_header("Subject", self._subject.render(row), utf8=utf8))
+        if c.subject_b is not None:
+            out.append(c.subject_b)
+        else:
+            subject = self._subject.render(row)
+            mime.check_header("subject", subject)    # named as send_as names it
+            out.append(mime.unstructured(b"Subject", subject, utf8))
         out.append(c.headers_b)
         for name, f in self._headers:
             if f.names:
@@ -252,15 +320,20 @@ class Template:
         return got
 
     def _mime(self, c: _Compiled, row: Mapping[str, Any], eight_bit: bool) -> bytes:
-        def part(f: _Field | None, static: bytes | None, subtype: str) -> bytes | None:
+        def part(f: _Field | None, static: bytes | None, fast: _Text | None,
+                 subtype: str) -> bytes | None:
             if f is None:
                 return None
             if static is not None:
                 return static
+            if fast is not None:
+                got = fast.part(row)
+                if got is not None:
+                    return got
             head, body = mime.text_part(f.render(row), subtype, eight_bit)
             return head + CRLF + body
-        text = part(self._body, c.text_b, "plain")
-        rich = part(self._html, c.html_b, "html")
+        text = part(self._body, c.text_b, c.text_t, "plain")
+        rich = part(self._html, c.html_b, c.html_t, "html")
         if text is not None and rich is not None:
             head, content = mime.multipart(b"alternative", [text, rich])
             inner = head + CRLF + content
@@ -268,4 +341,3 @@ class Template:
             inner = text or rich or b""
         inner = b"MIME-Version: 1.0\r\n" + inner
         return c._mixed(inner) if c.attachments_b else inner
-

@@ -226,3 +226,86 @@ def test_a_non_ascii_local_part_needs_smtputf8():
         mime.build(sender="a@corp.example", to=["jörg@x.example"], utf8=False)
     ours, _ = mime.build(sender="a@corp.example", to=["j@bücher.example"], utf8=False)
     assert b"To: j@xn--bcher-kva.example\r\n" in ours
+
+
+# -- mx.Template: its wire bytes are the fast builder's for the rendered row ------
+#
+# A template fills its values into bytes compiled once (the literal text of a
+# body in wire form, the fixed headers encoded once); that must give what
+# building the rendered message from scratch gives (mime.build, checked above
+# against EmailMessage), byte for byte but for Date, Message-ID and multipart
+# boundaries, and mean what EmailMessage means.
+
+BOUNDARY = re.compile(rb"=_mx[0-9a-f]{24}")
+literal = st.text(st.characters(blacklist_categories=("Cs",),
+                                blacklist_characters="{}\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029\0"),
+                  max_size=300)
+ascii_literal = st.text(st.characters(min_codepoint=32, max_codepoint=126, blacklist_characters="{}")
+                        | st.just("\n"), max_size=300)
+value = (st.text(st.characters(blacklist_categories=("Cs",),
+                               blacklist_characters="\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"), max_size=80)
+         | st.text(st.characters(min_codepoint=32, max_codepoint=126), max_size=40)
+         | st.integers(min_value=0, max_value=10**9) | st.integers(990, 1200).map(lambda n: "w" * n))
+
+
+def _templated(lits: list[str]) -> str:
+    return "".join(lit + (f"{{v{i}}}" if i + 1 < len(lits) else "") for i, lit in enumerate(lits))
+
+
+def _wire_normal(data: bytes) -> bytes:
+    data = re.sub(rb"(?m)^(Date|Message-ID): [^\r]*\r\n", b"", data)
+    return BOUNDARY.sub(b"=_mxBOUNDARY", data)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(body=st.none() | st.lists(literal | ascii_literal, min_size=1, max_size=4),
+       html=st.none() | st.lists(literal | ascii_literal, min_size=1, max_size=3),
+       values=st.lists(value, min_size=4, max_size=4), name=display.filter(lambda s: "\0" not in s),
+       email=addr_spec, subject=header_text, eight_bit=st.booleans())
+@example(body=["Dear ", ",\n" + "Your statement.\n" * 20], html=None, values=["Customer 7", 0, 0, 0],
+         name="Customer 7", email="user7@bench.example", subject="Statement", eight_bit=True)
+@example(body=["Hi\n", ""], html=["<p>", "</p>"], values=["", "a<b & 'c'", 0, 0], name="x",
+         email="a@b.example", subject="", eight_bit=False)
+def test_template_bytes_are_the_builders_for_the_rendered_row(body, html, values, name, email,
+                                                              subject, eight_bit):
+    from mailexpress.compose import prepare
+    t = mx.Template(to="{name} <{email}>", subject="Re: {subject} {v0}",
+                    body=_templated(body) if body is not None else None,
+                    html=_templated(html) if html is not None else None,
+                    sender="Corp <news@corp.example>")
+    row = {"name": fmt(name, "x@y").rpartition(" <")[0] if name else "", "email": email,
+           "subject": subject, **{f"v{i}": v for i, v in enumerate(values)}}
+    try:
+        rendered = t.render(row)
+        rendered.setdefault("body", None)       # an html-only template has no text part
+        want = prepare(sender=rendered.pop("sender"), eight_bit=eight_bit, **rendered)
+    except mx.InputError as exc:
+        with pytest.raises(mx.InputError) as info:
+            t.prepare(row, sender=None, reply_to=None, eight_bit=eight_bit, utf8=False)
+        assert str(info.value) == str(exc)
+        return
+    got = t.prepare(row, sender=None, reply_to=None, eight_bit=eight_bit, utf8=False)
+    assert (got.envelope_from, got.recipients) == (want.envelope_from, want.recipients)
+    assert _wire_normal(got.data) == _wire_normal(want.data)
+    msg = PARSER.parsebytes(got.data)
+    assert msg["Message-ID"] == got.message_id and msg["Date"] is not None
+    if "=?" not in rendered["subject"]:
+        assert str(msg["Subject"]) == rendered["subject"]
+    ref = reference("Corp <news@corp.example>", rendered["to"], [], None, rendered["subject"],
+                    rendered.get("body"), rendered.get("html"), [], {}, eight_bit)
+    mine, theirs = summary(msg), summary(PARSER.parsebytes(ref.as_bytes()))
+    for key in ("subject", "to", "from"):
+        mine.pop(key), theirs.pop(key)
+    assert mine == theirs
+
+
+def test_template_fast_text_part_is_7bit_bytes_of_the_literal_and_values():
+    t = mx.Template(to="{email}", subject="s", body="Dear {name},\nline two\n{n}")
+    c_rows = [{"email": "a@b.example", "name": "Ann", "n": 3},
+              {"email": "a@b.example", "name": "Jörg", "n": 4},       # not ASCII: built
+              {"email": "a@b.example", "name": "x\ny", "n": 5}]       # a line end: built
+    outs = [t.prepare(r, sender="s@corp.example", reply_to=None, eight_bit=True, utf8=False).data
+            for r in c_rows]
+    assert outs[0].endswith(b"Content-Transfer-Encoding: 7bit\r\n\r\nDear Ann,\r\nline two\r\n3\r\n")
+    assert b"Content-Transfer-Encoding: 8bit\r\n\r\nDear J\xc3\xb6rg,\r\n" in outs[1]
+    assert outs[2].endswith(b"\r\n\r\nDear x\r\ny,\r\nline two\r\n5\r\n")
