@@ -206,6 +206,17 @@ class MaildirServer:
     def log(self) -> str:
         raise NotImplementedError
 
+    def wait_log(self, text: str, timeout: float = 10.0) -> str:
+        """The log once it holds ``text``: a server writes its log line after
+        it has answered the client, so a check right after the reply races it.
+        Gives up after ``timeout`` seconds and returns the log as it is."""
+        end = time.monotonic() + timeout
+        while True:
+            log = self.log()
+            if text in log or time.monotonic() > end:
+                return log
+            time.sleep(0.05)
+
     def leftover_processes(self) -> list[str]:
         out = subprocess.run(["pgrep", "-af", str(self.dir)], capture_output=True, text=True, env=clean_env(),
                              timeout=30).stdout

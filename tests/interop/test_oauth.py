@@ -171,7 +171,8 @@ def test_dovecot_refuses_each_bad_token_for_its_reason(oauth, kind, mechanism):
     r = raw_auth(oauth, "submission", mechanism, user, token)
     assert r.replies[0][0] == 334 and r.final == (535, "5.7.8 Error: authentication failed: (reason unavailable)")
     assert r.challenge == refusal_json(oauth, mechanism)
-    assert f"oauth2 failed: Local validation failed: {reason}" in oauth.log()
+    want = f"oauth2 failed: Local validation failed: {reason}"
+    assert want in oauth.wait_log(want)
 
 
 def test_token_size_limits_of_postfix_and_dovecot(oauth):
@@ -186,7 +187,7 @@ def test_token_size_limits_of_postfix_and_dovecot(oauth):
     t13 = oauth.issuer.token_of_size(MAILER, 13_000)
     assert raw_auth(oauth, "submission_big", "XOAUTH2", MAILER.mailbox, t13, initial=False).final == (
         454, "4.7.0 Temporary authentication failure: Connection lost to authentication server")
-    assert "sent us more than 16384 bytes" in oauth.log()
+    assert "sent us more than 16384 bytes" in oauth.wait_log("sent us more than 16384 bytes")
 
 
 def test_postfix_cuts_a_long_auth_line(oauth):
@@ -397,7 +398,8 @@ def test_a_token_for_the_wrong_resource_through_msal(oauth, secret):
     with pytest.raises(mx.AuthError) as info:
         mx.connect(config)
     assert info.value.code == 535 and info.value.oauth_error == refusal_json(oauth, "XOAUTH2")
-    assert "oauth2 failed: Local validation failed: client_id not found in aud field" in oauth.log()
+    want = "oauth2 failed: Local validation failed: client_id not found in aud field"
+    assert want in oauth.wait_log(want)
 
 
 def test_no_fallback_to_login_after_the_token_was_refused(oauth):
