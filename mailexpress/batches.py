@@ -120,9 +120,11 @@ def send_prepared(session: _core.Session, prepared: Sequence[Prepared | Error],
                   going: threading.Event | None = None) -> list[Kept]:
     """Sends one batch of prepared messages (errors stand for messages that
     could not be prepared and are kept as their outcome).  Returns one kept
-    outcome per item; with ``stop_on_error`` the list ends at the first failure.
-    ``going`` is set just before the batch enters the engine."""
+    outcome per item; with ``stop_on_error`` the items after the first failure
+    are "not sent" (retry safe).  ``going`` is set just before the batch
+    enters the engine."""
     started = time.monotonic()
+    items = len(prepared)
     if stop_on_error:
         for k, p in enumerate(prepared):
             if isinstance(p, Error):
@@ -159,6 +161,9 @@ def send_prepared(session: _core.Session, prepared: Sequence[Prepared | Error],
             refused, reply = o
             out.append(record(shared.string(p[0]), p[1], p[3], refused, shared.reply(reply),
                               elapsed))
+    # with stop_on_error the batch ended at its first failure
+    out.extend(not_sent(StateError, "an earlier message failed and stop_on_error is set")
+               for _ in range(items - len(out)))
     return out
 
 
@@ -193,9 +198,6 @@ def run_bulk(session: _core.Session, messages: Iterable[Any], *, stop_on_error: 
                 except InputError as err:
                     prepared.append(err)
             got = send_prepared(session, prepared, stop_on_error, shared)
-            # with stop_on_error a batch ends at its first failure
-            for _ in batch[len(got):]:
-                got.append(not_sent(StateError, "an earlier message failed and stop_on_error is set"))
             outcomes.extend(got)
             reporter.update(got)
             if session.state == "ERROR" or (stop_on_error and any(isinstance(o, Error) for o in got)):

@@ -377,8 +377,6 @@ class _Run:
             if mine:    # one row for the batch, committed before it is written
                 batch_id = jr.mark_wire([e[4] for e in mine], [len(e[2][1]) for e in mine])
         got = send_prepared(session, [e[2] for e in batch], self.stop_on_error, self.shared, going)
-        for _ in batch[len(got):]:      # with stop_on_error a batch ends at its first failure
-            got.append(not_sent(StateError, "an earlier message failed and stop_on_error is set"))
         for k in got:
             if isinstance(k, Error) and k.reply is not None and classify(k.reply, k.stage) is Pushback.QUOTA:
                 # not delivered for the day's quota, not for what it is: it may go another day
@@ -488,8 +486,6 @@ class _Run:
                     except BaseException as wire_exc:   # noqa: BLE001 - the first exception is the one raised
                         self._fill([(e, not_sent(StateError, f"{why}: {wire_exc}")) for e in batch])
                     else:
-                        for _ in batch[len(got):]:
-                            got.append(not_sent(StateError, why))
                         self._fill(list(zip(batch, got)))
             self._fill([(e, e[2] if isinstance(e[2], InputError) else not_sent(StateError, why))
                         for e in lane.built])
@@ -647,8 +643,6 @@ class _Run:
     def _after(self, lane: _Lane, got: list[Kept], sent: list[Entry]) -> bool:
         """Takes a finished batch's outcomes; False when this session is done."""
         session = lane.session
-        for _ in sent[len(got):]:
-            got.append(not_sent(StateError, "an earlier message failed and stop_on_error is set"))
         failed = session.state == "ERROR"
         push: Pushback | None = None
         quota: Error | None = None
