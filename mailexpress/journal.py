@@ -19,6 +19,12 @@ yet sent: ``not_sent`` rows and new keys.  ``wire`` and ``unknown`` rows are
 not sent again unless the caller says so (``resend_unknown``).  A finished
 row comes back as the outcome it had.
 
+A message sent to its one recipient with nothing refused (a bulk run's usual
+outcome) is recorded in columns (``message_id``, ``sender``, ``reply`` as
+JSON, ``accepted``, ``elapsed``): no outcome JSON to build per message.  Every
+other outcome is JSON in ``outcome`` (schema 3; journals of versions 1 and 2
+gain the columns when opened and their rows keep their JSON).
+
 Sent and unknown rows keep when they went out and their envelope recipients
 (``sent_at``, ``rcpts``, indexed), so that a run counts the recipients of the
 last 24 hours across runs (`recipients_since`, for ``recipients_per_day``).
