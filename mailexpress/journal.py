@@ -19,6 +19,12 @@ yet sent: ``not_sent`` rows and new keys.  ``wire`` and ``unknown`` rows are
 not sent again unless the caller says so (``resend_unknown``).  A finished
 row comes back as the outcome it had.
 
+A message sent to its one recipient with nothing refused (a bulk run's usual
+outcome) is recorded in columns (``message_id``, ``sender``, ``reply`` as
+JSON, ``accepted``, ``elapsed``): no outcome JSON to build per message.  Every
+other outcome is JSON in ``outcome`` (schema 3; journals of versions 1 and 2
+gain the columns when opened and their rows keep their JSON).
+
 Sent and unknown rows keep when they went out and their envelope recipients
 (``sent_at``, ``rcpts``, indexed), so that a run counts the recipients of the
 last 24 hours across runs (`recipients_since`, for ``recipients_per_day``).
@@ -58,7 +64,7 @@ if TYPE_CHECKING:
 
 __all__ = ["Journal", "JournalRow", "message_key"]
 
-SCHEMA_VERSION = "2"
+SCHEMA_VERSION = "3"
 FINAL_STATES = frozenset({"sent", "refused"})
 #: States whose recipients count against recipients_per_day (unknown: may have been delivered).
 COUNTED_STATES = frozenset({"sent", "unknown", "wire"})
@@ -128,6 +134,12 @@ class JournalRow:
     attempts: int
     outcome_json: str | None
     updated: float
+    #: a sent message recorded in columns (schema 3) instead of ``outcome_json``
+    message_id: str | None = None
+    envelope_from: str | None = None
+    reply_json: str | None = None
+    accepted: str | None = None
+    elapsed_ms: int | None = None
 
     @property
     def final(self) -> bool:
@@ -138,6 +150,12 @@ class JournalRow:
         saying its fate is unknown)."""
         from .client import SendResult
 
+        if self.state == "sent" and self.outcome_json is None and self.reply_json is not None:
+            reply = _reply_from(self.reply_json)
+            assert reply is not None and self.envelope_from is not None and self.accepted is not None
+            return SendResult(message_id=self.message_id, envelope_from=self.envelope_from,
+                              accepted=(self.accepted,), refused={}, reply=reply,
+                              elapsed_ms=self.elapsed_ms or 0)
         if self.state == "wire" or self.outcome_json is None:
             err: Error = Error(f"outcome unknown: an earlier run was stopped after recording this "
                                f"message for sending ({self.key}); it may have been delivered. "
@@ -214,11 +232,27 @@ def record_state_json(kept: Any) -> tuple[str, str]:
         "reply": _reply_json(reply), "elapsed_ms": elapsed_ms})
 
 
+_ON_CONFLICT = ("ON CONFLICT(key) DO UPDATE SET state=excluded.state, attempts=attempts+1, "
+                "outcome=excluded.outcome, updated=excluded.updated, run=excluded.run, "
+                "sent_at=excluded.sent_at, rcpts=excluded.rcpts, message_id=excluded.message_id, "
+                "sender=excluded.sender, reply=excluded.reply, accepted=excluded.accepted, "
+                "elapsed=excluded.elapsed")
 _UPSERT = ("INSERT INTO messages (key, state, attempts, outcome, updated, run, sent_at, rcpts) "
-           "VALUES (?, ?, 1, ?, ?, ?, ?, ?) "
-           "ON CONFLICT(key) DO UPDATE SET state=excluded.state, attempts=attempts+1, "
-           "outcome=excluded.outcome, updated=excluded.updated, run=excluded.run, "
-           "sent_at=excluded.sent_at, rcpts=excluded.rcpts")
+           "VALUES (?, ?, 1, ?, ?, ?, ?, ?) " + _ON_CONFLICT)
+#: columns of a schema-3 row beyond version 2's (a sent message without JSON)
+_V3_COLUMNS = ("message_id TEXT", "sender TEXT", "reply TEXT", "accepted TEXT", "elapsed INTEGER")
+_SENT_FIELDS = 7    # key, rcpts, message_id, sender, reply, accepted, elapsed
+
+
+@functools.lru_cache(maxsize=16)
+def _sent_sql(rows: int) -> str:
+    """The upsert of ``rows`` sent messages in columns: ?1 is the time, ?2
+    the run (bound once), then `_SENT_FIELDS` values a row."""
+    values = ", ".join(f"(?{b}, 'sent', 1, ?1, ?2, ?1, ?{b + 1}, ?{b + 2}, ?{b + 3}, ?{b + 4}, "
+                       f"?{b + 5}, ?{b + 6})"
+                       for b in range(3, 3 + rows * _SENT_FIELDS, _SENT_FIELDS))
+    return ("INSERT INTO messages (key, state, attempts, updated, run, sent_at, rcpts, message_id, "
+            f"sender, reply, accepted, elapsed) VALUES {values} " + _ON_CONFLICT)
 
 
 _BATCHES_PER_TRANSACTION = 50    # what waits is written together (a busy machine: one commit)
@@ -258,6 +292,8 @@ class Journal:
                               key="journal.sync", value=sync)
         self.run = 0                                # the run recording now (start_run)
         self._open: dict[int, tuple[list[str], list[int]]] = {}   # batches of ours on the wire
+        # the JSON of the replies written, by identity (a run's equal replies are one object)
+        self._reply_texts: dict[int, tuple[Reply, str]] = {}
         try:
             self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
             self._db.execute("PRAGMA journal_mode=WAL")
@@ -295,12 +331,19 @@ class Journal:
                 updated  REAL NOT NULL,
                 run      INTEGER,
                 sent_at  REAL,
-                rcpts    INTEGER
+                rcpts    INTEGER,
+                message_id TEXT,
+                sender   TEXT,
+                reply    TEXT,
+                accepted TEXT,
+                elapsed  INTEGER
             )""")
             db.execute("INSERT INTO meta VALUES ('schema', ?)", (SCHEMA_VERSION,))
-        elif row[0] == "1":
-            # version 1 had no run, sent time or recipients: its rows do not count for the day
-            for column in ("run INTEGER", "sent_at REAL", "rcpts INTEGER"):
+        elif row[0] in ("1", "2"):
+            # version 1 had no run, sent time or recipients: its rows do not count for the day;
+            # versions 1 and 2 kept every outcome as JSON (their rows keep it: `JournalRow.outcome`)
+            added = ("run INTEGER", "sent_at REAL", "rcpts INTEGER") if row[0] == "1" else ()
+            for column in added + _V3_COLUMNS:
                 db.execute(f"ALTER TABLE messages ADD COLUMN {column}")
             db.execute("UPDATE meta SET value=? WHERE key='schema'", (SCHEMA_VERSION,))
         elif row[0] != SCHEMA_VERSION:
@@ -382,10 +425,10 @@ class Journal:
             for start in range(0, len(keys), 500):
                 chunk = keys[start:start + 500]
                 marks = ",".join("?" * len(chunk))
-                for key, state, attempts, outcome, updated in self._db.execute(
-                        f"SELECT key, state, attempts, outcome, updated FROM messages WHERE key IN ({marks})",
-                        chunk):
-                    out[key] = JournalRow(key, state, attempts, outcome, updated)
+                for key, *values in self._db.execute(
+                        "SELECT key, state, attempts, outcome, updated, message_id, sender, reply, "
+                        f"accepted, elapsed FROM messages WHERE key IN ({marks})", chunk):
+                    out[key] = JournalRow(key, *values)
         if self._open:
             wire = self._on_wire()
             for key in keys:
@@ -443,28 +486,75 @@ class Journal:
         without an outcome here becomes a ``wire`` row (fate unknown)."""
         self._finish([(batch, rows, self.run if run is None else run)])
 
+    def _reply_text(self, reply: Reply) -> str:
+        """The JSON of a reply, kept by identity (a bounded cache: the replies
+        of real servers are mostly distinct, a queue id in each)."""
+        got = self._reply_texts.get(id(reply))
+        if got is not None and got[0] is reply:
+            return got[1]
+        if len(self._reply_texts) >= 1024:
+            self._reply_texts.clear()
+        text = _reply_json_of(reply)
+        self._reply_texts[id(reply)] = (reply, text)
+        return text
+
     def _finish(self, jobs: Sequence[tuple[int | None, Iterable[tuple[str, Any, int]], int]]) -> None:
-        """`finish` for several batches in one transaction."""
+        """`finish` for several batches in one transaction.  A message sent to
+        its one recipient with nothing refused (a bulk run's usual outcome) is
+        a row of columns, its values in one flat list; the rest carry JSON."""
         now = time.time()
-        out: list[tuple[str, str, str | None, float, int, float | None, int]] = []
+        # runs of consecutive rows of one shape and run, written in order:
+        # (in columns, run, values flat (columns) or row tuples (JSON))
+        parts: list[tuple[bool, int, list[Any]]] = []
         closed: list[int] = []
+        reply_text = self._reply_text
         for batch, rows, run in jobs:
-            first = len(out)
+            keys: list[str] = []
+            flat: list[Any] | None = None
             for key, kept, n in rows:
+                keys.append(key)
+                if type(kept) is tuple and kept[4] is None and type(kept[1]) is str:
+                    if flat is None:
+                        if not parts or not parts[-1][0] or parts[-1][1] != run:
+                            parts.append((True, run, []))
+                        flat = parts[-1][2]
+                    flat += (key, n, kept[2], kept[0], reply_text(kept[3]), kept[1], int(kept[5]))
+                    continue
+                flat = None
                 state, text = record_state_json(kept)
-                out.append((key, state, text, now, run, now if state in COUNTED_STATES else None, n))
+                self._json_row(parts, run, (key, state, text, now, run,
+                                            now if state in COUNTED_STATES else None, n))
             if batch is not None:
                 closed.append(batch)
                 wire = self._open.get(batch)
-                if wire is not None and len(wire[0]) > len(out) - first:
-                    done = {r[0] for r in out[first:]}
-                    out += [(k, "wire", None, now, run, now, n) for k, n in zip(*wire) if k not in done]
+                if wire is not None and len(wire[0]) > len(keys):
+                    done = set(keys)
+                    for k, n in zip(*wire):
+                        if k not in done:
+                            self._json_row(parts, run, (k, "wire", None, now, run, now, n))
         with self._tx():
             if closed:
                 self._db.execute(f"DELETE FROM batches WHERE id IN ({','.join('?' * len(closed))})", closed)
-            self._upsert(out)
+            for columns, run, values in parts:
+                if columns:
+                    self._upsert_sent(now, run, values)
+                else:
+                    self._upsert(values)
             for batch in closed:
                 self._open.pop(batch, None)
+
+    @staticmethod
+    def _json_row(parts: list[tuple[bool, int, list[Any]]], run: int, row: tuple[Any, ...]) -> None:
+        if not parts or parts[-1][0]:
+            parts.append((False, run, []))
+        parts[-1][2].append(row)
+
+    def _upsert_sent(self, now: float, run: int, flat: list[Any]) -> None:
+        """`_sent_sql` for many sent rows (`_SENT_FIELDS` values each in ``flat``)."""
+        step = _ROWS_PER_STATEMENT * _SENT_FIELDS
+        for start in range(0, len(flat), step):
+            chunk = flat[start:start + step]
+            self._db.execute(_sent_sql(len(chunk) // _SENT_FIELDS), [now, run, *chunk])
 
     def finish_later(self, batch: int | None, rows: list[tuple[str, Any, int]]) -> None:
         """`finish` in the journal's writer thread, in the order given, so that

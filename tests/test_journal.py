@@ -249,6 +249,89 @@ def test_a_version_1_journal_is_upgraded_in_place(tmp_path: Path) -> None:
         assert j.recipients_since(0) == 2 and j.counts() == {"wire": 1, "sent": 1}
 
 
+
+def test_a_version_2_journal_is_upgraded_in_place_and_its_json_rows_still_read(tmp_path: Path) -> None:
+    import sqlite3
+
+    from mailexpress.journal import outcome_json
+
+    path = str(tmp_path / "v2.sqlite")
+    old = sent("<old@b>")
+    db = sqlite3.connect(path)
+    db.executescript("""
+        CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+        INSERT INTO meta VALUES ('schema', '2');
+        INSERT INTO meta VALUES ('runs', '4');
+        CREATE TABLE messages (key TEXT NOT NULL UNIQUE, state TEXT NOT NULL,
+            attempts INTEGER NOT NULL DEFAULT 0, outcome TEXT, updated REAL NOT NULL,
+            run INTEGER, sent_at REAL, rcpts INTEGER);
+    """)
+    db.execute("INSERT INTO messages VALUES ('old', 'sent', 1, ?, 1.0, 4, ?, 2)", (outcome_json(old), time.time()))
+    db.commit()
+    db.close()
+    with Journal(path) as j:
+        assert j.lookup(["old"])["old"].outcome() == old
+        assert j.recipients_since(0) == 2
+        assert j.start_run() == 5
+        b = j.mark_wire(["new", "old"], [1, 1])
+        j.finish(b, [("new", ("a@corp.example", "x@y.example", "<n@b>", OK, None, 7), 1),
+                     ("old", error(ServiceUnavailable, False, True), 0)])
+        rows = j.lookup(["new", "old"])
+        assert rows["new"].outcome() == SendResult(message_id="<n@b>", envelope_from="a@corp.example",
+                                                   accepted=("x@y.example",), refused={}, reply=OK,
+                                                   elapsed_ms=7)
+        assert rows["old"].state == "not_sent" and rows["old"].attempts == 2
+    db = sqlite3.connect(path)
+    assert db.execute("SELECT value FROM meta WHERE key='schema'").fetchone() == ("3",)
+    db.close()
+
+
+def test_a_sent_row_in_columns_reads_back_as_its_json_twin(tmp_path: Path) -> None:
+    """The usual sent message is written without JSON; it comes back equal to
+    the outcome the JSON form gives (and to the SendResult it stands for)."""
+    import sqlite3
+
+    from mailexpress.results import expand, record
+
+    ok = Reply(250, "2.0.0", ("Ok: queued as 4XyZ",), Stage.END_OF_DATA)
+    no = Reply(550, "5.1.1", ("no such user",), Stage.RCPT)
+    recs = {"plain": record("a@x.example", ["b@y.example"], "<m1@x>", {}, ok, 3),
+            "no-id": record("a@x.example", ["b@y.example"], None, {}, ok, 0),
+            "two": record("a@x.example", ["b@y.example", "c@y.example"], "<m2@x>", {"c@y.example": no}, ok, 5),
+            "multi": record("a@x.example", ["b@y.example", "c@y.example"], "<m3@x>", {}, ok, 4)}
+    path = str(tmp_path / "j.sqlite")
+    with Journal(path) as j:
+        j.start_run()
+        b = j.mark_wire(list(recs), [1, 1, 2, 2])
+        j.finish(b, [(k, r, 2 if k in ("two", "multi") else 1) for k, r in recs.items()])
+        rows = j.lookup(list(recs))
+        for key, rec in recs.items():
+            assert rows[key].state == "sent" and rows[key].outcome() == expand(rec), key
+        assert j.recipients_since(0) == 6
+    db = sqlite3.connect(path)
+    shapes = dict(db.execute("SELECT key, outcome IS NULL AND reply IS NOT NULL FROM messages"))
+    db.close()
+    assert shapes == {"plain": 1, "no-id": 1, "two": 0, "multi": 0}
+
+
+def test_rows_of_both_shapes_keep_their_order_in_one_transaction(tmp_path: Path) -> None:
+    """A message not sent in one batch and sent in the next, both written by one
+    transaction: the later outcome wins, whatever the shape of each row."""
+    with Journal(str(tmp_path / "j.sqlite")) as j:
+        j.start_run()
+        rec = ("a@corp.example", "x@y.example", "<m@b>", OK, None, 1)
+        b1 = j.mark_wire(["m", "n"], [1, 1])
+        b2 = j.mark_wire(["m"], [1])
+        b3 = j.mark_wire(["n"], [1])
+        j._finish([(b1, [("m", error(ServiceUnavailable, False, True), 0), ("n", rec, 1)], j.run),
+                   (b2, [("m", rec, 1)], j.run),
+                   (b3, [("n", error(ServiceUnavailable, False, True), 0)], j.run)])
+        rows = j.lookup(["m", "n"])
+        assert (rows["m"].state, rows["m"].attempts) == ("sent", 2)
+        assert (rows["n"].state, rows["n"].attempts) == ("not_sent", 2)
+        assert rows["n"].outcome_json is not None and rows["n"].reply_json is None   # the JSON row cleared the columns
+        assert j.counts() == {"sent": 1, "not_sent": 1}
+
 def test_the_check_for_a_key_taken_by_this_run_is_exact(tmp_path: Path) -> None:
     with Journal(str(tmp_path / "j.sqlite")) as j:
         first = j.start_run()
