@@ -19,6 +19,18 @@ def tls_context(
     session_cache: bool = True,
 ) -> object: ...
 
+def pack_records(
+    pending: dict[int, Any],
+    columns: tuple[Any, ...],
+    blob: bytearray,
+    kind: bytearray,
+    obj: dict[int, object],
+    tables: tuple[list[Any], list[Any], list[Any]],
+    index: tuple[dict[Any, int], dict[Any, int], dict[Any, int]],
+    prefix: str,
+    last: tuple[Any, int, Any, int, Any, int],
+) -> tuple[Any, int, Any, int, Any, int]: ...
+
 class Session:
     def __init__(
         self,

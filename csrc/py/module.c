@@ -144,6 +144,11 @@ static PyMethodDef mx_methods[] = {
      "            min_tls_version='1.2') -> capsule\n\n"
      "One client TLS context (trust store loaded once) to share between\n"
      "Sessions through their tls_context= argument."},
+    {"pack_records", mx_pack_records, METH_VARARGS,
+     "pack_records(pending, columns, blob, kind, obj, tables, index, prefix, last) -> last\n\n"
+     "results.Outcomes.compact: each pending {index: record} into the columns\n"
+     "(sender, reply, elapsed, roff, rlen, mid, dom arrays), or kept whole in\n"
+     "obj; returns the last (sender, ix, reply, ix, domain, ix) seen."},
     {NULL, NULL, 0, NULL},
 };
 
