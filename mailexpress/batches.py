@@ -50,11 +50,15 @@ class Reporter:
             else:
                 self.bar = tqdm(total=total, unit="msg", desc="sending")
 
-    def update(self, outcomes: Sequence[Kept]) -> None:
+    def update(self, outcomes: Sequence[Kept], failed: int | None = None) -> None:
+        """Counts a batch's outcomes (``failed``: how many are errors, when
+        the caller knows)."""
         if not outcomes:
             return
         self.done += len(outcomes)
-        failed = sum(isinstance(o, Error) for o in outcomes)
+        if failed is None:
+            failed = 0 if set(map(type, outcomes)) == {tuple} else \
+                sum(isinstance(o, Error) for o in outcomes)
         self.failed += failed
         self.sent += len(outcomes) - failed
         elapsed = time.monotonic() - self.started
