@@ -133,10 +133,10 @@ def send_prepared(session: _core.Session, prepared: Sequence[Prepared | Error],
     are not records are looked at here."""
     if going is not None:
         going.set()
-    out: list[Kept] = _core.Session._send_records(session, prepared, stop_on_error)  \
+    got: list[Any] = _core.Session._send_records(session, prepared, stop_on_error) \
         if prepared else []
-    if set(map(type, out)) - {tuple}:     # not only records
-        for k, o in enumerate(out):
+    if set(map(type, got)) - {tuple}:     # not only records
+        for k, o in enumerate(got):
             if type(o) is tuple or isinstance(o, Error):
                 continue
             # not ours (a file that is not seekable, or failed while read): kept
@@ -145,7 +145,8 @@ def send_prepared(session: _core.Session, prepared: Sequence[Prepared | Error],
                                 "it was not delivered")
             unread.__cause__ = o
             unread.delivered = False
-            out[k] = unread
+            got[k] = unread
+    out: list[Kept] = got
     if shared is not None:
         _share(out, shared)
     if log.isEnabledFor(logging.INFO):
