@@ -4,8 +4,10 @@ replies one object); every other outcome is `send_many_raw`'s.  Checked
 against `send_many_raw` and `results.record` on the same messages."""
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
+import pickle
 
 import pytest
 from fakeserver import greet
@@ -16,6 +18,7 @@ from mailexpress import _core
 from mailexpress.batches import Shared, send_prepared
 from mailexpress.compose import Prepared
 from mailexpress.errors import InputError, StateError
+from mailexpress.reply import Reply
 from mailexpress.results import record
 
 OTHER = "someone@elsewhere.example"     # SVC may not send as this one
@@ -92,6 +95,13 @@ def test_distinct_replies_stay_distinct(fake_server):
     assert texts == ["2.0.0 queued as Q0", "2.0.0 queued as Q0", "2.0.0 queued as Q1"]
     assert recs[0][3] is recs[1][3] and recs[1][3] is not recs[2][3]
     assert recs[0][3].enhanced == "2.0.0" and recs[0][3].stage is mx.Stage.END_OF_DATA
+    # made in C without Reply.__new__: still the value Reply() makes, frozen, picklable
+    made = recs[2][3]
+    assert made == Reply(250, "2.0.0", ("2.0.0 queued as Q1",), "END_OF_DATA")
+    assert hash(made) == hash(Reply(250, "2.0.0", ("2.0.0 queued as Q1",), "END_OF_DATA"))
+    assert type(made) is Reply and pickle.loads(pickle.dumps(made)) == made
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        made.code = 1      # type: ignore[misc]
 
 
 def test_unbuilt_messages_are_kept_and_stop_on_error_ends_the_batch(emulator_factory):

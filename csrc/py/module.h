@@ -33,6 +33,8 @@ typedef enum {
 typedef struct {
     PyTypeObject *session_type;
     PyObject *reply_cls;             /* mailexpress.reply.Reply */
+    PyObject *stages;                /* reply.Stage's members, in session.h's stage order */
+    PyObject *reply_attrs;           /* Reply's fields: code, enhanced, lines, stage */
     PyObject *exc[MX_EXC_COUNT];
 } mx_state;
 
