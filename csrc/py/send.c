@@ -20,6 +20,12 @@
 
 /* ---- phase 1: prepare ---------------------------------------------------- */
 
+/* A body at least this long is scanned with the GIL released.  A shorter
+ * one (a few µs of scanning at most) keeps it: a thread that gives the GIL
+ * up while another waits for it may wait the whole switch interval (5 ms)
+ * to get it back, once per message of a batch. */
+#define MX_SCAN_UNLOCKED (256 * 1024)
+
 /* Appends to a PyMem_Raw buffer, growing it; -1 raised. */
 static int
 grow_put(char **buf, size_t *len, size_t *cap, const char *p, size_t n)
@@ -134,9 +140,13 @@ prepare_job(Session *s, drive *b, pjob *j, mx_job *mj, int prepared)
         if (PyObject_GetBuffer(body, &j->view, PyBUF_SIMPLE) < 0)
             goto bad;
         j->have_view = 1;
-        Py_BEGIN_ALLOW_THREADS
-        mx_body_scan(&scan, j->view.buf, (size_t)j->view.len);
-        Py_END_ALLOW_THREADS
+        if (j->view.len >= MX_SCAN_UNLOCKED) {
+            Py_BEGIN_ALLOW_THREADS
+            mx_body_scan(&scan, j->view.buf, (size_t)j->view.len);
+            Py_END_ALLOW_THREADS
+        } else {
+            mx_body_scan(&scan, j->view.buf, (size_t)j->view.len);
+        }
     } else if (PyObject_HasAttrString(body, "readinto")) {
         j->file = body;
         if (scan_file(body, &scan, b) < 0)
