@@ -266,8 +266,9 @@ decided_outcome(drive *d, size_t jobi, mx_outcome oc)
 
         if ((r->kind == MX_K_RCPT && (r->code / 100 == 2 || j->mail_ok != 1)) ||
             r->kind == MX_K_RSET || r->kind == MX_K_EMPTY || r->kind == MX_K_GUARD ||
-            (r->kind == MX_K_DATA && r->code == 354))
-            continue;
+            (r->kind == MX_K_DATA && r->code == 354) ||
+            (oc == MX_O_SENT && (r->kind == MX_K_MAIL || r->kind == MX_K_DATA)))
+            continue;       /* (a sent message's outcome needs no MAIL or DATA reply) */
         if (!(rep = drive_reply(d, r)))
             goto done;
         if (r->kind == MX_K_RCPT) {
@@ -284,7 +285,7 @@ decided_outcome(drive *d, size_t jobi, mx_outcome oc)
             Py_XSETREF(final_r, rep);
         }
     }
-    if (!(extra = Py_BuildValue("{s:O}", "delivered", Py_False)))
+    if (oc != MX_O_SENT && !(extra = Py_BuildValue("{s:O}", "delivered", Py_False)))
         goto done;
     switch (oc) {
     case MX_O_REFUSED_MAIL:
