@@ -130,15 +130,16 @@ pack_one(Py_ssize_t i, PyObject *rec, Py_buffer *col, PyObject *blob, PyObject *
     r = reply == last->value[1] ? last->ix[1] : table_ix(tables, index, 1, reply);
     if (r == -2)
         goto done_err;
-    t = 1;
-    if (last->value[2] && (t = PyUnicode_Compare(domain, last->value[2])) == 0) {
-        d = last->ix[2];
-    } else {
+    d = -3;                     /* not known yet */
+    if (last->value[2]) {
+        t = PyUnicode_Compare(domain, last->value[2]);
         if (t == -1 && PyErr_Occurred())
             goto done_err;
-        if ((d = table_ix(tables, index, 2, domain)) == -2)
-            goto done_err;
+        if (t == 0)
+            d = last->ix[2];
     }
+    if (d == -3 && (d = table_ix(tables, index, 2, domain)) == -2)
+        goto done_err;
     if (s < 0 || r < 0 || d < 0)
         goto done;
     last->value[0] = sender;
