@@ -172,3 +172,20 @@ def test_shared_across_batches(emulator_factory):
         a = send_prepared(s, [Prepared(one, ["bob@partner.example"], raw(0), None)], False, shared)
         b = send_prepared(s, [Prepared(two, ["bob@partner.example"], raw(1), None)] * 2, False, shared)
     assert a[0][0] is b[0][0] is b[1][0] is one
+
+
+def test_a_batch_of_unbuilt_messages_does_not_need_the_session(emulator_factory):
+    """As send_prepared did before the engine made records: nothing to send,
+    no session call (a closed one here), the errors are the outcomes."""
+    em = emulator_factory()
+    cfg = em.config(username=SVC.username, password=SVC.password)
+    s = mx.connect(cfg)
+    s.close()
+    errs = [InputError("a"), InputError("b")]
+    assert _core.Session._send_records(s, errs) == errs
+    assert all(e.delivered is False for e in errs)
+    assert _core.Session._send_records(s, errs, True) == errs[:1]
+    kept = send_prepared(s, errs, True, Shared())
+    assert kept[0] is errs[0] and isinstance(kept[1], StateError) and kept[1].retry_safe
+    with pytest.raises(mx.StateError):      # one message to send: the session is needed
+        _core.Session._send_records(s, [*errs, Prepared(SVC.address, ["bob@partner.example"], raw(0), None)])

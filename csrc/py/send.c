@@ -640,10 +640,27 @@ MX_DOC(send_records_doc,
 "of compose.Prepared tuples (envelope_from, recipients, data, message_id)\n"
 "and of the exceptions that stand for messages that could not be built\n"
 "(kept as their outcome, delivered set to False; with stop_on_error the\n"
-"list ends after the first).  A sent message's outcome is results.record's\n"
-"tuple (envelope_from, recipients: the one str or a tuple, message_id,\n"
-"reply, refused: a dict or None, elapsed_ms: the batch's), equal replies\n"
-"and senders one object; any other is send_many_raw's.");
+"list ends after the first; a batch of only those does not use the\n"
+"session).  A sent message's outcome is results.record's tuple\n"
+"(envelope_from, recipients: the one str or a tuple, message_id, reply,\n"
+"refused: a dict or None, elapsed_ms: the batch's), equal consecutive\n"
+"replies and senders one object; any other is send_many_raw's.");
+
+/* A batch with no message to send (every item stands for one that could
+ * not be built): the items as their outcomes, delivered=False, without the
+ * session (whatever its state).  NULL raised. */
+static PyObject *
+unbuilt_only(PyObject *items, int stop_on_error)
+{
+    Py_ssize_t i, n = PyList_GET_SIZE(items);
+
+    if (stop_on_error && n > 1)
+        n = 1;
+    for (i = 0; i < n; i++)
+        if (PyObject_SetAttrString(PyList_GET_ITEM(items, i), "delivered", Py_False) < 0)
+            return NULL;
+    return PyList_GetSlice(items, 0, n);
+}
 
 PyObject *
 Session_send_records(Session *s, PyObject *args, PyObject *kw)
@@ -651,13 +668,19 @@ Session_send_records(Session *s, PyObject *args, PyObject *kw)
     static char *kwlist[] = {"prepared", "stop_on_error", NULL};
     PyObject *prepared, *res = NULL;
     rec_share sh = {NULL, NULL, NULL, NULL};
+    Py_ssize_t i;
     int stop = 0;
 
     if (!PyArg_ParseTupleAndKeywords(args, kw, "O|p", kwlist, &prepared, &stop))
         return NULL;
     if (!(prepared = PySequence_List(prepared)))      /* a copy: a file's reader may change it */
         return NULL;
-    if (enter(s, 1) == 0) {
+    for (i = 0; i < PyList_GET_SIZE(prepared); i++)
+        if (!PyExceptionInstance_Check(PyList_GET_ITEM(prepared, i)))
+            break;
+    if (i == PyList_GET_SIZE(prepared)) {
+        res = unbuilt_only(prepared, stop);
+    } else if (enter(s, 1) == 0) {
         if (need_ready(s, "_send_records") == 0)
             res = send_batch_of(s, prepared, stop, &sh);
         leave(s);
