@@ -7,6 +7,7 @@ from __future__ import annotations
 import gc
 import io
 import threading
+import time
 
 import pytest
 from fakeserver import greet
@@ -90,6 +91,61 @@ def test_getters_and_close_from_other_threads_during_a_bulk_send(fake_server, ce
     assert rounds and all(len(r.sent) == len(batch) for r in rounds)
     assert seen["values"] > 0 and seen["busy"] > 0 and seen["closes_refused"] > 0
     assert s.tls_version in (None, "TLSv1.3", "TLSv1.2")
+
+
+def test_readers_of_the_transcript_never_make_the_owner_s_calls_fail(fake_server):
+    """A getter holds the Session's lock only while it copies: it makes its
+    Python objects after releasing it, so a GC pass or a switch of threads in
+    the middle of a long transcript cannot make the owning thread's next call
+    raise ConcurrentUseError."""
+    srv = fake_server(sink)
+    s = plain_session(srv.port)
+    s.connect()
+    s.ehlo()
+    for _ in range(500):        # a long transcript: each read makes ~500 tuples
+        s.noop()
+    stop = threading.Event()
+    reads = [0]
+
+    class Yields:
+        """Cyclic garbage whose finalizer gives the GIL away: the GC runs it
+        while a getter allocates, and another thread runs meanwhile."""
+        def __init__(self) -> None:
+            self.me = self
+
+        def __del__(self) -> None:
+            time.sleep(0.0001)
+
+    def reader() -> None:
+        while not stop.is_set():
+            for _ in range(5):
+                Yields()
+            try:        # while the owner's call runs, a reader is the one refused
+                assert len(s.transcript) > 500
+                len(s.connect_attempts)
+                reads[0] += 1
+            except mx.ConcurrentUseError:
+                pass
+
+    threads = [threading.Thread(target=reader) for _ in range(2)]
+    refused = 0
+    threshold = gc.get_threshold()
+    gc.set_threshold(400)
+    try:
+        for t in threads:
+            t.start()
+        for _ in range(100):
+            try:
+                s.noop()
+            except mx.ConcurrentUseError:
+                refused += 1
+    finally:
+        gc.set_threshold(*threshold)
+        stop.set()
+        for t in threads:
+            t.join(10)
+    assert refused == 0
+    assert reads[0] > 0
 
 
 def test_a_reader_that_keeps_the_buffer_gets_an_error_not_freed_memory(fake_server):

@@ -432,24 +432,43 @@ Session_get_peer_cert_info(Session *s, void *c)
     return PyDict_Copy(s->peer_info);
 }
 
+/* The getters below copy what a running method writes with the GIL
+ * released, under the lock, with no call into Python while they hold it: an
+ * allocation of a Python object may run the GC and let another thread run,
+ * which would then find the Session "in use" because a getter holds it. */
+
 static PyObject *
 Session_get_transcript(Session *s, void *c)
 {
-    PyObject *list = PyList_New(0), *t = NULL;
+    mx_transcript snap = {NULL, 0, 0, 0};
+    PyObject *list, *t = NULL;
     size_t pos = 0, len;
     uint32_t ms;
     char dir;
     const char *text;
+    int nomem = 0;
 
     (void)c;
-    if (!list)
-        return NULL;
     /* written with the GIL released by whatever method runs: the lock */
-    if (enter(s, 0) < 0) {
-        Py_DECREF(list);
+    if (enter(s, 0) < 0)
         return NULL;
+    snap.dropped = s->c.tr.dropped;
+    if (s->c.tr.len) {
+        snap.buf = malloc(s->c.tr.len);
+        if (snap.buf) {
+            memcpy(snap.buf, s->c.tr.buf, s->c.tr.len);
+            snap.len = snap.cap = s->c.tr.len;
+        } else {
+            nomem = 1;
+        }
     }
-    while (mx_transcript_next(&s->c.tr, &pos, &ms, &dir, &text, &len)) {
+    leave(s);
+    if (nomem)
+        return PyErr_NoMemory();
+    list = PyList_New(0);
+    if (!list)
+        goto fail;
+    while (mx_transcript_next(&snap, &pos, &ms, &dir, &text, &len)) {
         t = Py_BuildValue("(kC" "s#)", (unsigned long)ms, (int)dir, text, (Py_ssize_t)len);
         if (!t) {
             /* undecodable server bytes: replace rather than fail */
@@ -459,22 +478,22 @@ Session_get_transcript(Session *s, void *c)
         }
         if (!t || PyList_Append(list, t) < 0)
             goto fail;
-        Py_DECREF(t);
+        Py_CLEAR(t);
     }
-    if (s->c.tr.dropped) {
+    if (snap.dropped) {
         t = Py_BuildValue("(kCN)", (unsigned long)mx_conn_elapsed(&s->c), (int)'*',
                           PyUnicode_FromFormat("%zu transcript entries not kept (limit 1 MiB)",
-                                               s->c.tr.dropped));
+                                               snap.dropped));
         if (!t || PyList_Append(list, t) < 0)
             goto fail;
-        Py_DECREF(t);
+        Py_CLEAR(t);
     }
-    leave(s);
+    free(snap.buf);
     return list;
 fail:
     Py_XDECREF(t);
-    Py_DECREF(list);
-    leave(s);
+    Py_XDECREF(list);
+    free(snap.buf);
     return NULL;
 }
 
@@ -482,16 +501,18 @@ fail:
 static PyObject *
 Session_get_connect_attempts(Session *s, void *c)
 {
-    PyObject *list = PyList_New(0);
+    mx_attempts snap;
+    PyObject *list;
     int i;
 
     (void)c;
-    if (!list || enter(s, 0) < 0) {
-        Py_XDECREF(list);
+    if (enter(s, 0) < 0)
         return NULL;
-    }
-    for (i = 0; list && i < s->attempts.n; i++) {
-        mx_attempt *a = &s->attempts.a[i];
+    snap = s->attempts;
+    leave(s);
+    list = PyList_New(0);
+    for (i = 0; list && i < snap.n; i++) {
+        mx_attempt *a = &snap.a[i];
         PyObject *d = Py_BuildValue("{s:s,s:s,s:N,s:L}", "address", a->addr,
                                     "family", a->family == AF_INET6 ? "IPv6" : "IPv4",
                                     "error", a->sys_errno ? PyUnicode_FromString(strerror(a->sys_errno))
@@ -504,7 +525,6 @@ Session_get_connect_attempts(Session *s, void *c)
             Py_DECREF(d);
         }
     }
-    leave(s);
     return list;
 }
 
