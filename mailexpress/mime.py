@@ -226,11 +226,14 @@ def _new_base() -> str:
 #: made anew in a forked child
 _base = _new_base()
 _counter = itertools.count()
+#: ``<base.`` as bytes: what a Message-ID begins with (the C renderer's)
+_id_prefix = f"<{_base}.".encode("ascii")
 
 
 def _after_fork() -> None:
-    global _base, _counter
+    global _base, _counter, _id_prefix
     _base, _counter = _new_base(), itertools.count()
+    _id_prefix = f"<{_base}.".encode("ascii")
 
 
 os.register_at_fork(after_in_child=_after_fork)

@@ -48,4 +48,10 @@ int mx_session_add_type(PyObject *module, mx_state *st);
 #define MX_TLS_CTX_CAPSULE "mailexpress._core.tls_context"
 PyObject *mx_tls_context_new(PyObject *module, PyObject *args, PyObject *kw);
 
+/* render.c: messages rendered in C (proto/render.c) */
+PyObject *mx_render_item(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
+PyObject *mx_render_items(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
+PyObject *mx_render_row(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
+PyObject *mx_render_rows(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
+
 #endif
