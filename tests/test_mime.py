@@ -473,3 +473,20 @@ def test_an_html_only_template_is_one_html_part_whichever_way_it_is_sent():
         assert not msg.is_multipart() and msg.get_content_type() == ref.get_content_type()
         assert msg.get_content().replace("\r\n", "\n") == ref.get_content()
     assert MID_DATE.sub(b"", via_send_many.data) == MID_DATE.sub(b"", via_send_as.data)
+
+
+@pytest.mark.parametrize("body, x", [("a\r{x}\nb", ""), ("a\r{x}\nb", "\n"), ("a{x}b", "\r\n\r"),
+                                     ("{x}", ""), ("line\r\n{x}", "é"), ("<{x}>", "a\0b"),
+                                     ("{x}\n", "y" * 998), ("{x}\n", "y" * 999)])
+@pytest.mark.parametrize("html", [False, True])
+def test_c_rendered_template_line_ends_are_the_builders(body, x, html):
+    # CR LF split between a literal and a value, empty values, a NUL, the longest line
+    t = mx.Template(to="{to}", subject="s", **{"html" if html else "body": body})
+    row = {"to": "a@b.example", "x": x}
+    got = t.prepare(row, sender="a@corp.example", reply_to=None, eight_bit=True, utf8=False)
+    want = t._build(row, sender="a@corp.example", reply_to=None, eight_bit=True, utf8=False)
+    assert MID_DATE.sub(b"", got.data) == MID_DATE.sub(b"", want.data)
+    c = t._compiled[(True, False)]
+    rendered = _core.render_row(c.spec, t._consts(c, "a@corp.example", None), row, mime.date_header(),
+                                mime._counter, mime._id_prefix, True, compose.Prepared)
+    assert (rendered is None) == ("\0" in x or len(x) > 998)      # C takes all but these

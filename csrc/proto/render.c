@@ -410,6 +410,8 @@ text_walk(walk *w, const mx_seg *segs, size_t nsegs)
     for (s = 0; s < nsegs; s++) {
         const unsigned char *p = segs[s].p;
         size_t len = segs[s].len;
+        if (len == 0)
+            continue;                           /* (a CR before it may pair with a LF after) */
         if (!segs[s].escape && !memchr(p, '\r', len))
             walk_plain(w, p, len);
         else
