@@ -176,7 +176,7 @@ def _render_consts(sender: str | None,
     when they are not ASCII (encoded words or SMTPUTF8: mime.build)."""
     if not sender:
         return None
-    key = (sender, reply_to)
+    key: tuple[str, str | None] = (sender, reply_to)
     if key in _consts:
         return _consts[key]
     got = None
@@ -221,7 +221,8 @@ def prepare_item(item: Mapping[str, Any], *, sender: str | None, reply_to: str |
     7bit or 8bit) is rendered in C (csrc/proto/render.c) into the same
     bytes mime.build writes; anything else is built here."""
     if type(item) is dict:
-        consts = _render_consts(sender, reply_to)
+        key = (sender or "", reply_to)
+        consts = _consts[key] if key in _consts else _render_consts(sender, reply_to)
         if consts is not None:
             got: Prepared | None = _core.render_item(consts, item, mime.date_header(),
                                                      mime._counter, mime._id_prefix,

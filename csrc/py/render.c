@@ -10,7 +10,6 @@
 #include "module.h"
 
 #include <stddef.h>
-#include <stdio.h>
 #include <string.h>
 
 #include "render.h"
@@ -288,8 +287,17 @@ finish(ctx *c, size_t mlen, size_t hlen, PyObject *rcpts)
         goto done;
     }
     memcpy(idbuf, c->id_prefix, (size_t)c->id_prefixlen);
-    k = snprintf(idbuf + c->id_prefixlen, 24, "%zd", num);
-    idlen = (size_t)c->id_prefixlen + (size_t)k;
+    {
+        char digits[24];
+        k = 0;
+        do {                               /* the number in decimal, as str(N) */
+            digits[k++] = (char)('0' + num % 10);
+            num /= 10;
+        } while (num > 0);
+        idlen = (size_t)c->id_prefixlen;
+        while (k > 0)
+            idbuf[idlen++] = digits[--k];
+    }
     memcpy(idbuf + idlen, c->id_suffix, (size_t)c->id_suffixlen);
     idlen += (size_t)c->id_suffixlen;
     id = PyUnicode_DecodeUTF8(idbuf, (Py_ssize_t)idlen, "strict");
