@@ -192,10 +192,11 @@ class _Compiled:
     def _spec(self, t: Template) -> tuple[Any, ...] | None:
         """(to, subject, MIME part) for the C renderer (csrc/proto/render.c)
         when the template is one it renders: placeholders without format
-        specs or conversions in to, subject and one text part (the other
-        static or absent), no cc/bcc, a fixed sender, reply-to and headers,
-        attachments only with a fixed body.  Rows it cannot render (values
-        that are not ASCII in a header, need encoding, ...) it hands back."""
+        specs or conversions in to, subject, body and html (one text part,
+        or both as multipart/alternative), no cc/bcc, a fixed sender,
+        reply-to and headers, attachments only with a fixed body and html.
+        Rows it cannot render (values that are not ASCII in a header, need
+        encoding, ...) it hands back."""
         if t._cc is not None or t._bcc is not None or any(f.names for _n, f in t._headers) \
                 or (t._sender is not None and t._sender.names) \
                 or (t._reply_to is not None and t._reply_to.names):
@@ -205,17 +206,26 @@ class _Compiled:
         else:
             subject = _c_field(t._subject)
         to = _c_field(t._to)
+        mime_part: Any
         if self.mime_b is not None:
-            mime_part: Any = self.mime_b[len(b"MIME-Version: 1.0\r\n"):]
+            mime_part = self.mime_b[len(b"MIME-Version: 1.0\r\n"):]
         elif self.attachments_b:
-            return None
-        elif t._body is not None and t._html is None:
-            mime_part = (_c_field(t._body), b"plain", False)
-        elif t._html is not None and t._body is None:
-            mime_part = (_c_field(t._html), b"html", True)
+            return None                 # multipart/mixed around a templated part: Python
         else:
-            return None                 # multipart/alternative: built in Python
-        if to is None or subject is None or (type(mime_part) is tuple and mime_part[0] is None):
+            parts: list[Any] = []
+            for f, fixed, subtype, escape in ((t._body, self.text_b, b"plain", False),
+                                              (t._html, self.html_b, b"html", True)):
+                if f is None:
+                    continue
+                if fixed is not None:
+                    parts.append(fixed)
+                    continue
+                field = _c_field(f)
+                if field is None:
+                    return None
+                parts.append((field, subtype, escape))
+            mime_part = tuple(parts)
+        if to is None or subject is None:
             return None
         return (to, subject, mime_part)
 

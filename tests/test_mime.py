@@ -490,3 +490,23 @@ def test_c_rendered_template_line_ends_are_the_builders(body, x, html):
     rendered = _core.render_row(c.spec, t._consts(c, "a@corp.example", None), row, mime.date_header(),
                                 mime._counter, mime._id_prefix, True, compose.Prepared)
     assert (rendered is None) == ("\0" in x or len(x) > 998)      # C takes all but these
+
+
+@pytest.mark.parametrize("body, html", [("Dear {name},\nyour invoice {number}.\n", "<p>Dear {name}</p><b>{number}</b>"),
+                                        ("A fixed text part.\n", "<p>Dear {name}</p>"),
+                                        ("Dear {name}\n", "<p>fixed</p>"),
+                                        (None, "<p>Dear {name}</p>")])
+def test_c_renders_text_and_html_as_the_builders_multipart_alternative(body, html):
+    t = mx.Template(to="{name} <{email}>", subject="Invoice {number}", body=body, html=html)
+    row = {"name": "Tom & Jerry's", "email": "tj@x.example", "number": 1002}
+    c = t._compiled_for(True, False)
+    rendered = _core.render_row(c.spec, t._consts(c, "b@corp.example", None), row, mime.date_header(),
+                                mime._counter, mime._id_prefix, True, compose.Prepared)
+    assert rendered is not None
+    want = t._build(row, sender="b@corp.example", reply_to=None, eight_bit=True, utf8=False)
+    assert _wire_normal(rendered.data) == _wire_normal(want.data)
+    msg = PARSER.parsebytes(rendered.data)
+    assert msg.get_content_type() == ("multipart/alternative" if body else "text/html")
+    html_part = msg.get_body(("html",))
+    assert "Tom &amp; Jerry&#x27;s" in html_part.get_content() or "fixed" in html_part.get_content()
+    assert not msg.defects and all(not p.defects for p in msg.walk())

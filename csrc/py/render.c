@@ -12,6 +12,8 @@
 #include <stddef.h>
 #include <string.h>
 
+#include <openssl/rand.h>
+
 #include "render.h"
 
 /* placeholders in one templated field, at most (more: built in Python) */
@@ -192,7 +194,7 @@ field_value(PyObject *row, PyObject *name, holds *h, PyObject **out)
 }
 
 /* A templated field, a tuple (literal bytes, name str or None, ...), as
- * pieces: segs[0..*nsegs).  1, 0 (not for us), -1 raised. */
+ * pieces appended to segs[*nsegs..maxsegs).  1, 0 (not for us), -1 raised. */
 static int
 field_segs(PyObject *field, PyObject *row, int escape, int ascii_only, holds *h,
            mx_seg *segs, size_t maxsegs, size_t *nsegs)
@@ -204,7 +206,6 @@ field_segs(PyObject *field, PyObject *row, int escape, int ascii_only, holds *h,
         return -1;
     }
     n = PyTuple_GET_SIZE(field);
-    *nsegs = 0;
     for (i = 0; i < n; i += 2) {
         PyObject *lit = PyTuple_GET_ITEM(field, i), *name = PyTuple_GET_ITEM(field, i + 1);
         if (!PyBytes_Check(lit)) {
@@ -242,7 +243,7 @@ static int
 field_text(PyObject *field, PyObject *row, holds *h, unsigned char *buf, size_t *len)
 {
     mx_seg segs[2 * MAX_VALUES];
-    size_t n, i;
+    size_t n = 0, i;
     int r = field_segs(field, row, 0, 1, h, segs, 2 * MAX_VALUES, &n);
 
     if (r <= 0)
@@ -339,6 +340,15 @@ done:
     return res;
 }
 
+/* One text part of a message. */
+typedef struct {
+    const char *fixed;             /* the whole part, made once; or NULL: the pieces */
+    Py_ssize_t fixed_len;
+    size_t seg0, nseg;             /* its pieces in message.segs */
+    const char *subtype;
+    Py_ssize_t sublen;
+} mpart;
+
 /* How one message goes: the To addresses, the subject, the MIME part. */
 typedef struct {
     PyObject *to[MAX_VALUES];      /* str, borrowed (items) */
@@ -349,13 +359,82 @@ typedef struct {
     size_t subject_len;
     const char *subject_line;      /* a whole constant Subject line */
     Py_ssize_t subject_line_len;
-    const char *mime_static;       /* the MIME part after MIME-Version, or NULL: segs */
+    const char *mime_static;       /* the MIME part after MIME-Version, or NULL: parts */
     Py_ssize_t mime_static_len;
-    mx_seg segs[2 * MAX_VALUES + 1];
+    mpart parts[2];                /* one text part, or multipart/alternative of two */
+    int nparts;
+    mx_seg segs[2 * MAX_VALUES + 2];
     size_t nsegs;
-    const char *subtype;
-    Py_ssize_t sublen;
 } message;
+
+/* One part as it is written: made once (fixed), or segs[seg0..seg0+nseg) */
+static mx_render_status
+render_part(ctx *c, mx_out *o, const message *m, const mpart *p)
+{
+    if (p->fixed) {
+        mx_out_put_lines(o, p->fixed, (size_t)p->fixed_len);
+        return mx_out_status(o);
+    }
+    return mx_render_text(o, m->segs + p->seg0, p->nseg, p->subtype, (size_t)p->sublen,
+                          c->eight_bit);
+}
+
+static int
+holds_at(const mx_out *o, size_t from, size_t to, const char *b, size_t n)
+{
+    return to - from >= n && memmem(o->p + from, to - from, b, n) != NULL;
+}
+
+/* mime.multipart(b"alternative", parts) with a boundary of its kind
+ * ("=_mx" and 24 hex digits) that neither part holds; declined when the
+ * random bytes fail or (about never) a part holds the boundary. */
+static mx_render_status
+render_alternative(ctx *c, mx_out *o, const message *m)
+{
+    static const char hex[] = "0123456789abcdef";
+    unsigned char rnd[12];
+    char b[4 + 24];
+    size_t i, p0, e0, p1, e1;
+    mx_render_status st;
+
+    if (RAND_bytes(rnd, sizeof rnd) != 1)
+        return MX_RENDER_DECLINED;
+    memcpy(b, "=_mx", 4);
+    for (i = 0; i < sizeof rnd; i++) {
+        b[4 + 2 * i] = hex[rnd[i] >> 4];
+        b[5 + 2 * i] = hex[rnd[i] & 15];
+    }
+    mx_out_put(o, "Content-Type: multipart/alternative; boundary=\"", 47);
+    mx_out_put(o, b, sizeof b);
+    mx_out_put(o, "\"", 1);
+    mx_out_crlf(o);
+    mx_out_crlf(o);
+    mx_out_put(o, "--", 2);
+    mx_out_put(o, b, sizeof b);
+    mx_out_crlf(o);
+    p0 = o->len;
+    if ((st = render_part(c, o, m, &m->parts[0])) != MX_RENDER_OK)
+        return st;
+    e0 = o->len;
+    mx_out_crlf(o);
+    mx_out_put(o, "--", 2);
+    mx_out_put(o, b, sizeof b);
+    mx_out_crlf(o);
+    p1 = o->len;
+    if ((st = render_part(c, o, m, &m->parts[1])) != MX_RENDER_OK)
+        return st;
+    e1 = o->len;
+    mx_out_crlf(o);
+    mx_out_put(o, "--", 2);
+    mx_out_put(o, b, sizeof b);
+    mx_out_put(o, "--", 2);
+    mx_out_crlf(o);
+    if ((st = mx_out_status(o)) != MX_RENDER_OK)
+        return st;
+    if (holds_at(o, p0, e0, b, sizeof b) || holds_at(o, p1, e1, b, sizeof b))
+        return MX_RENDER_DECLINED;
+    return MX_RENDER_OK;
+}
 
 /* Renders one message into c->buf and makes its Prepared.  A new
  * reference, Py_None (not for us) or NULL raised. */
@@ -377,8 +456,10 @@ again:
     if (m->mime_static) {
         mx_out_put_lines(&o, m->mime_static, (size_t)m->mime_static_len);
         st = mx_out_status(&o);
+    } else if (m->nparts == 1) {
+        st = render_part(c, &o, m, &m->parts[0]);
     } else {
-        st = mx_render_text(&o, m->segs, m->nsegs, m->subtype, (size_t)m->sublen, c->eight_bit);
+        st = render_alternative(c, &o, m);
     }
     if (st != MX_RENDER_OK)
         goto status;
@@ -543,8 +624,10 @@ item_message(PyObject *item, message *m, int *ok)
         m->segs[0].escape = 0;
         m->nsegs = 1;
     }
-    m->subtype = "plain";
-    m->sublen = 5;
+    m->nparts = 1;
+    m->parts[0].nseg = m->nsegs;
+    m->parts[0].subtype = "plain";
+    m->parts[0].sublen = 5;
     *ok = 1;
     return 1;
 }
@@ -564,8 +647,10 @@ item_one(ctx *c, PyObject *item)
 
 /* ---- a Template row ------------------------------------------------------ */
 
-/* spec = (to field, subject: line bytes or field, mime: bytes or
- * (field, subtype bytes, escape)) */
+/* spec = (to field, subject: line bytes or field, mime: bytes (all of it
+ * after MIME-Version) or a tuple of one text part or the two of a
+ * multipart/alternative, each bytes (made once) or (field, subtype bytes,
+ * escape)) */
 static PyObject *
 template_one(ctx *c, PyObject *spec, PyObject *row)
 {
@@ -577,6 +662,7 @@ template_one(ctx *c, PyObject *spec, PyObject *row)
 
     h.n = 0;
     memset(&m, 0, offsetof(message, segs));
+    m.nsegs = 0;
     if (!PyTuple_Check(spec) || PyTuple_GET_SIZE(spec) != 3) {
         PyErr_SetString(PyExc_TypeError, "render: spec must be a tuple of 3");
         return NULL;
@@ -600,22 +686,38 @@ template_one(ctx *c, PyObject *spec, PyObject *row)
         m.mime_static = PyBytes_AS_STRING(mime);
         m.mime_static_len = PyBytes_GET_SIZE(mime);
     } else {
-        PyObject *sub;
-        int escape;
-        if (!PyTuple_Check(mime) || PyTuple_GET_SIZE(mime) != 3
-            || !PyBytes_Check(sub = PyTuple_GET_ITEM(mime, 1))) {
-            PyErr_SetString(PyExc_TypeError, "render: mime must be bytes or (field, subtype, escape)");
+        Py_ssize_t i;
+        if (!PyTuple_Check(mime) || PyTuple_GET_SIZE(mime) < 1 || PyTuple_GET_SIZE(mime) > 2) {
+            PyErr_SetString(PyExc_TypeError, "render: mime must be bytes or a tuple of 1 or 2 parts");
             goto out_err;
         }
-        escape = PyObject_IsTrue(PyTuple_GET_ITEM(mime, 2));
-        if (escape < 0)
-            goto out_err;
-        r = field_segs(PyTuple_GET_ITEM(mime, 0), row, escape, 0, &h, m.segs,
-                       sizeof m.segs / sizeof m.segs[0], &m.nsegs);
-        if (r <= 0)
-            goto out;
-        m.subtype = PyBytes_AS_STRING(sub);
-        m.sublen = PyBytes_GET_SIZE(sub);
+        for (i = 0; i < PyTuple_GET_SIZE(mime); i++) {
+            PyObject *part = PyTuple_GET_ITEM(mime, i), *sub;
+            mpart *p = &m.parts[m.nparts++];
+            int escape;
+            if (PyBytes_Check(part)) {
+                p->fixed = PyBytes_AS_STRING(part);
+                p->fixed_len = PyBytes_GET_SIZE(part);
+                continue;
+            }
+            if (!PyTuple_Check(part) || PyTuple_GET_SIZE(part) != 3
+                || !PyBytes_Check(sub = PyTuple_GET_ITEM(part, 1))) {
+                PyErr_SetString(PyExc_TypeError,
+                                "render: a part is bytes or (field, subtype bytes, escape)");
+                goto out_err;
+            }
+            escape = PyObject_IsTrue(PyTuple_GET_ITEM(part, 2));
+            if (escape < 0)
+                goto out_err;
+            p->seg0 = m.nsegs;
+            r = field_segs(PyTuple_GET_ITEM(part, 0), row, escape, 0, &h, m.segs,
+                           sizeof m.segs / sizeof m.segs[0], &m.nsegs);
+            if (r <= 0)
+                goto out;
+            p->nseg = m.nsegs - p->seg0;
+            p->subtype = PyBytes_AS_STRING(sub);
+            p->sublen = PyBytes_GET_SIZE(sub);
+        }
     }
     res = render_one(c, &m);
     goto out_done;
