@@ -343,7 +343,6 @@ walk_bytes(walk *w, const unsigned char *p, size_t k)
 static void
 walk_plain(walk *w, const unsigned char *p, size_t len)
 {
-    const unsigned char *nl;
     size_t i = 0;
 
     if (!w->out) {
@@ -356,7 +355,7 @@ walk_plain(walk *w, const unsigned char *p, size_t len)
         i = 1;                              /* the LF of a CR LF split between pieces */
     w->pending_cr = 0;
     while (i < len) {
-        nl = memchr(p + i, '\n', len - i);
+        const unsigned char *nl = memchr(p + i, '\n', len - i);
         if (!nl) {
             walk_bytes(w, p + i, len - i);
             break;

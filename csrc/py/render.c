@@ -736,20 +736,17 @@ out_done:
 
 /* ---- the module functions ------------------------------------------------ */
 
-typedef PyObject *(*one_fn)(ctx *, PyObject *, PyObject *);
-
+/* One row (spec given) or one mapping (spec NULL). */
 static PyObject *
-item_adapter(ctx *c, PyObject *spec, PyObject *item)
+one(ctx *c, PyObject *spec, PyObject *x)
 {
-    (void)spec;
-    return item_one(c, item);
+    return spec ? template_one(c, spec, x) : item_one(c, x);
 }
 
 /* args: [spec,] consts, x, date, counter, id_prefix, eight_bit, prepared;
  * x one row/item, or a list of them when `many`. */
 static PyObject *
-call(PyObject *const *args, Py_ssize_t nargs, int with_spec, int many, one_fn fn,
-     const char *name)
+call(PyObject *const *args, Py_ssize_t nargs, int with_spec, int many, const char *name)
 {
     ctx c;
     PyObject *spec = NULL, *x, *res = NULL;
@@ -769,7 +766,7 @@ call(PyObject *const *args, Py_ssize_t nargs, int with_spec, int many, one_fn fn
     }
     x = args[1];
     if (!many) {
-        res = fn(&c, spec, x);
+        res = one(&c, spec, x);
     } else {
         if (!PyList_CheckExact(x)) {
             PyErr_Format(PyExc_TypeError, "%s: a list, please", name);
@@ -779,12 +776,12 @@ call(PyObject *const *args, Py_ssize_t nargs, int with_spec, int many, one_fn fn
         if (!res)
             goto done;
         for (i = 0; i < PyList_GET_SIZE(x); i++) {
-            PyObject *one = fn(&c, spec, PyList_GET_ITEM(x, i));
-            if (!one) {
+            PyObject *got = one(&c, spec, PyList_GET_ITEM(x, i));
+            if (!got) {
                 Py_CLEAR(res);
                 goto done;
             }
-            PyList_SET_ITEM(res, i, one);
+            PyList_SET_ITEM(res, i, got);
         }
     }
 done:
@@ -796,26 +793,26 @@ PyObject *
 mx_render_item(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
     (void)module;
-    return call(args, nargs, 0, 0, item_adapter, "render_item");
+    return call(args, nargs, 0, 0, "render_item");
 }
 
 PyObject *
 mx_render_items(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
     (void)module;
-    return call(args, nargs, 0, 1, item_adapter, "render_items");
+    return call(args, nargs, 0, 1, "render_items");
 }
 
 PyObject *
 mx_render_row(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
     (void)module;
-    return call(args, nargs, 1, 0, template_one, "render_row");
+    return call(args, nargs, 1, 0, "render_row");
 }
 
 PyObject *
 mx_render_rows(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
     (void)module;
-    return call(args, nargs, 1, 1, template_one, "render_rows");
+    return call(args, nargs, 1, 1, "render_rows");
 }
