@@ -131,7 +131,9 @@ def test_means_what_email_message_means(sender, to, cc, reply_to, subject, note,
     # writes text that looks like an encoded word as it is, so that it comes
     # back decoded: not the caller's text)
     assert mine.pop("subject") == subject
-    if "=?" not in subject:
+    # (and a subject of white space only: EmailMessage writes "Subject:  ",
+    # which comes back as "")
+    if "=?" not in subject and subject.strip():
         assert ref.pop("subject") == subject
     ref.pop("subject", None)
     # the same for a custom header: EmailMessage drops a leading space
