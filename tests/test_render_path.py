@@ -83,3 +83,54 @@ def test_mime_builds_what_the_renderer_declines(rendered):
                              sender="a@corp.example", reply_to=None, eight_bit=True, utf8=False)
     assert rendered["item"] == 0 and b"Cc: c@x.example\r\n" in p.data
     assert mime.make_message_id("x") != p.message_id
+
+
+def test_the_renderer_keeps_no_references_and_no_memory():
+    # every way out of the C calls: rendered, declined (None), and errors
+    # raised for bad arguments; the inputs' reference counts stay as they
+    # were and memory traced by tracemalloc (the raw domain too) stays flat
+    import gc
+    import sys
+    import tracemalloc
+    t = mx.Template(to="{name} <{email}>", subject="S {n}", body="Dear {name}\n", html="<p>{n}</p>")
+    c = t._compiled_for(True, False)
+    consts = t._consts(c, "a@corp.example", None)
+    iconsts = compose._render_consts("a@corp.example", None)
+    assert consts is not None and iconsts is not None
+    name, body = "Customer " + str(7), "x" * 2000 + "\n"
+    rows = [{"name": name, "email": "c@x.example", "n": 12345678901234567890},
+            {"name": "Jörg", "email": "c@x.example", "n": 1},            # declined
+            {"name": name, "email": "c@x.example"}]                        # no n: declined
+    items = [{"to": ["c@x.example", "Ann <a@x.example>"], "subject": "s", "body": body},
+             {"to": "c@x.example", "subject": "\r", "body": body}]          # refused
+    watched = [name, body, rows[0], items[0], consts, iconsts, c.spec]
+    before = [sys.getrefcount(o) for o in watched]
+    date, prepared = mime.date_header(), compose.Prepared
+
+    def once() -> None:
+        _core.render_rows(c.spec, consts, rows, date, mime._counter, mime._id_prefix, True, prepared)
+        _core.render_items(iconsts, items, date, mime._counter, mime._id_prefix, False, prepared)
+        for bad in ((c.spec, consts, rows[0], date, mime._counter, "not bytes", True, prepared),
+                    ((1, 2, 3), consts, rows[0], date, mime._counter, mime._id_prefix, True, prepared),
+                    (c.spec, consts, rows[0], date, iter(()), mime._id_prefix, True, prepared)):
+            try:
+                _core.render_row(*bad)
+            except (TypeError, RuntimeError):
+                pass
+            else:
+                raise AssertionError(f"no error for {bad!r}")
+
+    for _ in range(200):
+        once()
+    tracemalloc.start()
+    try:
+        gc.collect()
+        first, _peak = tracemalloc.get_traced_memory()
+        for _ in range(2000):
+            once()
+        gc.collect()
+        last, _peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert [sys.getrefcount(o) for o in watched] == before
+    assert last - first < 16 * 1024, f"{last - first} bytes kept after 2,000 rounds"
