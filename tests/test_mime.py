@@ -352,17 +352,20 @@ def _c_item(item, sender="Corp <news@corp.example>", reply_to=None, eight_bit=Tr
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(to=st.lists(c_address, min_size=1, max_size=3), subject=c_subject, body=c_body,
-       eight_bit=st.booleans(), reply_to=st.none() | st.just("Help <help@corp.example>"))
+       html=st.none() | c_body, eight_bit=st.booleans(),
+       reply_to=st.none() | st.just("Help <help@corp.example>"))
 @example(to=["user7@bench.example"], subject="Statement 7", body="Dear customer,\n" * 70,
-         eight_bit=True, reply_to=None)
+         html=None, eight_bit=True, reply_to=None)
 @example(to=["Customer 7 <u@b.example>", "v@b.example"], subject="y " * 60, body="a\r\rb\r\n",
-         eight_bit=False, reply_to=None)
-def test_c_rendered_mapping_is_the_python_builders_bytes(to, subject, body, eight_bit, reply_to):
+         html="<p>a & b</p>", eight_bit=False, reply_to=None)
+@example(to=["v@b.example"], subject="s", body=None, html="<p>only</p>", eight_bit=True, reply_to=None)
+def test_c_rendered_mapping_is_the_python_builders_bytes(to, subject, body, html, eight_bit,
+                                                         reply_to):
     sender = "Corp <news@corp.example>"
-    item = {"to": to, "subject": subject, "body": body}
+    item = {"to": to, "subject": subject, "body": body, "html": html}
     got = _c_item(item, sender, reply_to, eight_bit)
     try:
-        want = compose.prepare(sender=sender, to=to, subject=subject, body=body,
+        want = compose.prepare(sender=sender, to=to, subject=subject, body=body, html=html,
                                reply_to=reply_to, eight_bit=eight_bit)
     except mx.InputError:
         assert got is None          # refused: C never renders what Python refuses
@@ -373,14 +376,16 @@ def test_c_rendered_mapping_is_the_python_builders_bytes(to, subject, body, eigh
     if got is None:
         # declined: only for what needs encoding, quoting or a long line
         simple = all(mime._PLAIN_ADDR.fullmatch(a) or mime._SIMPLE_NAME_ADDR.fullmatch(a) for a in to)
-        plain_body = body is None or (body.isascii() and "\0" not in body
-                                      and max(map(len, re.split("\r\n|\r|\n", body))) <= 998)
+        def plain(text):
+            return text is None or ((text.isascii() or eight_bit) and "\0" not in text
+                                    and max(map(len, re.split("\r\n|\r|\n", text.encode().decode("latin-1")))) <= 998)
+        plain_body = plain(body) and plain(html)
         assert not (simple and subject.isascii() and "=?" not in subject and plain_body
                     and subject[:1] not in (" ", "\t") and max(map(len, subject.split(" "))) <= 900
                     and max(map(len, to)) < 900), "C declined an ordinary message"
         return
     assert (got.envelope_from, got.recipients) == (want.envelope_from, want.recipients)
-    assert MID_DATE.sub(b"", got.data) == MID_DATE.sub(b"", want.data)
+    assert _wire_normal(got.data) == _wire_normal(want.data)
     assert re.fullmatch(r"<[0-9]+\.[0-9a-f]{12}\.[0-9]+\.[0-9]+@corp\.example>", got.message_id)
     msg = PARSER.parsebytes(got.data)
     assert msg["Message-ID"] == got.message_id and msg["Date"] is not None
@@ -390,8 +395,9 @@ def test_c_rendered_mapping_is_the_python_builders_bytes(to, subject, body, eigh
     if "".join(subject.splitlines()) != subject:
         return
     mine = summary(msg)
-    theirs = summary(PARSER.parsebytes(reference(sender, to, [], reply_to, subject, body or "", None,
-                                                 [], {}, eight_bit).as_bytes()))
+    theirs = summary(PARSER.parsebytes(reference(sender, to, [], reply_to, subject,
+                                                 body if body is not None or html is not None else "",
+                                                 html, [], {}, eight_bit).as_bytes()))
     for key in ("subject", "to", "from", "reply-to", "x-note"):
         mine.pop(key), theirs.pop(key)
     assert mine == theirs
@@ -431,7 +437,8 @@ def test_c_renderer_takes_the_ordinary_message_and_leaves_the_rest():
     ok = {"to": ["Ann Lee <ann@x.example>", "bob@y.example"], "subject": "Hi", "body": "x\n"}
     assert _c_item(ok) is not None
     assert _c_item({**ok, "cc": None, "html": None}) is not None       # None: as if absent
-    for other in ({"cc": ["c@x.example"]}, {"html": "<p>"}, {"headers": {"X-A": "1"}},
+    assert _c_item({**ok, "html": "<p>"}) is not None                 # multipart/alternative
+    for other in ({"cc": ["c@x.example"]}, {"headers": {"X-A": "1"}},
                   {"sender": "s@corp.example"}, {"id": 1}, {"subject": "Grüße"},
                   {"body": "a\0b"}, {"to": []}, {"to": "Ann Lee <ann@x.example"}):
         assert _c_item({**ok, **other}) is None, other

@@ -557,15 +557,15 @@ known_key(PyObject *key)
     return 0;
 }
 
-/* A mapping of to, subject and body (the other keys None or absent) as a
- * message; anything else is left to compose.prepare_item (*ok 0).  0 or 1,
+/* A mapping of to, subject, body and html (the other keys None or absent)
+ * as a message; anything else is left to compose.prepare_item (*ok 0).  0 or 1,
  * -1 raised. */
 static int
 item_message(PyObject *item, message *m, int *ok)
 {
     PyObject *key, *value;
     Py_ssize_t pos = 0;
-    PyObject *to = NULL, *subject = NULL, *body = NULL;
+    PyObject *to = NULL, *subject = NULL, *body = NULL, *html = NULL;
     const unsigned char *p;
     Py_ssize_t n;
     int r;
@@ -583,8 +583,10 @@ item_message(PyObject *item, message *m, int *ok)
             subject = value;
         else if (PyUnicode_CompareWithASCIIString(key, "body") == 0)
             body = value;
+        else if (PyUnicode_CompareWithASCIIString(key, "html") == 0)
+            html = value;
         else if (value != Py_None || !known_key(key))
-            return 0;                      /* cc, html, headers, ...: Python builds */
+            return 0;                      /* cc, headers, ...: Python builds */
     }
     if (to == NULL)
         return 0;
@@ -613,21 +615,43 @@ item_message(PyObject *item, message *m, int *ok)
         m->subject = p;
         m->subject_len = (size_t)n;
     }
+    /* mime.body_bytes: a text part unless there is html and no body; both:
+     * multipart/alternative */
+    if (html == Py_None)
+        html = NULL;
+    if (body == Py_None)
+        body = NULL;
     m->nsegs = 0;
-    if (body != NULL && body != Py_None) {
-        if (!PyUnicode_Check(body))
-            return 0;
-        if ((r = utf8_of(body, 0, &p, &n)) <= 0)
-            return r;
-        m->segs[0].p = p;
-        m->segs[0].len = (size_t)n;
-        m->segs[0].escape = 0;
-        m->nsegs = 1;
+    if (body != NULL || html == NULL) {
+        mpart *t = &m->parts[m->nparts++];
+        t->subtype = "plain";
+        t->sublen = 5;
+        if (body != NULL) {
+            if (!PyUnicode_Check(body))
+                return 0;
+            if ((r = utf8_of(body, 0, &p, &n)) <= 0)
+                return r;
+            m->segs[0].p = p;
+            m->segs[0].len = (size_t)n;
+            m->segs[0].escape = 0;
+            m->nsegs = t->nseg = 1;
+        }
     }
-    m->nparts = 1;
-    m->parts[0].nseg = m->nsegs;
-    m->parts[0].subtype = "plain";
-    m->parts[0].sublen = 5;
+    if (html != NULL) {
+        mpart *h = &m->parts[m->nparts++];
+        if (!PyUnicode_Check(html))
+            return 0;
+        if ((r = utf8_of(html, 0, &p, &n)) <= 0)
+            return r;
+        h->subtype = "html";
+        h->sublen = 4;
+        h->seg0 = m->nsegs;
+        m->segs[m->nsegs].p = p;
+        m->segs[m->nsegs].len = (size_t)n;
+        m->segs[m->nsegs].escape = 0;      /* a mapping's html is the caller's markup */
+        m->nsegs++;
+        h->nseg = 1;
+    }
     *ok = 1;
     return 1;
 }
