@@ -351,22 +351,25 @@ def _c_item(item, sender="Corp <news@corp.example>", reply_to=None, eight_bit=Tr
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(to=st.lists(c_address, min_size=1, max_size=3), subject=c_subject, body=c_body,
+@given(to=st.lists(c_address, min_size=1, max_size=3), cc=st.lists(c_address, max_size=2),
+       bcc=st.lists(c_address, max_size=2), subject=c_subject, body=c_body,
        html=st.none() | c_body, eight_bit=st.booleans(),
        reply_to=st.none() | st.just("Help <help@corp.example>"))
-@example(to=["user7@bench.example"], subject="Statement 7", body="Dear customer,\n" * 70,
-         html=None, eight_bit=True, reply_to=None)
-@example(to=["Customer 7 <u@b.example>", "v@b.example"], subject="y " * 60, body="a\r\rb\r\n",
+@example(to=["user7@bench.example"], cc=[], bcc=[], subject="Statement 7",
+         body="Dear customer,\n" * 70, html=None, eight_bit=True, reply_to=None)
+@example(to=["Customer 7 <u@b.example>", "v@b.example"], cc=["Ann <a@b.example>"],
+         bcc=["Hidden <h@b.example>", "h2@b.example"], subject="y " * 60, body="a\r\rb\r\n",
          html="<p>a & b</p>", eight_bit=False, reply_to=None)
-@example(to=["v@b.example"], subject="s", body=None, html="<p>only</p>", eight_bit=True, reply_to=None)
-def test_c_rendered_mapping_is_the_python_builders_bytes(to, subject, body, html, eight_bit,
-                                                         reply_to):
+@example(to=["v@b.example"], cc=[], bcc=[], subject="s", body=None, html="<p>only</p>",
+         eight_bit=True, reply_to=None)
+def test_c_rendered_mapping_is_the_python_builders_bytes(to, cc, bcc, subject, body, html,
+                                                         eight_bit, reply_to):
     sender = "Corp <news@corp.example>"
-    item = {"to": to, "subject": subject, "body": body, "html": html}
+    item = {"to": to, "cc": cc, "bcc": bcc, "subject": subject, "body": body, "html": html}
     got = _c_item(item, sender, reply_to, eight_bit)
     try:
-        want = compose.prepare(sender=sender, to=to, subject=subject, body=body, html=html,
-                               reply_to=reply_to, eight_bit=eight_bit)
+        want = compose.prepare(sender=sender, to=to, cc=cc, bcc=bcc, subject=subject, body=body,
+                               html=html, reply_to=reply_to, eight_bit=eight_bit)
     except mx.InputError:
         assert got is None          # refused: C never renders what Python refuses
         with pytest.raises(mx.InputError):
@@ -375,14 +378,15 @@ def test_c_rendered_mapping_is_the_python_builders_bytes(to, subject, body, html
         return
     if got is None:
         # declined: only for what needs encoding, quoting or a long line
-        simple = all(mime._PLAIN_ADDR.fullmatch(a) or mime._SIMPLE_NAME_ADDR.fullmatch(a) for a in to)
+        simple = all(mime._PLAIN_ADDR.fullmatch(a) or mime._SIMPLE_NAME_ADDR.fullmatch(a)
+                     for a in to + cc + bcc)
         def plain(text):
             return text is None or ((text.isascii() or eight_bit) and "\0" not in text
                                     and max(map(len, re.split("\r\n|\r|\n", text.encode().decode("latin-1")))) <= 998)
         plain_body = plain(body) and plain(html)
         assert not (simple and subject.isascii() and "=?" not in subject and plain_body
                     and subject[:1] not in (" ", "\t") and max(map(len, subject.split(" "))) <= 900
-                    and max(map(len, to)) < 900), "C declined an ordinary message"
+                    and max(map(len, to + cc)) < 900), "C declined an ordinary message"
         return
     assert (got.envelope_from, got.recipients) == (want.envelope_from, want.recipients)
     assert _wire_normal(got.data) == _wire_normal(want.data)
@@ -395,7 +399,7 @@ def test_c_rendered_mapping_is_the_python_builders_bytes(to, subject, body, html
     if "".join(subject.splitlines()) != subject:
         return
     mine = summary(msg)
-    theirs = summary(PARSER.parsebytes(reference(sender, to, [], reply_to, subject,
+    theirs = summary(PARSER.parsebytes(reference(sender, to, cc, reply_to, subject,
                                                  body if body is not None or html is not None else "",
                                                  html, [], {}, eight_bit).as_bytes()))
     for key in ("subject", "to", "from", "reply-to", "x-note"):
@@ -438,7 +442,9 @@ def test_c_renderer_takes_the_ordinary_message_and_leaves_the_rest():
     assert _c_item(ok) is not None
     assert _c_item({**ok, "cc": None, "html": None}) is not None       # None: as if absent
     assert _c_item({**ok, "html": "<p>"}) is not None                 # multipart/alternative
-    for other in ({"cc": ["c@x.example"]}, {"headers": {"X-A": "1"}},
+    assert _c_item({**ok, "cc": "c@x.example", "bcc": ("Hid Den <d@x.example>",)}).recipients == [
+        "ann@x.example", "bob@y.example", "c@x.example", "d@x.example"]
+    for other in ({"cc": ["c@x.example", 1]}, {"bcc": "x y@z.example"}, {"headers": {"X-A": "1"}},
                   {"sender": "s@corp.example"}, {"id": 1}, {"subject": "Grüße"},
                   {"body": "a\0b"}, {"to": []}, {"to": "Ann Lee <ann@x.example"}):
         assert _c_item({**ok, **other}) is None, other

@@ -353,6 +353,10 @@ typedef struct {
 typedef struct {
     PyObject *to[MAX_VALUES];      /* str, borrowed (items) */
     int nto;
+    PyObject *cc[MAX_VALUES];      /* a Cc header and recipients (items) */
+    int ncc;
+    PyObject *bcc[MAX_VALUES];     /* recipients only (items) */
+    int nbcc;
     const unsigned char *to_text;  /* a rendered template "to" */
     size_t to_len;
     const unsigned char *subject;  /* NULL: subject_line */
@@ -436,6 +440,53 @@ render_alternative(ctx *c, mx_out *o, const message *m)
     return MX_RENDER_OK;
 }
 
+/* Addresses given as str objects: written as the header `name` (none when
+ * NULL: Bcc) and appended to rcpts as envelope addresses, as
+ * compose.prepare makes them.  MX_RENDER_OK or why not; *err set when a
+ * Python error was raised. */
+static mx_render_status
+addr_list(mx_out *o, const char *name, size_t nlen, PyObject *const *objs, int count,
+          PyObject *rcpts, int *err)
+{
+    mx_fold f;
+    mx_render_status st;
+    int i;
+
+    if (name)
+        mx_render_addr_begin(&f, o, name, nlen);
+    for (i = 0; i < count; i++) {
+        PyObject *s = objs[i], *a;
+        const unsigned char *p;
+        Py_ssize_t n;
+        size_t off, alen;
+        int r = utf8_of(s, 1, &p, &n);
+        if (r <= 0) {
+            *err = r < 0;
+            return MX_RENDER_DECLINED;
+        }
+        st = name ? mx_render_addr(&f, p, (size_t)n, i + 1 < count, &off, &alen)
+                  : mx_render_addr_parse(p, (size_t)n, &off, &alen);
+        if (st != MX_RENDER_OK)
+            return st;
+        if (off == 0 && (Py_ssize_t)alen == n) {
+            a = s;                         /* compose.prepare keeps the address as given */
+            Py_INCREF(a);
+        } else {
+            a = PyUnicode_DecodeASCII((const char *)p + off, (Py_ssize_t)alen, NULL);
+        }
+        if (!a || PyList_Append(rcpts, a) < 0) {
+            Py_XDECREF(a);
+            *err = 1;
+            return MX_RENDER_DECLINED;
+        }
+        Py_DECREF(a);
+    }
+    if (!name)
+        return MX_RENDER_OK;
+    mx_render_addr_end(&f);
+    return mx_out_status(o);
+}
+
 /* Renders one message into c->buf and makes its Prepared.  A new
  * reference, Py_None (not for us) or NULL raised. */
 static PyObject *
@@ -445,7 +496,7 @@ render_one(ctx *c, message *m)
     mx_out o;
     mx_fold f;
     size_t mlen, off, alen;
-    int i, grown;
+    int grown, err = 0;
     mx_render_status st;
 
 again:
@@ -469,8 +520,8 @@ again:
     rcpts = PyList_New(0);
     if (!rcpts)
         goto done;
-    mx_render_addr_begin(&f, &o, "To", 2);
     if (m->to_text) {
+        mx_render_addr_begin(&f, &o, "To", 2);
         st = mx_render_addr(&f, m->to_text, m->to_len, 0, &off, &alen);
         if (st != MX_RENDER_OK)
             goto status;
@@ -480,38 +531,22 @@ again:
             goto done;
         }
         Py_DECREF(a);
-    }
-    for (i = 0; i < m->nto; i++) {
-        PyObject *s = m->to[i], *a;
-        const unsigned char *p;
-        Py_ssize_t n;
-        int r = utf8_of(s, 1, &p, &n);
-        if (r < 0)
-            goto done;
-        if (r == 0) {
-            st = MX_RENDER_DECLINED;
+        mx_render_addr_end(&f);
+    } else {
+        if (m->nto == 0) {
+            st = MX_RENDER_DECLINED;       /* no To header: Python's case */
             goto status;
         }
-        st = mx_render_addr(&f, p, (size_t)n, i + 1 < m->nto, &off, &alen);
+        st = addr_list(&o, "To", 2, m->to, m->nto, rcpts, &err);
+        if (st == MX_RENDER_OK && m->ncc)
+            st = addr_list(&o, "Cc", 2, m->cc, m->ncc, rcpts, &err);
+        if (st == MX_RENDER_OK && m->nbcc)
+            st = addr_list(&o, NULL, 0, m->bcc, m->nbcc, rcpts, &err);
+        if (err)
+            goto done;
         if (st != MX_RENDER_OK)
             goto status;
-        if (off == 0 && (Py_ssize_t)alen == n) {
-            a = s;                         /* compose.prepare keeps the address as given */
-            Py_INCREF(a);
-        } else {
-            a = PyUnicode_DecodeASCII((const char *)p + off, (Py_ssize_t)alen, NULL);
-        }
-        if (!a || PyList_Append(rcpts, a) < 0) {
-            Py_XDECREF(a);
-            goto done;
-        }
-        Py_DECREF(a);
     }
-    if (PyList_GET_SIZE(rcpts) == 0) {
-        st = MX_RENDER_DECLINED;           /* no recipients: Python says so */
-        goto status;
-    }
-    mx_render_addr_end(&f);
     mx_out_put_lines(&o, c->mid, (size_t)c->midlen);
     if (m->subject)
         st = mx_render_unstructured(&o, "Subject", 7, m->subject, m->subject_len);
@@ -543,12 +578,40 @@ done:
 
 /* ---- a send_many mapping ----------------------------------------------- */
 
+/* compose.recipients(value) as borrowed str objects: None, a str, or a list
+ * or tuple of str.  1, or 0 for anything else (Python's case). */
+static int
+addr_objs(PyObject *value, PyObject **out, int *n)
+{
+    Py_ssize_t i, k;
+
+    *n = 0;
+    if (value == NULL || value == Py_None)
+        return 1;
+    if (PyUnicode_Check(value)) {
+        out[(*n)++] = value;
+        return 1;
+    }
+    if (!PyList_CheckExact(value) && !PyTuple_CheckExact(value))
+        return 0;
+    k = PySequence_Fast_GET_SIZE(value);
+    if (k > MAX_VALUES)
+        return 0;
+    for (i = 0; i < k; i++) {
+        PyObject *a = PySequence_Fast_GET_ITEM(value, i);
+        if (!PyUnicode_Check(a))
+            return 0;
+        out[(*n)++] = a;
+    }
+    return 1;
+}
+
 /* send_as's other keyword arguments: None means what leaving them out means */
 static int
 known_key(PyObject *key)
 {
-    static const char *const keys[] = {"cc", "bcc", "html", "sender", "reply_to", "headers",
-                                       "message", "envelope_from", "attachments"};
+    static const char *const keys[] = {"sender", "reply_to", "headers", "message",
+                                       "envelope_from", "attachments"};
     size_t i;
 
     for (i = 0; i < sizeof keys / sizeof keys[0]; i++)
@@ -557,15 +620,15 @@ known_key(PyObject *key)
     return 0;
 }
 
-/* A mapping of to, subject, body and html (the other keys None or absent)
- * as a message; anything else is left to compose.prepare_item (*ok 0).  0 or 1,
+/* A mapping of to, cc, bcc, subject, body and html (the other keys None or
+ * absent) as a message; anything else is left to compose.prepare_item (*ok 0).  0 or 1,
  * -1 raised. */
 static int
 item_message(PyObject *item, message *m, int *ok)
 {
     PyObject *key, *value;
     Py_ssize_t pos = 0;
-    PyObject *to = NULL, *subject = NULL, *body = NULL, *html = NULL;
+    PyObject *to = NULL, *cc = NULL, *bcc = NULL, *subject = NULL, *body = NULL, *html = NULL;
     const unsigned char *p;
     Py_ssize_t n;
     int r;
@@ -585,26 +648,16 @@ item_message(PyObject *item, message *m, int *ok)
             body = value;
         else if (PyUnicode_CompareWithASCIIString(key, "html") == 0)
             html = value;
+        else if (PyUnicode_CompareWithASCIIString(key, "cc") == 0)
+            cc = value;
+        else if (PyUnicode_CompareWithASCIIString(key, "bcc") == 0)
+            bcc = value;
         else if (value != Py_None || !known_key(key))
             return 0;                      /* cc, headers, ...: Python builds */
     }
-    if (to == NULL)
+    if (to == NULL || !addr_objs(to, m->to, &m->nto) || !addr_objs(cc, m->cc, &m->ncc)
+        || !addr_objs(bcc, m->bcc, &m->nbcc))
         return 0;
-    if (PyUnicode_Check(to)) {
-        m->to[m->nto++] = to;
-    } else if (PyList_CheckExact(to) || PyTuple_CheckExact(to)) {
-        Py_ssize_t i, k = PySequence_Fast_GET_SIZE(to);
-        if (k > MAX_VALUES)
-            return 0;
-        for (i = 0; i < k; i++) {
-            PyObject *a = PySequence_Fast_GET_ITEM(to, i);
-            if (!PyUnicode_Check(a))
-                return 0;
-            m->to[m->nto++] = a;
-        }
-    } else {
-        return 0;
-    }
     if (subject == NULL) {
         m->subject = (const unsigned char *)"";
     } else {
