@@ -134,3 +134,15 @@ def test_the_renderer_keeps_no_references_and_no_memory():
         tracemalloc.stop()
     assert [sys.getrefcount(o) for o in watched] == before
     assert last - first < 16 * 1024, f"{last - first} bytes kept after 2,000 rounds"
+
+
+def test_prepare_many_takes_any_row_and_gives_each_its_outcome():
+    from collections import OrderedDict
+    t = mx.Template(to="{email}", subject="S {n}", body="hi {n}\n")
+    rows = [{"email": "a@x.example", "n": 1}, ["not", "a", "mapping"],
+            OrderedDict(email="b@x.example", n=2), {"email": "c@x.example"}]
+    got = t.prepare_many(rows, sender="s@corp.example", reply_to=None, eight_bit=True, utf8=False)
+    assert isinstance(got[0], compose.Prepared) and isinstance(got[2], compose.Prepared)
+    assert isinstance(got[1], mx.InputError) and "mapping" in str(got[1])
+    assert isinstance(got[3], mx.InputError) and "'n'" in str(got[3])
+    assert got[2].recipients == ["b@x.example"] and got[2].data.endswith(b"hi 2\r\n")

@@ -34,20 +34,10 @@ field_value(PyObject *row, PyObject *name, holds *h, PyObject **out)
 {
     PyObject *v, *s;
 
-    if (PyDict_CheckExact(row)) {
-        v = PyDict_GetItemWithError(row, name);
-        if (!v)
-            return PyErr_Occurred() ? -1 : 0;
-        Py_INCREF(v);
-    } else {
-        v = PyObject_GetItem(row, name);
-        if (!v) {
-            if (!PyErr_ExceptionMatches(PyExc_KeyError))
-                return -1;
-            PyErr_Clear();
-            return 0;
-        }
-    }
+    v = PyDict_GetItemWithError(row, name);         /* rows are dicts (template_one) */
+    if (!v)
+        return PyErr_Occurred() ? -1 : 0;
+    Py_INCREF(v);
     if (PyUnicode_CheckExact(v)) {
         s = v;
     } else {
@@ -295,6 +285,8 @@ mxr_template_one(ctx *c, PyObject *spec, PyObject *row)
     h.n = 0;
     memset(&m, 0, offsetof(message, segs));
     m.nsegs = 0;
+    if (!PyDict_CheckExact(row))
+        Py_RETURN_NONE;                    /* other mappings (and the rest): Python's */
     if (!PyTuple_Check(spec) || PyTuple_GET_SIZE(spec) != 3) {
         PyErr_SetString(PyExc_TypeError, "render: spec must be a tuple of 3");
         return NULL;
