@@ -132,7 +132,8 @@ def prepare(*, sender: str, to: str | Iterable[str] | None = None,
     """
     to_list, cc_list, bcc_list = recipients(to), recipients(cc), recipients(bcc)
     # "Name <addr>" in to/cc/bcc: the header keeps the name, the envelope the address
-    rcpts = [mime.split_address(a)[1] if "<" in a else a for a in to_list + cc_list + bcc_list]
+    rcpts = [mime.split_address(a, field)[1] if "<" in a else a
+             for field, given in (("to", to_list), ("cc", cc_list), ("bcc", bcc_list)) for a in given]
     mail_from = envelope_from or addr_spec(sender)
     if isinstance(message, (bytes, bytearray, memoryview)):
         if not rcpts:

@@ -410,7 +410,9 @@ class Template:
         if not who:
             raise InputError("no sender: give the template a sender, sender=... or from_address "
                              "in the config; nothing was sent")
-        envelope = [mime.envelope_address(a) for a in rcpts]
+        envelope = [mime.envelope_address(a, field)
+                    for field, given in (("to", to), ("cc", cc), ("bcc", rcpts[len(to) + len(cc):]))
+                    for a in given]
         # UTF-8 headers only in an SMTPUTF8 transaction (a non-ASCII envelope address)
         utf8 = utf8 and not (who.isascii() and all(a.isascii() for a in envelope))
         c = self._compiled_for(eight_bit, utf8)
@@ -446,7 +448,7 @@ class Template:
         got = c.seen.get((name, value))
         if got is None:
             field = "sender" if name == "From" else "reply_to"
-            addr = mime.split_address(value)[1]
+            addr = mime.split_address(value, field)[1]
             got = (mime.address_header(name.encode("ascii"), field, [value], utf8),
                    addr, addr.rpartition("@")[2] or None)
             if len(c.seen) < 64:

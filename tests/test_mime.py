@@ -414,6 +414,7 @@ def test_c_rendered_mapping_is_the_python_builders_bytes(to, cc, bcc, subject, b
 @settings(max_examples=100, deadline=None)
 @given(field=st.sampled_from(["to", "subject"]), bad=st.sampled_from(["\r", "\n", "\0", "\r\n"]),
        text=ascii_header, pos=st.integers(0, 200))
+@example(field="to", bad="\r", text="<,", pos=0)    # the template splits it: "<" alone, named
 def test_c_renderer_never_puts_cr_lf_nul_into_a_header(field, bad, text, pos):
     pos = min(pos, len(text))
     evil = text[:pos] + bad + text[pos:]
