@@ -30,6 +30,17 @@ def pack_records(
     prefix: str,
     last: tuple[Any, int, Any, int, Any, int],
 ) -> tuple[Any, int, Any, int, Any, int]: ...
+# messages rendered in C (csrc/proto/render.c, csrc/py/render.c): a
+# compose.Prepared, or None when the Python builder must build it
+_Consts = tuple[bytes, bytes, bytes, str, bytes]
+def render_item(consts: _Consts, item: Any, date: bytes, counter: Any, id_prefix: bytes,
+                eight_bit: bool, prepared: type, /) -> Any: ...
+def render_items(consts: _Consts, items: list[Any], date: bytes, counter: Any, id_prefix: bytes,
+                 eight_bit: bool, prepared: type, /) -> list[Any]: ...
+def render_row(spec: tuple[Any, ...], consts: _Consts, row: Any, date: bytes, counter: Any,
+               id_prefix: bytes, eight_bit: bool, prepared: type, /) -> Any: ...
+def render_rows(spec: tuple[Any, ...], consts: _Consts, rows: list[Any], date: bytes,
+                counter: Any, id_prefix: bytes, eight_bit: bool, prepared: type, /) -> list[Any]: ...
 
 class Session:
     def __init__(

@@ -181,7 +181,7 @@ class Pool:
                 raise
 
     async def send_as(self, sender: str | None = None, to: str | Iterable[str] | None = None,
-                      subject: str = "", body: str = "", **kwargs: Any) -> SendResult:
+                      subject: str = "", body: str | None = None, **kwargs: Any) -> SendResult:
         """`mailexpress.send_as` over a pooled session (same arguments but
         ``session``, same result and exceptions)."""
         if "session" in kwargs:
@@ -268,7 +268,7 @@ def _pool(config: Config) -> Pool:
 
 
 async def send_as(config: Config, sender: str | None = None, to: str | Iterable[str] | None = None,
-                  subject: str = "", body: str = "", **kwargs: Any) -> SendResult:
+                  subject: str = "", body: str | None = None, **kwargs: Any) -> SendResult:
     """`mailexpress.send_as` as a coroutine, over the default `Pool` of
     ``config`` (keyword arguments as there, but ``session``)."""
     return await _pool(config).send_as(sender, to, subject, body, **kwargs)

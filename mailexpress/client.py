@@ -187,7 +187,7 @@ def connect(config: Config, **overrides: Any) -> Session:
 
 
 def send_as(config: Config, sender: str | None = None, to: str | Iterable[str] | None = None,
-            subject: str = "", body: str = "", *, reply_to: str | None = None,
+            subject: str = "", body: str | None = None, *, reply_to: str | None = None,
             cc: str | Iterable[str] | None = None, bcc: str | Iterable[str] | None = None,
             html: str | None = None, message: EmailMessage | bytes | None = None,
             envelope_from: str | None = None, headers: dict[str, str] | None = None,
@@ -202,6 +202,8 @@ def send_as(config: Config, sender: str | None = None, to: str | Iterable[str] |
     a ready `EmailMessage` (copied; From, Message-ID
     and Date added when missing) or bytes (sent as they are).  ``session``
     reuses an open `Session`; otherwise one is opened and closed.
+    With ``html`` and no ``body`` the message is one text/html part (as
+    `EmailMessage` makes it); with neither, an empty text part.
     ``attachments``: paths, ``(filename, data)`` or ``(filename, data,
     content_type)``.
     ``token_provider`` (an object with ``get_token(scope)``, such as an

@@ -12,12 +12,12 @@ from email.message import EmailMessage
 from email.utils import parseaddr
 from typing import Any, NamedTuple
 
-from . import mime
+from . import _core, mime
 from .errors import InputError
 from .message import build_message, message_bytes
 
 __all__ = ["KEYS", "Prepared", "addr_spec", "envelope", "header_addresses", "prepare",
-           "prepare_item", "recipients"]
+           "prepare_item", "prepare_items", "recipients"]
 
 #: The keys of a send_many mapping: send_as's keyword arguments.
 KEYS = frozenset({"to", "cc", "bcc", "subject", "body", "html", "sender", "reply_to",
@@ -118,19 +118,22 @@ def envelope(message: Any, envelope_from: str | None, recipients: str | Sequence
 
 def prepare(*, sender: str, to: str | Iterable[str] | None = None,
             cc: str | Iterable[str] | None = None, bcc: str | Iterable[str] | None = None,
-            subject: str = "", body: str = "", html: str | None = None,
+            subject: str = "", body: str | None = None, html: str | None = None,
             reply_to: str | None = None, message: EmailMessage | bytes | None = None,
             envelope_from: str | None = None, headers: Mapping[str, str] | None = None,
             attachments: Sequence[mime.Attachment] | None = None,
             eight_bit: bool = True, utf8: bool = False) -> Prepared:
     """The envelope and wire bytes of one message, as `send_as` sends it.
 
+    ``body`` None: no text part when there is ``html`` (one text/html part,
+    as `EmailMessage` makes it), an empty one otherwise.
     ``eight_bit``/``utf8``: the server offers 8BITMIME/SMTPUTF8.  InputError
     (naming the field; nothing was sent) for anything that cannot be sent.
     """
     to_list, cc_list, bcc_list = recipients(to), recipients(cc), recipients(bcc)
     # "Name <addr>" in to/cc/bcc: the header keeps the name, the envelope the address
-    rcpts = [mime.split_address(a)[1] if "<" in a else a for a in to_list + cc_list + bcc_list]
+    rcpts = [mime.split_address(a, field)[1] if "<" in a else a
+             for field, given in (("to", to_list), ("cc", cc_list), ("bcc", bcc_list)) for a in given]
     mail_from = envelope_from or addr_spec(sender)
     if isinstance(message, (bytes, bytearray, memoryview)):
         if not rcpts:
@@ -143,7 +146,7 @@ def prepare(*, sender: str, to: str | Iterable[str] | None = None,
         if attachments:
             raise InputError("attachments go with subject/body, not with message=...; add them "
                              "to the EmailMessage (add_attachment); nothing was sent")
-        msg = build_message(sender=sender, to=to_list, cc=cc_list, subject=subject, body=body,
+        msg = build_message(sender=sender, to=to_list, cc=cc_list, subject=subject, body=body or "",
                             html=html, reply_to=reply_to, headers=dict(headers or {}),
                             template=message, eight_bit=eight_bit, utf8=utf8)
         if not rcpts:
@@ -163,10 +166,70 @@ def prepare(*, sender: str, to: str | Iterable[str] | None = None,
     return Prepared(mail_from, rcpts, data, message_id)
 
 
+#: per (default sender, default reply-to): what the C renderer needs, or None
+_consts: dict[tuple[str, str | None], tuple[bytes, bytes, bytes, str, bytes] | None] = {}
+
+
+def _render_consts(sender: str | None,
+                   reply_to: str | None) -> tuple[bytes, bytes, bytes, str, bytes] | None:
+    """The From and Reply-To lines, envelope sender and Message-ID's end of
+    a mapping that names no sender of its own, for `_core.render_item`; None
+    when they are not ASCII (encoded words or SMTPUTF8: mime.build)."""
+    if not sender:
+        return None
+    key: tuple[str, str | None] = (sender, reply_to)
+    if key in _consts:
+        return _consts[key]
+    got = None
+    if sender.isascii() and (not reply_to or reply_to.isascii()):
+        try:
+            head = mime.address_header(b"From", "sender", [sender], False)
+            mid = mime.address_header(b"Reply-To", "reply_to", [reply_to], False) \
+                if reply_to else b""
+            domain = mime.split_address(sender)[1].rpartition("@")[2] or "mailexpress.invalid"
+            got = (head, mid, b"", addr_spec(sender), f"@{domain}>".encode("ascii"))
+        except (InputError, UnicodeError):
+            got = None          # mime.build says why, naming the field
+    if len(_consts) < 64:
+        _consts[key] = got
+    return got
+
+
+def prepare_items(items: list[Any], *, sender: str | None, reply_to: str | None,
+                  eight_bit: bool, utf8: bool) -> list[Prepared | InputError]:
+    """`prepare_item` of each of a list, as one C call for the ordinary
+    ones; a message that cannot be prepared gets its `InputError`."""
+    consts = _render_consts(sender, reply_to)
+    got: list[Any] = _core.render_items(consts, items, mime.date_header(), mime._counter,
+                                        mime._id_prefix, eight_bit, Prepared) \
+        if consts is not None else [None] * len(items)
+    for i, p in enumerate(got):
+        if p is None:
+            try:
+                got[i] = prepare_item(items[i], sender=sender, reply_to=reply_to,
+                                      eight_bit=eight_bit, utf8=utf8)
+            except InputError as exc:
+                got[i] = exc
+    return got
+
+
 def prepare_item(item: Mapping[str, Any], *, sender: str | None, reply_to: str | None,
                  eight_bit: bool, utf8: bool) -> Prepared:
     """One send_many mapping (send_as's keyword arguments); ``sender`` and
-    ``reply_to`` are the defaults when the mapping has none."""
+    ``reply_to`` are the defaults when the mapping has none.
+
+    An ordinary one (to, subject and a body, ASCII headers, a body that goes
+    7bit or 8bit) is rendered in C (csrc/proto/render.c) into the same
+    bytes mime.build writes; anything else is built here."""
+    if type(item) is dict:
+        key = (sender or "", reply_to)
+        consts = _consts[key] if key in _consts else _render_consts(sender, reply_to)
+        if consts is not None:
+            got: Prepared | None = _core.render_item(consts, item, mime.date_header(),
+                                                     mime._counter, mime._id_prefix,
+                                                     eight_bit, Prepared)
+            if got is not None:
+                return got
     if not isinstance(item, Mapping):
         raise InputError(f"each message must be a mapping of send_as keyword arguments or an "
                          f"EmailMessage, not {type(item).__name__}; it was not sent")
@@ -180,7 +243,7 @@ def prepare_item(item: Mapping[str, Any], *, sender: str | None, reply_to: str |
                          "in the config; nothing was sent")
     rt = item.get("reply_to")
     return prepare(sender=who, to=item.get("to"), cc=item.get("cc"), bcc=item.get("bcc"),
-                   subject=item.get("subject", ""), body=item.get("body", ""),
+                   subject=item.get("subject", ""), body=item.get("body"),
                    html=item.get("html"), reply_to=rt if rt is not None else reply_to,
                    message=item.get("message"), envelope_from=item.get("envelope_from"),
                    headers=item.get("headers"), attachments=item.get("attachments"),

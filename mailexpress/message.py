@@ -1,4 +1,7 @@
-"""Building the messages send_as sends.  (The C core never builds MIME.)"""
+"""Building a message given as an `EmailMessage` (the standard library serialises it).
+
+Ordinary messages are written by mime.py, or by the C renderer
+(csrc/proto/render.c) for the cases it takes."""
 from __future__ import annotations
 
 import copy

@@ -7,7 +7,9 @@ touches every byte runs in the standard library's C code (``binascii``
 quoted-printable and base64, ``str.encode``, ``bytes.replace``/``join``);
 what is left in Python is a few calls per header.  `email.message.EmailMessage`
 is not used here: a message given as one is built by `message.build_message`
-and honoured exactly.
+and honoured exactly.  The ordinary send_many mapping and Template row are
+written by its C twin (csrc/proto/render.c, through `_core.render_item` /
+`render_row`) into the same bytes; whatever that declines is built here.
 
 Choices, and why they mean the same as what `EmailMessage` writes:
 
@@ -134,31 +136,32 @@ def unstructured(name: bytes, value: str, utf8: bool) -> bytes:
     return _fold(name, _encoded_words(value))
 
 
-def split_address(value: str) -> tuple[str, str]:
-    """(display name, addr-spec) of ``"Name <a@b>"``, ``"\\"Doe, J\\" <a@b>"`` or ``"a@b"``."""
+def split_address(value: str, field: str | None = None) -> tuple[str, str]:
+    """(display name, addr-spec) of ``"Name <a@b>"``, ``"\\"Doe, J\\" <a@b>"`` or ``"a@b"``;
+    InputError (naming ``field`` when given) for what is not an address."""
     if "<" not in value:
         return "", value.strip()
     m = _NAME_ADDR.fullmatch(value)
     if m is None:
-        raise InputError(f"{value!r} is not an address (\"Name <user@domain>\" or "
-                         "\"user@domain\"); nothing was sent")
+        raise InputError(f"{field + ': ' if field else ''}{value!r} is not an address "
+                         "(\"Name <user@domain>\" or \"user@domain\"); nothing was sent")
     display, addr = m.group(1), m.group(2).strip()
     if len(display) >= 2 and display[0] == '"' and display[-1] == '"':
         display = re.sub(r"\\(.)", r"\1", display[1:-1])
     return display, addr
 
 
-def envelope_address(value: str) -> str:
+def envelope_address(value: str, field: str | None = None) -> str:
     """The addr-spec of ``"Name <a@b>"`` or ``"a@b"`` (`split_address`'s)."""
     if "<" not in value:
         return value.strip()
     m = _SIMPLE_NAME_ADDR.fullmatch(value)
-    return m.group(1) if m is not None else split_address(value)[1]
+    return m.group(1) if m is not None else split_address(value, field)[1]
 
 
 def _address(field: str, value: str, utf8: bool) -> list[bytes]:
     """One address as folding tokens (the display name may be several)."""
-    display, addr = split_address(value)
+    display, addr = split_address(value, field)
     if not addr or _ADDR_BAD.search(addr):
         raise InputError(f"{field}: {value!r} is not an address; nothing was sent")
     if not addr.isascii():
@@ -226,11 +229,14 @@ def _new_base() -> str:
 #: made anew in a forked child
 _base = _new_base()
 _counter = itertools.count()
+#: ``<base.`` as bytes: what a Message-ID begins with (the C renderer's)
+_id_prefix = f"<{_base}.".encode("ascii")
 
 
 def _after_fork() -> None:
-    global _base, _counter
+    global _base, _counter, _id_prefix
     _base, _counter = _new_base(), itertools.count()
+    _id_prefix = f"<{_base}.".encode("ascii")
 
 
 os.register_at_fork(after_in_child=_after_fork)

@@ -18,7 +18,7 @@ import string
 from collections.abc import Mapping, Sequence
 from typing import Any, Union
 
-from . import mime
+from . import _core, mime
 from .compose import Prepared
 from .errors import InputError
 
@@ -138,6 +138,21 @@ class _Text:
         return self.head + body if body.endswith(b"\n") else self.head + body + CRLF
 
 
+def _c_field(f: _Field) -> tuple[bytes | str | None, ...] | None:
+    """A field as (literal UTF-8, placeholder name or None, ...) for the C
+    renderer, or None when a placeholder has a format spec or conversion."""
+    out: list[bytes | str | None] = []
+    for lit, name, spec, conv in f.parts:
+        if spec or conv:
+            return None
+        try:
+            out.append(lit.encode("utf-8"))
+        except UnicodeError:
+            return None
+        out.append(name)
+    return tuple(out)
+
+
 class _Compiled:
     """What does not change from row to row, encoded for one capability set."""
 
@@ -168,6 +183,51 @@ class _Compiled:
                                           t._html.text if t._html else None, None, eight_bit)
             if self.attachments_b:
                 self.mime_b = self._mixed(self.mime_b)
+        #: what `_core.render_row` renders a row from, or None (see _spec)
+        self.spec = self._spec(t)
+        #: per (default sender, default reply-to): render_row's consts or None
+        self.consts: dict[tuple[str | None, str | None],
+                          tuple[bytes, bytes, bytes, str, bytes] | None] = {}
+
+    def _spec(self, t: Template) -> tuple[Any, ...] | None:
+        """(to, subject, MIME part) for the C renderer (csrc/proto/render.c)
+        when the template is one it renders: placeholders without format
+        specs or conversions in to, subject, body and html (one text part,
+        or both as multipart/alternative), no cc/bcc, a fixed sender,
+        reply-to and headers, attachments only with a fixed body and html.
+        Rows it cannot render (values that are not ASCII in a header, need
+        encoding, ...) it hands back."""
+        if t._cc is not None or t._bcc is not None or any(f.names for _n, f in t._headers) \
+                or (t._sender is not None and t._sender.names) \
+                or (t._reply_to is not None and t._reply_to.names):
+            return None
+        if self.subject_b is not None:
+            subject: Any = self.subject_b
+        else:
+            subject = _c_field(t._subject)
+        to = _c_field(t._to)
+        mime_part: Any
+        if self.mime_b is not None:
+            mime_part = self.mime_b[len(b"MIME-Version: 1.0\r\n"):]
+        elif self.attachments_b:
+            return None                 # multipart/mixed around a templated part: Python
+        else:
+            parts: list[Any] = []
+            for f, fixed, subtype, escape in ((t._body, self.text_b, b"plain", False),
+                                              (t._html, self.html_b, b"html", True)):
+                if f is None:
+                    continue
+                if fixed is not None:
+                    parts.append(fixed)
+                    continue
+                field = _c_field(f)
+                if field is None:
+                    return None
+                parts.append((field, subtype, escape))
+            mime_part = tuple(parts)
+        if to is None or subject is None:
+            return None
+        return (to, subject, mime_part)
 
     @staticmethod
     def _part(f: _Field, subtype: str, eight_bit: bool) -> bytes:
@@ -224,6 +284,8 @@ class Template:
         #: every field name the template uses
         self.fields: frozenset[str] = frozenset().union(*(f.names for f in fields if f is not None))
         self._compiled: dict[tuple[bool, bool], _Compiled] = {}
+        #: the C renderer's (key, spec, consts) for the last arguments of prepare
+        self._fast: tuple[Any, ...] = (None, None, None)
 
     def __repr__(self) -> str:
         return f"<mailexpress.Template fields={sorted(self.fields)}>"
@@ -258,9 +320,83 @@ class Template:
             out["headers"] = {name: f.render(row) for name, f in self._headers}
         return out
 
+    def _compiled_for(self, eight_bit: bool, utf8: bool) -> _Compiled:
+        c = self._compiled.get((eight_bit, utf8))
+        if c is None:
+            c = self._compiled[(eight_bit, utf8)] = _Compiled(self, eight_bit, utf8)
+        return c
+
+    def _consts(self, c: _Compiled, sender: str | None,
+                reply_to: str | None) -> tuple[bytes, bytes, bytes, str, bytes] | None:
+        """render_row's consts (From and Reply-To lines, fixed headers,
+        envelope sender, the Message-ID's end) for these defaults, or None
+        when the C renderer is not for them (a sender that is not ASCII)."""
+        key = (sender, reply_to)
+        if key in c.consts:
+            return c.consts[key]
+        got = None
+        who = self._sender.text if self._sender is not None else sender
+        rt = reply_to if self._reply_to is None else None
+        if c.spec is not None and who and who.isascii() and (not rt or rt.isascii()):
+            try:
+                from_b, mail_from, domain = self._address(c, "From", who, False)
+                mid = c.reply_to_b if c.reply_to_b is not None else \
+                    self._address(c, "Reply-To", rt, False)[0] if rt else b""
+                got = (from_b, mid, c.headers_b, mail_from,
+                       f"@{domain or 'mailexpress.invalid'}>".encode("ascii"))
+            except (InputError, UnicodeError):
+                got = None      # the Python path says why, naming the field
+        if len(c.consts) < 64:
+            c.consts[key] = got
+        return got
+
+    def _fast_for(self, eight_bit: bool, sender: str | None,
+                  reply_to: str | None) -> tuple[tuple[bool, str | None, str | None],
+                                                 tuple[Any, ...] | None,
+                                                 tuple[bytes, bytes, bytes, str, bytes] | None]:
+        """(key, spec, consts) of the C renderer for these arguments; spec
+        None when it is not for them."""
+        c = self._compiled_for(eight_bit, False)
+        consts = self._consts(c, sender, reply_to)
+        return (eight_bit, sender, reply_to), c.spec if consts is not None else None, consts
+
+    def prepare_many(self, rows: list[Any], *, sender: str | None, reply_to: str | None,
+                     eight_bit: bool, utf8: bool) -> list[Prepared | InputError]:
+        """`prepare` of each of a list: the rows the C renderer takes in one
+        call; a row that cannot be sent gets its `InputError`."""
+        c = self._compiled_for(eight_bit, False)
+        consts = self._consts(c, sender, reply_to)
+        got: list[Any] = [None] * len(rows)
+        if consts is not None and c.spec is not None:
+            got = _core.render_rows(c.spec, consts, rows, mime.date_header(), mime._counter,
+                                    mime._id_prefix, eight_bit, Prepared)
+        for i, p in enumerate(got):
+            if p is None:
+                try:
+                    got[i] = self._build(rows[i], sender=sender, reply_to=reply_to,
+                                         eight_bit=eight_bit, utf8=utf8)
+                except InputError as exc:
+                    got[i] = exc
+        return got
+
     def prepare(self, row: Mapping[str, Any], *, sender: str | None, reply_to: str | None,
                 eight_bit: bool, utf8: bool) -> Prepared:
-        """The envelope and wire bytes of the row's message (what send_many sends)."""
+        """The envelope and wire bytes of the row's message (what send_many
+        sends): rendered in C (csrc/proto/render.c) when the template and
+        the row's values allow, the same bytes built here otherwise."""
+        fast = self._fast
+        if fast[0] != (eight_bit, sender, reply_to):
+            fast = self._fast = self._fast_for(eight_bit, sender, reply_to)
+        if fast[1] is not None and type(row) is dict:
+            got: Prepared | None = _core.render_row(fast[1], fast[2], row, mime.date_header(),
+                                                    mime._counter, mime._id_prefix, eight_bit,
+                                                    Prepared)
+            if got is not None:
+                return got
+        return self._build(row, sender=sender, reply_to=reply_to, eight_bit=eight_bit, utf8=utf8)
+
+    def _build(self, row: Mapping[str, Any], *, sender: str | None, reply_to: str | None,
+               eight_bit: bool, utf8: bool) -> Prepared:
         if not isinstance(row, Mapping):
             raise InputError(f"each row must be a mapping of field names to values, not "
                              f"{type(row).__name__}; it was not sent")
@@ -274,12 +410,12 @@ class Template:
         if not who:
             raise InputError("no sender: give the template a sender, sender=... or from_address "
                              "in the config; nothing was sent")
-        envelope = [mime.envelope_address(a) for a in rcpts]
+        envelope = [mime.envelope_address(a, field)
+                    for field, given in (("to", to), ("cc", cc), ("bcc", rcpts[len(to) + len(cc):]))
+                    for a in given]
         # UTF-8 headers only in an SMTPUTF8 transaction (a non-ASCII envelope address)
         utf8 = utf8 and not (who.isascii() and all(a.isascii() for a in envelope))
-        c = self._compiled.get((eight_bit, utf8))
-        if c is None:
-            c = self._compiled[(eight_bit, utf8)] = _Compiled(self, eight_bit, utf8)
+        c = self._compiled_for(eight_bit, utf8)
         from_b, mail_from, domain = self._address(c, "From", who, utf8)
         out = [from_b, mime.address_header(b"To", "to", to, utf8)]
         if cc:
@@ -312,7 +448,7 @@ class Template:
         got = c.seen.get((name, value))
         if got is None:
             field = "sender" if name == "From" else "reply_to"
-            addr = mime.split_address(value)[1]
+            addr = mime.split_address(value, field)[1]
             got = (mime.address_header(name.encode("ascii"), field, [value], utf8),
                    addr, addr.rpartition("@")[2] or None)
             if len(c.seen) < 64:

@@ -6,11 +6,11 @@
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 secs="${1:-60}"; shift || true
-harnesses=("${@:-reply ehlo body sasl engine}")
+harnesses=("${@:-reply ehlo body sasl engine render}")
 out="$(mktemp -d)"
 trap 'rm -rf "$out"' EXIT
 declare -A deps=([reply]="proto/reply.c" [ehlo]="proto/reply.c proto/ehlo.c" [body]="proto/body.c" [sasl]="proto/sasl.c"
-              [engine]="proto/engine.c proto/body.c proto/cmd.c proto/verdict.c")
+              [engine]="proto/engine.c proto/body.c proto/cmd.c proto/verdict.c" [render]="proto/render.c")
 # the engine with a small pipeline bound and BDAT gate, so that serial jobs and
 # gated bodies are reached in a few bytes
 declare -A defs=([engine]="-DMX_PIPELINE_MAX=6 -DMX_BDAT_BLIND_MAX=8192")
