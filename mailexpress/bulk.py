@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from .batches import Kept, ProgressArg, Reporter, Shared, maybe_resent, not_sent, send_prepared
 from .client import connect
-from .compose import Prepared, envelope, prepare_item
+from .compose import Prepared, envelope, prepare_items
 from .errors import DuplicateMessage, Error, InputError, StateError
 from .journal import DAY, Journal, message_key
 from .limits import Limits, Pacer
@@ -298,36 +298,50 @@ class _Run:
             return self.journal.written_in_run(key)
         return True
 
-    def _prepare(self, item: Any, caps: tuple[bool, bool]) -> Prepared:
-        eight_bit, utf8 = caps
-        if self.template is not None:
-            if (type(item) is dict or isinstance(item, Mapping)) and "id" in item:
-                item = {k: v for k, v in item.items() if k != "id"}
-            return self.template.prepare(item, sender=self.sender, reply_to=self.reply_to,
-                                         eight_bit=eight_bit, utf8=utf8)
-        if isinstance(item, EmailMessage):
-            return envelope(item, None, None, utf8=utf8)
+    @staticmethod
+    def _without_id(item: Any) -> Any:
+        """The mapping without its ``id`` (the journal's key, not a header)."""
         if (type(item) is dict or isinstance(item, Mapping)) and "id" in item:
-            item = {k: v for k, v in item.items() if k != "id"}
-        return prepare_item(item, sender=self.sender, reply_to=self.reply_to,
-                            eight_bit=eight_bit, utf8=utf8)
+            return {k: v for k, v in item.items() if k != "id"}
+        return item
+
+    def _prepare_all(self, items: list[Any], caps: tuple[bool, bool]) -> list[Prepared | InputError]:
+        """The batch's messages built: the rows or mappings the C renderer
+        takes in one call each batch (csrc/proto/render.c), the rest by
+        the Python builder; an item that cannot be sent gets its error."""
+        eight_bit, utf8 = caps
+        items = [self._without_id(item) for item in items]
+        if self.template is not None:
+            return self.template.prepare_many(items, sender=self.sender, reply_to=self.reply_to,
+                                              eight_bit=eight_bit, utf8=utf8)
+        if not any(isinstance(item, EmailMessage) for item in items):
+            return prepare_items(items, sender=self.sender, reply_to=self.reply_to,
+                                 eight_bit=eight_bit, utf8=utf8)
+        got: list[Prepared | InputError] = []
+        for item in items:      # an EmailMessage is honoured exactly: its headers, its bytes
+            try:
+                got.append(envelope(item, None, None, utf8=utf8) if isinstance(item, EmailMessage)
+                           else prepare_items([item], sender=self.sender, reply_to=self.reply_to,
+                                              eight_bit=eight_bit, utf8=utf8)[0])
+            except InputError as err:
+                got.append(err)
+        return got
 
     def _build(self, batch: list[Entry], caps: tuple[bool, bool]) -> None:
         most = self.limits.recipients_per_message
-        for entry in batch:
-            if entry[3] != caps:      # new, or prepared for a server that offered other things
-                try:
-                    p = self._prepare(entry[1], caps)
-                    if most is not None and len(p[1]) > most:
-                        raise InputError(
-                            f"this message has {len(p[1])} recipients and limits.recipients_per_message "
-                            f"is {most}: it was not sent (not split either); send it as several "
-                            "messages, or raise the limit if the connector allows more")
-                    entry[2] = p
-                except InputError as err:
-                    err.delivered = False
-                    entry[2] = err
-                entry[3] = caps
+        todo = [entry for entry in batch if entry[3] != caps]   # new, or made for other caps
+        if not todo:
+            return
+        for entry, p in zip(todo, self._prepare_all([e[1] for e in todo], caps)):
+            if not isinstance(p, InputError) and most is not None and len(p[1]) > most:
+                p = InputError(
+                    f"this message has {len(p[1])} recipients and limits.recipients_per_message "
+                    f"is {most}: it was not sent (not split either); send it as several "
+                    "messages, or raise the limit if the connector allows more")
+            if isinstance(p, InputError):
+                p.delivered = False
+            entry[2] = p
+            entry[3] = caps
 
     # -- outcomes -----------------------------------------------------------------------
 
