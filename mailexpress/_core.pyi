@@ -19,6 +19,18 @@ def tls_context(
     session_cache: bool = True,
 ) -> object: ...
 
+def pack_records(
+    pending: dict[int, Any],
+    columns: tuple[Any, ...],
+    blob: bytearray,
+    kind: bytearray,
+    obj: dict[int, object],
+    tables: tuple[list[Any], list[Any], list[Any]],
+    index: tuple[dict[Any, int], dict[Any, int], dict[Any, int]],
+    prefix: str,
+    last: tuple[Any, int, Any, int, Any, int],
+) -> tuple[Any, int, Any, int, Any, int]: ...
+
 class Session:
     def __init__(
         self,
@@ -80,6 +92,11 @@ class Session:
         messages: Iterable[tuple[Any, ...]],
         stop_on_error: bool = False,
     ) -> list[tuple[dict[str, Reply], Reply] | BaseException]: ...
+    def _send_records(
+        self,
+        prepared: Sequence[tuple[Any, ...] | BaseException],
+        stop_on_error: bool = False,
+    ) -> list[Any]: ...
     def set_deadline(self, seconds: float | None) -> None: ...
     def try_sender(self, sender: str, recipient: str,
                    options: Sequence[str] | None = ()) -> tuple[Reply, Reply | None, bool]: ...

@@ -20,7 +20,7 @@ from . import _core
 from .compose import Prepared, envelope
 from .errors import Error, InputError, StateError
 from .reply import Reply
-from .results import BulkResult, Progress, Record, record
+from .results import BulkResult, Progress, Record, _log_refused
 
 __all__ = ["Reporter", "run_bulk", "send_prepared", "not_sent", "maybe_resent"]
 
@@ -50,11 +50,15 @@ class Reporter:
             else:
                 self.bar = tqdm(total=total, unit="msg", desc="sending")
 
-    def update(self, outcomes: Sequence[Kept]) -> None:
+    def update(self, outcomes: Sequence[Kept], failed: int | None = None) -> None:
+        """Counts a batch's outcomes (``failed``: how many are errors, when
+        the caller knows)."""
         if not outcomes:
             return
         self.done += len(outcomes)
-        failed = sum(isinstance(o, Error) for o in outcomes)
+        if failed is None:
+            failed = 0 if set(map(type, outcomes)) == {tuple} else \
+                sum(isinstance(o, Error) for o in outcomes)
         self.failed += failed
         self.sent += len(outcomes) - failed
         elapsed = time.monotonic() - self.started
@@ -122,49 +126,56 @@ def send_prepared(session: _core.Session, prepared: Sequence[Prepared | Error],
     could not be prepared and are kept as their outcome).  Returns one kept
     outcome per item; with ``stop_on_error`` the items after the first failure
     are "not sent" (retry safe).  ``going`` is set just before the batch
-    enters the engine."""
-    started = time.monotonic()
-    items = len(prepared)
-    if stop_on_error:
-        for k, p in enumerate(prepared):
-            if isinstance(p, Error):
-                prepared = prepared[:k + 1]
-                break
-    wire = [(p[0], p[1], p[2]) for p in prepared if not isinstance(p, Error)]
+    enters the engine.
+
+    The engine makes the records of the sent messages itself (`_send_records`:
+    no per-message dicts, equal replies one object); only the outcomes that
+    are not records are looked at here."""
     if going is not None:
         going.set()
-    raw = _core.Session.send_many_raw(session, wire, stop_on_error) if wire else []
-    elapsed = int((time.monotonic() - started) * 1000)
-    shared = shared or Shared()
-    out: list[Kept] = []
-    it = iter(raw)
-    for p in prepared:
-        if isinstance(p, Error):
-            p.delivered = False
-            out.append(p)
-            continue
-        try:
-            o = next(it)
-        except StopIteration:       # the engine stopped (stop_on_error)
-            break
-        if isinstance(o, Error):
-            out.append(o)
-        elif isinstance(o, BaseException):
+    got: list[Any] = _core.Session._send_records(session, prepared, stop_on_error) \
+        if prepared else []
+    if set(map(type, got)) - {tuple}:     # not only records
+        for k, o in enumerate(got):
+            if type(o) is tuple or isinstance(o, Error):
+                continue
             # not ours (a file that is not seekable, or failed while read): kept
             # as this message's outcome, the original as its cause
             unread = InputError(f"the message could not be read: {type(o).__name__}: {o}; "
                                 "it was not delivered")
             unread.__cause__ = o
             unread.delivered = False
-            out.append(unread)
-        else:
-            refused, reply = o
-            out.append(record(shared.string(p[0]), p[1], p[3], refused, shared.reply(reply),
-                              elapsed))
+            got[k] = unread
+    out: list[Kept] = got
+    if shared is not None:
+        _share(out, shared)
+    if log.isEnabledFor(logging.INFO):
+        for o in out:
+            if type(o) is tuple:
+                sender, who, message_id, reply, refused, _ms = o
+                _log_refused(sender, (who,) if isinstance(who, str) else who, message_id,
+                             refused, reply)
     # with stop_on_error the batch ended at its first failure
     out.extend(not_sent(StateError, "an earlier message failed and stop_on_error is set")
-               for _ in range(items - len(out)))
+               for _ in range(len(prepared) - len(out)))
     return out
+
+
+def _share(out: list[Kept], shared: Shared) -> None:
+    """Equal replies and senders of a run one object: the engine shares them
+    within a batch (a reply with the one before it); across batches the
+    first record's say."""
+    for k, o in enumerate(out):
+        if type(o) is tuple:
+            sender, reply = o[0], o[3]
+            s, r = shared.string(sender), shared.reply(reply)
+            if s is not sender or r is not reply:
+                for i in range(k, len(out)):
+                    o = out[i]
+                    if type(o) is tuple and (o[0] is sender or o[3] is reply):
+                        out[i] = (s if o[0] is sender else o[0], o[1], o[2],
+                                  r if o[3] is reply else o[3], o[4], o[5])
+            return
 
 
 def _item_envelope(session: _core.Session, item: Any) -> Prepared:

@@ -33,6 +33,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sized
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from email.message import EmailMessage
+from itertools import count, islice
 from typing import TYPE_CHECKING, Any, cast
 
 from .batches import Kept, ProgressArg, Reporter, Shared, maybe_resent, not_sent, send_prepared
@@ -223,16 +224,15 @@ class _Run:
         while self.carry and len(batch) < want:
             batch.append(self.carry.popleft())
         while not self.exhausted and len(batch) < want:
-            fresh: list[Entry] = []
-            while not self.exhausted and len(batch) + len(fresh) < want:
-                try:
-                    item = next(self.source)
-                except StopIteration:
-                    self.exhausted = True
-                    break
-                fresh.append([len(self.outcomes), item, None, None, None])
-                self.outcomes.append(None)
-            batch.extend(self._journaled(fresh))
+            items: list[Any] = []
+            more = want - len(batch)
+            try:
+                items.extend(islice(self.source, more))
+            finally:        # what was read has its place, even when the input raised
+                start = self.outcomes.add(len(items))
+            self.exhausted = len(items) < more
+            batch.extend(self._journaled([[i, item, None, None, None]
+                                          for i, item in zip(count(start), items)]))
         return batch
 
     def _journaled(self, fresh: list[Entry]) -> list[Entry]:
@@ -251,7 +251,8 @@ class _Run:
         else:       # without a journal only ids are keys (a hash would cost time and mean nothing)
             for e in fresh:
                 item = e[1]
-                if isinstance(item, Mapping) and (ident := item.get("id")) is not None:
+                if (type(item) is dict or isinstance(item, Mapping)) \
+                        and (ident := item.get("id")) is not None:
                     e[4] = str(ident)
                     keyed.append(e)
         if keyed:
@@ -300,13 +301,13 @@ class _Run:
     def _prepare(self, item: Any, caps: tuple[bool, bool]) -> Prepared:
         eight_bit, utf8 = caps
         if self.template is not None:
-            if isinstance(item, Mapping) and "id" in item:
+            if (type(item) is dict or isinstance(item, Mapping)) and "id" in item:
                 item = {k: v for k, v in item.items() if k != "id"}
             return self.template.prepare(item, sender=self.sender, reply_to=self.reply_to,
                                          eight_bit=eight_bit, utf8=utf8)
         if isinstance(item, EmailMessage):
             return envelope(item, None, None, utf8=utf8)
-        if isinstance(item, Mapping) and "id" in item:
+        if (type(item) is dict or isinstance(item, Mapping)) and "id" in item:
             item = {k: v for k, v in item.items() if k != "id"}
         return prepare_item(item, sender=self.sender, reply_to=self.reply_to,
                             eight_bit=eight_bit, utf8=utf8)
@@ -331,13 +332,22 @@ class _Run:
     # -- outcomes -----------------------------------------------------------------------
 
     def _final(self, entries: Iterable[tuple[Entry, Kept]]) -> None:
-        done = []
-        for entry, kept in entries:
-            self.outcomes[entry[0]] = kept
-            done.append(kept)
-            if isinstance(kept, Error) and log.isEnabledFor(logging.INFO):
-                log.info("message %d not sent: %s: %s", entry[0], type(kept).__name__, kept)
-        self.reporter.update(done)
+        pairs = list(entries)
+        self._final_lists([e for e, _k in pairs], [k for _e, k in pairs])
+
+    def _final_lists(self, entries: list[Entry], kept: list[Kept], failed: int | None = None) -> None:
+        """Outcomes of messages, final: ``kept[k]`` is ``entries[k]``'s;
+        ``failed``: how many are errors, when known."""
+        if not entries:
+            return
+        self.outcomes.set_many([e[0] for e in entries], kept)
+        if failed is None:
+            failed = 0 if set(map(type, kept)) == {tuple} else sum(isinstance(k, Error) for k in kept)
+        if failed and log.isEnabledFor(logging.INFO):
+            for entry, k in zip(entries, kept):
+                if isinstance(k, Error):
+                    log.info("message %d not sent: %s: %s", entry[0], type(k).__name__, k)
+        self.reporter.update(kept, failed)
 
     def _end(self, cls: type[Error], why: str, pending: Iterable[Entry]) -> None:
         """The run stops: everything not sent yet (``pending``, what waits to be
@@ -377,7 +387,7 @@ class _Run:
             if mine:    # one row for the batch, committed before it is written
                 batch_id = jr.mark_wire([e[4] for e in mine], [len(e[2][1]) for e in mine])
         got = send_prepared(session, [e[2] for e in batch], self.stop_on_error, self.shared, going)
-        for k in got:
+        for k in got if set(map(type, got)) != {tuple} else ():
             if isinstance(k, Error) and k.reply is not None and classify(k.reply, k.stage) is Pushback.QUOTA:
                 # not delivered for the day's quota, not for what it is: it may go another day
                 k.retry_safe = True
@@ -607,9 +617,7 @@ class _Run:
         the rest is put back and the run ends after it."""
         most = self.limits.recipients_per_day
         if most is None:
-            for e in batch:
-                if not isinstance(e[2], Error):
-                    self.recipients += len(e[2][1])
+            self.recipients += sum([len(e[2][1]) for e in batch if isinstance(e[2], tuple)])
             return batch
         for k, e in enumerate(batch):
             n = 0 if isinstance(e[2], Error) else len(e[2][1])
@@ -648,6 +656,12 @@ class _Run:
         quota: Error | None = None
         again: list[tuple[Entry, Kept]] = []
         final: list[tuple[Entry, Kept]] = []
+        if set(map(type, got)) == {tuple} and len(got) == len(sent):
+            # every message sent (the usual batch): records only
+            lane.accepted_here += len(got)
+            self.accepted_total += len(got)
+            self._final_lists(sent, got, 0)
+            got = []
         for entry, kept in zip(sent, got):
             if isinstance(kept, Error):
                 kind = classify(kept.reply, kept.stage, accepted_on_connection=lane.accepted_here) \

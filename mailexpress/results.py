@@ -16,7 +16,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Union, overload
 
-from . import mime
+from . import _core, mime
 from .errors import Error
 from .reply import Reply
 
@@ -143,7 +143,7 @@ def expand(item: Outcome | Record) -> Outcome:
 
 
 _NONE, _RECORD, _OBJECT, _PENDING = 0, 1, 2, 3
-_TABLE_MAX = 65535
+_PENDING_RUN = bytes([_PENDING])
 
 
 class Outcomes:
@@ -189,33 +189,33 @@ class Outcomes:
 
     def append(self, item: Outcome | Record | None) -> None:
         n = self._n
-        if n == len(self._kind):
-            grow = max(1024, n // 4)
-            self._kind.extend(bytes(grow))
-            for col in (self._sender, self._reply, self._rlen, self._dom):
-                col.frombytes(bytes(2 * grow))
-            self._elapsed.frombytes(bytes(4 * grow))
-            self._roff.frombytes(bytes(8 * grow))
-            self._mid.frombytes(bytes(8 * grow))
+        self._reserve(n + 1)
         self._n = n + 1
         if item is not None:
             self[n] = item
 
+    def add(self, count: int) -> int:
+        """Adds ``count`` items without an outcome yet; the first one's index."""
+        n = self._n
+        self._reserve(n + count)
+        self._n = n + count
+        return n
+
+    def _reserve(self, want: int) -> None:
+        have = len(self._kind)
+        if want <= have:
+            return
+        grow = max(1024, have // 4, want - have)
+        self._kind.extend(bytes(grow))
+        for col in (self._sender, self._reply, self._rlen, self._dom):
+            col.frombytes(bytes(2 * grow))
+        self._elapsed.frombytes(bytes(4 * grow))
+        self._roff.frombytes(bytes(8 * grow))
+        self._mid.frombytes(bytes(8 * grow))
+
     def extend(self, items: Iterable[Outcome | Record | None]) -> None:
         for item in items:
             self.append(item)
-
-    def _ix(self, which: int, value: Any) -> int:
-        index = self._index[which]
-        got = index.get(value)
-        if got is None:
-            table = self._tables[which]
-            got = len(table)
-            if got >= _TABLE_MAX:
-                return -1
-            table.append(value)
-            index[value] = got
-        return got
 
     def __setitem__(self, i: int, item: Outcome | Record | None) -> None:
         if not 0 <= i < self._n:
@@ -232,46 +232,32 @@ class Outcomes:
             self._kind[i] = _OBJECT
             self._obj[i] = item
 
-    def compact(self) -> None:
-        """Puts the records set since the last call in columns."""
-        pending, self._pending = self._pending, {}
-        for i, rec in pending.items():
-            if self._pack(i, rec):
-                self._kind[i] = _RECORD
-            else:
-                self._kind[i] = _OBJECT
-                self._obj[i] = rec
+    def set_many(self, indexes: Sequence[int], items: Sequence[Outcome | Record]) -> None:
+        """``self[i] = item`` for each pair; a run of records at consecutive
+        indexes without an outcome yet (a batch, as sent) in one step."""
+        n = len(indexes)
+        if not n:
+            return
+        a = indexes[0]
+        b = a + n
+        if 0 <= a and b <= self._n and indexes[-1] == b - 1 and not any(self._kind[a:b]) \
+                and set(map(type, items)) == {tuple} and list(indexes) == list(range(a, b)):
+            self._pending.update(zip(indexes, items))    # type: ignore[arg-type]
+            self._kind[a:b] = _PENDING_RUN * n
+            return
+        for i, item in zip(indexes, items):
+            self[i] = item
 
-    def _pack(self, i: int, rec: Record) -> bool:
-        envelope_from, who, message_id, reply, refused, elapsed_ms = rec
-        if refused or type(who) is not str or type(message_id) is not str \
-                or not message_id.startswith(self._prefix) or message_id[-1] != ">" \
-                or not 0 <= elapsed_ms < 1 << 32:
-            return False
-        number, at, domain = message_id[len(self._prefix):-1].partition("@")
-        if not at or not number.isascii() or not number.isdigit() or len(number) > 19 \
-                or (number[0] == "0" and number != "0"):
-            return False
-        try:
-            rcpt = who.encode("utf-8", "surrogatepass")
-        except UnicodeError:
-            return False
-        if len(rcpt) > _TABLE_MAX:
-            return False
-        last = self._last
-        s = last[1] if envelope_from is last[0] else self._ix(0, envelope_from)
-        r = last[3] if reply is last[2] else self._ix(1, reply)
-        d = last[5] if domain == last[4] else self._ix(2, domain)
-        if s < 0 or r < 0 or d < 0:
-            return False
-        self._last = (envelope_from, s, reply, r, domain, d)
-        self._sender[i], self._reply[i], self._dom[i] = s, r, d
-        self._elapsed[i] = elapsed_ms
-        self._mid[i] = int(number)
-        self._roff[i] = len(self._blob)
-        self._rlen[i] = len(rcpt)
-        self._blob += rcpt
-        return True
+    def compact(self) -> None:
+        """Puts the records set since the last call in columns (in C:
+        `_core.pack_records`; what cannot go in columns is kept whole)."""
+        pending, self._pending = self._pending, {}
+        if pending:
+            self._last = _core.pack_records(
+                pending, (self._sender, self._reply, self._elapsed, self._roff, self._rlen,
+                          self._mid, self._dom),
+                self._blob, self._kind, self._obj, self._tables, self._index, self._prefix,
+                self._last)
 
     def __getitem__(self, i: int) -> Outcome | Record | None:
         if i < 0:

@@ -5,6 +5,8 @@ import pickle
 import sys
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import mailexpress as mx
 from mailexpress import mime
@@ -79,3 +81,80 @@ def test_reply_objects_are_shared_and_still_values():
         Reply(250, None, (), "NOT_A_STAGE")
     with pytest.raises(TypeError):
         Reply(250)      # type: ignore[call-arg]
+
+
+def fits_columns(r: tuple) -> bool:
+    """The rule of results.Outcomes, written out apart from the C packer."""
+    sender, to, mid, reply, refused, ms = r
+    prefix = "<" + mime.message_id_base() + "."
+    if refused or type(to) is not str or type(mid) is not str or type(ms) is not int:
+        return False
+    if not (mid.startswith(prefix) and mid.endswith(">") and 0 <= ms < 2 ** 32):
+        return False
+    number, at, _domain = mid[len(prefix):-1].partition("@")
+    return bool(at) and number.isascii() and number.isdigit() and len(number) <= 19 \
+        and not (number[0] == "0" and number != "0") and len(to.encode("utf-8", "surrogatepass")) <= 65535
+
+
+_base = mime.message_id_base()
+_mids = st.one_of(
+    st.integers(0, 10 ** 19 - 1).map(str), st.sampled_from(["", "007", "0", "1x", "١٢", "9" * 20]),
+).flatmap(lambda n: st.tuples(st.just(n), st.sampled_from(["corp.example", "", "a@b", "x>y", "é.example"]),
+                              st.sampled_from([f"<{_base}.", "<other.", f"{_base}.", f"<{_base}"]),
+                              st.sampled_from([">", "", ">>"]))).map(lambda t: f"{t[2]}{t[0]}@{t[1]}{t[3]}")
+_records = st.tuples(
+    st.sampled_from(["a@corp.example", "b@corp.example", "ö@corp.example"]),
+    st.one_of(st.text(max_size=12), st.sampled_from(["\udcff@x", "x" * 70_000]),
+              st.tuples(st.just("a@x"), st.just("b@x"))),
+    st.one_of(_mids, st.none(), st.just(f"<{_base}.12@corp.example")),
+    st.sampled_from([OK, Reply(451, "4.0.0", ("4.0.0 later",), Stage.END_OF_DATA)]),
+    st.sampled_from([None, {}, {"b@x": OK}]),
+    st.one_of(st.integers(-2, 3), st.sampled_from([2 ** 32 - 1, 2 ** 32, 2 ** 70, True])),
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.one_of(_records, st.none()), max_size=40), st.integers(1, 3))
+def test_packed_records_come_back_equal_and_only_those_that_fit(items, compact_every):
+    """Set in any order, packed in several rounds (`compact`): every record
+    reads back equal, kept in columns exactly when it fits them."""
+    store = Outcomes()
+    store.add(len(items))
+    for k, item in enumerate(reversed(items)):
+        i = len(items) - 1 - k
+        if item is not None:
+            store[i] = item
+        if k % compact_every == 0:
+            store.compact()
+    store.compact()      # what was set after the last round too
+    # an empty refused dict is no refusal: in columns it comes back as None, as record() makes it
+    want = [r[:4] + (None,) + r[5:] if r is not None and fits_columns(r) else r for r in items]
+    assert list(store) == want
+    whole = {i for i, _o in store.objects()}
+    assert whole == {i for i, r in enumerate(items) if r is not None and not fits_columns(r)}
+    assert list(store) == want
+
+
+def test_packing_refuses_a_store_out_of_shape():
+    from mailexpress import _core
+    store = Outcomes([rec()])
+    args = [{0: rec()}, (store._sender,) * 7, store._blob, store._kind, store._obj, store._tables,
+            store._index, store._prefix, store._last]
+    with pytest.raises(ValueError, match="column"):
+        _core.pack_records(*args)
+    args[1] = (store._sender, store._reply, store._elapsed, store._roff, store._rlen, store._mid,
+               store._dom)
+    args[0] = {5000: rec()}
+    with pytest.raises(IndexError):
+        _core.pack_records(*args)
+
+
+def test_a_full_table_keeps_the_rest_whole():
+    """65,535 senders fill the senders' table: a record with a new one is kept whole."""
+    items = [rec(sender=f"s{i}@corp.example") for i in range(65_537)]
+    store = Outcomes(items)
+    assert [i for i, _o in store.objects()] == [65_535, 65_536]
+    assert store[65_534] == items[65_534] and store[65_536] == items[65_536]
+    store.append(rec(sender="s7@corp.example"))    # one it has: in columns
+    store.compact()
+    assert len(store.objects()) == 2 and store[65_537][0] == "s7@corp.example"

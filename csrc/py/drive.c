@@ -216,6 +216,36 @@ drive_fatal(drive *d)
     return take_raised();
 }
 
+/* A Reply made without its Python __new__ (the fields set as
+ * object.__setattr__ sets them; replies equal to one before are shared by
+ * the callers, not here).  New reference or NULL raised. */
+static PyObject *
+new_reply(mx_state *st, int code, const char *enhanced, PyObject *lines, stage stg)
+{
+    PyObject *vals[4], *self, *args = PyTuple_New(0);
+    int i, bad = 0;
+
+    if (!args)
+        return NULL;
+    self = PyBaseObject_Type.tp_new((PyTypeObject *)st->reply_cls, args, NULL);
+    Py_DECREF(args);
+    if (!self)
+        return NULL;
+    vals[0] = PyLong_FromLong(code);
+    vals[1] = enhanced ? PyUnicode_FromString(enhanced) : Py_NewRef(Py_None);
+    vals[2] = Py_NewRef(lines);
+    vals[3] = Py_NewRef(PyTuple_GET_ITEM(st->stages, stg));
+    for (i = 0; i < 4; i++) {
+        if (!bad && (!vals[i] || PyObject_GenericSetAttr(self, PyTuple_GET_ITEM(st->reply_attrs, i),
+                                                           vals[i]) < 0))
+            bad = 1;
+        Py_XDECREF(vals[i]);
+    }
+    if (bad)
+        Py_CLEAR(self);
+    return self;
+}
+
 PyObject *
 drive_reply(drive *d, const mx_sreply *r)
 {
@@ -243,9 +273,7 @@ drive_reply(drive *d, const mx_sreply *r)
             break;
         p = nl + 1;
     }
-    res = PyObject_CallFunction(st->reply_cls, "isOs", r->code,
-                                r->enhanced[0] ? r->enhanced : NULL, lines,
-                                stage_names[kind_stage[r->kind]]);
+    res = new_reply(st, r->code, r->enhanced[0] ? r->enhanced : NULL, lines, kind_stage[r->kind]);
     Py_DECREF(lines);
     return res;
 }

@@ -4,6 +4,7 @@
  * and the exception classes and the Reply class are held in module state,
  * so each (sub)interpreter that imports the module gets its own. */
 #include "module.h"
+#include "session.h"
 
 #include <openssl/opensslv.h>
 #include <openssl/crypto.h>
@@ -68,7 +69,7 @@ static int
 exec_lookup_classes(PyObject *m)
 {
     mx_state *st = PyModule_GetState(m);
-    PyObject *errors = NULL, *reply = NULL;
+    PyObject *errors = NULL, *reply = NULL, *stage_cls = NULL;
     int i, rc = -1;
 
     errors = PyImport_ImportModule("mailexpress.errors");
@@ -85,10 +86,29 @@ exec_lookup_classes(PyObject *m)
     st->reply_cls = PyObject_GetAttrString(reply, "Reply");
     if (!st->reply_cls)
         goto done;
+    if (!(stage_cls = PyObject_GetAttrString(reply, "Stage")) ||
+        !(st->stages = PyTuple_New(STG_COUNT)))
+        goto done;
+    for (i = 0; i < STG_COUNT; i++) {
+        PyObject *member = PyObject_GetAttrString(stage_cls, stage_names[i]);
+        if (!member)
+            goto done;
+        PyTuple_SET_ITEM(st->stages, i, member);
+    }
+    if (!(st->reply_attrs = PyTuple_New(4)))
+        goto done;
+    for (i = 0; i < 4; i++) {
+        static const char *const names[4] = {"code", "enhanced", "lines", "stage"};
+        PyObject *name = PyUnicode_InternFromString(names[i]);
+        if (!name)
+            goto done;
+        PyTuple_SET_ITEM(st->reply_attrs, i, name);
+    }
     rc = 0;
 done:
     Py_XDECREF(errors);
     Py_XDECREF(reply);
+    Py_XDECREF(stage_cls);
     return rc;
 }
 
@@ -107,6 +127,8 @@ mx_traverse(PyObject *m, visitproc visit, void *arg)
 
     Py_VISIT(st->session_type);
     Py_VISIT(st->reply_cls);
+    Py_VISIT(st->stages);
+    Py_VISIT(st->reply_attrs);
     for (i = 0; i < MX_EXC_COUNT; i++)
         Py_VISIT(st->exc[i]);
     return 0;
@@ -120,6 +142,8 @@ mx_clear(PyObject *m)
 
     Py_CLEAR(st->session_type);
     Py_CLEAR(st->reply_cls);
+    Py_CLEAR(st->stages);
+    Py_CLEAR(st->reply_attrs);
     for (i = 0; i < MX_EXC_COUNT; i++)
         Py_CLEAR(st->exc[i]);
     return 0;
@@ -144,6 +168,11 @@ static PyMethodDef mx_methods[] = {
      "            min_tls_version='1.2') -> capsule\n\n"
      "One client TLS context (trust store loaded once) to share between\n"
      "Sessions through their tls_context= argument."},
+    {"pack_records", mx_pack_records, METH_VARARGS,
+     "pack_records(pending, columns, blob, kind, obj, tables, index, prefix, last) -> last\n\n"
+     "results.Outcomes.compact: each pending {index: record} into the columns\n"
+     "(sender, reply, elapsed, roff, rlen, mid, dom arrays), or kept whole in\n"
+     "obj; returns the last (sender, ix, reply, ix, domain, ix) seen."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -33,6 +33,8 @@ typedef enum {
 typedef struct {
     PyTypeObject *session_type;
     PyObject *reply_cls;             /* mailexpress.reply.Reply */
+    PyObject *stages;                /* reply.Stage's members, in session.h's stage order */
+    PyObject *reply_attrs;           /* Reply's fields: code, enhanced, lines, stage */
     PyObject *exc[MX_EXC_COUNT];
 } mx_state;
 
@@ -47,5 +49,7 @@ int mx_session_add_type(PyObject *module, mx_state *st);
  * mx_tls_ctx (io/tls.h: an SSL_CTX and its session cache) */
 #define MX_TLS_CTX_CAPSULE "mailexpress._core.tls_context"
 PyObject *mx_tls_context_new(PyObject *module, PyObject *args, PyObject *kw);
+/* outcomes.c: _core.pack_records (results.Outcomes.compact) */
+PyObject *mx_pack_records(PyObject *module, PyObject *args);
 
 #endif

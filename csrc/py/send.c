@@ -1,7 +1,9 @@
 /* send.c - whole messages on the send engine: phase 1 (prepare: arguments
  * checked, envelope formatted, body scanned, GIL held), phase 2 (the engine,
  * proto/engine.c, driven by drive.c with the GIL released), phase 3 (each
- * job's mx_engine_outcome as a Python outcome); send_raw, send_many_raw.
+ * job's mx_engine_outcome as a Python outcome); send_raw, send_many_raw, and
+ * _send_records: the bulk path's form, where a sent message's outcome is
+ * results.record's compact tuple made here, without per-message dicts.
  *
  * Outcomes: a message whose final reply (or a refused sender, or every
  * recipient refused) came has that outcome; after a session failure the
@@ -17,6 +19,12 @@
 #include "cmd.h"
 
 /* ---- phase 1: prepare ---------------------------------------------------- */
+
+/* A body at least this long is scanned with the GIL released.  A shorter
+ * one (a few µs of scanning at most) keeps it: a thread that gives the GIL
+ * up while another waits for it may wait the whole switch interval (5 ms)
+ * to get it back, once per message of a batch. */
+#define MX_SCAN_UNLOCKED (256 * 1024)
 
 /* Appends to a PyMem_Raw buffer, growing it; -1 raised. */
 static int
@@ -80,7 +88,7 @@ done:
 /* Checks one message and formats its envelope.  0 ready; 1 refused before
  * sending (j->outcome holds the exception); -1 raised (out of memory). */
 static int
-prepare_job(Session *s, drive *b, pjob *j, mx_job *mj)
+prepare_job(Session *s, drive *b, pjob *j, mx_job *mj, int prepared)
 {
     PyObject *from, *to, *body, *mopts = Py_None, *ropts = Py_None;
     char cmd[MX_PATH_MAX + 1100], extra[128];
@@ -89,12 +97,21 @@ prepare_job(Session *s, drive *b, pjob *j, mx_job *mj)
     int non_ascii = 0;
     mx_body_scan_state scan;
 
-    if (!PyTuple_Check(j->item)) {
+    if (prepared) {
+        /* compose.Prepared: (envelope_from, recipients, data, message_id) */
+        if (!PyTuple_Check(j->item) || PyTuple_GET_SIZE(j->item) < 3) {
+            PyErr_SetString(PyExc_TypeError, "each prepared message must be a tuple "
+                            "(envelope_from, recipients, data[, message_id])");
+            goto bad;
+        }
+        from = PyTuple_GET_ITEM(j->item, 0);
+        to = PyTuple_GET_ITEM(j->item, 1);
+        body = PyTuple_GET_ITEM(j->item, 2);
+    } else if (!PyTuple_Check(j->item)) {
         PyErr_SetString(PyExc_TypeError, "each message must be a tuple "
                         "(from_addr, to_addrs, msg[, mail_options[, rcpt_options]])");
         goto bad;
-    }
-    if (!PyArg_ParseTuple(j->item, "OOO|OO:message", &from, &to, &body, &mopts, &ropts))
+    } else if (!PyArg_ParseTuple(j->item, "OOO|OO:message", &from, &to, &body, &mopts, &ropts))
         goto bad;
     if (PyUnicode_Check(body)) {
         PyErr_SetString(PyExc_TypeError, "msg must be bytes or a binary file; encode it first");
@@ -123,9 +140,13 @@ prepare_job(Session *s, drive *b, pjob *j, mx_job *mj)
         if (PyObject_GetBuffer(body, &j->view, PyBUF_SIMPLE) < 0)
             goto bad;
         j->have_view = 1;
-        Py_BEGIN_ALLOW_THREADS
-        mx_body_scan(&scan, j->view.buf, (size_t)j->view.len);
-        Py_END_ALLOW_THREADS
+        if (j->view.len >= MX_SCAN_UNLOCKED) {
+            Py_BEGIN_ALLOW_THREADS
+            mx_body_scan(&scan, j->view.buf, (size_t)j->view.len);
+            Py_END_ALLOW_THREADS
+        } else {
+            mx_body_scan(&scan, j->view.buf, (size_t)j->view.len);
+        }
     } else if (PyObject_HasAttrString(body, "readinto")) {
         j->file = body;
         if (scan_file(body, &scan, b) < 0)
@@ -245,8 +266,9 @@ decided_outcome(drive *d, size_t jobi, mx_outcome oc)
 
         if ((r->kind == MX_K_RCPT && (r->code / 100 == 2 || j->mail_ok != 1)) ||
             r->kind == MX_K_RSET || r->kind == MX_K_EMPTY || r->kind == MX_K_GUARD ||
-            (r->kind == MX_K_DATA && r->code == 354))
-            continue;
+            (r->kind == MX_K_DATA && r->code == 354) ||
+            (oc == MX_O_SENT && (r->kind == MX_K_MAIL || r->kind == MX_K_DATA)))
+            continue;       /* (a sent message's outcome needs no MAIL or DATA reply) */
         if (!(rep = drive_reply(d, r)))
             goto done;
         if (r->kind == MX_K_RCPT) {
@@ -263,7 +285,7 @@ decided_outcome(drive *d, size_t jobi, mx_outcome oc)
             Py_XSETREF(final_r, rep);
         }
     }
-    if (!(extra = Py_BuildValue("{s:O}", "delivered", Py_False)))
+    if (oc != MX_O_SENT && !(extra = Py_BuildValue("{s:O}", "delivered", Py_False)))
         goto done;
     switch (oc) {
     case MX_O_REFUSED_MAIL:
@@ -302,9 +324,102 @@ done:
     return res;
 }
 
-/* Outcomes for every job, in order: a list.  NULL raised. */
+/* _send_records: what the jobs of one batch share in their records. */
+typedef struct {
+    const mx_sreply *reply;    /* the stored reply behind reply_obj */
+    PyObject *reply_obj;       /* the last final Reply made (owned) */
+    PyObject *sender;          /* the last envelope sender (owned) */
+    PyObject *elapsed;         /* the batch's elapsed_ms (owned) */
+} rec_share;
+
+static void
+rec_share_clear(rec_share *sh)
+{
+    Py_CLEAR(sh->reply_obj);
+    Py_CLEAR(sh->sender);
+    Py_CLEAR(sh->elapsed);
+    sh->reply = NULL;
+}
+
+/* Whether two stored replies make equal Reply objects. */
+static int
+same_reply(const mx_engine *e, const mx_sreply *a, const mx_sreply *b)
+{
+    return a->code == b->code && kind_stage[a->kind] == kind_stage[b->kind] &&
+           a->len == b->len && strcmp(a->enhanced, b->enhanced) == 0 &&
+           memcmp(e->text + a->off, e->text + b->off, a->len) == 0;
+}
+
+/* A sent job as results.record's tuple: (envelope_from, recipients (the
+ * one str, or a tuple), message_id, reply, refused (a dict, or None when
+ * empty), elapsed_ms).  A final reply equal to the previous job's is the
+ * same object, and so is an equal sender.  New reference or NULL raised. */
 static PyObject *
-batch_outcomes(drive *d)
+sent_record(drive *d, size_t jobi, rec_share *sh)
+{
+    mx_engine *e = &d->e;
+    mx_job *j = &d->jobs[jobi];
+    pjob *pj = &d->pj[jobi];
+    const mx_sreply *final = NULL;
+    PyObject *refused = NULL, *who = NULL, *sender, *mid, *res = NULL;
+    size_t k;
+
+    for (k = j->first_reply; k != MX_NONE && k < e->nreplies && e->replies[k].job == jobi; k++) {
+        const mx_sreply *r = &e->replies[k];
+
+        if (r->kind == MX_K_RCPT && r->code / 100 != 2) {
+            PyObject *rep = drive_reply(d, r);
+            int bad;
+
+            if (!rep || (!refused && !(refused = PyDict_New()))) {
+                Py_XDECREF(rep);
+                goto done;
+            }
+            bad = PyDict_SetItem(refused, PySequence_Fast_GET_ITEM(pj->rcpts,
+                                 (Py_ssize_t)r->rcpt), rep) < 0;
+            Py_DECREF(rep);
+            if (bad)
+                goto done;
+        } else if (r->kind == MX_K_EOD || r->kind == MX_K_BDAT) {
+            final = r;
+        }
+    }
+    if (!final) {
+        PyErr_SetString(PyExc_SystemError, "mailexpress: a sent message without a final reply");
+        goto done;
+    }
+    if (!sh->reply || !same_reply(e, sh->reply, final)) {
+        PyObject *rep = drive_reply(d, final);
+        if (!rep)
+            goto done;
+        Py_XSETREF(sh->reply_obj, rep);
+        sh->reply = final;
+    }
+    sender = PyTuple_GET_ITEM(pj->item, 0);
+    if (sh->sender != sender) {
+        int eq = sh->sender && PyUnicode_CheckExact(sender) && PyUnicode_CheckExact(sh->sender)
+                     ? PyUnicode_Compare(sender, sh->sender) == 0 : 0;
+        if (!eq)
+            Py_XSETREF(sh->sender, Py_NewRef(sender));
+    }
+    who = PySequence_Fast_GET_SIZE(pj->rcpts) == 1
+              ? Py_NewRef(PySequence_Fast_GET_ITEM(pj->rcpts, 0))
+              : PySequence_Tuple(pj->rcpts);
+    if (!who)
+        goto done;
+    mid = PyTuple_GET_SIZE(pj->item) > 3 ? PyTuple_GET_ITEM(pj->item, 3) : Py_None;
+    res = PyTuple_Pack(6, sh->sender, who, mid, sh->reply_obj, refused ? refused : Py_None,
+                       sh->elapsed);
+done:
+    Py_XDECREF(refused);
+    Py_XDECREF(who);
+    return res;
+}
+
+/* Outcomes for every job, in order: a list.  With `sh` (_send_records), a
+ * sent job's outcome is its record.  NULL raised. */
+static PyObject *
+batch_outcomes(drive *d, rec_share *sh)
 {
     Session *s = d->s;
     mx_engine *e = &d->e;
@@ -372,6 +487,9 @@ batch_outcomes(drive *d)
         case MX_O_NO_FINAL:
             PyErr_SetString(PyExc_SystemError, "mailexpress: a message left without an outcome");
             break;
+        case MX_O_SENT:
+            o = sh ? sent_record(d, i, sh) : decided_outcome(d, i, oc);
+            break;
         default:
             o = decided_outcome(d, i, oc);
         }
@@ -391,20 +509,42 @@ fail:
 
 /* Runs the three phases over `items` (a list of message tuples); the lock
  * is held by the caller and the session is READY.  A list of outcomes, or
- * NULL raised (out of memory, or a bad argument before anything was sent). */
+ * NULL raised (out of memory, or a bad argument before anything was sent).
+ * With `sh` (_send_records) the items are compose.Prepared tuples or the
+ * exceptions that stand for messages that could not be built (kept as their
+ * outcome, delivered=False; with stop_on_error the batch ends after the
+ * first), and a sent message's outcome is its record. */
 static PyObject *
-send_batch_of(Session *s, PyObject *items, int stop_on_error)
+send_batch_of(Session *s, PyObject *items, int stop_on_error, rec_share *sh)
 {
     drive d;
     PyObject *res = NULL;
     size_t i, n = (size_t)PyList_GET_SIZE(items);
+    int64_t started = mx_now_ms();
     int rc;
 
+    if (sh) {
+        for (i = 0; i < n; i++) {
+            if (PyExceptionInstance_Check(PyList_GET_ITEM(items, (Py_ssize_t)i)) && stop_on_error) {
+                n = i + 1;
+                break;
+            }
+        }
+    }
     if (drive_init(&d, s, n, 1) < 0)
         goto done;
     for (i = 0; i < n; i++) {
-        d.pj[i].item = Py_NewRef(PyList_GET_ITEM(items, (Py_ssize_t)i));
-        rc = prepare_job(s, &d, &d.pj[i], &d.jobs[i]);
+        PyObject *item = PyList_GET_ITEM(items, (Py_ssize_t)i);
+
+        d.pj[i].item = Py_NewRef(item);
+        if (sh && PyExceptionInstance_Check(item)) {
+            if (PyObject_SetAttrString(item, "delivered", Py_False) < 0)
+                goto done;
+            d.pj[i].outcome = Py_NewRef(item);
+            d.jobs[i].skip = 1;
+            continue;
+        }
+        rc = prepare_job(s, &d, &d.pj[i], &d.jobs[i], sh != NULL);
         if (rc < 0)
             goto done;
         d.jobs[i].skip = rc > 0;
@@ -412,7 +552,9 @@ send_batch_of(Session *s, PyObject *items, int stop_on_error)
     rc = drive_run(&d, stop_on_error, 0, 1, 0);
     if (rc == 0)
         set_state(s, S_READY);
-    res = batch_outcomes(&d);
+    if (sh && !(sh->elapsed = PyLong_FromLongLong((long long)(mx_now_ms() - started))))
+        goto done;
+    res = batch_outcomes(&d, sh);
 done:
     drive_free(&d);
     return res;
@@ -445,7 +587,7 @@ Session_sendmail(Session *s, PyObject *args, PyObject *kw)
         return NULL;
     if (enter(s, 1) < 0)
         goto release;
-    if (need_ready(s, "send_raw") == 0 && (outcomes = send_batch_of(s, items, 0))) {
+    if (need_ready(s, "send_raw") == 0 && (outcomes = send_batch_of(s, items, 0, NULL))) {
         o = PyList_GET_ITEM(outcomes, 0);
         if (PyTuple_Check(o))
             res = Py_NewRef(o);
@@ -484,10 +626,66 @@ Session_send_many(Session *s, PyObject *args, PyObject *kw)
         return NULL;
     if (enter(s, 1) == 0) {
         if (need_ready(s, "send_many_raw") == 0)
-            res = send_batch_of(s, items, stop);
+            res = send_batch_of(s, items, stop, NULL);
         leave(s);
     }
     Py_DECREF(items);
     return res;
 }
 
+
+MX_DOC(send_records_doc,
+"_send_records(prepared, stop_on_error=False) -> list\n\n"
+"The bulk path's send_many_raw (batches.send_prepared): prepared is a list\n"
+"of compose.Prepared tuples (envelope_from, recipients, data, message_id)\n"
+"and of the exceptions that stand for messages that could not be built\n"
+"(kept as their outcome, delivered set to False; with stop_on_error the\n"
+"list ends after the first; a batch of only those does not use the\n"
+"session).  A sent message's outcome is results.record's tuple\n"
+"(envelope_from, recipients: the one str or a tuple, message_id, reply,\n"
+"refused: a dict or None, elapsed_ms: the batch's), equal consecutive\n"
+"replies and senders one object; any other is send_many_raw's.");
+
+/* A batch with no message to send (every item stands for one that could
+ * not be built): the items as their outcomes, delivered=False, without the
+ * session (whatever its state).  NULL raised. */
+static PyObject *
+unbuilt_only(PyObject *items, int stop_on_error)
+{
+    Py_ssize_t i, n = PyList_GET_SIZE(items);
+
+    if (stop_on_error && n > 1)
+        n = 1;
+    for (i = 0; i < n; i++)
+        if (PyObject_SetAttrString(PyList_GET_ITEM(items, i), "delivered", Py_False) < 0)
+            return NULL;
+    return PyList_GetSlice(items, 0, n);
+}
+
+PyObject *
+Session_send_records(Session *s, PyObject *args, PyObject *kw)
+{
+    static char *kwlist[] = {"prepared", "stop_on_error", NULL};
+    PyObject *prepared, *res = NULL;
+    rec_share sh = {NULL, NULL, NULL, NULL};
+    Py_ssize_t i;
+    int stop = 0;
+
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O|p", kwlist, &prepared, &stop))
+        return NULL;
+    if (!(prepared = PySequence_List(prepared)))      /* a copy: a file's reader may change it */
+        return NULL;
+    for (i = 0; i < PyList_GET_SIZE(prepared); i++)
+        if (!PyExceptionInstance_Check(PyList_GET_ITEM(prepared, i)))
+            break;
+    if (i == PyList_GET_SIZE(prepared)) {
+        res = unbuilt_only(prepared, stop);
+    } else if (enter(s, 1) == 0) {
+        if (need_ready(s, "_send_records") == 0)
+            res = send_batch_of(s, prepared, stop, &sh);
+        leave(s);
+    }
+    rec_share_clear(&sh);
+    Py_DECREF(prepared);
+    return res;
+}

@@ -556,6 +556,7 @@ static PyMethodDef Session_methods[] = {
      "close() -> None\n\nCloses the connection without QUIT."},
     {"send_raw", (PyCFunction)(void (*)(void))Session_sendmail, METH_VARARGS | METH_KEYWORDS, sendmail_doc},
     {"send_many_raw", (PyCFunction)(void (*)(void))Session_send_many, METH_VARARGS | METH_KEYWORDS, send_many_doc},
+    {"_send_records", (PyCFunction)(void (*)(void))Session_send_records, METH_VARARGS | METH_KEYWORDS, send_records_doc},
     {"set_deadline", (PyCFunction)Session_set_deadline, METH_O, set_deadline_doc},
     {"try_sender", (PyCFunction)(void (*)(void))Session_try_sender, METH_VARARGS | METH_KEYWORDS, try_sender_doc},
     {NULL, NULL, 0, NULL},

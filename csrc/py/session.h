@@ -179,10 +179,11 @@ MX_METHOD_NOARGS(Session_quit);
 MX_METHOD_NOARGS(Session_close);
 MX_METHOD(Session_sendmail);
 MX_METHOD(Session_send_many);
+MX_METHOD(Session_send_records);
 MX_METHOD(Session_try_sender);
 PyObject *Session_set_deadline(Session *s, PyObject *arg);
 extern const char connect_doc[], ehlo_doc[], starttls_doc[], login_doc[], auth_oauth_doc[],
     auth_doc[], mail_doc[], rcpt_doc[], data_doc[], quit_doc[], sendmail_doc[],
-    send_many_doc[], try_sender_doc[], set_deadline_doc[];
+    send_many_doc[], send_records_doc[], try_sender_doc[], set_deadline_doc[];
 
 #endif
