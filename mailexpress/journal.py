@@ -265,8 +265,10 @@ _BATCHES_PER_TRANSACTION = 50    # what waits is written together (a busy machin
 _ROWS_PER_STATEMENT = 400        # 7 values each at most: within SQLite's 32,766 parameters
 #: rows written between two checkpoints of the WAL (by the writer, not at a mark_wire)
 _CHECKPOINT_ROWS = 5000
-#: how long the writer waits for the wire thread's next mark_wire before writing
-_WRITE_DELAY = 0.02
+#: how long the writer waits for the wire thread's next mark_wire (and more batches) at most
+_WRITE_DELAY = 0.05
+#: batches the writer waits for (up to `_WRITE_DELAY`) before a transaction
+_BATCHES_PER_WRITE = 4
 _TUPLE, _STR = {tuple}, {str}
 
 
@@ -700,8 +702,11 @@ class Journal:
                 # the wire thread's next mark_wire follows the batch it handed
                 # over: written after it, this transaction runs while that batch
                 # is in the engine, and neither waits for the other (the lock)
-                mark, deadline = self._marks_handed, time.monotonic() + _WRITE_DELAY
-                while (self._marks == mark and not self._hurry and self._later[-1] is not None
+                # (and a few batches together: fewer transactions, fewer
+                # times the writer takes the GIL from the run's other threads)
+                deadline = time.monotonic() + _WRITE_DELAY
+                while ((len(self._later) < _BATCHES_PER_WRITE or self._marks == self._marks_handed)
+                       and not self._hurry and self._later[-1] is not None
                        and (left := deadline - time.monotonic()) > 0):
                     self._writer_waits = True
                     self._later_cv.wait(left)
