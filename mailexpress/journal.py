@@ -38,7 +38,13 @@ operating-system crash or a power loss can take the last transactions back
 (SQLite syncs the WAL at checkpoints, not at each commit): then the record
 that the last batches went on the wire may be lost, and a rerun could send
 those messages again.  ``Journal(path, sync="full")`` syncs every commit and
-closes that gap, at a cost per batch.  Two transactions per batch keep the cost per message small.
+closes that gap, at a cost per batch.
+
+The wire thread's part is one statement per batch (`mark_wire`); the
+outcomes are written by the journal's thread a few batches at a time while
+the next batch is in the engine, and that thread also runs the WAL's
+checkpoints (never a `mark_wire`'s commit), so the wire thread seldom waits
+for the journal.
 """
 from __future__ import annotations
 
