@@ -89,6 +89,49 @@ def best(rounds: int, fn: Any) -> float:
     return max(fn() for _ in range(rounds))
 
 
+class ThreadCPU:
+    """CPU seconds (user + system) of this process's threads by name, sampled
+    from /proc while a run goes (a thread's figure is kept after it ends)."""
+
+    def __init__(self) -> None:
+        import threading
+        self.seen: dict[int, tuple[str, float]] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, name="bench-sampler", daemon=True)
+
+    def _read(self) -> None:
+        import threading
+        names = {t.native_id: t.name for t in threading.enumerate()}
+        tick = os.sysconf("SC_CLK_TCK")
+        for tid in os.listdir("/proc/self/task"):
+            try:
+                stat = Path(f"/proc/self/task/{tid}/stat").read_text()
+            except OSError:
+                continue
+            fields = stat[stat.rindex(")") + 2:].split()
+            name = names.get(int(tid)) or self.seen.get(int(tid), ("?", 0.0))[0]
+            self.seen[int(tid)] = (name, (int(fields[11]) + int(fields[12])) / tick)
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.05):
+            self._read()
+
+    def __enter__(self) -> ThreadCPU:
+        self._read()
+        self.before = dict(self.seen)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._read()
+
+    def of(self, prefix: str) -> float:
+        return sum(cpu - self.before.get(tid, ("", 0.0))[1]
+                   for tid, (name, cpu) in self.seen.items() if name.startswith(prefix))
+
+
 def journal_case(sink: Sink, n: int, rounds: int) -> dict[str, Any]:
     """With and without the journal, alternately (the machine is shared: each
     pair is measured under the same load); the ratio of the bests, and each
@@ -96,6 +139,8 @@ def journal_case(sink: Sink, n: int, rounds: int) -> dict[str, Any]:
     tmp = Path(tempfile.mkdtemp(prefix="mx-bench-journal-"))
 
     cpu: dict[str, list[float]] = {"plain": [], "journal": []}
+    # the journal's writer thread and the wire thread (the run's bottleneck), us a message
+    threads: dict[str, list[float]] = {"writer": [], "wire_plain": [], "wire_journal": []}
 
     def cpu_s() -> float:
         use = resource.getrusage(resource.RUSAGE_SELF)
@@ -103,16 +148,21 @@ def journal_case(sink: Sink, n: int, rounds: int) -> dict[str, Any]:
 
     def plain() -> float:
         c0 = cpu_s()
-        r = mx.send_many(sink.config, messages(n))
+        with ThreadCPU() as tc:
+            r = mx.send_many(sink.config, messages(n))
         cpu["plain"].append((cpu_s() - c0) / n * 1e6)
+        threads["wire_plain"].append(tc.of("mailexpress-send") / n * 1e6)
         assert r.ok and len(r) == n
         return n / (r.elapsed_ms / 1000)
 
     def journaled() -> float:
         c0 = cpu_s()
         path = tmp / f"run-{time.monotonic_ns()}.sqlite"
-        r = mx.send_many(sink.config, messages(n), journal=str(path))
+        with ThreadCPU() as tc:
+            r = mx.send_many(sink.config, messages(n), journal=str(path))
         cpu["journal"].append((cpu_s() - c0) / n * 1e6)
+        threads["writer"].append(tc.of("mailexpress-journal") / n * 1e6)
+        threads["wire_journal"].append(tc.of("mailexpress-send") / n * 1e6)
         assert r.ok and len(r) == n
         with mx.journal.Journal(str(path)) as j:
             assert j.counts() == {"sent": n}
@@ -127,7 +177,9 @@ def journal_case(sink: Sink, n: int, rounds: int) -> dict[str, Any]:
     return {"messages": n, "no_journal_msg_s": base, "journal_msg_s": jr, "ratio": jr / base,
             "pair_ratios": [j / p for p, j in pairs],
             # the client's CPU time per message (all threads): steadier than the rate on a shared machine
-            "cpu_us_per_msg": {k: min(v) for k, v in cpu.items()}}
+            "cpu_us_per_msg": {k: min(v) for k, v in cpu.items()},
+            "median_pair_ratio": statistics.median(j / p for p, j in pairs),
+            "thread_cpu_us_per_msg": {k: min(v) for k, v in threads.items()}}
 
 
 def connections_case(sink: Sink, n: int, rounds: int) -> dict[str, Any]:
@@ -307,7 +359,11 @@ def main() -> int:
               f"{out['journal']['no_journal_msg_s']:.0f} without: {out['journal']['ratio']:.3f}x "
               f"(goal >= 0.90); pairs: {', '.join(f'{r:.2f}' for r in out['journal']['pair_ratios'])}; client CPU "
               f"{out['journal']['cpu_us_per_msg']['journal']:.1f} us/msg with, "
-              f"{out['journal']['cpu_us_per_msg']['plain']:.1f} without",
+              f"{out['journal']['cpu_us_per_msg']['plain']:.1f} without; median pair "
+              f"{out['journal']['median_pair_ratio']:.3f}; journal writer thread "
+              f"{out['journal']['thread_cpu_us_per_msg']['writer']:.1f} us/msg, wire thread "
+              f"{out['journal']['thread_cpu_us_per_msg']['wire_journal']:.1f} with, "
+              f"{out['journal']['thread_cpu_us_per_msg']['wire_plain']:.1f} without",
               flush=True)
         if args.journal_only:
             return 0 if out["journal"]["ratio"] >= 0.9 or args.quick else 1

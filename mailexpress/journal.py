@@ -38,14 +38,22 @@ operating-system crash or a power loss can take the last transactions back
 (SQLite syncs the WAL at checkpoints, not at each commit): then the record
 that the last batches went on the wire may be lost, and a rerun could send
 those messages again.  ``Journal(path, sync="full")`` syncs every commit and
-closes that gap, at a cost per batch.  Two transactions per batch keep the cost per message small.
+closes that gap, at a cost per batch.
+
+The wire thread's part is one statement per batch (`mark_wire`); the
+outcomes are written by the journal's thread a few batches at a time while
+the next batch is in the engine, and that thread also runs the WAL's
+checkpoints (never a `mark_wire`'s commit), so the wire thread seldom waits
+for the journal.
 """
 from __future__ import annotations
 
 import contextlib
 import functools
 import hashlib
+import itertools
 import json
+import operator
 import sqlite3
 import threading
 import time
@@ -241,28 +249,59 @@ _UPSERT = ("INSERT INTO messages (key, state, attempts, outcome, updated, run, s
            "VALUES (?, ?, 1, ?, ?, ?, ?, ?) " + _ON_CONFLICT)
 #: columns of a schema-3 row beyond version 2's (a sent message without JSON)
 _V3_COLUMNS = ("message_id TEXT", "sender TEXT", "reply TEXT", "accepted TEXT", "elapsed INTEGER")
-_SENT_FIELDS = 7    # key, rcpts, message_id, sender, reply, accepted, elapsed
 
 
-@functools.lru_cache(maxsize=16)
-def _sent_sql(rows: int) -> str:
-    """The upsert of ``rows`` sent messages in columns: ?1 is the time, ?2
-    the run (bound once), then `_SENT_FIELDS` values a row."""
-    values = ", ".join(f"(?{b}, 'sent', 1, ?1, ?2, ?1, ?{b + 1}, ?{b + 2}, ?{b + 3}, ?{b + 4}, "
-                       f"?{b + 5}, ?{b + 6})"
-                       for b in range(3, 3 + rows * _SENT_FIELDS, _SENT_FIELDS))
+@functools.lru_cache(maxsize=32)
+def _sent_sql(rows: int, fields: int) -> str:
+    """The upsert of ``rows`` sent messages in columns: ?1 the time, ?2 the
+    run, ?3 the sender and ?4 the reply's JSON when all the rows share them
+    (bound once), then ``fields`` values a row: key, recipients, message id,
+    accepted recipient, elapsed, and the sender (6 or 7) and the reply (7)
+    when they differ."""
+    sender = "?{s}" if fields >= 6 else "?3"
+    reply = "?{r}" if fields == 7 else "?4"
+    one = f"(?{{b}}, 'sent', 1, ?1, ?2, ?1, ?{{c}}, ?{{m}}, {sender}, {reply}, ?{{a}}, ?{{e}})"
+    values = ", ".join(one.format(b=b, c=b + 1, m=b + 2, a=b + 3, e=b + 4, s=b + 5, r=b + 6)
+                       for b in range(5, 5 + rows * fields, fields))
     return ("INSERT INTO messages (key, state, attempts, updated, run, sent_at, rcpts, message_id, "
             f"sender, reply, accepted, elapsed) VALUES {values} " + _ON_CONFLICT)
 
 
 _BATCHES_PER_TRANSACTION = 50    # what waits is written together (a busy machine: one commit)
-_ROWS_PER_STATEMENT = 400        # 7 values each: within SQLite's 32,766 parameters
+_ROWS_PER_STATEMENT = 400        # 7 values each at most: within SQLite's 32,766 parameters
+#: rows written between two checkpoints of the WAL (by the writer, not at a mark_wire)
+_CHECKPOINT_ROWS = 5000
+#: how long the writer waits for the wire thread's next mark_wire (and more batches) at most
+_WRITE_DELAY = 0.05
+#: batches the writer waits for (up to `_WRITE_DELAY`) before a transaction
+_BATCHES_PER_WRITE = 4
+_TUPLE, _STR = {tuple}, {str}
 
 
 @functools.lru_cache(maxsize=16)
 def _upsert_sql(rows: int) -> str:
     values = ", ".join(["(?, ?, 1, ?, ?, ?, ?, ?)"] * rows)
     return _UPSERT.replace("VALUES (?, ?, 1, ?, ?, ?, ?, ?)", f"VALUES {values}")
+
+
+#: the columns of sent rows in `Journal._finish`: key, recipients, message id,
+#: sender, accepted recipient, elapsed, reply
+_COLUMNS = 7
+
+
+def _columns(rows: list[tuple[str, Any, int]]) -> tuple[Sequence[Any], ...] | None:
+    """The `_COLUMNS` columns of a batch whose every outcome is a message sent
+    to its one recipient with nothing refused (a kept `results.Record`), taken
+    apart by C loops (zip, map, count); None for any other batch."""
+    if not rows:
+        return None
+    keys, kept, counts = zip(*rows)
+    if set(map(type, kept)) != _TUPLE:
+        return None
+    senders, whos, mids, replies, refused, elapsed = zip(*kept)
+    if refused.count(None) != len(refused) or set(map(type, whos)) != _STR:
+        return None
+    return keys, counts, mids, senders, whos, elapsed, replies
 
 
 def _recipients(kept: Any) -> int:
@@ -298,6 +337,8 @@ class Journal:
             self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute(f"PRAGMA synchronous={sync.upper()}")
+            # checkpoints are the writer's (`_checkpoint`), never a mark_wire's commit
+            self._db.execute("PRAGMA wal_autocheckpoint=0")
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 self._setup()
@@ -315,6 +356,13 @@ class Journal:
         self._writer: threading.Thread | None = None
         self._busy = False
         self._failed: BaseException | None = None
+        self._marks = 0             # mark_wire calls so far (the writer waits for the next)
+        self._writer_waits = False  # the writer waits for a mark_wire (to be told)
+        self._marks_handed = 0      # _marks when finish_later was last given a batch
+        self._hurry = 0             # flush() calls waiting: the writer writes at once
+        self._written = 0           # rows written since the last checkpoint
+        self._ckpt: sqlite3.Connection | None = None
+        self._ckpt_lock = threading.Lock()
 
     def _setup(self) -> None:
         db = self._db
@@ -378,6 +426,9 @@ class Journal:
                     self._later_cv.notify_all()
             if self._writer is not None:
                 self._writer.join()
+            with self._ckpt_lock:
+                if self._ckpt is not None:
+                    self._ckpt.close()
             with self._lock:
                 self._db.close()
 
@@ -469,12 +520,19 @@ class Journal:
         if self._failed is not None:
             with self._later_cv:
                 self._raise_failure()
-        with self._tx():
+        keys_json, counts_json = json.dumps(keys), json.dumps(counts)
+        with self._lock:
+            # one statement: its own transaction, committed when it returns
+            # (one release of the GIL, where BEGIN, INSERT, COMMIT were three)
             cur = self._db.execute("INSERT INTO batches (run, started, keys, rcpts) VALUES (?, ?, ?, ?)",
-                                   (self.run, time.time(), json.dumps(keys), json.dumps(counts)))
+                                   (self.run, time.time(), keys_json, counts_json))
             batch = cur.lastrowid
             assert batch is not None
             self._open[batch] = (keys, counts)
+            self._marks += 1
+        if self._writer_waits:
+            with self._later_cv:
+                self._later_cv.notify_all()
         return batch
 
     def finish(self, batch: int | None, rows: Iterable[tuple[str, Any, int]],
@@ -501,29 +559,25 @@ class Journal:
     def _finish(self, jobs: Sequence[tuple[int | None, Iterable[tuple[str, Any, int]], int]]) -> None:
         """`finish` for several batches in one transaction.  A message sent to
         its one recipient with nothing refused (a bulk run's usual outcome) is
-        a row of columns, its values in one flat list; the rest carry JSON."""
+        a row of columns; the rest carry JSON.  A batch of such messages only
+        (the usual batch) is taken apart column by column (`_columns`), not
+        row by row: little work with the GIL held besides SQLite's own."""
         now = time.time()
         # runs of consecutive rows of one shape and run, written in order:
-        # (in columns, run, values flat (columns) or row tuples (JSON))
+        # (in columns, run, the columns (`_COLUMNS` lists) or row tuples (JSON))
         parts: list[tuple[bool, int, list[Any]]] = []
         closed: list[int] = []
-        reply_text = self._reply_text
         for batch, rows, run in jobs:
-            keys: list[str] = []
-            flat: list[Any] | None = None
-            for key, kept, n in rows:
-                keys.append(key)
-                if type(kept) is tuple and kept[4] is None and type(kept[1]) is str:
-                    if flat is None:
-                        if not parts or not parts[-1][0] or parts[-1][1] != run:
-                            parts.append((True, run, []))
-                        flat = parts[-1][2]
-                    flat += (key, n, kept[2], kept[0], reply_text(kept[3]), kept[1], int(kept[5]))
-                    continue
-                flat = None
-                state, text = record_state_json(kept)
-                self._json_row(parts, run, (key, state, text, now, run,
-                                            now if state in COUNTED_STATES else None, n))
+            rows = rows if isinstance(rows, list) else list(rows)
+            cols = _columns(rows)
+            keys: Sequence[str]
+            if cols is not None:
+                keys = cols[0]
+                for have, more in zip(self._column_part(parts, run), cols):
+                    have += more
+            else:
+                keys = [row[0] for row in rows]
+                self._rows_one_by_one(parts, run, now, rows)
             if batch is not None:
                 closed.append(batch)
                 wire = self._open.get(batch)
@@ -532,16 +586,46 @@ class Journal:
                     for k, n in zip(*wire):
                         if k not in done:
                             self._json_row(parts, run, (k, "wire", None, now, run, now, n))
+        written = 0
         with self._tx():
             if closed:
                 self._db.execute(f"DELETE FROM batches WHERE id IN ({','.join('?' * len(closed))})", closed)
             for columns, run, values in parts:
                 if columns:
                     self._upsert_sent(now, run, values)
+                    written += len(values[0])
                 else:
                     self._upsert(values)
+                    written += len(values)
             for batch in closed:
                 self._open.pop(batch, None)
+        self._written += written
+        if self._written >= _CHECKPOINT_ROWS:
+            self._checkpoint()
+
+    @staticmethod
+    def _column_part(parts: list[tuple[bool, int, list[Any]]], run: int) -> list[list[Any]]:
+        """The columns that the next sent rows of ``run`` join (a new part
+        after rows of the other shape or of another run: the order is kept)."""
+        if not parts or not parts[-1][0] or parts[-1][1] != run:
+            parts.append((True, run, [[] for _ in range(_COLUMNS)]))
+        return parts[-1][2]
+
+    def _rows_one_by_one(self, parts: list[tuple[bool, int, list[Any]]], run: int, now: float,
+                         rows: list[tuple[str, Any, int]]) -> None:
+        """A batch with other outcomes than plain sent messages: row by row."""
+        target: list[list[Any]] | None = None
+        for key, kept, n in rows:
+            if type(kept) is tuple and kept[4] is None and type(kept[1]) is str:
+                if target is None:
+                    target = self._column_part(parts, run)
+                for have, value in zip(target, (key, n, kept[2], kept[0], kept[1], kept[5], kept[3])):
+                    have.append(value)
+                continue
+            target = None
+            state, text = record_state_json(kept)
+            self._json_row(parts, run, (key, state, text, now, run,
+                                        now if state in COUNTED_STATES else None, n))
 
     @staticmethod
     def _json_row(parts: list[tuple[bool, int, list[Any]]], run: int, row: tuple[Any, ...]) -> None:
@@ -549,12 +633,38 @@ class Journal:
             parts.append((False, run, []))
         parts[-1][2].append(row)
 
-    def _upsert_sent(self, now: float, run: int, flat: list[Any]) -> None:
-        """`_sent_sql` for many sent rows (`_SENT_FIELDS` values each in ``flat``)."""
-        step = _ROWS_PER_STATEMENT * _SENT_FIELDS
+    def _upsert_sent(self, now: float, run: int, cols: list[list[Any]]) -> None:
+        """`_sent_sql` for many sent rows (``cols``: `_COLUMNS` lists).  The
+        sender and the reply are bound once when every row has the same (a
+        run's replies are mostly one object): 5 values a row to bind, laid
+        out by C loops (zip, chain)."""
+        keys, counts, mids, senders, whos, elapsed, replies = cols
+        sender = senders[0] if senders.count(senders[0]) == len(senders) else None
+        first = replies[0]
+        reply = self._reply_text(first) if all(map(operator.is_, replies, itertools.repeat(first))) else None
+        row: list[Iterable[Any]] = [keys, counts, mids, whos, map(int, elapsed)]
+        if sender is None or reply is None:
+            row.append(senders)
+        if reply is None:
+            row.append(map(self._reply_text, replies))
+        fields = len(row)
+        flat = list(itertools.chain.from_iterable(zip(*row)))
+        step = _ROWS_PER_STATEMENT * fields
         for start in range(0, len(flat), step):
             chunk = flat[start:start + step]
-            self._db.execute(_sent_sql(len(chunk) // _SENT_FIELDS), [now, run, *chunk])
+            self._db.execute(_sent_sql(len(chunk) // fields, fields), [now, run, sender, reply, *chunk])
+
+    def _checkpoint(self) -> None:
+        """Copies the WAL into the database file (a passive checkpoint: it
+        waits for nobody) on a connection of its own, in the writer's thread:
+        the wire thread's `mark_wire` neither runs it nor waits for it.
+        (SQLite's automatic checkpoint, off on the main connection, runs in
+        whichever commit crosses its threshold: often a `mark_wire`.)"""
+        self._written = 0
+        with self._ckpt_lock:
+            if self._ckpt is None:
+                self._ckpt = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+            self._ckpt.execute("PRAGMA wal_checkpoint(PASSIVE)")
 
     def finish_later(self, batch: int | None, rows: list[tuple[str, Any, int]]) -> None:
         """`finish` in the journal's writer thread, in the order given, so that
@@ -564,6 +674,7 @@ class Journal:
         with self._later_cv:
             self._raise_failure()
             self._later.append((batch, rows, self.run))
+            self._marks_handed = self._marks
             if self._writer is None:
                 self._writer = threading.Thread(target=self._write_later, name="mailexpress-journal",
                                                 daemon=True)
@@ -573,8 +684,13 @@ class Journal:
     def flush(self) -> None:
         """Waits until what `finish_later` was given is committed."""
         with self._later_cv:
-            while self._later or self._busy:
-                self._later_cv.wait()
+            self._hurry += 1
+            self._later_cv.notify_all()
+            try:
+                while self._later or self._busy:
+                    self._later_cv.wait()
+            finally:
+                self._hurry -= 1
             self._raise_failure()
 
     def _raise_failure(self) -> None:
@@ -589,6 +705,18 @@ class Journal:
             with self._later_cv:
                 while not self._later:
                     self._later_cv.wait()
+                # the wire thread's next mark_wire follows the batch it handed
+                # over: written after it, this transaction runs while that batch
+                # is in the engine, and neither waits for the other (the lock)
+                # (and a few batches together: fewer transactions, fewer
+                # times the writer takes the GIL from the run's other threads)
+                deadline = time.monotonic() + _WRITE_DELAY
+                while ((len(self._later) < _BATCHES_PER_WRITE or self._marks == self._marks_handed)
+                       and not self._hurry and self._later[-1] is not None
+                       and (left := deadline - time.monotonic()) > 0):
+                    self._writer_waits = True
+                    self._later_cv.wait(left)
+                self._writer_waits = False
                 jobs = []
                 while self._later and self._later[0] is not None:
                     job = self._later.popleft()

@@ -356,3 +356,78 @@ def test_seen_keys_find_repeats_in_bounded_memory() -> None:
     assert seen.add("k17", n) == 17 and seen.add("k-new", n + 1) is None
     assert seen.add_many(["x", "k3", "x", "y"], [n + 2, n + 3, n + 4, n + 5]) == [(1, 3), (2, n + 2)]
     assert len(seen) == n + 3
+
+
+# -- the writer's work: columns, its timing, its checkpoints -------------------------------
+
+def test_a_batch_in_columns_keeps_each_rows_sender_reply_and_elapsed(tmp_path: Path) -> None:
+    """Sender and reply are bound once when a batch shares them; rows that
+    differ (another sender, distinct reply objects, a float elapsed) keep theirs."""
+    from mailexpress.results import expand, record
+
+    def reply(n: int) -> Reply:
+        return Reply(250, "2.0.0", (f"2.0.0 Ok: queued as {n}",), Stage.END_OF_DATA)
+
+    shared = [(f"s{i}", record("a@x.example", ["b@y.example"], f"<s{i}@x>", {}, OK, i), 1)
+              for i in range(5)]
+    mixed = [(f"m{i}", record(f"a{i % 2}@x.example", [f"b{i}@y.example"], f"<m{i}@x>", {}, reply(i), i + 0.7), 1)
+             for i in range(5)]
+    same_reply_other_senders = [(f"o{i}", record(f"o{i}@x.example", ["b@y.example"], None, {}, OK, 2), 1)
+                                for i in range(3)]
+    path = str(tmp_path / "j.sqlite")
+    with Journal(path) as j:
+        j.start_run()
+        for rows in (shared, mixed, same_reply_other_senders):
+            j.finish(j.mark_wire([k for k, _r, _n in rows], [1] * len(rows)), rows)
+        keys = [k for rows in (shared, mixed, same_reply_other_senders) for k, _r, _n in rows]
+        got = j.lookup(keys)
+        for rows in (shared, mixed, same_reply_other_senders):
+            for key, rec, _n in rows:
+                want = expand(rec)
+                outcome = got[key].outcome()
+                assert isinstance(outcome, SendResult) and got[key].outcome_json is None, key
+                assert outcome.elapsed_ms == int(want.elapsed_ms)
+                assert outcome == SendResult(message_id=want.message_id, envelope_from=want.envelope_from,
+                                             accepted=want.accepted, refused={}, reply=want.reply,
+                                             elapsed_ms=int(want.elapsed_ms)), key
+        assert j.counts() == {"sent": 13} and j.recipients_since(0) == 13
+
+
+def test_outcomes_handed_over_are_written_without_a_next_batch_or_a_flush(tmp_path: Path) -> None:
+    """The writer waits for the wire thread's next mark_wire (so as not to hold
+    the journal when it comes), but a bounded time: the last batch of a paced
+    run is committed though nothing follows it."""
+    import sqlite3
+
+    path = str(tmp_path / "j.sqlite")
+    with Journal(path) as j:
+        j.start_run()
+        b = j.mark_wire(["a"], [1])
+        j.finish_later(b, [("a", sent(), 1)])
+        db = sqlite3.connect(path)
+        deadline = time.monotonic() + 5
+        while db.execute("SELECT count(*) FROM messages").fetchone() == (0,):
+            assert time.monotonic() < deadline, "the outcome was never written"
+            time.sleep(0.005)
+        assert db.execute("SELECT count(*) FROM batches").fetchone() == (0,)
+        db.close()
+
+
+def test_the_writer_checkpoints_the_wal_and_mark_wire_never_does(tmp_path: Path) -> None:
+    """SQLite's automatic checkpoint is off on the journal's connection (it ran
+    in whichever commit crossed its threshold: often a mark_wire, on the wire
+    thread); the writer checkpoints instead: the database file grows during
+    the run, not only when the journal is closed."""
+    path = tmp_path / "j.sqlite"
+    with Journal(str(path)) as j:
+        j.start_run()
+        assert j._db.execute("PRAGMA wal_autocheckpoint").fetchone() == (0,)
+        empty = path.stat().st_size
+        for n in range(40):
+            b = j.mark_wire([f"k{n}.{i}" for i in range(500)], [1] * 500)
+            j.finish_later(b, [(f"k{n}.{i}", ("a@x.example", "b@y.example", f"<{n}.{i}@x>", OK, None, 1), 1)
+                               for i in range(500)])
+        j.flush()
+        # 20,000 rows: checkpointed into the file before close (not only by it)
+        assert path.stat().st_size > empty + 1_000_000
+        assert j.counts() == {"sent": 20_000}
