@@ -206,8 +206,8 @@ def prepare_items(items: list[Any], *, sender: str | None, reply_to: str | None,
     for i, p in enumerate(got):
         if p is None:
             try:
-                got[i] = prepare_item(items[i], sender=sender, reply_to=reply_to,
-                                      eight_bit=eight_bit, utf8=utf8)
+                got[i] = _build_item(items[i], sender=sender, reply_to=reply_to,
+                                     eight_bit=eight_bit, utf8=utf8)
             except InputError as exc:
                 got[i] = exc
     return got
@@ -230,6 +230,12 @@ def prepare_item(item: Mapping[str, Any], *, sender: str | None, reply_to: str |
                                                      eight_bit, Prepared)
             if got is not None:
                 return got
+    return _build_item(item, sender=sender, reply_to=reply_to, eight_bit=eight_bit, utf8=utf8)
+
+
+def _build_item(item: Any, *, sender: str | None, reply_to: str | None,
+                eight_bit: bool, utf8: bool) -> Prepared:
+    """`prepare_item` by the Python builder (what the C renderer declined)."""
     if not isinstance(item, Mapping):
         raise InputError(f"each message must be a mapping of send_as keyword arguments or an "
                          f"EmailMessage, not {type(item).__name__}; it was not sent")
