@@ -441,7 +441,7 @@ static PyObject *
 Session_get_transcript(Session *s, void *c)
 {
     mx_transcript snap = {NULL, 0, 0, 0};
-    PyObject *list, *t = NULL;
+    PyObject *list = NULL, *t = NULL;
     size_t pos = 0, len;
     uint32_t ms;
     char dir;
@@ -463,8 +463,10 @@ Session_get_transcript(Session *s, void *c)
         }
     }
     leave(s);
-    if (nomem)
-        return PyErr_NoMemory();
+    if (nomem) {
+        PyErr_NoMemory();
+        goto fail;
+    }
     list = PyList_New(0);
     if (!list)
         goto fail;
