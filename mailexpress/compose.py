@@ -221,16 +221,11 @@ def prepare_item(item: Mapping[str, Any], *, sender: str | None, reply_to: str |
     An ordinary one (to, subject and a body, ASCII headers, a body that goes
     7bit or 8bit) is rendered in C (csrc/proto/render.c) into the same
     bytes mime.build writes; anything else is built here."""
-    if type(item) is dict:
-        key = (sender or "", reply_to)
-        consts = _consts[key] if key in _consts else _render_consts(sender, reply_to)
-        if consts is not None:
-            got: Prepared | None = _core.render_item(consts, item, mime.date_header(),
-                                                     mime._counter, mime._id_prefix,
-                                                     eight_bit, Prepared)
-            if got is not None:
-                return got
-    return _build_item(item, sender=sender, reply_to=reply_to, eight_bit=eight_bit, utf8=utf8)
+    got = prepare_items([item], sender=sender, reply_to=reply_to, eight_bit=eight_bit,
+                        utf8=utf8)[0]
+    if isinstance(got, InputError):
+        raise got
+    return got
 
 
 def _build_item(item: Any, *, sender: str | None, reply_to: str | None,

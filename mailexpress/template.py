@@ -284,8 +284,6 @@ class Template:
         #: every field name the template uses
         self.fields: frozenset[str] = frozenset().union(*(f.names for f in fields if f is not None))
         self._compiled: dict[tuple[bool, bool], _Compiled] = {}
-        #: the C renderer's (key, spec, consts) for the last arguments of prepare
-        self._fast: tuple[Any, ...] = (None, None, None)
 
     def __repr__(self) -> str:
         return f"<mailexpress.Template fields={sorted(self.fields)}>"
@@ -350,16 +348,6 @@ class Template:
             c.consts[key] = got
         return got
 
-    def _fast_for(self, eight_bit: bool, sender: str | None,
-                  reply_to: str | None) -> tuple[tuple[bool, str | None, str | None],
-                                                 tuple[Any, ...] | None,
-                                                 tuple[bytes, bytes, bytes, str, bytes] | None]:
-        """(key, spec, consts) of the C renderer for these arguments; spec
-        None when it is not for them."""
-        c = self._compiled_for(eight_bit, False)
-        consts = self._consts(c, sender, reply_to)
-        return (eight_bit, sender, reply_to), c.spec if consts is not None else None, consts
-
     def prepare_many(self, rows: list[Any], *, sender: str | None, reply_to: str | None,
                      eight_bit: bool, utf8: bool) -> list[Prepared | InputError]:
         """`prepare` of each of a list: the rows the C renderer takes in one
@@ -384,16 +372,11 @@ class Template:
         """The envelope and wire bytes of the row's message (what send_many
         sends): rendered in C (csrc/proto/render.c) when the template and
         the row's values allow, the same bytes built here otherwise."""
-        fast = self._fast
-        if fast[0] != (eight_bit, sender, reply_to):
-            fast = self._fast = self._fast_for(eight_bit, sender, reply_to)
-        if fast[1] is not None and type(row) is dict:
-            got: Prepared | None = _core.render_row(fast[1], fast[2], row, mime.date_header(),
-                                                    mime._counter, mime._id_prefix, eight_bit,
-                                                    Prepared)
-            if got is not None:
-                return got
-        return self._build(row, sender=sender, reply_to=reply_to, eight_bit=eight_bit, utf8=utf8)
+        got = self.prepare_many([row], sender=sender, reply_to=reply_to, eight_bit=eight_bit,
+                                utf8=utf8)[0]
+        if isinstance(got, InputError):
+            raise got
+        return got
 
     def _build(self, row: Mapping[str, Any], *, sender: str | None, reply_to: str | None,
                eight_bit: bool, utf8: bool) -> Prepared:
