@@ -20,7 +20,7 @@ from . import _core
 from .compose import Prepared, envelope
 from .errors import Error, InputError, StateError
 from .reply import Reply
-from .results import BulkResult, Progress, Record, _log_refused
+from .results import BulkResult, Progress, Record, _log_refused, only_records
 
 __all__ = ["Reporter", "run_bulk", "send_prepared", "not_sent", "maybe_resent"]
 
@@ -57,8 +57,7 @@ class Reporter:
             return
         self.done += len(outcomes)
         if failed is None:
-            failed = 0 if set(map(type, outcomes)) == {tuple} else \
-                sum(isinstance(o, Error) for o in outcomes)
+            failed = 0 if only_records(outcomes) else sum(isinstance(o, Error) for o in outcomes)
         self.failed += failed
         self.sent += len(outcomes) - failed
         elapsed = time.monotonic() - self.started
@@ -135,7 +134,7 @@ def send_prepared(session: _core.Session, prepared: Sequence[Prepared | Error],
         going.set()
     got: list[Any] = _core.Session._send_records(session, prepared, stop_on_error) \
         if prepared else []
-    if set(map(type, got)) - {tuple}:     # not only records
+    if not only_records(got):
         for k, o in enumerate(got):
             if type(o) is tuple or isinstance(o, Error):
                 continue

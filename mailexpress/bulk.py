@@ -43,7 +43,7 @@ from .errors import DuplicateMessage, Error, InputError, StateError
 from .journal import DAY, Journal, message_key
 from .limits import Limits, Pacer
 from .reply import Stage
-from .results import BulkResult, Outcomes, Progress
+from .results import BulkResult, Outcomes, Progress, only_records
 from .seen import SeenKeys
 from .template import Template
 from .throttle import Backoff, Pushback, classify
@@ -356,7 +356,7 @@ class _Run:
             return
         self.outcomes.set_many([e[0] for e in entries], kept)
         if failed is None:
-            failed = 0 if set(map(type, kept)) == {tuple} else sum(isinstance(k, Error) for k in kept)
+            failed = 0 if only_records(kept) else sum(isinstance(k, Error) for k in kept)
         if failed and log.isEnabledFor(logging.INFO):
             for entry, k in zip(entries, kept):
                 if isinstance(k, Error):
@@ -401,7 +401,7 @@ class _Run:
             if mine:    # one row for the batch, committed before it is written
                 batch_id = jr.mark_wire([e[4] for e in mine], [len(e[2][1]) for e in mine])
         got = send_prepared(session, [e[2] for e in batch], self.stop_on_error, self.shared, going)
-        for k in got if set(map(type, got)) != {tuple} else ():
+        for k in got if not only_records(got) else ():
             if isinstance(k, Error) and k.reply is not None and classify(k.reply, k.stage) is Pushback.QUOTA:
                 # not delivered for the day's quota, not for what it is: it may go another day
                 k.retry_safe = True
@@ -670,7 +670,7 @@ class _Run:
         quota: Error | None = None
         again: list[tuple[Entry, Kept]] = []
         final: list[tuple[Entry, Kept]] = []
-        if set(map(type, got)) == {tuple} and len(got) == len(sent):
+        if only_records(got) and len(got) == len(sent):
             # every message sent (the usual batch): records only
             lane.accepted_here += len(got)
             self.accepted_total += len(got)

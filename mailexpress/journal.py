@@ -66,6 +66,7 @@ from typing import TYPE_CHECKING, Any
 from . import errors
 from .errors import ConfigError, Error
 from .reply import Reply, Stage
+from .results import only_records
 
 if TYPE_CHECKING:
     from .client import SendResult
@@ -275,7 +276,7 @@ _CHECKPOINT_ROWS = 5000
 _WRITE_DELAY = 0.05
 #: batches the writer waits for (up to `_WRITE_DELAY`) before a transaction
 _BATCHES_PER_WRITE = 4
-_TUPLE, _STR = {tuple}, {str}
+_STR = {str}
 
 
 @functools.lru_cache(maxsize=16)
@@ -296,7 +297,7 @@ def _columns(rows: list[tuple[str, Any, int]]) -> tuple[Sequence[Any], ...] | No
     if not rows:
         return None
     keys, kept, counts = zip(*rows)
-    if set(map(type, kept)) != _TUPLE:
+    if not only_records(kept):
         return None
     senders, whos, mids, replies, refused, elapsed = zip(*kept)
     if refused.count(None) != len(refused) or set(map(type, whos)) != _STR:

@@ -20,7 +20,7 @@ from . import _core, mime
 from .errors import Error
 from .reply import Reply
 
-__all__ = ["BulkResult", "Outcomes", "Progress", "SendResult", "make_result", "record"]
+__all__ = ["BulkResult", "Outcomes", "Progress", "SendResult", "make_result", "only_records", "record"]
 
 log = logging.getLogger("mailexpress")
 
@@ -128,6 +128,15 @@ def record(envelope_from: str, rcpts: Sequence[str], message_id: str | None,
     _log_refused(envelope_from, rcpts, message_id, refused, reply)
     who: str | tuple[str, ...] = rcpts[0] if len(rcpts) == 1 else tuple(rcpts)
     return (envelope_from, who, message_id, reply, dict(refused) if refused else None, elapsed_ms)
+
+
+def only_records(kept: Iterable[object]) -> bool:
+    """Every outcome is a record (a message accepted; `record`'s tuple): the
+    usual batch, which needs no look at each outcome.  True for none."""
+    return not set(map(type, kept)) - _RECORD_TYPE
+
+
+_RECORD_TYPE = {tuple}
 
 
 def expand(item: Outcome | Record) -> Outcome:
@@ -241,7 +250,7 @@ class Outcomes:
         a = indexes[0]
         b = a + n
         if 0 <= a and b <= self._n and indexes[-1] == b - 1 and not any(self._kind[a:b]) \
-                and set(map(type, items)) == {tuple} and list(indexes) == list(range(a, b)):
+                and only_records(items) and list(indexes) == list(range(a, b)):
             self._pending.update(zip(indexes, items))    # type: ignore[arg-type]
             self._kind[a:b] = _PENDING_RUN * n
             return
