@@ -25,8 +25,8 @@ def pack_records(
     blob: bytearray,
     kind: bytearray,
     obj: dict[int, object],
-    tables: tuple[list[Any], list[Any], list[Any]],
-    index: tuple[dict[Any, int], dict[Any, int], dict[Any, int]],
+    tables: tuple[list[Any], list[Any], list[Any], list[Any]],
+    index: tuple[dict[Any, int], ...],
     prefix: str,
     last: tuple[Any, int, Any, int, Any, int],
 ) -> tuple[Any, int, Any, int, Any, int]: ...

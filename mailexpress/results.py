@@ -152,6 +152,7 @@ def expand(item: Outcome | Record) -> Outcome:
 
 
 _NONE, _RECORD, _OBJECT, _PENDING = 0, 1, 2, 3
+_SPELLED = 0x8000       # a reply column value at or above: a shape, its text in the blob
 _PENDING_RUN = bytes([_PENDING])
 
 
@@ -162,12 +163,17 @@ class Outcomes:
     A record with one recipient, no refused recipient and a Message-ID made
     by this process (``<base.N@domain>``, see `mime.make_message_id`) is
     kept in columns and made again as an equal tuple when read; anything
-    else is kept as the object given.  Records are put in columns by
+    else is kept as the object given.  Senders and domains are kept once in
+    tables, so are the first 1,024 distinct replies; a reply after those
+    (a server that answers each message differently, as Postfix's and
+    Exchange's "queued as" replies do) is kept as its code, enhanced code
+    and stage (a table of their own) and its text (in the blob, after the
+    recipient), and made again as an equal `Reply` when read.  Records are put in columns by
     `compact` (a bulk run calls it while a batch is on the wire; reading
     calls it), not when set: setting is cheap."""
 
     __slots__ = ("_n", "_kind", "_obj", "_pending", "_sender", "_reply", "_elapsed", "_roff", "_rlen",
-                 "_blob", "_mid", "_dom", "_tables", "_index", "_prefix", "_base", "_last")
+                 "_blob", "_mid", "_dom", "_replen", "_tables", "_index", "_prefix", "_base", "_last")
 
     def __init__(self, items: Iterable[Outcome | Record | None] = ()) -> None:
         self._n = 0
@@ -182,9 +188,11 @@ class Outcomes:
         self._blob = bytearray()
         self._mid = array("Q")
         self._dom = array("H")
-        #: senders, replies, domains: the values, and value -> index
-        self._tables: tuple[list[Any], list[Any], list[Any]] = ([], [], [])
-        self._index: tuple[dict[Any, int], dict[Any, int], dict[Any, int]] = ({}, {}, {})
+        self._replen = array("H")
+        #: senders, replies, domains, reply shapes (code, enhanced, stage): the
+        #: values, and value -> index
+        self._tables: tuple[list[Any], list[Any], list[Any], list[Any]] = ([], [], [], [])
+        self._index: tuple[dict[Any, int], ...] = ({}, {}, {}, {})
         #: the previous record's sender, reply and domain with their indexes
         self._last: tuple[Any, int, Any, int, Any, int] = (None, -1, None, -1, None, -1)
         self._base = mime.message_id_base()
@@ -216,7 +224,7 @@ class Outcomes:
             return
         grow = max(1024, have // 4, want - have)
         self._kind.extend(bytes(grow))
-        for col in (self._sender, self._reply, self._rlen, self._dom):
+        for col in (self._sender, self._reply, self._rlen, self._dom, self._replen):
             col.frombytes(bytes(2 * grow))
         self._elapsed.frombytes(bytes(4 * grow))
         self._roff.frombytes(bytes(8 * grow))
@@ -264,7 +272,7 @@ class Outcomes:
         if pending:
             self._last = _core.pack_records(
                 pending, (self._sender, self._reply, self._elapsed, self._roff, self._rlen,
-                          self._mid, self._dom),
+                          self._mid, self._dom, self._replen),
                 self._blob, self._kind, self._obj, self._tables, self._index, self._prefix,
                 self._last)
 
@@ -275,12 +283,18 @@ class Outcomes:
             raise IndexError(i)
         kind = self._kind[i]
         if kind == _RECORD:
-            off = self._roff[i]
-            senders, replies, domains = self._tables
+            off, end, r = self._roff[i], self._roff[i] + self._rlen[i], self._reply[i]
+            senders, replies, domains, shapes = self._tables
+            if r < _SPELLED:
+                reply = replies[r]
+            else:
+                code, enhanced, stage = shapes[r - _SPELLED]
+                text = self._blob[end:end + self._replen[i]].decode("utf-8")
+                reply = Reply(code, enhanced, tuple(text.split("\n")), stage)
             return (senders[self._sender[i]],
-                    self._blob[off:off + self._rlen[i]].decode("utf-8", "surrogatepass"),
+                    self._blob[off:end].decode("utf-8", "surrogatepass"),
                     f"{self._prefix}{self._mid[i]}@{domains[self._dom[i]]}>",
-                    replies[self._reply[i]], None, self._elapsed[i])
+                    reply, None, self._elapsed[i])
         if kind == _OBJECT:
             return self._obj[i]     # type: ignore[return-value]
         if kind == _PENDING:
@@ -304,8 +318,8 @@ class Outcomes:
         """The memory its columns take (not the objects kept whole)."""
         self.compact()
         return (len(self._kind) + sum(c.itemsize * len(c) for c in (
-            self._sender, self._reply, self._elapsed, self._roff, self._rlen, self._mid, self._dom))
-            + len(self._blob))
+            self._sender, self._reply, self._elapsed, self._roff, self._rlen, self._mid, self._dom,
+            self._replen)) + len(self._blob))
 
 
 class BulkResult(Sequence[Outcome]):

@@ -138,12 +138,12 @@ def test_packed_records_come_back_equal_and_only_those_that_fit(items, compact_e
 def test_packing_refuses_a_store_out_of_shape():
     from mailexpress import _core
     store = Outcomes([rec()])
-    args = [{0: rec()}, (store._sender,) * 7, store._blob, store._kind, store._obj, store._tables,
+    args = [{0: rec()}, (store._sender,) * 8, store._blob, store._kind, store._obj, store._tables,
             store._index, store._prefix, store._last]
     with pytest.raises(ValueError, match="column"):
         _core.pack_records(*args)
     args[1] = (store._sender, store._reply, store._elapsed, store._roff, store._rlen, store._mid,
-               store._dom)
+               store._dom, store._replen)
     args[0] = {5000: rec()}
     with pytest.raises(IndexError):
         _core.pack_records(*args)
@@ -158,3 +158,62 @@ def test_a_full_table_keeps_the_rest_whole():
     store.append(rec(sender="s7@corp.example"))    # one it has: in columns
     store.compact()
     assert len(store.objects()) == 2 and store[65_537][0] == "s7@corp.example"
+
+
+def queued(i: int) -> Reply:
+    """A reply unlike every other, as Postfix's and Exchange's are."""
+    return Reply(250, "2.0.0", (f"2.0.0 Ok: queued as 4X{i:09X}",), Stage.END_OF_DATA)
+
+
+def test_replies_unlike_each_other_stay_in_columns_at_their_text_s_cost():
+    """A server that answers every message differently: after the first 1,024
+    replies (kept as objects) each costs its text, not a Reply object, and
+    reads back equal."""
+    n = 20_000
+    items = [rec(to=f"user{i}@bench.example", reply=queued(i)) for i in range(n)]
+    store = Outcomes(items)
+    assert not store.objects()
+    assert list(store) == items
+    assert len(store._tables[1]) == 1024 and len(store._tables[3]) == 1
+    per_message = store.nbytes() / n
+    text = len(items[-1][1]) + len(items[-1][3].lines[0])
+    assert per_message < 40 + text, per_message      # 31 B of columns, some room to grow
+    one_reply = sys.getsizeof(queued(1)) + sys.getsizeof(queued(1).lines) + sys.getsizeof(queued(1).lines[0])
+    assert one_reply > 2 * (per_message - text)
+
+
+class _MyReply(Reply):
+    pass
+
+
+_odd_lines = st.lists(st.one_of(st.text(max_size=8), st.sampled_from(["a\nb", "\udcff", "é" * 3, ""])),
+                      max_size=3)
+_any_reply = st.builds(
+    lambda code, enh, lines, stage, sub: (_MyReply if sub else Reply)(code, enh, tuple(lines), stage),
+    st.integers(200, 599), st.sampled_from([None, "2.0.0", "4.7.1"]), _odd_lines,
+    st.sampled_from([None, *Stage]), st.booleans())
+
+
+def spellable(reply: Reply) -> bool:
+    """The rule of Outcomes for a reply after its table is full, written out apart from C."""
+    try:
+        text = "\n".join(reply.lines).encode("utf-8")
+    except UnicodeError:
+        return False
+    return type(reply) is Reply and bool(reply.lines) and not any("\n" in line for line in reply.lines) \
+        and len(text) <= 65535
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(_any_reply, min_size=1, max_size=30))
+def test_replies_after_a_full_table_come_back_equal_and_only_odd_ones_whole(replies):
+    """Past the replies kept as objects, any reply reads back equal; it is
+    kept whole exactly when its text cannot be spelled out and read back."""
+    store = Outcomes(rec(reply=queued(i)) for i in range(1024))
+    items = [rec(reply=r) for r in replies]
+    store.extend(items)
+    got = list(store)[1024:]
+    assert got == items
+    assert [type(r[3]) for r in got] == [type(r) for r in replies]
+    whole = {i - 1024 for i, _o in store.objects()}
+    assert whole == {k for k, r in enumerate(replies) if not spellable(r)}

@@ -4,16 +4,27 @@
  * refused recipient, a Message-ID <prefix N@domain> of this process and an
  * elapsed_ms that fits 32 bits; any other item is kept whole in obj.  The
  * store's tables and indexes are Python lists and dicts, its columns
- * array.array objects and bytearrays; nothing is kept here between calls. */
+ * array.array objects and bytearrays; nothing is kept here between calls.
+ *
+ * Replies: the first REPLIES_KEPT distinct ones are kept as objects in a
+ * table (a run's replies are mostly one or a few); a reply after those is
+ * spelled out when it is a plain Reply: its code, enhanced code and stage
+ * as a "shape" in a table of their own, its lines in the blob after the
+ * recipient.  So a server that answers every message differently ("queued
+ * as 4XyZ...": Postfix, Exchange) costs its reply's text a message, not a
+ * Reply object. */
 #include "module.h"
 
 #include <stdint.h>
 #include <string.h>
 
 #define TABLE_MAX 65535
+#define REPLIES_KEPT 1024
+#define SPELLED 0x8000          /* C_REPLY at or above: a shape, the lines in the blob */
 enum { K_RECORD = 1, K_OBJECT = 2 };
-enum { C_SENDER, C_REPLY, C_ELAPSED, C_ROFF, C_RLEN, C_MID, C_DOM, C_COUNT };
-static const Py_ssize_t col_size[C_COUNT] = {2, 2, 4, 8, 2, 8, 2};
+enum { T_SENDER, T_REPLY, T_DOMAIN, T_SHAPE, T_COUNT };
+enum { C_SENDER, C_REPLY, C_ELAPSED, C_ROFF, C_RLEN, C_MID, C_DOM, C_REPLEN, C_COUNT };
+static const Py_ssize_t col_size[C_COUNT] = {2, 2, 4, 8, 2, 8, 2, 2};
 
 /* The previous packed record's sender, reply and domain with their table
  * indexes: the sender and reply borrowed (from a record in pending, or from
@@ -24,9 +35,9 @@ typedef struct {
 } last_seen;
 
 /* The index of value in table `which`, added when new; -1 when the table
- * is full; -2 raised. */
+ * has `cap` entries; -2 raised. */
 static Py_ssize_t
-table_ix(PyObject *tables, PyObject *index, int which, PyObject *value)
+table_ix(PyObject *tables, PyObject *index, int which, PyObject *value, Py_ssize_t cap)
 {
     PyObject *table = PyTuple_GET_ITEM(tables, which), *ix = PyTuple_GET_ITEM(index, which);
     PyObject *got = PyDict_GetItemWithError(ix, value), *n;
@@ -37,7 +48,7 @@ table_ix(PyObject *tables, PyObject *index, int which, PyObject *value)
     if (PyErr_Occurred())
         return -2;
     at = PyList_GET_SIZE(table);
-    if (at >= TABLE_MAX)
+    if (at >= cap)
         return -1;
     if (!(n = PyLong_FromSsize_t(at)))
         return -2;
@@ -79,14 +90,75 @@ split_mid(PyObject *mid, PyObject *prefix, unsigned long long *number, PyObject 
     return 1;
 }
 
+/* A reply spelled out: its shape's index (SPELLED added) and its lines
+ * joined by LF as UTF-8 (new reference) in *text.  Its index, 0 when it
+ * cannot be spelled (not a plain Reply, no lines, a line that is not a str
+ * or holds LF or a lone surrogate, too long): kept whole then; -1 raised. */
+static Py_ssize_t
+spell(mx_state *st, PyObject *reply, PyObject *tables, PyObject *index, PyObject **text)
+{
+    PyObject *f[4] = {NULL, NULL, NULL, NULL}, *shape = NULL, *sep = NULL;
+    Py_ssize_t k, ix = 0, n;
+
+    *text = NULL;
+    if (Py_TYPE(reply) != (PyTypeObject *)st->reply_cls)
+        return 0;
+    for (k = 0; k < 4; k++)
+        if (!(f[k] = PyObject_GetAttr(reply, PyTuple_GET_ITEM(st->reply_attrs, k))))
+            goto err;
+    /* code, enhanced, lines, stage */
+    if (!PyTuple_CheckExact(f[2]) || (n = PyTuple_GET_SIZE(f[2])) == 0)
+        goto done;
+    for (k = 0; k < n; k++) {
+        PyObject *line = PyTuple_GET_ITEM(f[2], k);
+        if (!PyUnicode_CheckExact(line) || PyUnicode_FindChar(line, '\n', 0, PyUnicode_GET_LENGTH(line), 1) != -1)
+            goto done;
+    }
+    if (!(sep = PyUnicode_FromString("\n")))
+        goto err;
+    {
+        PyObject *joined = PyUnicode_Join(sep, f[2]);
+        if (!joined)
+            goto err;
+        *text = PyUnicode_AsUTF8String(joined);
+        Py_DECREF(joined);
+    }
+    if (!*text) {
+        if (!PyErr_ExceptionMatches(PyExc_UnicodeError))
+            goto err;
+        PyErr_Clear();              /* a lone surrogate: kept whole */
+        goto done;
+    }
+    if (PyBytes_GET_SIZE(*text) > TABLE_MAX)
+        goto done;
+    if (!(shape = PyTuple_Pack(3, f[0], f[1], f[3])))
+        goto err;
+    ix = table_ix(tables, index, T_SHAPE, shape, SPELLED - 1);
+    if (ix == -2)
+        goto err;
+    ix = ix < 0 ? 0 : ix + SPELLED;
+    goto done;
+err:
+    ix = -1;
+done:
+    if (ix <= 0)
+        Py_CLEAR(*text);
+    for (k = 0; k < 4; k++)
+        Py_XDECREF(f[k]);
+    Py_XDECREF(shape);
+    Py_XDECREF(sep);
+    return ix;
+}
+
 /* One record into the columns at i.  1 packed, 0 not (kept whole), -1 raised. */
 static int
-pack_one(Py_ssize_t i, PyObject *rec, Py_buffer *col, PyObject *blob, PyObject *prefix,
-         PyObject *tables, PyObject *index, last_seen *last)
+pack_one(mx_state *st, Py_ssize_t i, PyObject *rec, Py_buffer *col, PyObject *blob,
+         PyObject *prefix, PyObject *tables, PyObject *index, last_seen *last)
 {
     PyObject *sender, *who, *mid, *reply, *refused, *elapsed, *domain = NULL, *enc = NULL;
+    PyObject *text = NULL;
     const char *u8;
-    Py_ssize_t u8len, s, r, d, off;
+    Py_ssize_t u8len, s, r, d, off, tlen = 0;
     unsigned long long number = 0, ms;
     int rc = 0, t;
 
@@ -124,12 +196,21 @@ pack_one(Py_ssize_t i, PyObject *rec, Py_buffer *col, PyObject *blob, PyObject *
     }
     if (u8len > TABLE_MAX)
         goto done;
-    s = sender == last->value[0] ? last->ix[0] : table_ix(tables, index, 0, sender);
+    s = sender == last->value[0] ? last->ix[0] : table_ix(tables, index, T_SENDER, sender, TABLE_MAX);
     if (s == -2)
         goto done_err;
-    r = reply == last->value[1] ? last->ix[1] : table_ix(tables, index, 1, reply);
+    r = reply == last->value[1] && last->ix[1] < SPELLED ? last->ix[1]
+        : table_ix(tables, index, T_REPLY, reply, REPLIES_KEPT);
     if (r == -2)
         goto done_err;
+    if (r == -1) {
+        if ((r = spell(st, reply, tables, index, &text)) < 0)
+            goto done_err;
+        if (r == 0)
+            r = -1;             /* kept whole */
+        else
+            tlen = PyBytes_GET_SIZE(text);
+    }
     d = -3;                     /* not known yet */
     if (last->value[2]) {
         t = PyUnicode_Compare(domain, last->value[2]);
@@ -138,7 +219,7 @@ pack_one(Py_ssize_t i, PyObject *rec, Py_buffer *col, PyObject *blob, PyObject *
         if (t == 0)
             d = last->ix[2];
     }
-    if (d == -3 && (d = table_ix(tables, index, 2, domain)) == -2)
+    if (d == -3 && (d = table_ix(tables, index, T_DOMAIN, domain, TABLE_MAX)) == -2)
         goto done_err;
     if (s < 0 || r < 0 || d < 0)
         goto done;
@@ -149,9 +230,11 @@ pack_one(Py_ssize_t i, PyObject *rec, Py_buffer *col, PyObject *blob, PyObject *
     last->ix[1] = r;
     last->ix[2] = d;
     off = PyByteArray_GET_SIZE(blob);
-    if (PyByteArray_Resize(blob, off + u8len) < 0)
+    if (PyByteArray_Resize(blob, off + u8len + tlen) < 0)
         goto done_err;
     memcpy(PyByteArray_AS_STRING(blob) + off, u8, (size_t)u8len);
+    if (tlen)
+        memcpy(PyByteArray_AS_STRING(blob) + off + u8len, PyBytes_AS_STRING(text), (size_t)tlen);
     ((uint16_t *)col[C_SENDER].buf)[i] = (uint16_t)s;
     ((uint16_t *)col[C_REPLY].buf)[i] = (uint16_t)r;
     ((uint16_t *)col[C_DOM].buf)[i] = (uint16_t)d;
@@ -159,6 +242,7 @@ pack_one(Py_ssize_t i, PyObject *rec, Py_buffer *col, PyObject *blob, PyObject *
     ((uint64_t *)col[C_MID].buf)[i] = (uint64_t)number;
     ((uint64_t *)col[C_ROFF].buf)[i] = (uint64_t)off;
     ((uint16_t *)col[C_RLEN].buf)[i] = (uint16_t)u8len;
+    ((uint16_t *)col[C_REPLEN].buf)[i] = (uint16_t)tlen;
     rc = 1;
     goto done;
 done_err:
@@ -166,6 +250,7 @@ done_err:
 done:
     Py_XDECREF(domain);
     Py_XDECREF(enc);
+    Py_XDECREF(text);
     return rc;
 }
 
@@ -178,19 +263,19 @@ mx_pack_records(PyObject *module, PyObject *args)
     Py_buffer col[C_COUNT];
     Py_ssize_t pos = 0, c, held = 0, rows;
     last_seen last = {{NULL, NULL, NULL}, {0, 0, 0}};
+    mx_state *st = PyModule_GetState(module);
 
-    (void)module;
     if (!PyArg_ParseTuple(args, "O!O!O!O!O!O!O!UO!:pack_records", &PyDict_Type, &pending,
                           &PyTuple_Type, &columns, &PyByteArray_Type, &blob,
                           &PyByteArray_Type, &kind, &PyDict_Type, &obj, &PyTuple_Type, &tables,
                           &PyTuple_Type, &index, &prefix, &PyTuple_Type, &last_in))
         return NULL;
-    if (PyTuple_GET_SIZE(columns) != C_COUNT || PyTuple_GET_SIZE(tables) != 3 ||
-        PyTuple_GET_SIZE(index) != 3 || PyTuple_GET_SIZE(last_in) != 6) {
-        PyErr_SetString(PyExc_ValueError, "pack_records: 7 columns, 3 tables, 3 indexes, last of 6");
+    if (PyTuple_GET_SIZE(columns) != C_COUNT || PyTuple_GET_SIZE(tables) != T_COUNT ||
+        PyTuple_GET_SIZE(index) != T_COUNT || PyTuple_GET_SIZE(last_in) != 6) {
+        PyErr_SetString(PyExc_ValueError, "pack_records: 8 columns, 4 tables, 4 indexes, last of 6");
         return NULL;
     }
-    for (c = 0; c < 3; c++) {
+    for (c = 0; c < T_COUNT; c++) {
         if (!PyList_CheckExact(PyTuple_GET_ITEM(tables, c)) ||
             !PyDict_CheckExact(PyTuple_GET_ITEM(index, c))) {
             PyErr_SetString(PyExc_TypeError, "pack_records: tables are lists, indexes dicts");
@@ -228,7 +313,7 @@ mx_pack_records(PyObject *module, PyObject *args)
             PyErr_Format(PyExc_IndexError, "pack_records: index %zd outside the store", i);
             goto done;
         }
-        if ((t = pack_one(i, rec, col, blob, prefix, tables, index, &last)) < 0)
+        if ((t = pack_one(st, i, rec, col, blob, prefix, tables, index, &last)) < 0)
             goto done;
         if (i >= PyByteArray_GET_SIZE(kind)) {        /* changed under us by a __hash__ */
             PyErr_SetString(PyExc_RuntimeError, "pack_records: the store changed while packed");
