@@ -6,14 +6,16 @@ client is); this peer reads it in 1 MiB pieces and looks for the end
 marker with bytes.find, so a 50 MB message costs it a few tens of
 milliseconds and the figure is the client's.  One connection at a time.
 
-    python benchmarks/nullsink.py PORT [--chunking]
+    python benchmarks/nullsink.py PORT [--chunking] [--queue-ids]
 
 Prints "ready" when listening.  Answers EHLO with PIPELINING, 8BITMIME,
 SIZE (and CHUNKING with --chunking), everything else with 250, DATA with
 354; BDAT chunks are read by count.  Replies are held until the client's
 input is used up and sent together before the next read, as RFC 2920 asks
 of a pipelining server (and Postfix does), so a pipelined group costs one
-send however many commands it had.
+send however many commands it had.  With --queue-ids each message's reply
+names a queue id of its own ("250 2.0.0 Ok: queued as 4X00000001A"), as
+Postfix's and Exchange's replies do: no two replies alike.
 """
 from __future__ import annotations
 
@@ -23,8 +25,14 @@ import sys
 END = b"\r\n.\r\n"
 
 
-def serve(conn: socket.socket, chunking: bool) -> None:
+def serve(conn: socket.socket, chunking: bool, queue_ids: bool) -> None:
     buf, out = bytearray(), bytearray()
+    queued = 0
+
+    def accepted() -> None:
+        nonlocal queued
+        queued += 1
+        reply(b"250 2.0.0 Ok: queued as 4X%09X\r\n" % queued if queue_ids else b"250 2.0.0 discarded\r\n")
     view = memoryview(bytearray(1 << 20))
 
     def reply(text: bytes) -> None:
@@ -63,7 +71,7 @@ def serve(conn: socket.socket, chunking: bool) -> None:
                 if not fill():
                     return
             del buf[:i + len(END)]
-            reply(b"250 2.0.0 discarded\r\n")
+            accepted()
         elif verb == b"BDAT":
             size = int(cmd.split()[1])
             while len(buf) < size:
@@ -72,7 +80,7 @@ def serve(conn: socket.socket, chunking: bool) -> None:
                 if not fill():
                     return
             del buf[:size]
-            reply(b"250 2.0.0 discarded\r\n")
+            accepted()
         elif verb == b"QUIT":
             conn.sendall(out + b"221 bye\r\n")
             return
@@ -81,7 +89,7 @@ def serve(conn: socket.socket, chunking: bool) -> None:
 
 
 def main() -> None:
-    port, chunking = int(sys.argv[1]), "--chunking" in sys.argv
+    port, chunking, queue_ids = int(sys.argv[1]), "--chunking" in sys.argv, "--queue-ids" in sys.argv
     srv = socket.socket()
     srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     srv.bind(("127.0.0.1", port))
@@ -91,7 +99,7 @@ def main() -> None:
         conn, _ = srv.accept()
         with conn:
             try:
-                serve(conn, chunking)
+                serve(conn, chunking, queue_ids)
             except OSError:
                 pass
 
