@@ -19,8 +19,7 @@ from typing import Any, Union
 from . import _core
 from .compose import Prepared, envelope
 from .errors import Error, InputError, StateError
-from .reply import Reply
-from .results import BulkResult, Progress, Record, _log_refused, only_records
+from .results import BulkResult, Outcomes, Progress, Record, _log_refused, only_records
 
 __all__ = ["Reporter", "run_bulk", "send_prepared", "not_sent", "maybe_resent"]
 
@@ -85,42 +84,8 @@ def not_sent(cls: type[Error], why: str) -> Error:
     return err
 
 
-class Shared:
-    """One object for equal replies and senders across a run (a server that
-    answers every message alike costs nothing per message); bounded."""
-
-    __slots__ = ("replies", "strings", "last")
-
-    def __init__(self) -> None:
-        self.replies: dict[Reply, Reply] = {}
-        self.strings: dict[str, str] = {}
-        self.last: Reply | None = None
-
-    def reply(self, r: Reply) -> Reply:
-        if r is self.last:      # equal replies are mostly one object already (reply.Reply)
-            return r
-        got = self.replies.get(r)
-        if got is not None:
-            if got is r:
-                self.last = r
-            return got
-        if len(self.replies) < 256:
-            self.replies[r] = r
-            self.last = r
-        return r
-
-    def string(self, s: str) -> str:
-        got = self.strings.get(s)
-        if got is not None:
-            return got
-        if len(self.strings) < 1024:
-            self.strings[s] = s
-        return s
-
-
 def send_prepared(session: _core.Session, prepared: Sequence[Prepared | Error],
-                  stop_on_error: bool, shared: Shared | None = None,
-                  going: threading.Event | None = None) -> list[Kept]:
+                  stop_on_error: bool, going: threading.Event | None = None) -> list[Kept]:
     """Sends one batch of prepared messages (errors stand for messages that
     could not be prepared and are kept as their outcome).  Returns one kept
     outcome per item; with ``stop_on_error`` the items after the first failure
@@ -146,8 +111,6 @@ def send_prepared(session: _core.Session, prepared: Sequence[Prepared | Error],
             unread.delivered = False
             got[k] = unread
     out: list[Kept] = got
-    if shared is not None:
-        _share(out, shared)
     if log.isEnabledFor(logging.INFO):
         for o in out:
             if type(o) is tuple:
@@ -158,23 +121,6 @@ def send_prepared(session: _core.Session, prepared: Sequence[Prepared | Error],
     out.extend(not_sent(StateError, "an earlier message failed and stop_on_error is set")
                for _ in range(len(prepared) - len(out)))
     return out
-
-
-def _share(out: list[Kept], shared: Shared) -> None:
-    """Equal replies and senders of a run one object: the engine shares them
-    within a batch (a reply with the one before it); across batches the
-    first record's say."""
-    for k, o in enumerate(out):
-        if type(o) is tuple:
-            sender, reply = o[0], o[3]
-            s, r = shared.string(sender), shared.reply(reply)
-            if s is not sender or r is not reply:
-                for i in range(k, len(out)):
-                    o = out[i]
-                    if type(o) is tuple and (o[0] is sender or o[3] is reply):
-                        out[i] = (s if o[0] is sender else o[0], o[1], o[2],
-                                  r if o[3] is reply else o[3], o[4], o[5])
-            return
 
 
 def _item_envelope(session: _core.Session, item: Any) -> Prepared:
@@ -188,6 +134,12 @@ def _item_envelope(session: _core.Session, item: Any) -> Prepared:
                      f"recipients, message), not {type(item).__name__}; it was not sent")
 
 
+def _keep(outcomes: Outcomes, got: Sequence[Kept]) -> None:
+    first = outcomes.add(len(got))
+    outcomes.set_many(range(first, first + len(got)), got)
+    outcomes.compact()
+
+
 def run_bulk(session: _core.Session, messages: Iterable[Any], *, stop_on_error: bool,
              progress: ProgressArg, batch_size: int) -> BulkResult:
     """`Session.send_many`: the input is consumed batch by batch."""
@@ -196,8 +148,9 @@ def run_bulk(session: _core.Session, messages: Iterable[Any], *, stop_on_error: 
     total = len(messages) if isinstance(messages, Sized) else None
     reporter = Reporter(progress, total)
     started = time.monotonic()
-    outcomes: list[Kept] = []
-    shared = Shared()
+    # kept compact batch by batch (equal senders and replies once, whatever
+    # batch they came in), not as a list of every record of the run
+    outcomes = Outcomes()
     it: Iterator[Any] = iter(messages)
     try:
         while batch := list(islice(it, batch_size)):
@@ -207,18 +160,18 @@ def run_bulk(session: _core.Session, messages: Iterable[Any], *, stop_on_error: 
                     prepared.append(_item_envelope(session, item))
                 except InputError as err:
                     prepared.append(err)
-            got = send_prepared(session, prepared, stop_on_error, shared)
-            outcomes.extend(got)
+            got = send_prepared(session, prepared, stop_on_error)
+            _keep(outcomes, got)
             reporter.update(got)
             if session.state == "ERROR" or (stop_on_error and any(isinstance(o, Error) for o in got)):
                 break
         if total is not None and len(outcomes) < total:
-            failures = [o for o in outcomes if isinstance(o, Error)]
+            failures = [o for _i, o in outcomes.objects() if isinstance(o, Error)]
             cls: type[Error] = type(failures[-1]) if failures and session.state == "ERROR" else StateError
             why = ("the session failed before this message went out" if session.state == "ERROR"
                    else "an earlier message failed and stop_on_error is set")
             rest: list[Kept] = [not_sent(cls, why) for _ in range(total - len(outcomes))]
-            outcomes.extend(rest)
+            _keep(outcomes, rest)
             reporter.update(rest)
     finally:
         reporter.close()

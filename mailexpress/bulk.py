@@ -36,7 +36,7 @@ from email.message import EmailMessage
 from itertools import count, islice
 from typing import TYPE_CHECKING, Any, cast
 
-from .batches import Kept, ProgressArg, Reporter, Shared, maybe_resent, not_sent, send_prepared
+from .batches import Kept, ProgressArg, Reporter, maybe_resent, not_sent, send_prepared
 from .client import connect
 from .compose import Prepared, envelope, prepare_items
 from .errors import DuplicateMessage, Error, InputError, StateError
@@ -198,7 +198,6 @@ class _Run:
         self.outcomes = Outcomes()     # compact: see results.Outcomes
         self.carry: deque[Entry] = deque()     # to send (again) before more input
         self.connections = 0
-        self.shared = Shared()
         self.finished = False                  # the run ends: the rest is not sent
         self.stop: tuple[type[Error], str] | None = None   # end after what is in flight
         self.recipients = 0                    # recipients handed to the server in this run
@@ -400,7 +399,7 @@ class _Run:
             mine = [e for e in batch if e[4] is not None and not isinstance(e[2], Error)]
             if mine:    # one row for the batch, committed before it is written
                 batch_id = jr.mark_wire([e[4] for e in mine], [len(e[2][1]) for e in mine])
-        got = send_prepared(session, [e[2] for e in batch], self.stop_on_error, self.shared, going)
+        got = send_prepared(session, [e[2] for e in batch], self.stop_on_error, going)
         for k in got if not only_records(got) else ():
             if isinstance(k, Error) and k.reply is not None and classify(k.reply, k.stage) is Pushback.QUOTA:
                 # not delivered for the day's quota, not for what it is: it may go another day

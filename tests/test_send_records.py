@@ -14,8 +14,8 @@ from fakeserver import greet
 from support import SVC, plain_session
 
 import mailexpress as mx
-from mailexpress import _core
-from mailexpress.batches import Shared, send_prepared
+from mailexpress import _core, mime
+from mailexpress.batches import send_prepared
 from mailexpress.compose import Prepared
 from mailexpress.errors import InputError, StateError
 from mailexpress.reply import Reply
@@ -119,7 +119,7 @@ def test_unbuilt_messages_are_kept_and_stop_on_error_ends_the_batch(emulator_fac
         got = _core.Session._send_records(s, items, True)
         assert len(got) == 2 and got[1] is unbuilt and len(em.messages) == 4
         # send_prepared pads what the engine did not take
-        kept = send_prepared(s, items, True, Shared())
+        kept = send_prepared(s, items, True)
         assert len(kept) == 4 and isinstance(kept[2], StateError) and kept[3].retry_safe
         assert kept[3].delivered is False and len(em.messages) == 5
 
@@ -139,7 +139,7 @@ def test_bad_input_and_unreadable_files(emulator_factory):
                                 Prepared(SVC.address, [], raw(2), None),
                                 ("too short",),
                                 Prepared(SVC.address, ["bob@partner.example"], "text, not bytes", None)],
-                            False, Shared())
+                            False)
     assert type(got[0]) is tuple
     assert isinstance(got[1], InputError) and isinstance(got[1].__cause__, TypeError)
     assert "seekable" in str(got[1]) and got[1].delivered is False
@@ -154,24 +154,31 @@ def test_records_are_logged_as_record_logs_them(emulator_factory, caplog):
     cfg = em.config(username=SVC.username, password=SVC.password)
     with mx.connect(cfg) as s, caplog.at_level(logging.INFO, logger="mailexpress"):
         send_prepared(s, [Prepared(SVC.address, ["bob@partner.example", BAD], raw(0), "<m@x>")],
-                      False, Shared())
+                      False)
     text = caplog.text
     assert "message <m@x>: 1 of 2 recipients refused" in text
     assert "message <m@x> accepted from " + SVC.address + " for 1 recipient(s)" in text
 
 
-def test_shared_across_batches(emulator_factory):
-    """A run's Shared makes equal senders of two batches one object (the
-    emulator's replies differ: each names its message)."""
+def test_a_session_run_keeps_its_outcomes_compact_across_batches(emulator_factory):
+    """Session.send_many keeps its outcomes in columns batch by batch: equal
+    senders of different batches are one entry (and one object when read),
+    and the emulator's replies, which differ per message, come back equal."""
     em = emulator_factory()
     cfg = em.config(username=SVC.username, password=SVC.password)
-    shared = Shared()
-    one, two = "".join(SVC.address), "".join(list(SVC.address))
-    assert one == two and one is not two
+    senders = ["".join(list(SVC.address)) for _ in range(7)]
+    assert senders[0] == senders[1] and senders[0] is not senders[1]
+    mids = [mime.make_message_id("corp.example") for _ in range(7)]
+    items = [(senders[i], ["bob@partner.example"], f"Message-ID: {mids[i]}\r\n".encode() + raw(i))
+             for i in range(7)]
     with mx.connect(cfg) as s:
-        a = send_prepared(s, [Prepared(one, ["bob@partner.example"], raw(0), None)], False, shared)
-        b = send_prepared(s, [Prepared(two, ["bob@partner.example"], raw(1), None)] * 2, False, shared)
-    assert a[0][0] is b[0][0] is b[1][0] is one
+        res = s.send_many(items, batch_size=2)
+    assert res.ok and len(res) == 7
+    store = res._items
+    assert not store.objects() and store._tables[0] == [SVC.address]
+    assert res[0].envelope_from is res[6].envelope_from == SVC.address
+    assert len({r.reply for r in res}) == 7
+    assert [r.message_id for r in res] == mids
 
 
 def test_a_batch_of_unbuilt_messages_does_not_need_the_session(emulator_factory):
@@ -185,7 +192,7 @@ def test_a_batch_of_unbuilt_messages_does_not_need_the_session(emulator_factory)
     assert _core.Session._send_records(s, errs) == errs
     assert all(e.delivered is False for e in errs)
     assert _core.Session._send_records(s, errs, True) == errs[:1]
-    kept = send_prepared(s, errs, True, Shared())
+    kept = send_prepared(s, errs, True)
     assert kept[0] is errs[0] and isinstance(kept[1], StateError) and kept[1].retry_safe
     with pytest.raises(mx.StateError):      # one message to send: the session is needed
         _core.Session._send_records(s, [*errs, Prepared(SVC.address, ["bob@partner.example"], raw(0), None)])
