@@ -259,32 +259,52 @@ th_cmd_path(PyObject *m, PyObject *args)
     return res;
 }
 
+/* What a pure function of sasl.c made: bytes, or ValueError with its reason. */
+static PyObject *
+sasl_made(mx_sasl_status st, const void *out, size_t len)
+{
+    if (st != MX_SASL_OK) {
+        PyErr_SetString(PyExc_ValueError, mx_sasl_strerror(st));
+        return NULL;
+    }
+    return PyBytes_FromStringAndSize((const char *)out, (Py_ssize_t)len);
+}
+
+typedef mx_sasl_status (*sasl_decoder)(const char *in, size_t n, unsigned char *out, size_t cap,
+                                       size_t *len);
+
+/* One bytes argument decoded by `decode` into at most `cap` bytes (0: as
+ * many as the input and one). */
+static PyObject *
+sasl_decode_arg(PyObject *args, sasl_decoder decode, size_t cap)
+{
+    Py_buffer b;
+    unsigned char *out;
+    size_t len = 0;
+    mx_sasl_status st;
+    PyObject *res;
+
+    if (!PyArg_ParseTuple(args, "y*", &b))
+        return NULL;
+    if (!cap)
+        cap = (size_t)b.len + 1;
+    if (!(out = PyMem_Malloc(cap))) {
+        PyBuffer_Release(&b);
+        return PyErr_NoMemory();
+    }
+    st = decode(b.buf, (size_t)b.len, out, cap, &len);     /* before len is read */
+    res = sasl_made(st, out, len);
+    PyMem_Free(out);
+    PyBuffer_Release(&b);
+    return res;
+}
+
 /* _b64_decode(data) -> bytes, or ValueError */
 static PyObject *
 th_b64_decode(PyObject *m, PyObject *args)
 {
-    Py_buffer b;
-    unsigned char *out;
-    size_t len;
-    mx_sasl_status st;
-    PyObject *res = NULL;
-
     (void)m;
-    if (!PyArg_ParseTuple(args, "y*", &b))
-        return NULL;
-    out = PyMem_Malloc((size_t)b.len + 1);
-    if (!out) {
-        PyBuffer_Release(&b);
-        return PyErr_NoMemory();
-    }
-    st = mx_b64_decode(b.buf, (size_t)b.len, out, (size_t)b.len + 1, &len);
-    if (st != MX_SASL_OK)
-        PyErr_SetString(PyExc_ValueError, mx_sasl_strerror(st));
-    else
-        res = PyBytes_FromStringAndSize((const char *)out, (Py_ssize_t)len);
-    PyMem_Free(out);
-    PyBuffer_Release(&b);
-    return res;
+    return sasl_decode_arg(args, mx_b64_decode, 0);
 }
 
 /* _sasl_plain(user, password) -> str (base64), or ValueError */
@@ -388,10 +408,7 @@ th_sasl_oauth(PyObject *m, PyObject *args)
     else
         st = mx_sasl_oauthbearer(u.buf, (size_t)u.len, h.buf, (size_t)h.len, port,
                                  t.buf, (size_t)t.len, out, cap, &len);
-    if (st != MX_SASL_OK)
-        PyErr_SetString(PyExc_ValueError, mx_sasl_strerror(st));
-    else
-        res = PyBytes_FromStringAndSize((const char *)out, (Py_ssize_t)len);
+    res = sasl_made(st, out, len);
     mx_wipe(out, cap);
     PyMem_Free(out);
 done:
@@ -406,28 +423,8 @@ done:
 static PyObject *
 th_sasl_challenge(PyObject *m, PyObject *args)
 {
-    Py_buffer b;
-    unsigned char *out;
-    size_t len;
-    mx_sasl_status st;
-    PyObject *res = NULL;
-
     (void)m;
-    if (!PyArg_ParseTuple(args, "y*", &b))
-        return NULL;
-    out = PyMem_Malloc(MX_SASL_BLOB_MAX);
-    if (!out) {
-        PyBuffer_Release(&b);
-        return PyErr_NoMemory();
-    }
-    st = mx_sasl_decode_challenge(b.buf, (size_t)b.len, out, MX_SASL_BLOB_MAX, &len);
-    if (st != MX_SASL_OK)
-        PyErr_SetString(PyExc_ValueError, mx_sasl_strerror(st));
-    else
-        res = PyBytes_FromStringAndSize((const char *)out, (Py_ssize_t)len);
-    PyMem_Free(out);
-    PyBuffer_Release(&b);
-    return res;
+    return sasl_decode_arg(args, mx_sasl_decode_challenge, MX_SASL_BLOB_MAX);
 }
 
 /* _verdict(after, code) -> str: what verdict.c says a reply means */
