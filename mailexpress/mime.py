@@ -41,7 +41,7 @@ from typing import Union
 
 from .errors import InputError
 
-__all__ = ["Attachment", "build", "check_header", "encode_header", "text_part", "unstructured",
+__all__ = ["Attachment", "build", "check_address", "check_header", "encode_header", "text_part", "unstructured",
            "envelope_address", "message_id_base",
            "make_message_id", "date_header", "split_address", "address_header",
            "attachment_part", "body_bytes", "multipart"]
@@ -206,6 +206,14 @@ def _address(field: str, value: str, utf8: bool) -> list[bytes]:
         quoted = display.replace("\\", "\\\\").replace('"', '\\"')
         return [b'"' + quoted.encode("utf-8") + b'"', spec]
     return _encoded_words(display) + [spec]
+
+
+def check_address(field: str, value: str) -> None:
+    """InputError naming ``field`` when ``value`` is not one address that
+    an address header would take (``"Name <a@b>"`` or ``"a@b"``): for a
+    recipient that is in no header (Bcc)."""
+    check_header(field, value)
+    _address(field, value, True)
 
 
 def address_header(name: bytes, field: str, values: Sequence[str], utf8: bool) -> bytes:

@@ -25,7 +25,31 @@ from .errors import InputError
 __all__ = ["Template"]
 
 CRLF = b"\r\n"
+#: what may stand around an address in a list, or alone between two commas: an
+#: empty element of the list (RFC 5322 obs-addr-list; getaddresses gives ('', '')),
+#: which is no address.  Any other character (CR, LF, another line break or
+#: white space) belongs to an address and must make one.
+_WSP = " \t"
 _Part = tuple[str, Union[str, None], Union[str, None], Union[str, None]]
+
+
+def _split_outside_quotes(text: str) -> list[str]:
+    """``text`` split at each comma that is not inside a quoted string
+    (``"Doe, John" <j@x>, k@y``: two pieces)."""
+    out: list[str] = []
+    start, quoted, escaped = 0, False, False
+    for i, ch in enumerate(text):
+        if escaped:
+            escaped = False
+        elif quoted and ch == "\\":
+            escaped = True
+        elif ch == '"':
+            quoted = not quoted
+        elif ch == "," and not quoted:
+            out.append(text[start:i])
+            start = i + 1
+    out.append(text[start:])
+    return out
 
 
 class _Field:
@@ -289,16 +313,32 @@ class Template:
         return f"<mailexpress.Template fields={sorted(self.fields)}>"
 
     def _addresses(self, f: _Field | None, row: Mapping[str, Any]) -> list[str]:
+        """The addresses ``f`` renders to for ``row``: a list value of a lone
+        placeholder, or the text split at its commas (outside double quotes),
+        each stripped of spaces and tabs; an element that is empty or only
+        spaces and tabs is no address ("{a}, {b}" with b empty: one).  Every
+        other element must be an address: InputError naming the field and the
+        row's fields it came from otherwise (a CR or LF alone included)."""
         if f is None:
             return []
         if f.single is not None:
             value = row.get(f.single)
             if isinstance(value, (list, tuple)):
-                return [str(v) for v in value]
+                return self._checked(f, [str(v) for v in value])
         text = f.render(row)
-        if "," in text and '"' not in text:
-            return [a.strip() for a in text.split(",") if a.strip()]
-        return [text] if text.strip() else []
+        if "," not in text:
+            one = text.strip(_WSP)
+            return self._checked(f, [one]) if one else []
+        pieces = text.split(",") if '"' not in text else _split_outside_quotes(text)
+        return self._checked(f, [a for a in (p.strip(_WSP) for p in pieces) if a])
+
+    @staticmethod
+    def _checked(f: _Field, addresses: list[str]) -> list[str]:
+        where = f.where + (f" (from the row's {', '.join(map(repr, sorted(f.names)))})"
+                           if f.names else "")
+        for a in addresses:
+            mime.check_address(where, a)
+        return addresses
 
     def render(self, row: Mapping[str, Any]) -> dict[str, Any]:
         """One message as `send_as` keyword arguments (``to``, ``subject``,
