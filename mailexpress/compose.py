@@ -175,7 +175,7 @@ _consts: dict[tuple[str, str | None], tuple[bytes, bytes, bytes, str, bytes] | N
 def _render_consts(sender: str | None,
                    reply_to: str | None) -> tuple[bytes, bytes, bytes, str, bytes] | None:
     """The From and Reply-To lines, envelope sender and Message-ID's end of
-    a mapping that names no sender of its own, for `_core.render_item`; None
+    a mapping that names no sender of its own, for `_core.render_items`; None
     when they are not ASCII (encoded words or SMTPUTF8: mime.build)."""
     if not sender:
         return None

@@ -8,8 +8,8 @@ quoted-printable and base64, ``str.encode``, ``bytes.replace``/``join``);
 what is left in Python is a few calls per header.  `email.message.EmailMessage`
 is not used here: a message given as one is built by `message.build_message`
 and honoured exactly.  The ordinary send_many mapping and Template row are
-written by its C twin (csrc/proto/render.c, through `_core.render_item` /
-`render_row`) into the same bytes; whatever that declines is built here.
+written by its C twin (csrc/proto/render.c, through `_core.render_items` /
+`render_rows`) into the same bytes; whatever that declines is built here.
 
 Choices, and why they mean the same as what `EmailMessage` writes:
 

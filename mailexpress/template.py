@@ -207,9 +207,9 @@ class _Compiled:
                                           t._html.text if t._html else None, None, eight_bit)
             if self.attachments_b:
                 self.mime_b = self._mixed(self.mime_b)
-        #: what `_core.render_row` renders a row from, or None (see _spec)
+        #: what `_core.render_rows` renders a row from, or None (see _spec)
         self.spec = self._spec(t)
-        #: per (default sender, default reply-to): render_row's consts or None
+        #: per (default sender, default reply-to): render_rows's consts or None
         self.consts: dict[tuple[str | None, str | None],
                           tuple[bytes, bytes, bytes, str, bytes] | None] = {}
 
@@ -366,7 +366,7 @@ class Template:
 
     def _consts(self, c: _Compiled, sender: str | None,
                 reply_to: str | None) -> tuple[bytes, bytes, bytes, str, bytes] | None:
-        """render_row's consts (From and Reply-To lines, fixed headers,
+        """render_rows's consts (From and Reply-To lines, fixed headers,
         envelope sender, the Message-ID's end) for these defaults, or None
         when the C renderer is not for them (a sender that is not ASCII)."""
         key = (sender, reply_to)

@@ -449,8 +449,10 @@ MID_DATE = re.compile(rb"(?m)^(Date|Message-ID): [^\r]*\r\n")
 def _c_item(item, sender="Corp <news@corp.example>", reply_to=None, eight_bit=True):
     consts = compose._render_consts(sender, reply_to)
     assert consts is not None
-    return _core.render_item(consts, item, mime.date_header(), mime._counter, mime._id_prefix,
+    got = _core.render_items(consts, [item], mime.date_header(), mime._counter, mime._id_prefix,
                              eight_bit, compose.Prepared)
+    assert isinstance(got, list) and len(got) == 1
+    return got[0]
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -609,8 +611,9 @@ def test_c_rendered_template_line_ends_are_the_builders(body, x, html):
     want = t._build(row, sender="a@corp.example", reply_to=None, eight_bit=True, utf8=False)
     assert MID_DATE.sub(b"", got.data) == MID_DATE.sub(b"", want.data)
     c = t._compiled[(True, False)]
-    rendered = _core.render_row(c.spec, t._consts(c, "a@corp.example", None), row, mime.date_header(),
-                                mime._counter, mime._id_prefix, True, compose.Prepared)
+    [rendered] = _core.render_rows(c.spec, t._consts(c, "a@corp.example", None), [row],
+                                   mime.date_header(), mime._counter, mime._id_prefix, True,
+                                   compose.Prepared)
     assert (rendered is None) == ("\0" in x or len(x) > 998)      # C takes all but these
 
 
@@ -622,8 +625,9 @@ def test_c_renders_text_and_html_as_the_builders_multipart_alternative(body, htm
     t = mx.Template(to="{name} <{email}>", subject="Invoice {number}", body=body, html=html)
     row = {"name": "Tom & Jerry's", "email": "tj@x.example", "number": 1002}
     c = t._compiled_for(True, False)
-    rendered = _core.render_row(c.spec, t._consts(c, "b@corp.example", None), row, mime.date_header(),
-                                mime._counter, mime._id_prefix, True, compose.Prepared)
+    [rendered] = _core.render_rows(c.spec, t._consts(c, "b@corp.example", None), [row],
+                                   mime.date_header(), mime._counter, mime._id_prefix, True,
+                                   compose.Prepared)
     assert rendered is not None
     want = t._build(row, sender="b@corp.example", reply_to=None, eight_bit=True, utf8=False)
     assert _wire_normal(rendered.data) == _wire_normal(want.data)
