@@ -414,7 +414,10 @@ class _Hold:
         os.close(fd)
 
     def __del__(self) -> None:     # a Journal dropped without close()
-        self.release()
+        try:
+            self.release()
+        except Exception:       # noqa: BLE001 - at interpreter exit os may be gone
+            pass
 
 
 class Journal:
