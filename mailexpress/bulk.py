@@ -136,17 +136,33 @@ def send_many(config: Config, messages: Iterable[Mapping[str, Any] | EmailMessag
     default_sender = sender or config.from_address
     default_reply_to = reply_to if reply_to is not None else config.reply_to_address
     own_journal = journal is not None and not isinstance(journal, Journal)
+    # a journal another run has open (or a Journal given to a send_many that has not
+    # returned) raises ConcurrentUseError here, before anything is read or sent
     jr = Journal(str(journal)) if own_journal else journal
     assert jr is None or isinstance(jr, Journal)
-    run = _Run(config, source, template, default_sender, default_reply_to,
-               stop_on_error, progress, batch_size, reconnects, chosen,
-               Backoff(base=min(2.0, max_wait), cap=max_wait, tries=retries), jr, resend_unknown,
-               connections)
+    done: Callable[[], None] = lambda: None
+    if jr is not None:
+        done = jr.close if own_journal else jr.end_run
+        try:
+            jr.begin_run()
+        except BaseException:
+            if own_journal:
+                jr.close()
+            raise
+    try:
+        run = _Run(config, source, template, default_sender, default_reply_to,
+                   stop_on_error, progress, batch_size, reconnects, chosen,
+                   Backoff(base=min(2.0, max_wait), cap=max_wait, tries=retries), jr, resend_unknown,
+                   connections)
+    except BaseException:
+        done()
+        raise
     try:
         return run.go()
     finally:
-        if own_journal and jr is not None and not run.abandoned:
-            jr.close()
+        # the journal stays this run's while a batch it left in a wire thread is sent
+        # (an exception, Ctrl-C): closed, or handed back, when that thread is done
+        run.after_wire(done)
 
 
 def duplicate(key: str, index: int, first: int) -> DuplicateMessage:
@@ -190,8 +206,7 @@ class _Run:
         self.taking: list[Entry] = []
         self.journal_was_empty = False
         self.day_before = 0                    # recipients_per_day: earlier runs' in the window
-        if journal is not None:
-            journal.start_run()
+        if journal is not None:     # its run begun by send_many (Journal.begin_run)
             self.journal_was_empty = journal.empty()
         self.resend_unknown = resend_unknown
         self.reporter = Reporter(progress, self.total)
@@ -213,6 +228,7 @@ class _Run:
         self.concurrency: int | None = None    # the server's limit, as seen
         self.ended: tuple[type[Error], str] | None = None
         self.abandoned = False                 # a wire thread still runs after an exception
+        self.left_on_wire: list[Future[list[Kept]]] = []    # the batches it sends
 
     # -- input and building ---------------------------------------------------------
 
@@ -438,11 +454,33 @@ class _Run:
         finally:
             self.reporter.close()
             for lane in self.lanes:
-                self.abandoned |= not lane.close()
+                if not lane.close():
+                    self.abandoned = True
+                    assert lane.inflight is not None
+                    self.left_on_wire.append(lane.inflight[0])
             self.lanes = []
         result = self._result(started)
         self._summary(result)
         return result
+
+    def after_wire(self, then: Callable[[], None]) -> None:
+        """Calls ``then`` now, or, when the run was left with batches in wire
+        threads (`abandoned`), once the last of them is done (in its thread)."""
+        left = len(self.left_on_wire)
+        if not left:
+            then()
+            return
+        lock = threading.Lock()
+
+        def one_done(_fut: Future[list[Kept]]) -> None:
+            nonlocal left
+            with lock:
+                left -= 1
+                last = left == 0
+            if last:
+                then()
+        for fut in self.left_on_wire:
+            fut.add_done_callback(one_done)
 
     def _room(self) -> int | None:
         """Messages the next batch may hold on a fresh connection."""

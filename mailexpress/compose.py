@@ -131,6 +131,8 @@ def prepare(*, sender: str, to: str | Iterable[str] | None = None,
     (naming the field; nothing was sent) for anything that cannot be sent.
     """
     to_list, cc_list, bcc_list = recipients(to), recipients(cc), recipients(bcc)
+    for a in bcc_list:      # in no header: checked here as the To and Cc headers check theirs
+        mime.check_address("bcc", a)
     # "Name <addr>" in to/cc/bcc: the header keeps the name, the envelope the address
     rcpts = [mime.split_address(a, field)[1] if "<" in a else a
              for field, given in (("to", to_list), ("cc", cc_list), ("bcc", bcc_list)) for a in given]
@@ -173,7 +175,7 @@ _consts: dict[tuple[str, str | None], tuple[bytes, bytes, bytes, str, bytes] | N
 def _render_consts(sender: str | None,
                    reply_to: str | None) -> tuple[bytes, bytes, bytes, str, bytes] | None:
     """The From and Reply-To lines, envelope sender and Message-ID's end of
-    a mapping that names no sender of its own, for `_core.render_item`; None
+    a mapping that names no sender of its own, for `_core.render_items`; None
     when they are not ASCII (encoded words or SMTPUTF8: mime.build)."""
     if not sender:
         return None

@@ -247,4 +247,13 @@ class StateError(Error):
 
 
 class ConcurrentUseError(Error, RuntimeError):
-    """A Session was used from two threads at once; use one Session per thread."""
+    """A Session was used from two threads at once (use one Session per
+    thread), or a journal by two bulk runs at once (wait for the other run,
+    or give another journal file); nothing was sent.
+
+    For a journal, ``journal`` is its path and ``pid`` the process that has
+    it open (this one's for another Journal of this process), when known.
+    """
+
+    journal: str | None = None
+    pid: int | None = None

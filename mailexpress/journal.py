@@ -40,6 +40,14 @@ that the last batches went on the wire may be lost, and a rerun could send
 those messages again.  ``Journal(path, sync="full")`` syncs every commit and
 closes that gap, at a cost per batch.
 
+One run at a time: an open `Journal` holds an ``flock`` on a lock file
+beside the database (``run.sqlite.lock``), so a second `Journal` of the
+same file, in another process or in this one, is refused at once with a
+`ConcurrentUseError` before it reads or writes anything; the kernel drops
+the lock when the holder dies (SIGKILL included), so a rerun after a crash
+needs no clean-up.  A `Journal` object given to two `send_many` calls at
+once is refused the same way (`begin_run`).
+
 The wire thread's part is one statement per batch (`mark_wire`); the
 outcomes are written by the journal's thread a few batches at a time while
 the next batch is in the engine, and that thread also runs the WAL's
@@ -49,11 +57,13 @@ for the journal.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import functools
 import hashlib
 import itertools
 import json
 import operator
+import os
 import sqlite3
 import threading
 import time
@@ -64,7 +74,7 @@ from email.message import EmailMessage
 from typing import TYPE_CHECKING, Any
 
 from . import errors
-from .errors import ConfigError, Error
+from .errors import ConcurrentUseError, ConfigError, Error
 from .reply import Reply, Stage
 from .results import only_records
 
@@ -314,6 +324,102 @@ def _recipients(kept: Any) -> int:
     return len(kept.accepted) + len(kept.refused)
 
 
+#: the lock file of a journal is the journal's path with this added
+LOCK_SUFFIX = ".lock"
+
+
+def _busy(path: str, pid: int | None, why: str,
+          fix: str = "wait for that run to finish, or give this run another journal file") -> ConcurrentUseError:
+    """The refusal of a second user of a journal (nothing was read, written or sent)."""
+    return ConcurrentUseError(f"journal {path} is in use by {why}: one run at a time may use a "
+                              f"journal (two could send the same messages); {fix}",
+                              journal=path, pid=pid)
+
+
+class _Hold:
+    """One open `Journal`'s exclusive use of its file: an ``flock`` on the lock
+    file beside it (``<journal>.lock``), held until `release`.
+
+    Not a lock on the database file itself: SQLite locks that file with POSIX
+    (fcntl) locks, which belong to the process, not to a descriptor.  A second
+    fcntl lock taken by the same process is always granted (the journal opened
+    twice in one process would not be refused), and closing any descriptor of
+    the file drops every POSIX lock the process holds on it, SQLite's own
+    included.  An flock belongs to one open file description: two opens of
+    the lock file conflict within one process as between two, and the kernel
+    drops it when the holder's process dies (SIGKILL included), so a run
+    killed with the journal open leaves nothing to clean up.  (The descriptor
+    is close-on-exec; a child made by a bare ``fork`` shares the lock.)
+
+    The file is removed on release, while still locked: a process that opened
+    it before and gets the lock after finds it no longer at that path and
+    opens the new one (the check after locking)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = os.path.realpath(path) + LOCK_SUFFIX
+        self.fd: int | None = None
+        for _ in range(8):      # each retry: a holder removed the file between our open and flock
+            try:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            except OSError as exc:
+                raise ConfigError(f"journal {path} cannot be used: its lock file {self.path} "
+                                  f"cannot be opened ({exc.strerror or exc}); give a journal path "
+                                  "in a directory this process may write", key="journal",
+                                  value=path) from None
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                pid = self._holder(fd)
+                os.close(fd)
+                if pid == os.getpid():
+                    raise _busy(path, pid, "another Journal open in this process",
+                                "close that one first (or give it as journal=), or give this run "
+                                "another journal file") from None
+                raise _busy(path, pid, f"another run (process {pid})" if pid else "another run") from None
+            except BaseException:
+                os.close(fd)
+                raise
+            if self._still_there(fd):
+                break
+            os.close(fd)
+        else:
+            raise _busy(path, None, "other runs opening it at this moment")
+        self.fd = fd
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)    # for the refused one's message
+
+    def _still_there(self, fd: int) -> bool:
+        try:
+            now = os.stat(self.path)
+        except FileNotFoundError:
+            return False
+        mine = os.fstat(fd)
+        return (now.st_dev, now.st_ino) == (mine.st_dev, mine.st_ino)
+
+    @staticmethod
+    def _holder(fd: int) -> int | None:
+        try:
+            return int(os.pread(fd, 32, 0).decode("ascii").strip() or "x")
+        except (OSError, ValueError):
+            return None
+
+    def release(self) -> None:
+        fd, self.fd = self.fd, None
+        if fd is None:
+            return
+        try:
+            os.unlink(self.path)
+        except OSError:
+            pass        # removed by hand: the lock is the descriptor's, not the name's
+        os.close(fd)
+
+    def __del__(self) -> None:     # a Journal dropped without close()
+        try:
+            self.release()
+        except Exception:       # noqa: BLE001 - at interpreter exit os may be gone
+            pass
+
+
 class Journal:
     """The SQLite journal of bulk runs (``path`` is created when missing).
 
@@ -323,6 +429,11 @@ class Journal:
 
     Thread-safe: one connection guarded by a lock (a run's sessions record
     through one journal).
+
+    One at a time: while a Journal is open (until `close`) its file is its
+    own, and opening the same file again, in this process or another,
+    raises `ConcurrentUseError` (the lock file ``<path>.lock``, removed by
+    `close`, vanishes with the process if it is killed).
     """
 
     def __init__(self, path: str, *, sync: str = "normal") -> None:
@@ -331,25 +442,19 @@ class Journal:
             raise ConfigError(f"journal sync must be 'normal' or 'full', not {sync!r}",
                               key="journal.sync", value=sync)
         self.run = 0                                # the run recording now (start_run)
+        self._in_run = False                        # a bulk run has it (begin_run .. end_run)
         self._open: dict[int, tuple[list[str], list[int]]] = {}   # batches of ours on the wire
         # the JSON of the replies written, by identity (a run's equal replies are one object)
         self._reply_texts: dict[int, tuple[Reply, str]] = {}
+        # this Journal has the file to itself until close(): a second one is refused
+        # here, before it reads the file or turns a live run's batches into wire rows
+        self._hold = _Hold(self.path) if self.path not in ("", ":memory:") else None
         try:
-            self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute(f"PRAGMA synchronous={sync.upper()}")
-            # checkpoints are the writer's (`_checkpoint`), never a mark_wire's commit
-            self._db.execute("PRAGMA wal_autocheckpoint=0")
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                self._setup()
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
-        except sqlite3.DatabaseError as exc:
-            raise ConfigError(f"journal {self.path} cannot be used: {exc}; give a new file or a "
-                              "journal written by mailexpress", key="journal", value=self.path) from None
+            self._db = self._connect(sync)
+        except BaseException:
+            if self._hold is not None:
+                self._hold.release()
+            raise
         self._lock = threading.Lock()
         # outcomes to record off the wire thread's path (`finish_later`), in order
         self._later: deque[tuple[int | None, list[tuple[str, Any, int]], int] | None] = deque()
@@ -365,8 +470,32 @@ class Journal:
         self._ckpt: sqlite3.Connection | None = None
         self._ckpt_lock = threading.Lock()
 
-    def _setup(self) -> None:
-        db = self._db
+    def _connect(self, sync: str) -> sqlite3.Connection:
+        """The journal's connection, its schema set up (or upgraded) and the
+        batches a killed run left on the wire turned into ``wire`` rows."""
+        db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute(f"PRAGMA synchronous={sync.upper()}")
+            # checkpoints are the writer's (`_checkpoint`), never a mark_wire's commit
+            db.execute("PRAGMA wal_autocheckpoint=0")
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                self._setup(db)
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
+        except sqlite3.DatabaseError as exc:
+            db.close()
+            raise ConfigError(f"journal {self.path} cannot be used: {exc}; give a new file or a "
+                              "journal written by mailexpress", key="journal", value=self.path) from None
+        except BaseException:
+            db.close()
+            raise
+        return db
+
+    def _setup(self, db: sqlite3.Connection) -> None:
         db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
         row = db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
         if row is None:
@@ -430,8 +559,12 @@ class Journal:
             with self._ckpt_lock:
                 if self._ckpt is not None:
                     self._ckpt.close()
-            with self._lock:
-                self._db.close()
+            try:
+                with self._lock:
+                    self._db.close()
+            finally:
+                if self._hold is not None:
+                    self._hold.release()
 
     def __enter__(self) -> Journal:
         return self
@@ -461,6 +594,26 @@ class Journal:
             self._db.execute("INSERT INTO meta VALUES ('runs', ?) ON CONFLICT(key) DO UPDATE "
                              "SET value=excluded.value", (str(self.run),))
         return self.run
+
+    def begin_run(self) -> int:
+        """`start_run` for a bulk run that has this Journal to itself until
+        `end_run`: a second `begin_run` before then (the same Journal given
+        to two ``send_many`` calls at once) raises `ConcurrentUseError`."""
+        with self._lock:
+            if self._in_run:
+                raise _busy(self.path, os.getpid(), "another run in this process "
+                            "(this Journal object was given to a send_many that has not returned)")
+            self._in_run = True
+        try:
+            return self.start_run()
+        except BaseException:
+            self.end_run()
+            raise
+
+    def end_run(self) -> None:
+        """Ends what `begin_run` began: the Journal may record another run."""
+        with self._lock:
+            self._in_run = False
 
     def _on_wire(self) -> dict[str, int]:
         """Keys of our batches on the wire, with their recipients."""

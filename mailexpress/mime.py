@@ -8,15 +8,17 @@ quoted-printable and base64, ``str.encode``, ``bytes.replace``/``join``);
 what is left in Python is a few calls per header.  `email.message.EmailMessage`
 is not used here: a message given as one is built by `message.build_message`
 and honoured exactly.  The ordinary send_many mapping and Template row are
-written by its C twin (csrc/proto/render.c, through `_core.render_item` /
-`render_row`) into the same bytes; whatever that declines is built here.
+written by its C twin (csrc/proto/render.c, through `_core.render_items` /
+`render_rows`) into the same bytes; whatever that declines is built here.
 
 Choices, and why they mean the same as what `EmailMessage` writes:
 
 - a non-ASCII header (or one that would otherwise need a line over 998 octets,
-  or holds text that looks like an encoded word) is written as RFC 2047 ``B``
+  holds a control character, or text that looks like an encoded word) is written as RFC 2047 ``B``
   encoded words of UTF-8, 75 characters at most each, one per folded line; with
   SMTPUTF8 (``utf8=True``) UTF-8 goes as it is (RFC 6532);
+- CR, LF, NUL and the other line breaks of ``str.splitlines`` (VT, FF, FS, GS,
+  RS, NEL, LS, PS) are refused in any header (`EmailMessage` refuses them too);
 - a text part is 7bit when ASCII with lines up to 998 octets, 8bit when the
   server offers 8BITMIME and the lines fit, otherwise quoted-printable or
   base64, whichever is shorter (the same rule as the standard library's);
@@ -39,7 +41,7 @@ from typing import Union
 
 from .errors import InputError
 
-__all__ = ["Attachment", "build", "check_header", "encode_header", "text_part", "unstructured",
+__all__ = ["Attachment", "build", "check_address", "check_header", "encode_header", "text_part", "unstructured",
            "envelope_address", "message_id_base",
            "make_message_id", "date_header", "split_address", "address_header",
            "attachment_part", "body_bytes", "multipart"]
@@ -52,13 +54,22 @@ _ADDRESS_HEADERS = frozenset({"from", "to", "cc", "reply-to", "sender", "bcc",
                               "resent-from", "resent-to", "resent-cc", "resent-sender"})
 #: set by the builder from the body and attachments
 _MIME_HEADERS = frozenset({"mime-version", "content-type", "content-transfer-encoding"})
-_BAD = re.compile(r"[\r\n\0]")
+#: refused in a header value: CR, LF, NUL, and the other characters that
+#: ``str.splitlines`` ends a line at (VT, FF, FS, GS, RS, NEL, LS, PS), which
+#: `EmailMessage` refuses as it refuses CR and LF (policy.default)
+_BAD = re.compile("[\r\n\0\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029]")
+#: the other control characters (C0 but TAB, DEL, C1): RFC 5322 has them in a
+#: header only as obsolete syntax (obs-utext), which `EmailMessage` writes as
+#: it is for ASCII text; here they go as RFC 2047 encoded words, which decode
+#: to the same text (and as it does for non-ASCII text, SMTPUTF8 or not)
+_CTL = re.compile("[\x01-\x08\x0e-\x1b\x1f\x7f-\x84\x86-\x9f]")
+_BREAK_NAMES = {"\r": "CR", "\n": "LF", "\0": "NUL"}
 _BAD_NAME = re.compile(r"[^!-9;-~]")          # printable ASCII except ':'
 _ATOM_PHRASE = re.compile(r"[A-Za-z0-9!#$%&'*+\-/=?^_`{|}~ ]*")
 _NAME_ADDR = re.compile(r"\s*(.*?)\s*<([^<>]*)>\s*", re.S)
 #: a plain ASCII addr-spec (nothing to quote, encode or refuse)
 _PLAIN_ADDR = re.compile(r"[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9.-]+")
-_ADDR_BAD = re.compile(r'[ "<>(),;\\]')
+_ADDR_BAD = re.compile('[ "<>(),;\\\\\x00-\x1f\x7f-\x9f]')
 _EW_LIKE = re.compile(r"=\?.*\?=", re.S)
 #: ``Display Name <addr>`` that is written as it is: an atom phrase (no "=" or
 #: "?", so nothing like an encoded word) with single spaces, a plain address
@@ -67,17 +78,26 @@ _SIMPLE_NAME_ADDR = re.compile(r"[A-Za-z0-9!#$%&'*+\-/^_`{|}~]+(?: [A-Za-z0-9!#$
 _HIGH = bytes(range(128, 256))
 
 
+def _injection(what: str, found: str) -> InputError:
+    if found in _BREAK_NAMES:
+        return InputError(f"{what}: contains CR, LF or NUL (header injection); nothing was sent")
+    return InputError(f"{what}: contains {found!r}, a line break to email parsers as CR and LF "
+                      "are (header injection); nothing was sent")
+
+
 def check_header(field: str, value: str) -> None:
-    """InputError naming ``field`` when ``value`` holds CR, LF or NUL."""
-    if _BAD.search(value):
-        raise InputError(f"{field}: contains CR, LF or NUL (header injection); nothing was sent")
+    """InputError naming ``field`` when ``value`` holds CR, LF, NUL or
+    another line break of ``str.splitlines`` (`_BAD`)."""
+    m = _BAD.search(value)
+    if m is not None:
+        raise _injection(field, m.group())
 
 
 def _check_name(name: str) -> None:
     if not name or _BAD_NAME.search(name):
-        if _BAD.search(name):
-            raise InputError(f"header name {name!r}: contains CR, LF or NUL (header injection); "
-                             "nothing was sent")
+        m = _BAD.search(name)
+        if m is not None:
+            raise _injection(f"header name {name!r}", m.group())
         raise InputError(f"header name {name!r} is not a valid field name (printable ASCII, "
                          "no ':' or space); nothing was sent")
 
@@ -126,11 +146,11 @@ def unstructured(name: bytes, value: str, utf8: bool) -> bytes:
     """An unstructured header (Subject, ...) folded; the value is not
     checked for CR/LF/NUL here (`check_header`)."""
     if len(name) + 2 + len(value) <= 78 and value.isascii() and "=?" not in value \
-            and value[:1] not in (" ", "\t"):
+            and value[:1] not in (" ", "\t") and not _CTL.search(value):
         return name + b": " + value.encode("ascii") + CRLF
     words = value.split(" ")
     simple = (value.isascii() or utf8) and not _EW_LIKE.search(value) \
-        and value[:1] not in (" ", "\t") and max(map(len, words)) <= 900
+        and value[:1] not in (" ", "\t") and max(map(len, words)) <= 900 and not _CTL.search(value)
     if simple:
         return _fold(name, [w.encode("utf-8") for w in words])
     return _fold(name, _encoded_words(value))
@@ -178,13 +198,22 @@ def _address(field: str, value: str, utf8: bool) -> list[bytes]:
     spec = b"<" + addr.encode("utf-8") + b">"
     if not display:
         return [addr.encode("utf-8")]
-    if (display.isascii() or utf8) and len(display) <= 60 and not _EW_LIKE.search(display):
+    if (display.isascii() or utf8) and len(display) <= 60 and not _EW_LIKE.search(display) \
+            and not _CTL.search(display):
         if display.isascii() and _ATOM_PHRASE.fullmatch(display) and display.strip() == display \
                 and "  " not in display:
             return [display.encode("ascii"), spec]
         quoted = display.replace("\\", "\\\\").replace('"', '\\"')
         return [b'"' + quoted.encode("utf-8") + b'"', spec]
     return _encoded_words(display) + [spec]
+
+
+def check_address(field: str, value: str) -> None:
+    """InputError naming ``field`` when ``value`` is not one address that
+    an address header would take (``"Name <a@b>"`` or ``"a@b"``): for a
+    recipient that is in no header (Bcc)."""
+    check_header(field, value)
+    _address(field, value, True)
 
 
 def address_header(name: bytes, field: str, values: Sequence[str], utf8: bool) -> bytes:
@@ -335,7 +364,7 @@ def _base64_lines(data: bytes) -> bytes:
 
 def _param(name: str, value: str) -> bytes:
     """``; name="value"``, or RFC 2231 ``name*=utf-8''...`` when not ASCII."""
-    if value.isascii() and not _BAD.search(value):
+    if value.isascii() and not _BAD.search(value) and not _CTL.search(value):
         quoted = value.replace("\\", "\\\\").replace('"', '\\"')
         return f'; {name}="{quoted}"'.encode("ascii")
     check_header(f"attachment {name}", value)

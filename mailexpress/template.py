@@ -25,7 +25,31 @@ from .errors import InputError
 __all__ = ["Template"]
 
 CRLF = b"\r\n"
+#: what may stand around an address in a list, or alone between two commas: an
+#: empty element of the list (RFC 5322 obs-addr-list; getaddresses gives ('', '')),
+#: which is no address.  Any other character (CR, LF, another line break or
+#: white space) belongs to an address and must make one.
+_WSP = " \t"
 _Part = tuple[str, Union[str, None], Union[str, None], Union[str, None]]
+
+
+def _split_outside_quotes(text: str) -> list[str]:
+    """``text`` split at each comma that is not inside a quoted string
+    (``"Doe, John" <j@x>, k@y``: two pieces)."""
+    out: list[str] = []
+    start, quoted, escaped = 0, False, False
+    for i, ch in enumerate(text):
+        if escaped:
+            escaped = False
+        elif quoted and ch == "\\":
+            escaped = True
+        elif ch == '"':
+            quoted = not quoted
+        elif ch == "," and not quoted:
+            out.append(text[start:i])
+            start = i + 1
+    out.append(text[start:])
+    return out
 
 
 class _Field:
@@ -183,9 +207,9 @@ class _Compiled:
                                           t._html.text if t._html else None, None, eight_bit)
             if self.attachments_b:
                 self.mime_b = self._mixed(self.mime_b)
-        #: what `_core.render_row` renders a row from, or None (see _spec)
+        #: what `_core.render_rows` renders a row from, or None (see _spec)
         self.spec = self._spec(t)
-        #: per (default sender, default reply-to): render_row's consts or None
+        #: per (default sender, default reply-to): render_rows's consts or None
         self.consts: dict[tuple[str | None, str | None],
                           tuple[bytes, bytes, bytes, str, bytes] | None] = {}
 
@@ -289,16 +313,32 @@ class Template:
         return f"<mailexpress.Template fields={sorted(self.fields)}>"
 
     def _addresses(self, f: _Field | None, row: Mapping[str, Any]) -> list[str]:
+        """The addresses ``f`` renders to for ``row``: a list value of a lone
+        placeholder, or the text split at its commas (outside double quotes),
+        each stripped of spaces and tabs; an element that is empty or only
+        spaces and tabs is no address ("{a}, {b}" with b empty: one).  Every
+        other element must be an address: InputError naming the field and the
+        row's fields it came from otherwise (a CR or LF alone included)."""
         if f is None:
             return []
         if f.single is not None:
             value = row.get(f.single)
             if isinstance(value, (list, tuple)):
-                return [str(v) for v in value]
+                return self._checked(f, [str(v) for v in value])
         text = f.render(row)
-        if "," in text and '"' not in text:
-            return [a.strip() for a in text.split(",") if a.strip()]
-        return [text] if text.strip() else []
+        if "," not in text:
+            one = text.strip(_WSP)
+            return self._checked(f, [one]) if one else []
+        pieces = text.split(",") if '"' not in text else _split_outside_quotes(text)
+        return self._checked(f, [a for a in (p.strip(_WSP) for p in pieces) if a])
+
+    @staticmethod
+    def _checked(f: _Field, addresses: list[str]) -> list[str]:
+        where = f.where + (f" (from the row's {', '.join(map(repr, sorted(f.names)))})"
+                           if f.names else "")
+        for a in addresses:
+            mime.check_address(where, a)
+        return addresses
 
     def render(self, row: Mapping[str, Any]) -> dict[str, Any]:
         """One message as `send_as` keyword arguments (``to``, ``subject``,
@@ -326,7 +366,7 @@ class Template:
 
     def _consts(self, c: _Compiled, sender: str | None,
                 reply_to: str | None) -> tuple[bytes, bytes, bytes, str, bytes] | None:
-        """render_row's consts (From and Reply-To lines, fixed headers,
+        """render_rows's consts (From and Reply-To lines, fixed headers,
         envelope sender, the Message-ID's end) for these defaults, or None
         when the C renderer is not for them (a sender that is not ASCII)."""
         key = (sender, reply_to)

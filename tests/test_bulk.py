@@ -615,6 +615,21 @@ def test_template_fixed_parts_and_attachments(emulator_factory, tmp_path):
     assert em.messages[0].message["Message-ID"] != em.messages[1].message["Message-ID"]
 
 
+def test_a_template_row_whose_cc_is_a_lone_line_break_is_refused_not_sent_without_it(emulator_factory):
+    em = emulator_factory()
+    cfg = em.config(username=SVC.username, password=SVC.password, from_address=SVC.address)
+    t = mx.Template(to="{to}", cc="{cc}", subject="S {n}", body="b")
+    rows = [{"to": "a@partner.example", "cc": "c@partner.example, ", "n": 0},   # an empty element: none
+            {"to": "b@partner.example", "cc": "c@partner.example,\r\n", "n": 1},
+            {"to": "d@partner.example", "cc": "\n", "n": 2}]
+    result = mx.send_many(cfg, template=t, rows=rows)
+    assert isinstance(result[0], mx.SendResult) and result[0].accepted == ("a@partner.example", "c@partner.example")
+    for i in (1, 2):
+        assert isinstance(result[i], mx.InputError) and result[i].delivered is False
+        assert str(result[i]).startswith("cc (from the row's 'cc'): contains CR, LF or NUL")
+    assert [m.message["Subject"] for m in em.messages] == ["S 0"]      # neither sent, with or without it
+
+
 def test_template_and_messages_are_not_both_given(emulator_factory):
     em = emulator_factory()
     cfg = em.config(username=SVC.username, password=SVC.password, from_address=SVC.address)

@@ -431,3 +431,217 @@ def test_the_writer_checkpoints_the_wal_and_mark_wire_never_does(tmp_path: Path)
         # 20,000 rows: checkpointed into the file before close (not only by it)
         assert path.stat().st_size > empty + 1_000_000
         assert j.counts() == {"sent": 20_000}
+
+
+# -- one run at a time ---------------------------------------------------------------------
+
+# A child that runs send_many with the journal and holds it: after the first batch's
+# outcomes it says "holding" and waits (in its progress callback) until it is killed.
+_HOLDER = textwrap.dedent("""
+    import json, sys, time
+    import mailexpress as mx
+    kw, journal, rows = json.loads(sys.stdin.read())
+
+    def progress(p):
+        print("holding", flush=True)
+        time.sleep(600)
+
+    mx.send_many(mx.Config(**kw), rows, journal=journal, batch_size=2, progress=progress)
+""")
+
+# A child that runs the same call once: its outcome (or its refusal) as JSON.
+_SECOND = textwrap.dedent("""
+    import json, sys
+    import mailexpress as mx
+    kw, journal, rows = json.loads(sys.stdin.read())
+    try:
+        result = mx.send_many(mx.Config(**kw), rows, journal=journal, batch_size=2)
+    except mx.Error as exc:
+        print(json.dumps({"error": type(exc).__name__, "message": str(exc),
+                          "journal": getattr(exc, "journal", None), "pid": getattr(exc, "pid", None)}))
+    else:
+        print(json.dumps({"sent": len(result.sent)}))
+""")
+
+
+def _child_config(em: object) -> dict[str, object]:
+    from support import SVC
+    return {"host": em.host, "port": em.port, "security": em.security,      # type: ignore[attr-defined]
+            "ca_file": em.ca_file, "ehlo_name": "client.corp.example",      # type: ignore[attr-defined]
+            "username": SVC.username, "password": SVC.password, "from_address": SVC.address}
+
+
+def _invoices(n: int) -> list[dict[str, str]]:
+    return [{"id": f"inv-{i}", "to": "bob@partner.example", "subject": f"invoice {i}", "body": f"body {i}"}
+            for i in range(n)]
+
+
+def _read_line(proc: subprocess.Popen[bytes], timeout: float) -> str:
+    import select
+    assert proc.stdout is not None
+    ready, _w, _x = select.select([proc.stdout], [], [], timeout)
+    assert ready, "the child said nothing in time"
+    return proc.stdout.readline().decode()
+
+
+def test_a_second_process_is_refused_while_a_run_holds_the_journal_and_resumes_after_a_kill(
+        emulator_factory, tmp_path: Path) -> None:
+    em = emulator_factory()
+    path = str(tmp_path / "run.sqlite")
+    rows = _invoices(10)
+    stdin = json.dumps([_child_config(em), path, rows]).encode()
+    with subprocess.Popen([sys.executable, "-c", _HOLDER], stdin=subprocess.PIPE,
+                          stdout=subprocess.PIPE, cwd=os.getcwd()) as holder:
+        try:
+            assert holder.stdin is not None
+            holder.stdin.write(stdin)
+            holder.stdin.close()
+            assert _read_line(holder, 60).strip() == "holding"
+            assert os.path.exists(path + ".lock")
+            connections = em.connections
+            second = subprocess.run([sys.executable, "-c", _SECOND], input=stdin, capture_output=True,
+                                    cwd=os.getcwd(), timeout=60)
+            assert second.returncode == 0, second.stderr.decode()
+            out = json.loads(second.stdout)
+            # refused at once, naming the journal, the holder and the fix; it never connected
+            assert out["error"] == "ConcurrentUseError", out
+            assert out["journal"] == path and out["pid"] == holder.pid
+            assert path in out["message"] and f"process {holder.pid}" in out["message"]
+            assert "wait for that run" in out["message"] and "another journal file" in out["message"]
+            assert em.connections == connections
+        finally:
+            holder.kill()
+            holder.wait(30)
+    assert holder.returncode == -signal.SIGKILL
+    sent_before = [m.message["Subject"] for m in em.messages]
+    assert sent_before and len(set(sent_before)) == len(sent_before)
+    # the kill dropped the lock (its file stays, unlocked): the rerun needs no clean-up
+    assert os.path.exists(path + ".lock")
+    again = subprocess.run([sys.executable, "-c", _SECOND], input=stdin, capture_output=True,
+                           cwd=os.getcwd(), timeout=60)
+    assert again.returncode == 0, again.stderr.decode()
+    assert "error" not in json.loads(again.stdout), again.stdout
+    subjects = [m.message["Subject"] for m in em.messages]
+    assert len(set(subjects)) == len(subjects)                   # nothing sent twice
+    with Journal(path) as j:
+        counts = j.counts()
+        unknown = j.unknown()
+    # every message is sent, or was on the wire when the holder was killed (not resent)
+    assert counts.get("sent", 0) + len(unknown) == 10 and set(counts) <= {"sent", "wire"}, counts
+    assert sorted(subjects) == sorted(r["subject"] for r in rows if r["id"] not in unknown)
+    assert not os.path.exists(path + ".lock")                    # closed: removed
+
+
+def test_the_same_journal_twice_in_one_process_is_refused(emulator_factory, tmp_path: Path) -> None:
+    em = emulator_factory()
+    path = tmp_path / "run.sqlite"
+    other = tmp_path / "link.sqlite"
+    with Journal(str(path)) as j:
+        j.start_run()
+        j.mark_wire(["a"], [1])                 # on the wire: a second opener must not touch it
+        for spelling in (str(path), os.path.join(str(tmp_path), ".", "run.sqlite")):
+            with pytest.raises(mx.ConcurrentUseError) as info:
+                Journal(spelling)
+            err = info.value
+            assert err.journal == spelling and err.pid == os.getpid()
+            assert "another Journal open in this process" in str(err) and "close that one" in str(err)
+            assert err.delivered is False
+        other.symlink_to(path)
+        with pytest.raises(mx.ConcurrentUseError):
+            Journal(str(other))
+        with pytest.raises(mx.ConcurrentUseError, match="in use"):
+            mx.send_many(em.config(), _invoices(3), journal=str(path))
+        assert em.connections == 0 and em.messages == []
+        assert j.counts() == {"wire": 1}        # still this run's batch, not turned into a row
+    assert not os.path.exists(str(path) + ".lock")
+    result = mx.send_many(em.config(), _invoices(3), journal=str(path))     # closed: usable again
+    assert result.ok and len(em.messages) == 3
+
+
+def test_one_journal_object_given_to_two_runs_at_once_is_refused(emulator_factory, tmp_path: Path) -> None:
+    import threading
+
+    em = emulator_factory()
+    go_on = threading.Event()
+    first_batch = threading.Event()
+
+    def progress(_p: object) -> None:
+        first_batch.set()
+        assert go_on.wait(30)
+
+    with Journal(str(tmp_path / "run.sqlite")) as j:
+        outcome: list[object] = []
+        first = threading.Thread(target=lambda: outcome.append(
+            mx.send_many(em.config(), _invoices(6), journal=j, batch_size=2, progress=progress)))
+        first.start()
+        try:
+            assert first_batch.wait(30)
+            connections = em.connections
+            second = [dict(r, subject=f"second {i}") for i, r in enumerate(_invoices(6))]
+            with pytest.raises(mx.ConcurrentUseError) as info:
+                mx.send_many(em.config(), second, journal=j)
+            assert "send_many that has not returned" in str(info.value)
+            assert info.value.journal == j.path
+            assert em.connections == connections
+        finally:
+            go_on.set()
+            first.join(30)
+        assert len(outcome) == 1 and outcome[0].ok      # type: ignore[attr-defined]
+        assert not any(m.message["Subject"].startswith("second") for m in em.messages)
+        # the first run ended: the same Journal takes the next run
+        third = mx.send_many(em.config(), _invoices(8), journal=j)
+        assert third.ok and len(em.messages) == 8
+
+
+def test_a_journal_that_cannot_have_its_lock_file_is_a_config_error(tmp_path: Path) -> None:
+    not_a_dir = tmp_path / "notes.txt"
+    not_a_dir.write_text("a file, not a directory\n")
+    with pytest.raises(mx.ConfigError, match="lock file") as info:
+        Journal(str(not_a_dir / "run.sqlite"))
+    assert info.value.key == "journal" and "another journal" not in str(info.value)
+    assert "directory this process may write" in str(info.value)
+
+
+def test_a_run_stopped_with_a_batch_on_the_wire_keeps_the_journal_until_that_batch_is_done(
+        fake_server, tmp_path: Path) -> None:
+    """Ctrl-C while a batch is in the engine (the server holds its reply):
+    send_many returns at once and leaves that batch to its wire thread.  The
+    journal stays the run's until the batch is done (a rerun then could send
+    it again), and is closed, its outcome written, right after."""
+    import _thread
+    import threading
+
+    from fakeserver import greet
+
+    answer = threading.Event()
+
+    def script(conn) -> None:      # type: ignore[no-untyped-def]
+        greet(conn, [b"8BITMIME"])
+        conn.converse((b"MAIL", b"250 2.1.0 ok\r\n"), (b"RCPT", b"250 2.1.5 ok\r\n"),
+                      (b"DATA", b"354 go on\r\n"))
+        conn.read_data()
+        assert answer.wait(30)
+        conn.send(b"250 2.0.0 queued as 1\r\n")
+        if conn.readline().startswith(b"QUIT"):
+            conn.send(b"221 2.0.0 bye\r\n")
+
+    srv = fake_server(script)
+    cfg = mx.Config(host="127.0.0.1", port=srv.port, security="none", use_auth=False,
+                    ehlo_name="client.example", from_address="a@corp.example")
+    path = str(tmp_path / "run.sqlite")
+    timer = threading.Timer(0.5, _thread.interrupt_main)
+    timer.start()
+    with pytest.raises(KeyboardInterrupt):
+        mx.send_many(cfg, _invoices(1), journal=path)
+    timer.join()
+    try:
+        with pytest.raises(mx.ConcurrentUseError):      # the batch is still on the wire
+            Journal(path)
+    finally:
+        answer.set()
+    deadline = time.monotonic() + 10
+    while os.path.exists(path + ".lock"):
+        assert time.monotonic() < deadline, "the journal was never let go"
+        time.sleep(0.02)
+    with Journal(path) as j:
+        assert j.counts() == {"sent": 1}

@@ -33,8 +33,7 @@ def rendered(monkeypatch):
                 counts[name] += 1
             return got
         return call
-    for name, attr in (("item", "render_item"), ("item", "render_items"), ("row", "render_row"),
-                       ("row", "render_rows")):
+    for name, attr in (("item", "render_items"), ("row", "render_rows")):
         monkeypatch.setattr(_core, attr, spy(name, getattr(_core, attr)))
     return counts
 
@@ -104,21 +103,33 @@ def test_the_renderer_keeps_no_references_and_no_memory():
     items = [{"to": ["c@x.example", "Ann <a@x.example>"], "subject": "s", "body": body},
              {"to": "c@x.example", "subject": "\r", "body": body}]          # refused
     watched = [name, body, rows[0], items[0], consts, iconsts, c.spec]
+    gc.collect()        # earlier tests' garbage (tracebacks' frames) may hold some of them
     before = [sys.getrefcount(o) for o in watched]
     date, prepared = mime.date_header(), compose.Prepared
 
     def once() -> None:
         _core.render_rows(c.spec, consts, rows, date, mime._counter, mime._id_prefix, True, prepared)
         _core.render_items(iconsts, items, date, mime._counter, mime._id_prefix, False, prepared)
-        for bad in ((c.spec, consts, rows[0], date, mime._counter, "not bytes", True, prepared),
-                    ((1, 2, 3), consts, rows[0], date, mime._counter, mime._id_prefix, True, prepared),
-                    (c.spec, consts, rows[0], date, iter(()), mime._id_prefix, True, prepared)):
+        one, two = [rows[0]], [rows[0], rows[0]]
+        for bad in ((c.spec, consts, one, date, mime._counter, "not bytes", True, prepared),
+                    ((1, 2, 3), consts, one, date, mime._counter, mime._id_prefix, True, prepared),
+                    (c.spec, consts, rows[0], date, mime._counter, mime._id_prefix, True, prepared),
+                    (c.spec, consts, one, date, iter(()), mime._id_prefix, True, prepared),
+                    # the first row rendered, the second's Message-ID number missing: the
+                    # list made so far is freed with the error
+                    (c.spec, consts, two, date, iter([7]), mime._id_prefix, True, prepared)):
             try:
-                _core.render_row(*bad)
+                _core.render_rows(*bad)
             except (TypeError, RuntimeError):
                 pass
             else:
                 raise AssertionError(f"no error for {bad!r}")
+        try:
+            _core.render_items(iconsts, items[0], date, mime._counter, mime._id_prefix, False, prepared)
+        except TypeError:
+            pass
+        else:
+            raise AssertionError("render_items took a mapping for a list")
 
     for _ in range(200):
         once()

@@ -99,6 +99,23 @@ is_crlfnul(unsigned char c)
     return c == '\r' || c == '\n' || c == 0;
 }
 
+/* What mime._BAD refuses in an ASCII header value: CR, LF, NUL and the other
+ * line ends of str.splitlines (VT, FF, FS, GS, RS), which EmailMessage
+ * refuses too.  (NEL, LS and PS are not ASCII: declined, and refused there.) */
+static int
+is_line_break(unsigned char c)
+{
+    return is_crlfnul(c) || c == 0x0b || c == 0x0c || (c >= 0x1c && c <= 0x1e);
+}
+
+/* mime._CTL in ASCII: the other control characters but TAB (and DEL), which
+ * mime.py writes as encoded words */
+static int
+is_other_ctl(unsigned char c)
+{
+    return (c < 0x20 && c != '\t' && !is_line_break(c)) || c == 0x7f;
+}
+
 static void
 fold_begin(mx_fold *h, mx_out *o, const char *name, size_t nlen)
 {
@@ -137,10 +154,10 @@ mx_render_unstructured(mx_out *o, const char *name, size_t nlen, const unsigned 
     size_t i, start, word = 0;
 
     for (i = 0; i < vlen; i++)
-        if (is_crlfnul(v[i]))
+        if (is_line_break(v[i]))
             return MX_RENDER_REFUSED;
     for (i = 0; i < vlen; i++) {
-        if (v[i] >= 0x80)
+        if (v[i] >= 0x80 || is_other_ctl(v[i]))
             return MX_RENDER_DECLINED;          /* encoded words */
         if (v[i] == '=' && i + 1 < vlen && v[i + 1] == '?')
             return MX_RENDER_DECLINED;          /* looks like an encoded word */
@@ -212,7 +229,7 @@ mx_render_addr_parse(const unsigned char *v, size_t vlen, size_t *off, size_t *l
     size_t i, p;
 
     for (i = 0; i < vlen; i++)
-        if (is_crlfnul(v[i]))
+        if (is_line_break(v[i]))
             return MX_RENDER_REFUSED;
     lt = vlen ? memchr(v, '<', vlen) : NULL;
     if (lt == NULL) {

@@ -8,8 +8,10 @@
  * byte-identical to mime.py's for the same input (tests/test_mime.py checks
  * it); anything else (a value needing RFC 2047 encoded words, a body needing
  * quoted-printable or base64, a line over 998 octets) is MX_RENDER_DECLINED
- * and the caller builds it in Python.  CR, LF and NUL in a header value are
- * MX_RENDER_REFUSED: they never reach a header.
+ * and the caller builds it in Python.  CR, LF and NUL in a header value, and
+ * the other line ends of str.splitlines (VT, FF, FS, GS, RS), are
+ * MX_RENDER_REFUSED: they never reach a header.  Other control characters
+ * (but TAB) are declined: mime.py writes them as encoded words.
  *
  * The bytes are the message as given to the engine: CRLF line ends, not
  * dot-stuffed (proto/body.c stuffs on the wire). */
@@ -30,7 +32,7 @@
 typedef enum {
     MX_RENDER_OK = 0,
     MX_RENDER_NOSPACE = -1,    /* the output buffer is full: give a bigger one */
-    MX_RENDER_REFUSED = -2,    /* CR, LF or NUL in a header value */
+    MX_RENDER_REFUSED = -2,    /* CR, LF, NUL or another line break in a header value */
     MX_RENDER_DECLINED = -3,   /* needs what only the Python builder does */
 } mx_render_status;
 

@@ -173,19 +173,15 @@ static PyMethodDef mx_methods[] = {
      "results.Outcomes.compact: each pending {index: record} into the columns\n"
      "(sender, reply, elapsed, roff, rlen, mid, dom arrays), or kept whole in\n"
      "obj; returns the last (sender, ix, reply, ix, domain, ix) seen."},
-    {"render_item", (PyCFunction)(void (*)(void))mx_render_item, METH_FASTCALL,
-     "render_item(consts, item, date, counter, id_prefix, eight_bit, prepared)\n"
-     "-> Prepared | None\n\n"
-     "A send_many mapping's message rendered in C (csrc/proto/render.c), or\n"
-     "None when it needs the Python builder (compose.prepare_item)."},
     {"render_items", (PyCFunction)(void (*)(void))mx_render_items, METH_FASTCALL,
-     "render_items(consts, items, ...) -> list: render_item of each of a list."},
-    {"render_row", (PyCFunction)(void (*)(void))mx_render_row, METH_FASTCALL,
-     "render_row(spec, consts, row, date, counter, id_prefix, eight_bit, prepared)\n"
-     "-> Prepared | None\n\n"
-     "A Template row's message rendered in C, or None (template.py builds it)."},
+     "render_items(consts, items, date, counter, id_prefix, eight_bit, prepared)\n"
+     "-> list[Prepared | None]\n\n"
+     "Each send_many mapping's message rendered in C (csrc/proto/render.c), or\n"
+     "None when it needs the Python builder (compose.prepare_items)."},
     {"render_rows", (PyCFunction)(void (*)(void))mx_render_rows, METH_FASTCALL,
-     "render_rows(spec, consts, rows, ...) -> list: render_row of each of a list."},
+     "render_rows(spec, consts, rows, date, counter, id_prefix, eight_bit, prepared)\n"
+     "-> list[Prepared | None]\n\n"
+     "Each Template row's message rendered in C, or None (template.py builds it)."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -53,9 +53,7 @@ PyObject *mx_tls_context_new(PyObject *module, PyObject *args, PyObject *kw);
 PyObject *mx_pack_records(PyObject *module, PyObject *args);
 
 /* render.c: messages rendered in C (proto/render.c) */
-PyObject *mx_render_item(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
 PyObject *mx_render_items(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
-PyObject *mx_render_row(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
 PyObject *mx_render_rows(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
 
 #endif

@@ -401,13 +401,14 @@ one(ctx *c, PyObject *spec, PyObject *x)
     return spec ? mxr_template_one(c, spec, x) : mxr_item_one(c, x);
 }
 
-/* args: [spec,] consts, x, date, counter, id_prefix, eight_bit, prepared;
- * x one row/item, or a list of them when `many`. */
+/* args: [spec,] consts, xs, date, counter, id_prefix, eight_bit, prepared;
+ * xs a list of rows/items.  A new list of what one() gives for each, or
+ * NULL raised (the list made so far freed). */
 static PyObject *
-call(PyObject *const *args, Py_ssize_t nargs, int with_spec, int many, const char *name)
+call(PyObject *const *args, Py_ssize_t nargs, int with_spec, const char *name)
 {
     ctx c;
-    PyObject *spec = NULL, *x, *res = NULL;
+    PyObject *spec = NULL, *xs, *res = NULL;
     Py_ssize_t i, want = with_spec ? 8 : 7;
 
     if (nargs != want) {
@@ -422,25 +423,21 @@ call(PyObject *const *args, Py_ssize_t nargs, int with_spec, int many, const cha
         ctx_free(&c);
         return NULL;
     }
-    x = args[1];
-    if (!many) {
-        res = one(&c, spec, x);
-    } else {
-        if (!PyList_CheckExact(x)) {
-            PyErr_Format(PyExc_TypeError, "%s: a list, please", name);
+    xs = args[1];
+    if (!PyList_CheckExact(xs)) {
+        PyErr_Format(PyExc_TypeError, "%s: a list, please", name);
+        goto done;
+    }
+    res = PyList_New(PyList_GET_SIZE(xs));
+    if (!res)
+        goto done;
+    for (i = 0; i < PyList_GET_SIZE(xs); i++) {
+        PyObject *got = one(&c, spec, PyList_GET_ITEM(xs, i));
+        if (!got) {
+            Py_CLEAR(res);
             goto done;
         }
-        res = PyList_New(PyList_GET_SIZE(x));
-        if (!res)
-            goto done;
-        for (i = 0; i < PyList_GET_SIZE(x); i++) {
-            PyObject *got = one(&c, spec, PyList_GET_ITEM(x, i));
-            if (!got) {
-                Py_CLEAR(res);
-                goto done;
-            }
-            PyList_SET_ITEM(res, i, got);
-        }
+        PyList_SET_ITEM(res, i, got);
     }
 done:
     ctx_free(&c);
@@ -448,29 +445,15 @@ done:
 }
 
 PyObject *
-mx_render_item(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
-{
-    (void)module;
-    return call(args, nargs, 0, 0, "render_item");
-}
-
-PyObject *
 mx_render_items(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
     (void)module;
-    return call(args, nargs, 0, 1, "render_items");
-}
-
-PyObject *
-mx_render_row(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
-{
-    (void)module;
-    return call(args, nargs, 1, 0, "render_row");
+    return call(args, nargs, 0, "render_items");
 }
 
 PyObject *
 mx_render_rows(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
     (void)module;
-    return call(args, nargs, 1, 1, "render_rows");
+    return call(args, nargs, 1, "render_rows");
 }
