@@ -131,8 +131,13 @@ def prepare(*, sender: str, to: str | Iterable[str] | None = None,
     (naming the field; nothing was sent) for anything that cannot be sent.
     """
     to_list, cc_list, bcc_list = recipients(to), recipients(cc), recipients(bcc)
-    for a in bcc_list:      # in no header: checked here as the To and Cc headers check theirs
-        mime.check_address("bcc", a)
+    # bcc is in no header, and with message= bytes none of them is: checked
+    # here as the To and Cc headers check theirs (an empty one would go out
+    # as RCPT TO:<>)
+    for field, given in (("to", to_list), ("cc", cc_list), ("bcc", bcc_list)):
+        if field == "bcc" or isinstance(message, (bytes, bytearray, memoryview)):
+            for a in given:
+                mime.check_address(field, a)
     # "Name <addr>" in to/cc/bcc: the header keeps the name, the envelope the address
     rcpts = [mime.split_address(a, field)[1] if "<" in a else a
              for field, given in (("to", to_list), ("cc", cc_list), ("bcc", bcc_list)) for a in given]

@@ -402,6 +402,19 @@ def test_a_bcc_that_is_not_an_address_is_refused_for_a_mapping_too():
         compose.prepare(sender="s@corp.example", to="a@x.example", bcc=[""], subject="s", body="b")
 
 
+@pytest.mark.parametrize("field", ["to", "cc", "bcc"])
+@pytest.mark.parametrize("bad", ["", " ", "\x1e@x.example", "a b@x.example"])
+def test_recipients_of_a_bytes_message_are_addresses(field, bad):
+    """With message= bytes no header is built to check To and Cc: they are
+    checked as addresses all the same (an empty one went out as RCPT TO:<>)."""
+    kw = {"to": "a@x.example", field: ["b@x.example", bad]}
+    with pytest.raises(mx.InputError, match=f"{field}: "):
+        compose.prepare(sender="s@corp.example", message=b"Subject: s\r\n\r\nb\r\n", **kw)
+    ok = compose.prepare(sender="s@corp.example", message=b"Subject: s\r\n\r\nb\r\n",
+                         **{"to": "a@x.example", field: "Bob <b@x.example>"})
+    assert ok.recipients[-1] == "b@x.example"
+
+
 def test_template_fast_text_part_is_7bit_bytes_of_the_literal_and_values():
     t = mx.Template(to="{email}", subject="s", body="Dear {name},\nline two\n{n}")
     c_rows = [{"email": "a@b.example", "name": "Ann", "n": 3},
