@@ -23,6 +23,7 @@
 
 typedef struct {
     int fd;                      /* -1: none */
+    mx_reader rd;                /* how fd's plain reads wait (net.h) */
     SSL *ssl;                    /* NULL: plain */
     int64_t t0;                  /* when connect() began (mx_now_ms) */
     int record;                  /* keep a transcript */
