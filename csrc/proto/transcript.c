@@ -68,6 +68,10 @@ mx_transcript_add2(mx_transcript *t, uint32_t ms, mx_tr_dir dir,
     uint32_t l32;
     unsigned char d = (unsigned char)dir;
 
+    if (t->len + HDR > MX_TRANSCRIPT_MAX) {
+        t->dropped++;             /* full: no entry fits, whatever its length */
+        return 0;
+    }
     len = stripped(text, len);
     if (!fits(t, hlen, len)) {
         t->dropped++;
