@@ -210,28 +210,37 @@ record_reply(mx_conn *c)
 }
 
 int
+mx_conn_buffered_reply(mx_conn *c)
+{
+    size_t used = 0;
+    mx_reply_status st;
+
+    if (c->rstart >= c->rend)
+        return 0;
+    st = mx_reply_parse(c->parser, c->rbuf + c->rstart, c->rend - c->rstart, &used, c->reply);
+    c->rstart += used;
+    if (st == MX_REPLY_COMPLETE) {
+        c->replies_since_write++;
+        record_reply(c);
+        return 1;
+    }
+    if (st != MX_REPLY_INCOMPLETE) {
+        mx_error_set(&c->err, MX_E_PROTOCOL, 0, "malformed reply: %s", mx_reply_strerror(st));
+        return -1;
+    }
+    return 0;
+}
+
+int
 mx_conn_recv_reply(mx_conn *c, int64_t deadline)
 {
     for (;;) {
-        size_t used = 0;
         ssize_t n;
-        int ack_now;
+        int ack_now, rc = mx_conn_buffered_reply(c);
 
-        if (c->rstart < c->rend) {
-            mx_reply_status st = mx_reply_parse(c->parser, c->rbuf + c->rstart,
-                                                c->rend - c->rstart, &used, c->reply);
-            c->rstart += used;
-            if (st == MX_REPLY_COMPLETE) {
-                c->replies_since_write++;
-                record_reply(c);
-                return 0;
-            }
-            if (st != MX_REPLY_INCOMPLETE) {
-                mx_error_set(&c->err, MX_E_PROTOCOL, 0, "malformed reply: %s",
-                             mx_reply_strerror(st));
-                return -1;
-            }
-        }
+        if (rc)
+            return rc < 0 ? -1 : 0;
+        /* the parser holds whatever was left of the buffer */
         c->rstart = c->rend = 0;
         /* part of a pipelined group has come and the rest is awaited: see
          * MX_WAIT_ACK_NOW */
