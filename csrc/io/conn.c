@@ -37,6 +37,7 @@ mx_conn_init(mx_conn *c)
     void *m;
 
     c->fd = -1;
+    mx_reader_init(&c->rd);
     c->ssl = NULL;
     mx_transcript_init(&c->tr);
     c->rstart = c->rend = 0;
@@ -80,6 +81,7 @@ mx_conn_drop(mx_conn *c)
         close(c->fd);
         c->fd = -1;
     }
+    mx_reader_init(&c->rd);
     c->rstart = c->rend = 0;
 }
 
@@ -90,11 +92,24 @@ mx_conn_elapsed(const mx_conn *c)
     return d < 0 ? 0 : (uint32_t)d;
 }
 
+/* One entry of head + text.  The clock is read only for an entry that is
+ * kept: once the transcript is full, an entry costs a comparison and the
+ * count of those not kept. */
+static void
+record2(mx_conn *c, mx_tr_dir dir, const char *head, size_t hlen, const char *text, size_t len)
+{
+    uint32_t ms = 0;
+
+    if (mx_transcript_keeps(&c->tr, hlen, text, len))
+        ms = mx_conn_elapsed(c);
+    (void)mx_transcript_add2(&c->tr, ms, dir, head, hlen, text, len);
+}
+
 void
 mx_conn_record(mx_conn *c, mx_tr_dir dir, const char *text, size_t len)
 {
     if (c->record)
-        (void)mx_transcript_add(&c->tr, mx_conn_elapsed(c), dir, text, len);
+        record2(c, dir, NULL, 0, text, len);
 }
 
 void
@@ -173,46 +188,59 @@ mx_conn_send(mx_conn *c, const char *buf, size_t len, const char *shown, int64_t
     return mx_conn_write(c, buf, len, deadline, NULL);
 }
 
+/* Each line of the reply as "250-text" / "250 text" (the parser took
+ * three digits, so the code is 100..999: written by hand, no printf). */
 static void
 record_reply(mx_conn *c)
 {
+    const mx_reply *r = c->reply;
+    unsigned code = (unsigned)r->code % 1000;
+    char hdr[4];
     size_t i;
 
     if (!c->record)
         return;
-    for (i = 0; i < c->reply->nlines; i++) {
-        char hdr[8];
-        int hl = snprintf(hdr, sizeof(hdr), "%03d%c", c->reply->code,
-                          i + 1 == c->reply->nlines ? ' ' : '-');
-        (void)mx_transcript_add2(&c->tr, mx_conn_elapsed(c), MX_TR_SERVER, hdr, (size_t)hl,
-                                 c->reply->text + c->reply->line_off[i],
-                                 c->reply->line_len[i]);
+    hdr[0] = (char)('0' + code / 100);
+    hdr[1] = (char)('0' + code / 10 % 10);
+    hdr[2] = (char)('0' + code % 10);
+    for (i = 0; i < r->nlines; i++) {
+        hdr[3] = i + 1 == r->nlines ? ' ' : '-';
+        record2(c, MX_TR_SERVER, hdr, sizeof(hdr), r->text + r->line_off[i], r->line_len[i]);
     }
+}
+
+int
+mx_conn_buffered_reply(mx_conn *c)
+{
+    size_t used = 0;
+    mx_reply_status st;
+
+    if (c->rstart >= c->rend)
+        return 0;
+    st = mx_reply_parse(c->parser, c->rbuf + c->rstart, c->rend - c->rstart, &used, c->reply);
+    c->rstart += used;
+    if (st == MX_REPLY_COMPLETE) {
+        c->replies_since_write++;
+        record_reply(c);
+        return 1;
+    }
+    if (st != MX_REPLY_INCOMPLETE) {
+        mx_error_set(&c->err, MX_E_PROTOCOL, 0, "malformed reply: %s", mx_reply_strerror(st));
+        return -1;
+    }
+    return 0;
 }
 
 int
 mx_conn_recv_reply(mx_conn *c, int64_t deadline)
 {
     for (;;) {
-        size_t used = 0;
         ssize_t n;
-        int ack_now;
+        int ack_now, rc = mx_conn_buffered_reply(c);
 
-        if (c->rstart < c->rend) {
-            mx_reply_status st = mx_reply_parse(c->parser, c->rbuf + c->rstart,
-                                                c->rend - c->rstart, &used, c->reply);
-            c->rstart += used;
-            if (st == MX_REPLY_COMPLETE) {
-                c->replies_since_write++;
-                record_reply(c);
-                return 0;
-            }
-            if (st != MX_REPLY_INCOMPLETE) {
-                mx_error_set(&c->err, MX_E_PROTOCOL, 0, "malformed reply: %s",
-                             mx_reply_strerror(st));
-                return -1;
-            }
-        }
+        if (rc)
+            return rc < 0 ? -1 : 0;
+        /* the parser holds whatever was left of the buffer */
         c->rstart = c->rend = 0;
         /* part of a pipelined group has come and the rest is awaited: see
          * MX_WAIT_ACK_NOW */
@@ -220,7 +248,7 @@ mx_conn_recv_reply(mx_conn *c, int64_t deadline)
         if (c->ssl)
             n = mx_tls_read(c->ssl, c->fd, c->rbuf, MX_RBUF, deadline, ack_now, &c->err);
         else
-            n = mx_net_read(c->fd, c->rbuf, MX_RBUF, deadline, ack_now, &c->err);
+            n = mx_net_read_sleep(&c->rd, c->fd, c->rbuf, MX_RBUF, deadline, ack_now, &c->err);
         if (n < 0)
             return -1;
         c->rend = (size_t)n;

@@ -23,6 +23,7 @@
 
 typedef struct {
     int fd;                      /* -1: none */
+    mx_reader rd;                /* how fd's plain reads wait (net.h) */
     SSL *ssl;                    /* NULL: plain */
     int64_t t0;                  /* when connect() began (mx_now_ms) */
     int record;                  /* keep a transcript */
@@ -76,5 +77,11 @@ int mx_conn_send(mx_conn *c, const char *buf, size_t len, const char *shown, int
 
 /* Reads one whole reply into c->reply (recorded).  0, or -1 with c->err set. */
 int mx_conn_recv_reply(mx_conn *c, int64_t deadline);
+
+/* The same from bytes already read, without I/O (and so without a deadline
+ * to work out): 1 a reply is in c->reply (recorded), 0 more bytes are
+ * needed (what there was is in the parser; mx_conn_recv_reply goes on from
+ * there), -1 with c->err set. */
+int mx_conn_buffered_reply(mx_conn *c);
 
 #endif

@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/time.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -39,16 +40,24 @@ mx_error_set(mx_error *e, mx_err_kind kind, int sys_errno, const char *fmt, ...)
     va_end(ap);
 }
 
+/* Sends a pending delayed ACK now, and ACKs what arrives next at once (the
+ * kernel clears the flag by itself). */
+static void
+ack_now(int fd)
+{
+#ifdef TCP_QUICKACK
+    int one = 1;
+    (void)setsockopt(fd, IPPROTO_TCP, TCP_QUICKACK, &one, sizeof(one));
+#else
+    (void)fd;
+#endif
+}
+
 int
 mx_net_wait(int fd, short events, int64_t deadline, mx_error *err)
 {
     if (events & MX_WAIT_ACK_NOW) {
-#ifdef TCP_QUICKACK
-        int one = 1;
-        /* sends a pending delayed ACK now, and ACKs what arrives next at
-         * once (the kernel clears the flag by itself) */
-        (void)setsockopt(fd, IPPROTO_TCP, TCP_QUICKACK, &one, sizeof(one));
-#endif
+        ack_now(fd);
         events = (short)(events & ~MX_WAIT_ACK_NOW);
     }
     for (;;) {
@@ -211,6 +220,103 @@ mx_net_read(int fd, void *buf, size_t cap, int64_t deadline, int ack_now, mx_err
     }
 }
 
+void
+mx_reader_init(mx_reader *r)
+{
+    r->fd = -1;
+    r->timeo = 0;
+}
+
+/* Under this much time left, a read polls (the old way): SO_RCVTIMEO
+ * counts in jiffies (up to 10 ms each) and would overshoot a short wait. */
+#define MX_SLEEP_MIN_MS 50
+/* What SO_RCVTIMEO is kept under the time left by: a jiffy's rounding up
+ * (10 ms at HZ=100) twice over. */
+#define MX_SLEEP_SLACK_MS 20
+
+/* Switches fd to blocking mode for r, once.  0, or -1 (it stays
+ * non-blocking: the caller polls). */
+static int
+reader_attach(mx_reader *r, int fd)
+{
+    int fl;
+
+    if (r->fd == fd)
+        return 0;
+    fl = fcntl(fd, F_GETFL);
+    if (fl < 0 || fcntl(fd, F_SETFL, fl & ~O_NONBLOCK) < 0)
+        return -1;
+    r->fd = fd;
+    r->timeo = 0;             /* a new socket has none */
+    return 0;
+}
+
+/* Keeps fd's receive timeout at or under `left` ms less the slack, so a
+ * recv cannot outlast the deadline; set again only when it would (the
+ * timeout a read sets is reused by later ones while it fits: 1/16 of the
+ * time left is given away for that).  0, or -1 (setsockopt failed). */
+static int
+reader_bound(mx_reader *r, int fd, int64_t left)
+{
+    struct timeval tv;
+    int64_t t;
+
+    if (r->timeo && r->timeo + MX_SLEEP_SLACK_MS <= left)
+        return 0;
+    t = left - left / 16 - MX_SLEEP_SLACK_MS;
+    tv.tv_sec = (time_t)(t / 1000);
+    tv.tv_usec = (suseconds_t)(t % 1000 * 1000);
+    if (setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv)) < 0)
+        return -1;
+    r->timeo = t;
+    return 0;
+}
+
+ssize_t
+mx_net_read_sleep(mx_reader *r, int fd, void *buf, size_t cap, int64_t deadline,
+                  int ack, mx_error *err)
+{
+    int flags = ack ? MSG_DONTWAIT : 0;
+    short wait = (short)(POLLIN | (ack ? MX_WAIT_ACK_NOW : 0));
+
+    for (;;) {
+        ssize_t n;
+
+        if (!flags) {
+            int64_t left = deadline ? deadline - mx_now_ms() : 0;
+            /* a short wait, or the socket could not be set up: poll */
+            if ((deadline && left < MX_SLEEP_MIN_MS) || reader_attach(r, fd) < 0 ||
+                (deadline && reader_bound(r, fd, left) < 0))
+                flags = MSG_DONTWAIT;
+        }
+        n = recv(fd, buf, cap, flags);
+        if (n > 0)
+            return n;
+        if (n == 0) {
+            mx_error_set(err, MX_E_EOF, 0, "connection closed by the server");
+            return -1;
+        }
+        if (errno == EINTR)
+            continue;
+        if (errno != EAGAIN && errno != EWOULDBLOCK) {
+            mx_error_set(err, MX_E_IO, errno, "read failed: %s", strerror(errno));
+            return -1;
+        }
+        if (ack) {
+            /* nothing yet of the rest of the group: ACK, then sleep */
+            ack_now(fd);
+            ack = 0;
+            flags = 0;
+            continue;
+        }
+        /* the receive timeout passed (or the socket was not blocking, or
+         * the wait is short): poll waits out exactly what is left */
+        if (mx_net_wait(fd, wait, deadline, err) < 0)
+            return -1;
+        flags = MSG_DONTWAIT;
+    }
+}
+
 int
 mx_net_write_all(int fd, const void *buf, size_t len, int64_t deadline,
                  size_t *done, mx_error *err)
@@ -220,7 +326,7 @@ mx_net_write_all(int fd, const void *buf, size_t len, int64_t deadline,
     if (done)
         *done = 0;
     while (len) {
-        ssize_t n = send(fd, p, len, MSG_NOSIGNAL);
+        ssize_t n = send(fd, p, len, MSG_NOSIGNAL | MSG_DONTWAIT);
         if (n > 0) {
             p += n;
             len -= (size_t)n;

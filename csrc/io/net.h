@@ -83,10 +83,36 @@ int mx_net_wait(int fd, short events, int64_t deadline, mx_error *err);
  * Not set otherwise: an extra ACK packet per reply costs throughput. */
 #define MX_WAIT_ACK_NOW 0x4000
 
-/* One read: >0 bytes, or -1 with *err set (EOF is MX_E_EOF). */
+/* One read: >0 bytes, or -1 with *err set (EOF is MX_E_EOF).  Tries the
+ * socket first, then waits (poll) when nothing is there. */
 ssize_t mx_net_read(int fd, void *buf, size_t cap, int64_t deadline, int ack_now, mx_error *err);
 
-/* Writes everything; 0, or -1 with *err set.  *done (when not NULL) is the
+/* The reads of one plain connection's socket (io/conn keeps one).  To wait
+ * for a reply, the socket sleeps in recv itself: it is switched to blocking
+ * mode once, and a receive timeout (SO_RCVTIMEO) set at or under the time
+ * left bounds each recv, so a round trip costs one read instead of a recv
+ * that finds nothing, a poll and a recv.  When that timeout passes before
+ * the deadline, a poll waits out the rest, so deadlines stay exact.  Every
+ * other use of such a socket must not block: writes here pass
+ * MSG_DONTWAIT, peeks MSG_DONTWAIT, and mx_tls_handshake makes the socket
+ * non-blocking again for OpenSSL. */
+typedef struct {
+    int fd;            /* the socket switched to blocking mode; -1: none */
+    int64_t timeo;     /* its SO_RCVTIMEO in ms; 0: none (recv may sleep for ever) */
+} mx_reader;
+
+void mx_reader_init(mx_reader *r);
+
+/* mx_net_read's contract, through r: one read of >0 bytes, or -1 with
+ * *err set.  With ack_now (MX_WAIT_ACK_NOW's case: the rest of a pipelined
+ * group is awaited) the socket is tried first without waiting, and the
+ * pending ACK sent before it sleeps. */
+ssize_t mx_net_read_sleep(mx_reader *r, int fd, void *buf, size_t cap, int64_t deadline,
+                          int ack_now, mx_error *err);
+
+/* Writes everything without blocking in send (MSG_DONTWAIT: the socket
+ * may be in blocking mode, see mx_reader), waiting in poll under the
+ * deadline; 0, or -1 with *err set.  *done (when not NULL) is the
  * number of bytes the kernel took: on failure, none after them can have
  * reached the peer. */
 int mx_net_write_all(int fd, const void *buf, size_t len, int64_t deadline,

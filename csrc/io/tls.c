@@ -4,6 +4,7 @@
 
 #include <arpa/inet.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <poll.h>
 #include <stdatomic.h>
 #include <stdlib.h>
@@ -290,11 +291,20 @@ mx_tls_handshake(mx_tls_ctx *t, int fd, const mx_tls_peer *peer, int implicit,
     SSL *ssl = NULL;
     SSL_SESSION *offer = NULL;
     uint64_t offer_id = 0;
-    int ret, sniff = implicit, bad;
+    int ret, sniff = implicit, bad, fl;
 
     ERR_clear_error();
     if (!server_name || !server_name[0]) {
         mx_error_set(err, MX_E_SETUP, 0, "TLS needs a server name to verify");
+        return NULL;
+    }
+    /* OpenSSL reads and writes the socket itself and we wait in poll
+     * (tls_wait): it must not block, whatever plain reads made of it (a
+     * blocking socket under SO_RCVTIMEO: see mx_reader) */
+    if ((fl = fcntl(fd, F_GETFL)) < 0 ||
+        (!(fl & O_NONBLOCK) && fcntl(fd, F_SETFL, fl | O_NONBLOCK) < 0)) {
+        mx_error_set(err, MX_E_IO, errno, "cannot make the socket non-blocking: %s",
+                     strerror(errno));
         return NULL;
     }
     ssl = SSL_new(t->ssl_ctx);
@@ -461,6 +471,14 @@ ssize_t
 mx_tls_read(SSL *ssl, int fd, void *buf, size_t cap, int64_t deadline,
             int ack_now, mx_error *err)
 {
+    /* The first reply after a write is seldom there yet: with nothing held
+     * in OpenSSL, wait for the socket first rather than have SSL_read try
+     * it (a read that finds nothing, then the poll).  Not when the rest of
+     * a group is awaited (ack_now: part of it came, more may be in), nor
+     * past the deadline (the read may still find a reply there). */
+    if (!ack_now && !SSL_has_pending(ssl) && (!deadline || mx_now_ms() < deadline) &&
+        mx_net_wait(fd, POLLIN, deadline, err) < 0)
+        return -1;
     for (;;) {
         size_t n = 0;
         int ret;

@@ -59,7 +59,10 @@ typedef struct {
  * reads them: an SMTP reply there ("220 ...", or a 5xx to the ClientHello)
  * means the port speaks plain SMTP first, and the error says so
  * (err->wrong_mode = MX_MODE_STARTTLS, MX_E_TLS) instead of OpenSSL's
- * "wrong version number". */
+ * "wrong version number".
+ *
+ * The socket is made non-blocking first (plain reads may have switched it
+ * to blocking mode: see mx_reader in net.h). */
 SSL *mx_tls_handshake(mx_tls_ctx *t, int fd, const mx_tls_peer *peer, int implicit,
                       int64_t deadline, mx_error *err);
 
@@ -73,6 +76,9 @@ SSL *mx_tls_handshake(mx_tls_ctx *t, int fd, const mx_tls_peer *peer, int implic
  * by the deadline. */
 int mx_tls_probe(int fd, const char *server_name, int64_t deadline);
 
+/* One read of application data: >0 bytes, or -1 with *err set.  With
+ * nothing held in OpenSSL and ack_now 0, it waits for the socket before
+ * the first SSL_read (see MX_WAIT_ACK_NOW for ack_now). */
 ssize_t mx_tls_read(SSL *ssl, int fd, void *buf, size_t cap, int64_t deadline,
                     int ack_now, mx_error *err);
 int mx_tls_write_all(SSL *ssl, int fd, const void *buf, size_t len,

@@ -173,6 +173,30 @@ body_chunk(mx_engine *e, size_t jobi, size_t done, const unsigned char **p)
     return n;
 }
 
+/* "body: <size> octets[, binary]" into out (48 bytes or more), without
+ * printf: it is said for every message.  Its length. */
+static size_t
+body_info(char *out, uint64_t size, int binary)
+{
+    char digits[20];
+    size_t nd = 0, len = 6;
+
+    memcpy(out, "body: ", 6);
+    do {
+        digits[nd++] = (char)('0' + size % 10);
+        size /= 10;
+    } while (size);
+    while (nd)
+        out[len++] = digits[--nd];
+    memcpy(out + len, " octets", 7);
+    len += 7;
+    if (binary) {
+        memcpy(out + len, ", binary", 8);
+        len += 8;
+    }
+    return len;
+}
+
 /* Stages a message's body: after 354 (DATA: stuffed, "." at the end) or as
  * BDAT n LAST with exactly n octets (normalised; BINARYMIME: as given). */
 static int
@@ -181,9 +205,8 @@ stage_body(mx_engine *e, size_t jobi)
     mx_job *j = &e->jobs[jobi];
     mx_body_enc enc;
     uint64_t total = 0;
-    size_t done = 0;
+    size_t done = 0, il;
     char info[64];
-    int il;
 
     if (j->mode == MX_BODY_DATA) {
         mx_body_init(&enc);
@@ -203,9 +226,8 @@ stage_body(mx_engine *e, size_t jobi)
             e->guard_job = jobi;
         }
     }
-    il = snprintf(info, sizeof(info), "body: %llu octets%s", (unsigned long long)j->size,
-                  j->mode == MX_BODY_BINARY ? ", binary" : "");
-    record(e, '*', info, (size_t)il);
+    il = body_info(info, j->size, j->mode == MX_BODY_BINARY);
+    record(e, '*', info, il);
     for (;;) {
         const unsigned char *p;
         long n = body_chunk(e, jobi, done, &p);

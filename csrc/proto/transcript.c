@@ -35,6 +35,32 @@ mx_transcript_add(mx_transcript *t, uint32_t ms, mx_tr_dir dir,
     return mx_transcript_add2(t, ms, dir, NULL, 0, text, len);
 }
 
+/* The length of text without its trailing CR and LF characters. */
+static size_t
+stripped(const char *text, size_t len)
+{
+    while (len && (text[len - 1] == '\n' || text[len - 1] == '\r'))
+        len--;
+    return len;
+}
+
+/* Whether an entry of hlen + len bytes (stripped) fits under the bound. */
+static int
+fits(const mx_transcript *t, size_t hlen, size_t len)
+{
+    return hlen <= MX_TRANSCRIPT_MAX && len <= MX_TRANSCRIPT_MAX - hlen &&
+           t->len + HDR + hlen + len <= MX_TRANSCRIPT_MAX;
+}
+
+int
+mx_transcript_keeps(const mx_transcript *t, size_t hlen, const char *text, size_t len)
+{
+    /* full: not even an empty entry fits (the common case in a long run) */
+    if (t->len + HDR > MX_TRANSCRIPT_MAX)
+        return 0;
+    return fits(t, hlen, stripped(text, len));
+}
+
 int
 mx_transcript_add2(mx_transcript *t, uint32_t ms, mx_tr_dir dir,
                    const char *head, size_t hlen, const char *text, size_t len)
@@ -42,17 +68,16 @@ mx_transcript_add2(mx_transcript *t, uint32_t ms, mx_tr_dir dir,
     uint32_t l32;
     unsigned char d = (unsigned char)dir;
 
-    while (len && (text[len - 1] == '\n' || text[len - 1] == '\r'))
-        len--;
-    if (hlen > MX_TRANSCRIPT_MAX || len > MX_TRANSCRIPT_MAX - hlen) {
+    if (t->len + HDR > MX_TRANSCRIPT_MAX) {
+        t->dropped++;             /* full: no entry fits, whatever its length */
+        return 0;
+    }
+    len = stripped(text, len);
+    if (!fits(t, hlen, len)) {
         t->dropped++;
         return 0;
     }
     len += hlen;      /* from here on: the whole entry */
-    if (t->len + HDR + len > MX_TRANSCRIPT_MAX) {
-        t->dropped++;
-        return 0;
-    }
     if (t->len + HDR + len > t->cap) {
         size_t ncap = t->cap ? t->cap : 4096;
         char *nb;

@@ -35,6 +35,13 @@ int mx_transcript_add(mx_transcript *t, uint32_t ms, mx_tr_dir dir,
 int mx_transcript_add2(mx_transcript *t, uint32_t ms, mx_tr_dir dir,
                        const char *head, size_t hlen, const char *text, size_t len);
 
+/* 1 when mx_transcript_add2 would store this entry (same arguments, the
+ * trailing CRLF not counted), 0 when it would only count it as dropped.
+ * Lets a caller skip the work of an entry that will not be kept (its
+ * timestamp, its formatting) once the transcript is full, and still hand
+ * it to mx_transcript_add2, which keeps the dropped count exact. */
+int mx_transcript_keeps(const mx_transcript *t, size_t hlen, const char *text, size_t len);
+
 /* Iteration: *pos starts at 0; returns 1 and fills the fields per entry,
  * 0 at the end. */
 int mx_transcript_next(const mx_transcript *t, size_t *pos, uint32_t *ms,

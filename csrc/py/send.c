@@ -245,10 +245,46 @@ bad:
 
 /* ---- phase 3: outcomes --------------------------------------------------- */
 
-/* The outcome of a job the server decided: (refused, reply) or the refusal
- * as an exception instance.  New reference or NULL raised. */
+/* Whether two stored replies make equal Reply objects. */
+static int
+same_reply(const mx_engine *e, const mx_sreply *a, const mx_sreply *b)
+{
+    return a->code == b->code && kind_stage[a->kind] == kind_stage[b->kind] &&
+           a->len == b->len && strcmp(a->enhanced, b->enhanced) == 0 &&
+           memcmp(e->text + a->off, e->text + b->off, a->len) == 0;
+}
+
+/* The last Reply the outcomes of a batch were given, and the stored reply
+ * behind it.  Replies are immutable and "equal ones may be one object"
+ * (reply.py): a batch's consecutive equal replies (every "250 2.0.0 Ok")
+ * share one, instead of a Reply, its lines tuple and their strings made
+ * per message, objects the cyclic GC would count and traverse again and
+ * again while the outcome list grows. */
+typedef struct {
+    const mx_sreply *reply;
+    PyObject *obj;             /* owned */
+} reply_share;
+
+/* The Reply of stored reply r: rs's, when equal.  New reference or NULL
+ * raised. */
 static PyObject *
-decided_outcome(drive *d, size_t jobi, mx_outcome oc)
+shared_reply(drive *d, reply_share *rs, const mx_sreply *r)
+{
+    if (!rs->reply || !same_reply(&d->e, rs->reply, r)) {
+        PyObject *rep = drive_reply(d, r);
+        if (!rep)
+            return NULL;
+        Py_XSETREF(rs->obj, rep);
+        rs->reply = r;
+    }
+    return Py_NewRef(rs->obj);
+}
+
+/* The outcome of a job the server decided: (refused, reply) or the refusal
+ * as an exception instance, its replies through rs.  New reference or NULL
+ * raised. */
+static PyObject *
+decided_outcome(drive *d, size_t jobi, mx_outcome oc, reply_share *rs)
 {
     mx_engine *e = &d->e;
     mx_job *j = &d->jobs[jobi];
@@ -269,7 +305,7 @@ decided_outcome(drive *d, size_t jobi, mx_outcome oc)
             (r->kind == MX_K_DATA && r->code == 354) ||
             (oc == MX_O_SENT && (r->kind == MX_K_MAIL || r->kind == MX_K_DATA)))
             continue;       /* (a sent message's outcome needs no MAIL or DATA reply) */
-        if (!(rep = drive_reply(d, r)))
+        if (!(rep = shared_reply(d, rs, r)))
             goto done;
         if (r->kind == MX_K_RCPT) {
             int bad = PyDict_SetItem(refused, PySequence_Fast_GET_ITEM(pj->rcpts,
@@ -339,15 +375,6 @@ rec_share_clear(rec_share *sh)
     Py_CLEAR(sh->sender);
     Py_CLEAR(sh->elapsed);
     sh->reply = NULL;
-}
-
-/* Whether two stored replies make equal Reply objects. */
-static int
-same_reply(const mx_engine *e, const mx_sreply *a, const mx_sreply *b)
-{
-    return a->code == b->code && kind_stage[a->kind] == kind_stage[b->kind] &&
-           a->len == b->len && strcmp(a->enhanced, b->enhanced) == 0 &&
-           memcmp(e->text + a->off, e->text + b->off, a->len) == 0;
 }
 
 /* A sent job as results.record's tuple: (envelope_from, recipients (the
@@ -427,6 +454,7 @@ batch_outcomes(drive *d, rec_share *sh)
     PyObject *fatal_type;
     size_t i;
     mx_state *st = state_of(s);
+    reply_share rs = {NULL, NULL};
 
     if (!list)
         return NULL;
@@ -488,19 +516,21 @@ batch_outcomes(drive *d, rec_share *sh)
             PyErr_SetString(PyExc_SystemError, "mailexpress: a message left without an outcome");
             break;
         case MX_O_SENT:
-            o = sh ? sent_record(d, i, sh) : decided_outcome(d, i, oc);
+            o = sh ? sent_record(d, i, sh) : decided_outcome(d, i, oc, &rs);
             break;
         default:
-            o = decided_outcome(d, i, oc);
+            o = decided_outcome(d, i, oc, &rs);
         }
         if (!o)
             goto fail;
         PyList_SET_ITEM(list, (Py_ssize_t)i, o);
     }
     Py_XDECREF(fatal);
+    Py_XDECREF(rs.obj);
     return list;
 fail:
     Py_XDECREF(fatal);
+    Py_XDECREF(rs.obj);
     Py_DECREF(list);
     return NULL;
 }
