@@ -198,28 +198,6 @@ mx_net_connect_same(int fd, int64_t deadline)
     return connect_one(&ai, deadline);
 }
 
-ssize_t
-mx_net_read(int fd, void *buf, size_t cap, int64_t deadline, int ack_now, mx_error *err)
-{
-    for (;;) {
-        ssize_t n = recv(fd, buf, cap, 0);
-        if (n > 0)
-            return n;
-        if (n == 0) {
-            mx_error_set(err, MX_E_EOF, 0, "connection closed by the server");
-            return -1;
-        }
-        if (errno == EINTR)
-            continue;
-        if (errno != EAGAIN && errno != EWOULDBLOCK) {
-            mx_error_set(err, MX_E_IO, errno, "read failed: %s", strerror(errno));
-            return -1;
-        }
-        if (mx_net_wait(fd, (short)(POLLIN | (ack_now ? MX_WAIT_ACK_NOW : 0)), deadline, err) < 0)
-            return -1;
-    }
-}
-
 void
 mx_reader_init(mx_reader *r)
 {
@@ -284,8 +262,8 @@ mx_net_read_sleep(mx_reader *r, int fd, void *buf, size_t cap, int64_t deadline,
 
         if (!flags) {
             int64_t left = deadline ? deadline - mx_now_ms() : 0;
-            /* a short wait, or the socket could not be set up: poll */
-            if ((deadline && left < MX_SLEEP_MIN_MS) || reader_attach(r, fd) < 0 ||
+            /* no reader, a short wait, or the socket could not be set up: poll */
+            if (!r || (deadline && left < MX_SLEEP_MIN_MS) || reader_attach(r, fd) < 0 ||
                 (deadline && reader_bound(r, fd, left) < 0))
                 flags = MSG_DONTWAIT;
         }
@@ -315,6 +293,12 @@ mx_net_read_sleep(mx_reader *r, int fd, void *buf, size_t cap, int64_t deadline,
             return -1;
         flags = MSG_DONTWAIT;
     }
+}
+
+ssize_t
+mx_net_read(int fd, void *buf, size_t cap, int64_t deadline, int ack_now, mx_error *err)
+{
+    return mx_net_read_sleep(NULL, fd, buf, cap, deadline, ack_now, err);
 }
 
 int

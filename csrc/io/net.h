@@ -84,7 +84,8 @@ int mx_net_wait(int fd, short events, int64_t deadline, mx_error *err);
 #define MX_WAIT_ACK_NOW 0x4000
 
 /* One read: >0 bytes, or -1 with *err set (EOF is MX_E_EOF).  Tries the
- * socket first, then waits (poll) when nothing is there. */
+ * socket without waiting first, then waits (poll) when nothing is there:
+ * mx_net_read_sleep without a reader. */
 ssize_t mx_net_read(int fd, void *buf, size_t cap, int64_t deadline, int ack_now, mx_error *err);
 
 /* The reads of one plain connection's socket (io/conn keeps one).  To wait
@@ -103,7 +104,7 @@ typedef struct {
 
 void mx_reader_init(mx_reader *r);
 
-/* mx_net_read's contract, through r: one read of >0 bytes, or -1 with
+/* mx_net_read's contract, through r (NULL: mx_net_read): one read of >0 bytes, or -1 with
  * *err set.  With ack_now (MX_WAIT_ACK_NOW's case: the rest of a pipelined
  * group is awaited) the socket is tried first without waiting, and the
  * pending ACK sent before it sleeps. */
