@@ -31,23 +31,35 @@ def timeouts(**short: float) -> dict[str, float]:
     return base
 
 
-def test_a_short_stage_timeout_after_longer_ones_is_kept(fake_server):
-    """The banner and EHLO reads (5 s) leave a receive timeout of about
-    4.7 s on the socket; MAIL's 0.3 s must still end the wait at 0.3 s."""
+def answer_until_the_body(conn) -> None:  # type: ignore[no-untyped-def]
+    conn.converse((b"MAIL", b"250 ok\r\n"), (b"RCPT", b"250 ok\r\n"), (b"DATA", b"354 go\r\n"))
+    conn.read_data()
+
+
+def stalled_send(fake_server, before, stage: mx.Stage, **short: float) -> float:  # type: ignore[no-untyped-def]
+    """Seconds until send_raw raised the stage timeout of `stage`, against a
+    server that greets, does `before(conn)` and then says nothing."""
     release = threading.Event()
 
-    def script(conn):
+    def script(conn):  # type: ignore[no-untyped-def]
         greet(conn)
-        conn.expect(b"MAIL")
+        before(conn)
         release.wait(10)
-    srv, s = connected(fake_server, script, timeouts=timeouts(mail=0.3))
+    srv, s = connected(fake_server, script, timeouts=timeouts(**short))
     s.ehlo()
     t0 = time.monotonic()
     with pytest.raises(mx.TimeoutError, match="stage timeout") as info:
         s.send_raw("a@x.example", ["b@y.example"], b"x\r\n")
     took = time.monotonic() - t0
     release.set()
-    assert info.value.stage is mx.Stage.MAIL
+    assert info.value.stage is stage
+    return took
+
+
+def test_a_short_stage_timeout_after_longer_ones_is_kept(fake_server):
+    """The banner and EHLO reads (5 s) leave a receive timeout of about
+    4.7 s on the socket; MAIL's 0.3 s must still end the wait at 0.3 s."""
+    took = stalled_send(fake_server, lambda conn: conn.expect(b"MAIL"), mx.Stage.MAIL, mail=0.3)
     assert 0.28 <= took < 1.5, took
 
 
@@ -57,8 +69,7 @@ def test_a_reply_after_the_receive_timeout_but_within_the_deadline_is_taken(fake
     read has gone on to poll out the rest, and must be taken as the answer."""
     def script(conn):
         greet(conn)
-        conn.converse((b"MAIL", b"250 ok\r\n"), (b"RCPT", b"250 ok\r\n"), (b"DATA", b"354 go\r\n"))
-        conn.read_data()
+        answer_until_the_body(conn)
         time.sleep(3.87)
         conn.send(b"250 2.0.0 queued late\r\n")
         conn.expect(b"QUIT")
@@ -77,21 +88,7 @@ def test_a_reply_after_the_receive_timeout_but_within_the_deadline_is_taken(fake
 def test_a_deadline_that_passed_while_the_receive_timeout_ran_is_a_timeout(fake_server):
     """The same wait without the reply: the read ends at the deadline
     (4 s), not at the receive timeout and not later."""
-    release = threading.Event()
-
-    def script(conn):
-        greet(conn)
-        conn.converse((b"MAIL", b"250 ok\r\n"), (b"RCPT", b"250 ok\r\n"), (b"DATA", b"354 go\r\n"))
-        conn.read_data()
-        release.wait(10)
-    srv, s = connected(fake_server, script, timeouts=timeouts(end_of_data=4.0))
-    s.ehlo()
-    t0 = time.monotonic()
-    with pytest.raises(mx.TimeoutError, match="stage timeout") as info:
-        s.send_raw("a@x.example", ["b@y.example"], b"x\r\n")
-    took = time.monotonic() - t0
-    release.set()
-    assert info.value.stage is mx.Stage.END_OF_DATA
+    took = stalled_send(fake_server, answer_until_the_body, mx.Stage.END_OF_DATA, end_of_data=4.0)
     assert 3.98 <= took < 4.6, took
 
 
